@@ -1,0 +1,225 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// NewTransport returns an HTTP transport tuned for the router-to-shard hop:
+// keep-alive connections pooled generously per shard, so a burst of
+// concurrent requests does not open and close sockets.
+func NewTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:                 nil, // shards are never reached through a proxy
+		DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          4096,
+		MaxIdleConnsPerHost:   512,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: 30 * time.Second,
+		DisableCompression:    true, // values are compressed by the router already
+	}
+}
+
+// Client reaches one storage daemon. It is safe for concurrent use; make one
+// per shard and share it.
+type Client struct {
+	name string
+	base string // "http://host:port"
+	hc   *http.Client
+}
+
+// NewClient returns a client for the shard called name at addr
+// ("host:port" or a URL). hc carries the shared transport; nil means a
+// client with NewTransport.
+func NewClient(name, addr string, hc *http.Client) *Client {
+	if hc == nil {
+		hc = &http.Client{Transport: NewTransport()}
+	}
+	base := addr
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return &Client{name: name, base: strings.TrimRight(base, "/"), hc: hc}
+}
+
+// Name is the shard's name in the cluster configuration.
+func (c *Client) Name() string { return c.name }
+
+// Addr is the base URL the client talks to.
+func (c *Client) Addr() string { return c.base }
+
+// Get returns the record held for key, tombstones included, or ErrNotFound.
+func (c *Client) Get(ctx context.Context, bucket string, key []byte) (Record, error) {
+	if err := c.checkBucket(bucket); err != nil {
+		return Record{}, err
+	}
+	body, err := c.do(ctx, http.MethodGet, pathGet+bucket+"?k="+url.QueryEscape(string(key)), nil)
+	if err != nil {
+		return Record{}, err
+	}
+	v, tomb, val, err := parseStored(body)
+	if err != nil {
+		return Record{}, fmt.Errorf("shard %s: %v: %w", c.name, err, ErrInternal)
+	}
+	rec := Record{Key: key, Version: v, Tombstone: tomb}
+	if !tomb && len(val) > 0 {
+		rec.Value = val
+	}
+	return rec, nil
+}
+
+// Apply sends writes to the shard and returns their outcomes.
+func (c *Client) Apply(ctx context.Context, bucket string, writes []Write) ([]Result, error) {
+	if err := c.checkBucket(bucket); err != nil {
+		return nil, err
+	}
+	buf := getBuf()
+	defer putBuf(buf)
+	buf.Write(appendWrites(buf.AvailableBuffer(), writes))
+	body, err := c.do(ctx, http.MethodPost, pathApply+bucket, buf.Bytes())
+	if err != nil {
+		return nil, err
+	}
+	res, err := parseResults(body, len(writes))
+	if err != nil {
+		return nil, fmt.Errorf("shard %s: %v: %w", c.name, err, ErrInternal)
+	}
+	return res, nil
+}
+
+// Scan returns a page of records in key order.
+func (c *Client) Scan(ctx context.Context, bucket string, opts ScanOptions) (ScanPage, error) {
+	if err := c.checkBucket(bucket); err != nil {
+		return ScanPage{}, err
+	}
+	q := url.Values{}
+	q.Set("prefix", string(opts.Prefix))
+	q.Set("limit", strconv.Itoa(opts.Limit))
+	if opts.After != nil {
+		q.Set("after", string(opts.After))
+	}
+	if opts.Tombstones {
+		q.Set("tombstones", "1")
+	}
+	body, err := c.do(ctx, http.MethodGet, pathScan+bucket+"?"+q.Encode(), nil)
+	if err != nil {
+		return ScanPage{}, err
+	}
+	page, err := parseScanPage(body)
+	if err != nil {
+		return ScanPage{}, fmt.Errorf("shard %s: %v: %w", c.name, err, ErrInternal)
+	}
+	return page, nil
+}
+
+// DeletePrefix tombstones every live record under prefix older than version.
+func (c *Client) DeletePrefix(ctx context.Context, bucket string, prefix []byte, version uint64) (int, error) {
+	if err := c.checkBucket(bucket); err != nil {
+		return 0, err
+	}
+	q := url.Values{}
+	q.Set("prefix", string(prefix))
+	q.Set("version", strconv.FormatUint(version, 10))
+	body, err := c.do(ctx, http.MethodPost, pathDeletePrefix+bucket+"?"+q.Encode(), nil)
+	if err != nil {
+		return 0, err
+	}
+	var out struct {
+		Deleted int `json:"deleted"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil {
+		return 0, fmt.Errorf("shard %s: delete-prefix answer: %v: %w", c.name, err, ErrInternal)
+	}
+	return out.Deleted, nil
+}
+
+// checkBucket refuses a bucket name before it is pasted into a URL path: a
+// name with '/', '?' or '%' would reach another route or another bucket, and
+// an empty one no route at all (ErrNotFound instead of ErrInvalid).
+func (c *Client) checkBucket(bucket string) error {
+	if err := checkBucket(bucket); err != nil {
+		return fmt.Errorf("shard %s: %w", c.name, err)
+	}
+	return nil
+}
+
+// Info returns the shard's identity and size.
+func (c *Client) Info(ctx context.Context) (Info, error) {
+	body, err := c.do(ctx, http.MethodGet, pathInfo, nil)
+	if err != nil {
+		return Info{}, err
+	}
+	var info Info
+	if err := json.Unmarshal(body, &info); err != nil {
+		return Info{}, fmt.Errorf("shard %s: info answer: %v: %w", c.name, err, ErrInternal)
+	}
+	return info, nil
+}
+
+// Ping checks that the daemon answers its health endpoint.
+func (c *Client) Ping(ctx context.Context) error {
+	_, err := c.do(ctx, http.MethodGet, pathHealth, nil)
+	return err
+}
+
+// do sends one request and returns the body of a 200 answer. Any other
+// answer becomes a sentinel error named after the shard.
+func (c *Client) do(ctx context.Context, method, path string, body []byte) ([]byte, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return nil, fmt.Errorf("shard %s: %v: %w", c.name, err, ErrInvalid)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("shard %s (%s): %v: %w", c.name, c.base, err, ErrUnavailable)
+	}
+	defer resp.Body.Close()
+	out, err := readBody(resp)
+	if err != nil {
+		return nil, fmt.Errorf("shard %s (%s): read answer: %v: %w", c.name, c.base, err, ErrUnavailable)
+	}
+	if resp.StatusCode == http.StatusOK {
+		return out, nil
+	}
+	var eb errorBody
+	msg := strings.TrimSpace(string(out))
+	if json.Unmarshal(out, &eb) == nil && eb.Error.Message != "" {
+		msg = eb.Error.Message
+	}
+	sentinel := ErrInternal
+	switch resp.StatusCode {
+	case http.StatusNotFound:
+		sentinel = ErrNotFound
+	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+		sentinel = ErrInvalid
+	case http.StatusServiceUnavailable, http.StatusBadGateway, http.StatusGatewayTimeout:
+		sentinel = ErrUnavailable
+	}
+	return nil, fmt.Errorf("shard %s: %s: %w", c.name, msg, sentinel)
+}
+
+// readBody reads a whole answer with one allocation when its length is known.
+func readBody(resp *http.Response) ([]byte, error) {
+	if n := resp.ContentLength; n >= 0 && n <= maxRequestBody {
+		b := make([]byte, n)
+		_, err := io.ReadFull(resp.Body, b)
+		return b, err
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, maxRequestBody))
+}

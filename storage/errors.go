@@ -1,0 +1,28 @@
+package storage
+
+import "errors"
+
+// Sentinel errors. The Store and the Client return them (wrapped with
+// context), so callers test them with errors.Is whichever side they hold.
+var (
+	// ErrNotFound is returned by Get when the key has never been written.
+	// A deleted key is not an error: Get returns its tombstone.
+	ErrNotFound = errors.New("not found")
+
+	// ErrInvalid is returned when a request is malformed: an unknown bucket,
+	// an empty or oversized key, an oversized value, a bad scan limit.
+	ErrInvalid = errors.New("invalid request")
+
+	// ErrClosed is returned by every method of a Store after Close.
+	ErrClosed = errors.New("store closed")
+
+	// ErrLocked is returned by Open when another process holds the file.
+	ErrLocked = errors.New("database file is locked by another process")
+
+	// ErrUnavailable is returned by the Client when the storage daemon cannot
+	// be reached, times out, or answers 503.
+	ErrUnavailable = errors.New("shard unavailable")
+
+	// ErrInternal is returned by the Client when the daemon answers 500.
+	ErrInternal = errors.New("shard internal error")
+)

@@ -1,0 +1,204 @@
+package storage
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+)
+
+// Routes served by NewHandler. The client in this package is their only
+// intended caller; the paths are versioned so a rolling upgrade can tell.
+const (
+	pathHealth       = "/healthz"
+	pathInfo         = "/v1/info"
+	pathGet          = "/v1/get/"
+	pathApply        = "/v1/apply/"
+	pathScan         = "/v1/scan/"
+	pathDeletePrefix = "/v1/delete-prefix/"
+
+	maxRequestBody = MaxValueSize + 16<<20
+)
+
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func getBuf() *bytes.Buffer {
+	b := bufPool.Get().(*bytes.Buffer)
+	b.Reset()
+	return b
+}
+
+func putBuf(b *bytes.Buffer) {
+	if b.Cap() <= 1<<20 { // do not pin large buffers
+		bufPool.Put(b)
+	}
+}
+
+type handler struct {
+	store *Store
+	log   *slog.Logger
+}
+
+// NewHandler serves store over HTTP with the binary protocol that Client
+// speaks. Errors are answered as {"error":{"code","message"}}.
+func NewHandler(store *Store, log *slog.Logger) http.Handler {
+	if log == nil {
+		log = slog.Default()
+	}
+	h := &handler{store: store, log: log}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+pathHealth, h.health)
+	mux.HandleFunc("GET "+pathInfo, h.info)
+	mux.HandleFunc("GET "+pathGet+"{bucket}", h.get)
+	mux.HandleFunc("POST "+pathApply+"{bucket}", h.apply)
+	mux.HandleFunc("GET "+pathScan+"{bucket}", h.scan)
+	mux.HandleFunc("POST "+pathDeletePrefix+"{bucket}", h.deletePrefix)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "no route "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+func (h *handler) health(w http.ResponseWriter, r *http.Request) {
+	if err := h.store.Ping(r.Context()); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	io.WriteString(w, `{"status":"ok"}`)
+}
+
+func (h *handler) info(w http.ResponseWriter, r *http.Request) {
+	info, err := h.store.Info(r.Context())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(info)
+}
+
+func (h *handler) get(w http.ResponseWriter, r *http.Request) {
+	rec, err := h.store.Get(r.Context(), r.PathValue("bucket"), []byte(r.URL.Query().Get("k")))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	buf := getBuf()
+	defer putBuf(buf)
+	buf.Write(appendStored(buf.AvailableBuffer(), rec.Version, rec.Tombstone, rec.Value))
+	writeBinary(w, buf.Bytes())
+}
+
+func (h *handler) apply(w http.ResponseWriter, r *http.Request) {
+	body := getBuf()
+	defer putBuf(body)
+	if _, err := body.ReadFrom(http.MaxBytesReader(w, r.Body, maxRequestBody)); err != nil {
+		h.fail(w, r, fmt.Errorf("read request: %v: %w", err, ErrInvalid))
+		return
+	}
+	writes, err := parseWrites(body.Bytes())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	results, err := h.store.Apply(r.Context(), r.PathValue("bucket"), writes)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	out := getBuf()
+	defer putBuf(out)
+	out.Write(appendResults(out.AvailableBuffer(), results))
+	writeBinary(w, out.Bytes())
+}
+
+func (h *handler) scan(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit, err := strconv.Atoi(q.Get("limit"))
+	if err != nil {
+		h.fail(w, r, fmt.Errorf("limit %q: %w", q.Get("limit"), ErrInvalid))
+		return
+	}
+	opts := ScanOptions{Prefix: []byte(q.Get("prefix")), Limit: limit, Tombstones: q.Get("tombstones") == "1"}
+	if q.Has("after") {
+		opts.After = []byte(q.Get("after"))
+	}
+	page, err := h.store.Scan(r.Context(), r.PathValue("bucket"), opts)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	buf := getBuf()
+	defer putBuf(buf)
+	buf.Write(appendScanPage(buf.AvailableBuffer(), &page))
+	writeBinary(w, buf.Bytes())
+}
+
+func (h *handler) deletePrefix(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	version, err := strconv.ParseUint(q.Get("version"), 10, 64)
+	if err != nil {
+		h.fail(w, r, fmt.Errorf("version %q: %w", q.Get("version"), ErrInvalid))
+		return
+	}
+	n, err := h.store.DeletePrefix(r.Context(), r.PathValue("bucket"), []byte(q.Get("prefix")), version)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"deleted":%d}`, n)
+}
+
+func writeBinary(w http.ResponseWriter, b []byte) {
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Content-Length", strconv.Itoa(len(b)))
+	w.Write(b)
+}
+
+// errorStatus is the one table from error to status and code.
+var errorStatus = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{ErrNotFound, http.StatusNotFound, "not_found"},
+	{ErrInvalid, http.StatusBadRequest, "invalid_argument"},
+	{ErrClosed, http.StatusServiceUnavailable, "unavailable"},
+}
+
+func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status, code := http.StatusInternalServerError, "internal"
+	for _, e := range errorStatus {
+		if errors.Is(err, e.err) {
+			status, code = e.status, e.code
+			break
+		}
+	}
+	if status >= 500 {
+		h.log.Error("storage request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	writeError(w, status, code, err.Error())
+}
+
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	var body errorBody
+	body.Error.Code, body.Error.Message = code, msg
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(body)
+}

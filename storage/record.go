@@ -1,0 +1,155 @@
+package storage
+
+import (
+	"encoding/binary"
+	"fmt"
+	"regexp"
+)
+
+// Limits on what a shard accepts. They are checked before anything is
+// written, so an oversized request changes nothing.
+const (
+	MaxKeySize   = 4096     // bytes; BoltDB allows 32 KiB, we keep keys small
+	MaxValueSize = 64 << 20 // bytes
+	MaxScanLimit = 10000    // records per scan page
+	MaxBatch     = 10000    // writes per Apply
+)
+
+// Record is one versioned value. A zero Version means "never written".
+type Record struct {
+	Key       []byte
+	Version   uint64
+	Tombstone bool
+	Value     []byte // nil for tombstones
+}
+
+// Cond is a condition checked in the write's transaction.
+type Cond uint8
+
+const (
+	CondNone    Cond = iota // apply when newer than what is held
+	CondAbsent              // ... and only when no live record is held (absent or tombstone)
+	CondExists              // ... and only when a live record is held
+	CondVersion             // ... and only when the live record held has version Match
+)
+
+// Write is a record to apply, with an optional condition.
+type Write struct {
+	Record
+	Cond  Cond
+	Match uint64 // for CondVersion
+}
+
+// Outcome says what happened to one Write.
+type Outcome uint8
+
+const (
+	Applied  Outcome = iota // the write is stored
+	Stale                   // a record with a version >= the write's is held; nothing changed
+	Conflict                // the condition did not hold; nothing changed
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Applied:
+		return "applied"
+	case Stale:
+		return "stale"
+	case Conflict:
+		return "conflict"
+	}
+	return fmt.Sprintf("outcome(%d)", uint8(o))
+}
+
+// Result reports one Write's outcome and what the shard held before it.
+type Result struct {
+	Outcome       Outcome
+	PrevVersion   uint64 // 0 when nothing was held
+	PrevTombstone bool
+}
+
+// PrevLive reports whether a live (non-deleted) record was held before.
+func (r Result) PrevLive() bool { return r.PrevVersion != 0 && !r.PrevTombstone }
+
+// ScanOptions selects a page of records in key order.
+type ScanOptions struct {
+	Prefix     []byte // only keys with this prefix
+	After      []byte // start after this key (exclusive); nil starts at Prefix
+	Limit      int    // 1..MaxScanLimit
+	Tombstones bool   // include tombstones (repair and rebalance need them)
+}
+
+// ScanPage is one page of a scan. More is true when records may follow the
+// last one returned.
+type ScanPage struct {
+	Records []Record
+	More    bool
+}
+
+// Buckets hold records of one kind. Their names are short and lower case.
+var bucketName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
+
+// metaBucket holds the shard's own facts (its node id); it is not reachable
+// through the record API.
+const metaBucket = "_meta"
+
+func checkBucket(b string) error {
+	if !bucketName.MatchString(b) {
+		return fmt.Errorf("bucket %q: %w", b, ErrInvalid)
+	}
+	return nil
+}
+
+func checkKey(k []byte) error {
+	if len(k) == 0 {
+		return fmt.Errorf("empty key: %w", ErrInvalid)
+	}
+	if len(k) > MaxKeySize {
+		return fmt.Errorf("key of %d bytes exceeds %d: %w", len(k), MaxKeySize, ErrInvalid)
+	}
+	return nil
+}
+
+func checkWrite(w *Write) error {
+	if err := checkKey(w.Key); err != nil {
+		return err
+	}
+	if w.Version == 0 {
+		return fmt.Errorf("write without version: %w", ErrInvalid)
+	}
+	if len(w.Value) > MaxValueSize {
+		return fmt.Errorf("value of %d bytes exceeds %d: %w", len(w.Value), MaxValueSize, ErrInvalid)
+	}
+	if w.Cond > CondVersion {
+		return fmt.Errorf("unknown condition %d: %w", w.Cond, ErrInvalid)
+	}
+	return nil
+}
+
+// On disk and on the wire a record's value is stored as
+//
+//	version (8 bytes, big endian) | flags (1 byte) | value
+//
+// so the version is read without touching the value.
+const (
+	headerSize    = 9
+	flagTombstone = 1 << 0
+)
+
+func appendStored(dst []byte, version uint64, tombstone bool, value []byte) []byte {
+	dst = binary.BigEndian.AppendUint64(dst, version)
+	var flags byte
+	if tombstone {
+		flags |= flagTombstone
+	}
+	dst = append(dst, flags)
+	return append(dst, value...)
+}
+
+// parseStored splits a stored value; the returned value aliases b.
+func parseStored(b []byte) (version uint64, tombstone bool, value []byte, err error) {
+	if len(b) < headerSize {
+		return 0, false, nil, fmt.Errorf("stored record of %d bytes is shorter than its header", len(b))
+	}
+	return binary.BigEndian.Uint64(b), b[8]&flagTombstone != 0, b[headerSize:], nil
+}

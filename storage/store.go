@@ -1,0 +1,410 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Options tune Open. The zero value is usable.
+type Options struct {
+	// LockTimeout bounds the wait for the file lock held by another process.
+	// Zero means one second.
+	LockTimeout time.Duration
+	// NoSync skips fsync on commit. Only for tests and benchmarks that
+	// measure something else; a crash may lose acknowledged writes.
+	NoSync bool
+	// Observer, when set, is told how long each commit took and how many
+	// writes it carried.
+	Observer func(commit time.Duration, writes int)
+}
+
+// Store is one shard's BoltDB file. Its methods are safe for concurrent use.
+type Store struct {
+	db     *bolt.DB
+	path   string
+	nodeID string
+	obs    func(time.Duration, int)
+
+	// mu guards closed and the send side of commits: Apply holds it for
+	// reading while it queues, Close for writing while it closes the queue.
+	mu      sync.RWMutex
+	closed  bool
+	commits chan *commitReq
+	done    chan struct{} // closed when the committer has exited
+}
+
+type commitReq struct {
+	bucket  string
+	writes  []Write
+	results []Result
+	err     chan error
+}
+
+// Open opens (creating if needed, with its directory) the BoltDB file at path.
+func Open(path string, opts Options) (*Store, error) {
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = time.Second
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("create directory for %s: %w", path, err)
+		}
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:        opts.LockTimeout,
+		NoSync:         opts.NoSync,
+		FreelistType:   bolt.FreelistMapType,
+		NoFreelistSync: true,
+	})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("open %s: %w (waited %s)", path, ErrLocked, opts.LockTimeout)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	s := &Store{
+		db:      db,
+		path:    path,
+		obs:     opts.Observer,
+		commits: make(chan *commitReq, 1024),
+		done:    make(chan struct{}),
+	}
+	if err := s.loadNodeID(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	go s.commitLoop()
+	return s, nil
+}
+
+// loadNodeID reads the shard's stable identity, creating it on first open.
+// It survives restarts and address changes, so a shard is known by its data.
+func (s *Store) loadNodeID() error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists([]byte(metaBucket))
+		if err != nil {
+			return err
+		}
+		if id := b.Get([]byte("node_id")); id != nil {
+			s.nodeID = string(id)
+			return nil
+		}
+		var raw [8]byte
+		if _, err := rand.Read(raw[:]); err != nil {
+			return err
+		}
+		s.nodeID = hex.EncodeToString(raw[:])
+		return b.Put([]byte("node_id"), []byte(s.nodeID))
+	})
+}
+
+// Path is the file the store was opened from.
+func (s *Store) Path() string { return s.path }
+
+// NodeID is the shard's stable identity, kept in its file.
+func (s *Store) NodeID() string { return s.nodeID }
+
+// Close waits for queued writes to commit, then closes the file.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.commits)
+	s.mu.Unlock()
+	<-s.done
+	return s.db.Close()
+}
+
+// Get returns the record held for key, tombstones included, or ErrNotFound.
+func (s *Store) Get(_ context.Context, bucket string, key []byte) (Record, error) {
+	if err := checkBucket(bucket); err != nil {
+		return Record{}, err
+	}
+	if err := checkKey(key); err != nil {
+		return Record{}, err
+	}
+	var rec Record
+	err := s.view(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(bucket))
+		if b == nil {
+			return ErrNotFound
+		}
+		raw := b.Get(key)
+		if raw == nil {
+			return ErrNotFound
+		}
+		v, tomb, val, err := parseStored(raw)
+		if err != nil {
+			return fmt.Errorf("key %q: %w", key, err)
+		}
+		rec = Record{Key: bytes.Clone(key), Version: v, Tombstone: tomb}
+		if !tomb {
+			rec.Value = bytes.Clone(val)
+		}
+		return nil
+	})
+	return rec, err
+}
+
+func (s *Store) view(fn func(*bolt.Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return s.db.View(fn)
+}
+
+// Apply stores the writes that are newer than what is held and whose
+// conditions hold, all in one transaction, and reports each one's outcome.
+// Stale and conflicting writes are outcomes, not errors.
+func (s *Store) Apply(ctx context.Context, bucket string, writes []Write) ([]Result, error) {
+	if err := checkBucket(bucket); err != nil {
+		return nil, err
+	}
+	if len(writes) == 0 || len(writes) > MaxBatch {
+		return nil, fmt.Errorf("batch of %d writes (want 1..%d): %w", len(writes), MaxBatch, ErrInvalid)
+	}
+	for i := range writes {
+		if err := checkWrite(&writes[i]); err != nil {
+			return nil, err
+		}
+	}
+	req := &commitReq{bucket: bucket, writes: writes, results: make([]Result, len(writes)), err: make(chan error, 1)}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return nil, ErrClosed
+	}
+	s.commits <- req
+	s.mu.RUnlock()
+	// The write is queued: it commits whatever the caller does now, so we
+	// wait for it rather than report an outcome we do not know.
+	if err := <-req.err; err != nil {
+		return nil, err
+	}
+	return req.results, nil
+}
+
+// commitLoop is the single writer. Each round it takes one queued request
+// and every other request already waiting, and commits them together: writers
+// that arrive while an fsync runs share the next one, a lone writer waits for
+// nobody.
+func (s *Store) commitLoop() {
+	defer close(s.done)
+	batch := make([]*commitReq, 0, 64)
+	for req := range s.commits {
+		batch = append(batch[:0], req)
+		n := len(req.writes)
+	drain:
+		for n < MaxBatch {
+			select {
+			case r, ok := <-s.commits:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r)
+				n += len(r.writes)
+			default:
+				break drain
+			}
+		}
+		start := time.Now()
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for _, r := range batch {
+				if err := applyTx(tx, r); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if s.obs != nil {
+			s.obs(time.Since(start), n)
+		}
+		for _, r := range batch {
+			r.err <- err
+		}
+	}
+}
+
+func applyTx(tx *bolt.Tx, r *commitReq) error {
+	b, err := tx.CreateBucketIfNotExists([]byte(r.bucket))
+	if err != nil {
+		return fmt.Errorf("bucket %s: %w", r.bucket, err)
+	}
+	for i := range r.writes {
+		w := &r.writes[i]
+		var res Result
+		if raw := b.Get(w.Key); raw != nil {
+			v, tomb, _, err := parseStored(raw)
+			if err != nil {
+				return fmt.Errorf("key %q: %w", w.Key, err)
+			}
+			res.PrevVersion, res.PrevTombstone = v, tomb
+		}
+		live := res.PrevLive()
+		switch {
+		case w.Cond == CondAbsent && live,
+			w.Cond == CondExists && !live,
+			w.Cond == CondVersion && (!live || res.PrevVersion != w.Match):
+			res.Outcome = Conflict
+		case res.PrevVersion >= w.Version:
+			res.Outcome = Stale
+		default:
+			// Put keeps the slices until commit, and w aliases the caller's
+			// request buffer: store fresh copies.
+			val := appendStored(make([]byte, 0, headerSize+len(w.Value)), w.Version, w.Tombstone, w.Value)
+			if err := b.Put(bytes.Clone(w.Key), val); err != nil {
+				return fmt.Errorf("put %q: %w", w.Key, err)
+			}
+			res.Outcome = Applied
+		}
+		r.results[i] = res
+	}
+	return nil
+}
+
+// Scan returns a page of records in key order.
+func (s *Store) Scan(_ context.Context, bucket string, opts ScanOptions) (ScanPage, error) {
+	if err := checkBucket(bucket); err != nil {
+		return ScanPage{}, err
+	}
+	if opts.Limit < 1 || opts.Limit > MaxScanLimit {
+		return ScanPage{}, fmt.Errorf("scan limit %d (want 1..%d): %w", opts.Limit, MaxScanLimit, ErrInvalid)
+	}
+	var page ScanPage
+	err := s.view(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(bucket))
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		var k, raw []byte
+		// A cursor before the prefix starts at the prefix.
+		if opts.After != nil && bytes.Compare(opts.After, opts.Prefix) >= 0 {
+			k, raw = c.Seek(opts.After)
+			if k != nil && bytes.Equal(k, opts.After) {
+				k, raw = c.Next()
+			}
+		} else {
+			k, raw = c.Seek(opts.Prefix)
+		}
+		for ; k != nil && bytes.HasPrefix(k, opts.Prefix); k, raw = c.Next() {
+			if len(page.Records) == opts.Limit {
+				page.More = true
+				break
+			}
+			v, tomb, val, err := parseStored(raw)
+			if err != nil {
+				return fmt.Errorf("key %q: %w", k, err)
+			}
+			if tomb && !opts.Tombstones {
+				continue
+			}
+			rec := Record{Key: bytes.Clone(k), Version: v, Tombstone: tomb}
+			if !tomb {
+				rec.Value = bytes.Clone(val)
+			}
+			page.Records = append(page.Records, rec)
+		}
+		return nil
+	})
+	return page, err
+}
+
+// DeletePrefix writes a tombstone at version for every live record under
+// prefix whose version is older, and returns how many it deleted. It works in
+// transactions of a bounded size, so a large prefix does not hold the writer
+// for long; running it again finishes an interrupted run.
+func (s *Store) DeletePrefix(ctx context.Context, bucket string, prefix []byte, version uint64) (int, error) {
+	if err := checkBucket(bucket); err != nil {
+		return 0, err
+	}
+	if len(prefix) == 0 {
+		return 0, fmt.Errorf("empty prefix: %w", ErrInvalid)
+	}
+	if version == 0 {
+		return 0, fmt.Errorf("delete without version: %w", ErrInvalid)
+	}
+	total := 0
+	var after []byte
+	for {
+		page, err := s.Scan(ctx, bucket, ScanOptions{Prefix: prefix, After: after, Limit: 1000})
+		if err != nil {
+			return total, err
+		}
+		if len(page.Records) == 0 {
+			return total, nil
+		}
+		writes := make([]Write, 0, len(page.Records))
+		for _, r := range page.Records {
+			if r.Version < version {
+				writes = append(writes, Write{Record: Record{Key: r.Key, Version: version, Tombstone: true}})
+			}
+		}
+		if len(writes) > 0 {
+			res, err := s.Apply(ctx, bucket, writes)
+			if err != nil {
+				return total, err
+			}
+			for _, r := range res {
+				if r.Outcome == Applied {
+					total++
+				}
+			}
+		}
+		if !page.More {
+			return total, nil
+		}
+		after = page.Records[len(page.Records)-1].Key
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+	}
+}
+
+// Info describes the shard.
+type Info struct {
+	NodeID    string           `json:"node_id"`
+	Path      string           `json:"path"`
+	SizeBytes int64            `json:"size_bytes"`
+	Keys      map[string]int64 `json:"keys"` // records per bucket, tombstones included
+}
+
+// Info reports the shard's identity and size.
+func (s *Store) Info(context.Context) (Info, error) {
+	info := Info{NodeID: s.nodeID, Path: s.path, Keys: map[string]int64{}}
+	err := s.view(func(tx *bolt.Tx) error {
+		info.SizeBytes = tx.Size()
+		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+			if string(name) != metaBucket {
+				info.Keys[string(name)] = int64(b.Stats().KeyN)
+			}
+			return nil
+		})
+	})
+	return info, err
+}
+
+// Ping reports whether the store is open.
+func (s *Store) Ping(context.Context) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return nil
+}
