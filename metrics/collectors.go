@@ -1,0 +1,114 @@
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Router holds the router's own metrics beside the HTTP ones.
+type Router struct {
+	HTTP *HTTP
+
+	CacheHits      prometheus.Counter
+	CacheMisses    prometheus.Counter
+	CacheEvictions prometheus.Counter
+
+	// ShardRequestDuration is the latency of router-to-shard calls by shard
+	// and operation (get, apply, scan, delete_prefix, ping).
+	ShardRequestDuration *prometheus.HistogramVec
+	// ShardRequestErrors counts failed shard calls by shard and operation.
+	ShardRequestErrors *prometheus.CounterVec
+	// ShardUp is 1 while a shard answers its health probe, else 0.
+	ShardUp *prometheus.GaugeVec
+}
+
+// NewRouter registers the router's metrics on reg.
+func NewRouter(reg prometheus.Registerer) *Router {
+	m := &Router{
+		HTTP: NewHTTP(reg),
+		CacheHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "cache", Name: "hits_total",
+			Help: "Reads answered from the router's hot cache.",
+		}),
+		CacheMisses: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "cache", Name: "misses_total",
+			Help: "Reads that went to a shard because the hot cache did not hold the key.",
+		}),
+		CacheEvictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "cache", Name: "evictions_total",
+			Help: "Entries evicted from the hot cache to make room.",
+		}),
+		ShardRequestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: "shard", Name: "request_duration_seconds",
+			Help:    "Latency of calls from the router to a shard, by shard and operation.",
+			Buckets: latencyBuckets,
+		}, []string{"shard", "op"}),
+		ShardRequestErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "shard", Name: "request_errors_total",
+			Help: "Calls from the router to a shard that failed, by shard and operation.",
+		}, []string{"shard", "op"}),
+		ShardUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "shard", Name: "up",
+			Help: "1 when the shard answered its last health probe, else 0.",
+		}, []string{"shard"}),
+	}
+	reg.MustRegister(m.CacheHits, m.CacheMisses, m.CacheEvictions,
+		m.ShardRequestDuration, m.ShardRequestErrors, m.ShardUp)
+	return m
+}
+
+// CacheStats is what the hot cache reports when scraped.
+type CacheStats func() (entries, bytes int)
+
+// RegisterCache exposes the hot cache's size, read at scrape time.
+func RegisterCache(reg prometheus.Registerer, stats CacheStats) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "cache", Name: "entries",
+			Help: "Entries held by the router's hot cache.",
+		}, func() float64 { e, _ := stats(); return float64(e) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "cache", Name: "bytes",
+			Help: "Bytes allocated by the router's hot cache.",
+		}, func() float64 { _, b := stats(); return float64(b) }),
+	)
+}
+
+// Storage holds storaged's metrics beside the HTTP ones.
+type Storage struct {
+	HTTP *HTTP
+
+	// CommitDuration is the time of one BoltDB write transaction, fsync
+	// included; CommitWrites is how many writes it carried (group commit).
+	CommitDuration prometheus.Histogram
+	CommitWrites   prometheus.Histogram
+}
+
+// NewStorage registers storaged's metrics on reg.
+func NewStorage(reg prometheus.Registerer) *Storage {
+	m := &Storage{
+		HTTP: NewHTTP(reg),
+		CommitDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: "bolt", Name: "commit_duration_seconds",
+			Help:    "Duration of BoltDB write transactions, fsync included.",
+			Buckets: latencyBuckets,
+		}),
+		CommitWrites: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: "bolt", Name: "commit_writes",
+			Help:    "Writes carried by one BoltDB transaction (group commit).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
+		}),
+	}
+	reg.MustRegister(m.CommitDuration, m.CommitWrites)
+	return m
+}
+
+// StoreStats is what a BoltDB file reports when scraped.
+type StoreStats func() (sizeBytes int64)
+
+// RegisterStore exposes the BoltDB file size, read at scrape time.
+func RegisterStore(reg prometheus.Registerer, stats StoreStats) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: "bolt", Name: "size_bytes",
+		Help: "Size of the BoltDB file.",
+	}, func() float64 { return float64(stats()) }))
+}

@@ -1,0 +1,132 @@
+package router
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/go-kvdb/go-kvdb/storage"
+)
+
+// doc4K is a context document of about 4 KB of JSON, like the benchmark
+// suite's.
+func doc4K(id string) *Document {
+	return &Document{
+		Metadata: Metadata{ID: id, CreatedAt: "2024-03-20T10:00:00Z", Model: "llama2", Tags: []string{"chat", "support"}},
+		Content:  Content{Text: strings.Repeat("User asked how to rotate the keys of the cluster; assistant explained the steps. ", 50)[:3900]},
+	}
+}
+
+func BenchmarkCodecEncode(b *testing.B) {
+	c, _ := newCodec()
+	d := doc4K("bench")
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.encodeDocument(d); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkCodecRender(b *testing.B) {
+	c, _ := newCodec()
+	stored, _ := c.encodeDocument(doc4K("bench"))
+	buf := make([]byte, 0, 8192)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.appendDocumentJSON(buf[:0], stored, true); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkCodecRenderEmbedding768(b *testing.B) {
+	c, _ := newCodec()
+	d := doc4K("bench")
+	d.Content.Embeddings = make([]float32, 768)
+	for i := range d.Content.Embeddings {
+		d.Content.Embeddings[i] = float32(i) / 997
+	}
+	stored, _ := c.encodeDocument(d)
+	buf := make([]byte, 0, 16384)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.appendDocumentJSON(buf[:0], stored, true); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkRingOwner(b *testing.B) {
+	var nodes []Node
+	for i := range 3 {
+		nodes = append(nodes, Node{Name: fmt.Sprintf("sh-%d", i+1), Shard: &faultyShard{}})
+	}
+	r, _ := newRing(nodes)
+	keys := make([]string, 1024)
+	for i := range keys {
+		keys[i] = placement("topic", fmt.Sprintf("ctx-%d", i))
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		r.owner(keys[i&1023])
+		i++
+	}
+}
+
+func BenchmarkMergePages(b *testing.B) {
+	pages := make([]storage.ScanPage, 3)
+	for s := range pages {
+		for i := range 100 {
+			pages[s].Records = append(pages[s].Records, storage.Record{Key: fmt.Appendf(nil, "t\x00c%05d", i*3+s), Version: 1})
+		}
+		pages[s].More = true
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		mergePages(pages, []byte("t\x00c00297"))
+	}
+}
+
+// benchGet measures GET of one 4 KB context through the router's HTTP
+// stack, with the cache on (hits) or off (each GET goes to a shard daemon
+// over HTTP).
+func benchGet(b *testing.B, cacheBytes int64) {
+	tc := newTestCluster(b, clusterOpts{cacheBytes: cacheBytes})
+	tc.createTopic(b, "t")
+	d := doc4K("")
+	const keys = 1000
+	for i := range keys {
+		tc.putContext(b, "t", fmt.Sprintf("c%d", i), map[string]any{"metadata": map[string]any{"tags": d.Metadata.Tags}, "content": d.Content})
+	}
+	urls := make([]string, keys)
+	for i := range urls {
+		urls[i] = fmt.Sprintf("%s/api/v1/topics/t/contexts/c%d", tc.URL, i)
+	}
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			resp, err := hc.Get(urls[i%keys])
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				b.Errorf("GET = %d", resp.StatusCode)
+				return
+			}
+			i++
+		}
+	})
+}
+
+func BenchmarkRouterGetCacheHit(b *testing.B)  { benchGet(b, 64<<20) }
+func BenchmarkRouterGetCacheMiss(b *testing.B) { benchGet(b, 0) }

@@ -1,0 +1,198 @@
+package router
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/storage"
+)
+
+func randomDoc(rng *rand.Rand) *Document {
+	d := &Document{Metadata: Metadata{
+		ID:        fmt.Sprintf("id-%d", rng.IntN(1e6)),
+		CreatedAt: "2024-03-20T10:00:00Z",
+		UpdatedAt: time.Unix(rng.Int64N(1e9), 0).UTC().Format(time.RFC3339Nano),
+	}}
+	if rng.IntN(2) == 0 {
+		d.Metadata.Model = "llama2"
+	}
+	for range rng.IntN(4) {
+		d.Metadata.Tags = append(d.Metadata.Tags, fmt.Sprintf("tag%d", rng.IntN(100)))
+	}
+	if rng.IntN(3) > 0 {
+		d.Content.Text = strings.Repeat("the quick brown fox \"quoted\" \n ünïcode ", rng.IntN(200))
+	}
+	for range rng.IntN(3) {
+		d.Content.Messages = append(d.Content.Messages, Message{Role: "user", Content: "hello <b>&</b>"})
+	}
+	if n := rng.IntN(3) * 384; n > 0 {
+		d.Content.Embeddings = make([]float32, n)
+		for i := range d.Content.Embeddings {
+			d.Content.Embeddings[i] = float32(rng.NormFloat64() * math.Pow(10, float64(rng.IntN(20)-10)))
+		}
+	}
+	return d
+}
+
+// TestCodecRoundTrip checks that the hand-written renderer produces exactly
+// what encoding/json makes of the document, and decoding gives it back.
+func TestCodecRoundTrip(t *testing.T) {
+	c, err := newCodec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 300 {
+		d := randomDoc(rng)
+		stored, err := c.encodeDocument(d)
+		if err != nil {
+			t.Fatalf("encode: %v", err)
+		}
+		got, err := c.appendDocumentJSON(nil, stored, true)
+		if err != nil {
+			t.Fatalf("render #%d: %v", i, err)
+		}
+		want, _ := json.Marshal(d)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("render #%d =\n%s\nwant\n%s", i, got, want)
+		}
+		meta, err := c.appendDocumentJSON(nil, stored, false)
+		wantMeta, _ := json.Marshal(struct {
+			Metadata Metadata `json:"metadata"`
+		}{d.Metadata})
+		if err != nil || !bytes.Equal(meta, wantMeta) {
+			t.Fatalf("render metadata #%d = %s, %v; want %s", i, meta, err, wantMeta)
+		}
+		back, err := c.decodeDocument(stored)
+		if err != nil || !reflect.DeepEqual(back, d) {
+			t.Fatalf("decode #%d = %+v, %v; want %+v", i, back, err, d)
+		}
+	}
+}
+
+func TestCodecCompresses(t *testing.T) {
+	c, _ := newCodec()
+	d := &Document{Content: Content{Text: strings.Repeat("a conversation about databases and caches. ", 100)}}
+	raw, _ := json.Marshal(d)
+	stored, _ := c.encodeDocument(d)
+	if len(stored) >= len(raw)/2 {
+		t.Errorf("stored %d bytes for %d bytes of JSON, want compression", len(stored), len(raw))
+	}
+	small := &Document{Content: Content{Text: "hi"}}
+	stored, _ = c.encodeDocument(small)
+	if s, _ := splitStored(stored); s.codec != codecRaw {
+		t.Errorf("small body codec = %d, want raw", s.codec)
+	}
+	emb := &Document{Content: Content{Embeddings: make([]float32, 768)}}
+	stored, _ = c.encodeDocument(emb)
+	if perDim := float64(len(stored)) / 768; perDim > 4.1 {
+		t.Errorf("embedding costs %.2f bytes a dimension, want at most 4.1", perDim)
+	}
+}
+
+func TestCodecRejectsCorruptRecords(t *testing.T) {
+	c, _ := newCodec()
+	stored, _ := c.encodeDocument(&Document{
+		Metadata: Metadata{ID: "a"},
+		Content:  Content{Text: strings.Repeat("compressible ", 50), Embeddings: []float32{1, 2, 3}},
+	})
+	for n := range len(stored) {
+		if _, err := c.appendDocumentJSON(nil, stored[:n], true); !errors.Is(err, errCorrupt) {
+			t.Fatalf("render of %d of %d bytes = %v, want errCorrupt", n, len(stored), err)
+		}
+	}
+	bad := bytes.Clone(stored)
+	bad[0] = 9
+	if _, err := c.appendDocumentJSON(nil, bad, true); !errors.Is(err, errCorrupt) {
+		t.Errorf("unknown format = %v, want errCorrupt", err)
+	}
+	// A body that decompresses past the cap is refused, not inflated.
+	bomb := c.enc.EncodeAll(make([]byte, maxDecoded+1<<20), nil)
+	v := []byte{formatV1, 2, '{', '}', codecZstd}
+	v = appendUvarint(v, len(bomb))
+	v = append(v, bomb...)
+	v = append(v, 0)
+	if _, err := c.appendDocumentJSON(nil, v, true); !errors.Is(err, errCorrupt) {
+		t.Errorf("decompression bomb = %v, want errCorrupt", err)
+	}
+}
+
+func appendUvarint(b []byte, n int) []byte {
+	for n >= 0x80 {
+		b = append(b, byte(n)|0x80)
+		n >>= 7
+	}
+	return append(b, byte(n))
+}
+
+func TestAppendFloat32MatchesJSON(t *testing.T) {
+	for _, f := range []float32{0, 1, -1, 0.1, 0.2, 1e-7, 1.5e-6, 1e20, 1e21, 3.4e38, -2.5e-10, math.SmallestNonzeroFloat32, 123456.79} {
+		want, _ := json.Marshal(f)
+		if got := appendFloat32(nil, f); string(got) != string(want) {
+			t.Errorf("appendFloat32(%g) = %s, want %s", f, got, want)
+		}
+	}
+}
+
+func TestClock(t *testing.T) {
+	now := time.UnixMilli(1_700_000_000_000)
+	c := clock{now: func() time.Time { return now }}
+	a, b := c.Next(), c.Next()
+	if b <= a {
+		t.Errorf("Next() = %d then %d, want increasing within one millisecond", a, b)
+	}
+	if got := versionTime(a); !got.Equal(now) {
+		t.Errorf("versionTime(%d) = %v, want %v", a, got, now)
+	}
+	c.Observe(b + 1000)
+	if n := c.Next(); n <= b+1000 {
+		t.Errorf("Next() after Observe(%d) = %d, want greater", b+1000, n)
+	}
+	now = now.Add(time.Second)
+	if n := c.Next(); versionTime(n) != now.UTC() {
+		t.Errorf("Next() after the clock moved = %v, want %v", versionTime(n), now)
+	}
+}
+
+func TestMergePages(t *testing.T) {
+	rec := func(k string, v uint64, tomb bool) storage.Record {
+		return storage.Record{Key: []byte(k), Version: v, Tombstone: tomb}
+	}
+	pages := []storage.ScanPage{
+		{Records: []storage.Record{rec("a", 1, false), rec("c", 5, false), rec("e", 1, false)}, More: true},
+		{Records: []storage.Record{rec("b", 1, false), rec("c", 7, true), rec("d", 2, false), rec("f", 1, false)}},
+		{Records: []storage.Record{rec("a", 3, false)}},
+	}
+	got := mergePages(pages, []byte("e"))
+	var keys []string
+	for _, r := range got {
+		keys = append(keys, fmt.Sprintf("%s@%d", r.Key, r.Version))
+	}
+	if want := "[a@3 b@1 d@2 e@1]"; fmt.Sprint(keys) != want {
+		t.Errorf("mergePages = %v, want %s", keys, want)
+	}
+}
+
+func TestValidToken(t *testing.T) {
+	for s, want := range map[string]bool{
+		"a": true, "my-topic": true, "A.b_c-9": true, "-a": false, ".a": false, "a/b": false, "a b": false,
+		"": false, strings.Repeat("x", 128): true, strings.Repeat("x", 129): false, "a:b": false, "é": false,
+	} {
+		if got := validName(s); got != want {
+			t.Errorf("validName(%q) = %v, want %v", s, got, want)
+		}
+	}
+	for s, want := range map[string]bool{"a:b": true, ":a": false, strings.Repeat("x", 256): true, strings.Repeat("x", 257): false} {
+		if got := validID(s); got != want {
+			t.Errorf("validID(%q) = %v, want %v", s, got, want)
+		}
+	}
+}

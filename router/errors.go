@@ -1,0 +1,84 @@
+package router
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/go-kvdb/go-kvdb/storage"
+)
+
+// Code is an API error code, as it appears in {"error":{"code":…}}.
+type Code string
+
+// The API's error codes. Each has one HTTP status (see codeStatus).
+const (
+	CodeInvalidArgument      Code = "invalid_argument"
+	CodeNotFound             Code = "not_found"
+	CodeAlreadyExists        Code = "already_exists"
+	CodeFailedPrecondition   Code = "failed_precondition"
+	CodePayloadTooLarge      Code = "payload_too_large"
+	CodeUnsupportedMediaType Code = "unsupported_media_type"
+	CodeMethodNotAllowed     Code = "method_not_allowed"
+	CodeUnavailable          Code = "unavailable"
+	CodeInternal             Code = "internal"
+)
+
+// codeStatus is the one table from error code to HTTP status.
+var codeStatus = map[Code]int{
+	CodeInvalidArgument:      http.StatusBadRequest,
+	CodeNotFound:             http.StatusNotFound,
+	CodeAlreadyExists:        http.StatusConflict,
+	CodeFailedPrecondition:   http.StatusPreconditionFailed,
+	CodePayloadTooLarge:      http.StatusRequestEntityTooLarge,
+	CodeUnsupportedMediaType: http.StatusUnsupportedMediaType,
+	CodeMethodNotAllowed:     http.StatusMethodNotAllowed,
+	CodeUnavailable:          http.StatusServiceUnavailable,
+	CodeInternal:             http.StatusInternalServerError,
+}
+
+// Error is an error the API reports to its client with a code.
+type Error struct {
+	Code    Code
+	Message string
+	Err     error // the cause, if any; logged for 5xx, never sent
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return e.Message + ": " + e.Err.Error()
+	}
+	return e.Message
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Status is the HTTP status for the error's code.
+func (e *Error) Status() int {
+	if s, ok := codeStatus[e.Code]; ok {
+		return s
+	}
+	return http.StatusInternalServerError
+}
+
+func errorf(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// fromStorage turns an error from a shard into an API error: an unreachable
+// shard is 503 naming the shard, never a 404 or a silent gap.
+func fromStorage(what string, err error) *Error {
+	var apiErr *Error
+	switch {
+	case errors.As(err, &apiErr):
+		return apiErr
+	case errors.Is(err, storage.ErrUnavailable), errors.Is(err, storage.ErrClosed):
+		return &Error{Code: CodeUnavailable, Message: what + ": " + err.Error(), Err: err}
+	case errors.Is(err, storage.ErrInvalid):
+		// The router validates before it writes, so a shard refusing a
+		// request is our bug, not the client's.
+		return &Error{Code: CodeInternal, Message: what + ": internal error", Err: err}
+	default:
+		return &Error{Code: CodeInternal, Message: what + ": internal error", Err: err}
+	}
+}

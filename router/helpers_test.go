@@ -1,0 +1,220 @@
+package router
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+
+	"github.com/go-kvdb/go-kvdb/storage"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// testCluster is a router in front of real shards: BoltDB files in a temp
+// dir, each served by storage.NewHandler and reached by storage.Client.
+type testCluster struct {
+	URL    string
+	router *Router
+	reg    *prometheus.Registry
+	stores []*storage.Store
+	faults []*faultyShard // one per shard, wrapping its client
+}
+
+type clusterOpts struct {
+	shards     int
+	cacheBytes int64
+	maxBody    int64
+}
+
+func newTestCluster(t testing.TB, o clusterOpts) *testCluster {
+	t.Helper()
+	if o.shards == 0 {
+		o.shards = 3
+	}
+	if o.cacheBytes == 0 {
+		o.cacheBytes = 64 << 20
+	}
+	tc := &testCluster{reg: prometheus.NewRegistry()}
+	hc := &http.Client{Transport: storage.NewTransport()}
+	var nodes []Node
+	for i := range o.shards {
+		st, err := storage.Open(filepath.Join(t.TempDir(), fmt.Sprintf("sh-%d.db", i+1)), storage.Options{NoSync: true})
+		if err != nil {
+			t.Fatalf("open shard: %v", err)
+		}
+		srv := httptest.NewServer(storage.NewHandler(st, quietLogger()))
+		t.Cleanup(func() {
+			srv.Close()
+			st.Close()
+		})
+		name := fmt.Sprintf("sh-%d", i+1)
+		f := &faultyShard{Shard: storage.NewClient(name, srv.URL, hc)}
+		tc.stores = append(tc.stores, st)
+		tc.faults = append(tc.faults, f)
+		nodes = append(nodes, Node{Name: name, Address: srv.URL, Shard: f})
+	}
+	rt, err := New(Config{
+		Nodes:        nodes,
+		CacheBytes:   o.cacheBytes,
+		MaxBodyBytes: o.maxBody,
+		Registry:     tc.reg,
+		Logger:       quietLogger(),
+	})
+	if err != nil {
+		t.Fatalf("router.New: %v", err)
+	}
+	srv := httptest.NewServer(rt.Handler())
+	t.Cleanup(func() {
+		srv.Close()
+		rt.Close()
+	})
+	tc.URL, tc.router = srv.URL, rt
+	return tc
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// faultyShard is a real shard client with a switch that makes it fail as an
+// unreachable daemon would, and a count of records its scans returned.
+type faultyShard struct {
+	Shard
+	down    atomic.Bool
+	scanned atomic.Int64
+}
+
+var errDown = fmt.Errorf("connection refused (test fault): %w", storage.ErrUnavailable)
+
+func (f *faultyShard) Get(ctx context.Context, b string, k []byte) (storage.Record, error) {
+	if f.down.Load() {
+		return storage.Record{}, errDown
+	}
+	return f.Shard.Get(ctx, b, k)
+}
+
+func (f *faultyShard) Apply(ctx context.Context, b string, w []storage.Write) ([]storage.Result, error) {
+	if f.down.Load() {
+		return nil, errDown
+	}
+	return f.Shard.Apply(ctx, b, w)
+}
+
+func (f *faultyShard) Scan(ctx context.Context, b string, o storage.ScanOptions) (storage.ScanPage, error) {
+	if f.down.Load() {
+		return storage.ScanPage{}, errDown
+	}
+	p, err := f.Shard.Scan(ctx, b, o)
+	f.scanned.Add(int64(len(p.Records)))
+	return p, err
+}
+
+func (f *faultyShard) DeletePrefix(ctx context.Context, b string, p []byte, v uint64) (int, error) {
+	if f.down.Load() {
+		return 0, errDown
+	}
+	return f.Shard.DeletePrefix(ctx, b, p, v)
+}
+
+func (f *faultyShard) Ping(ctx context.Context) error {
+	if f.down.Load() {
+		return errDown
+	}
+	return f.Shard.Ping(ctx)
+}
+
+// response is an HTTP answer with its body decoded as JSON (when it is).
+type response struct {
+	Status int
+	Header http.Header
+	Raw    []byte
+	JSON   map[string]any
+}
+
+// errCode returns the API error code of an error answer.
+func (r response) errCode() string {
+	e, _ := r.JSON["error"].(map[string]any)
+	code, _ := e["code"].(string)
+	return code
+}
+
+func (r response) errMessage() string {
+	e, _ := r.JSON["error"].(map[string]any)
+	msg, _ := e["message"].(string)
+	return msg
+}
+
+// call sends a request; body may be nil, a string (sent as is) or a value
+// (sent as JSON). Content-Type is application/json unless header says.
+func call(t testing.TB, method, url string, body any, header ...string) response {
+	t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = bytes.NewBufferString(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		raw, err := json.Marshal(b)
+		if err != nil {
+			t.Fatalf("marshal body: %v", err)
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		t.Fatalf("NewRequest: %v", err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read body: %v", method, url, err)
+	}
+	r := response{Status: resp.StatusCode, Header: resp.Header, Raw: raw}
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &r.JSON); err != nil && !errors.Is(err, io.EOF) {
+			r.JSON = nil
+		}
+	}
+	return r
+}
+
+// must checks an answer's status and fails the test with its body if not.
+func must(t testing.TB, r response, status int, what string) response {
+	t.Helper()
+	if r.Status != status {
+		t.Fatalf("%s = %d %s, want %d", what, r.Status, r.Raw, status)
+	}
+	return r
+}
+
+func (tc *testCluster) createTopic(t testing.TB, name string) {
+	t.Helper()
+	must(t, call(t, "POST", tc.URL+"/api/v1/topics", map[string]any{"name": name}), 201, "create topic "+name)
+}
+
+func (tc *testCluster) putContext(t testing.TB, topic, id string, doc any) response {
+	t.Helper()
+	r := call(t, "PUT", tc.URL+"/api/v1/topics/"+topic+"/contexts/"+id, doc)
+	if r.Status != 200 && r.Status != 201 {
+		t.Fatalf("PUT context %s/%s = %d %s", topic, id, r.Status, r.Raw)
+	}
+	return r
+}

@@ -1,0 +1,295 @@
+package router
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/storage"
+	"github.com/labstack/echo/v4"
+	"golang.org/x/sync/errgroup"
+)
+
+const (
+	defaultPageLimit = 100
+	maxPageLimit     = 1000
+)
+
+// fanOut runs fn on every shard in parallel, each call under its own
+// deadline, and returns the first error.
+func (r *Router) fanOut(ctx context.Context, fn func(context.Context, *Node) error) error {
+	return r.fanOutTimeout(ctx, r.cfg.ShardTimeout, fn)
+}
+
+func (r *Router) fanOutTimeout(ctx context.Context, timeout time.Duration, fn func(context.Context, *Node) error) error {
+	g, ctx := errgroup.WithContext(ctx)
+	for _, n := range r.ring.Load().nodes {
+		g.Go(func() error {
+			ctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			return fn(ctx, n)
+		})
+	}
+	return g.Wait()
+}
+
+// pageQuery is one page of a key range spread over every shard.
+type pageQuery struct {
+	bucket string
+	prefix []byte // the range
+	after  []byte // start after this key; nil starts at prefix
+	limit  int
+	keep   func(storage.Record) bool // nil keeps every live record
+}
+
+// page reads one page of live records in key order from all shards. Each
+// shard returns at most limit records after the cursor, so a page costs
+// shards × limit reads however large the range. Records are merged up to
+// the frontier (the smallest last key among shards that have more), since
+// a shard that has more may still hold keys below another shard's last.
+//
+// With a filter, a page may need more rounds; after examining a bounded
+// number of records it returns what it has with a cursor, so one request
+// never scans a whole topic. next is nil when nothing follows.
+func (r *Router) page(ctx context.Context, q pageQuery) (recs []storage.Record, next []byte, err error) {
+	nodes := r.ring.Load().nodes
+	budget := max(10*q.limit, 1000)
+	after := q.after
+	examined := 0
+	for {
+		pages := make([]storage.ScanPage, len(nodes))
+		g, gctx := errgroup.WithContext(ctx)
+		for i, n := range nodes {
+			g.Go(func() error {
+				sctx, cancel := r.shardCtx(gctx)
+				defer cancel()
+				p, err := n.Shard.Scan(sctx, q.bucket, storage.ScanOptions{Prefix: q.prefix, After: after, Limit: q.limit})
+				if err != nil {
+					return fromStorage("list on shard "+n.Name, err)
+				}
+				pages[i] = p
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return nil, nil, err
+		}
+		var frontier []byte // nil: every shard is exhausted
+		for _, p := range pages {
+			if p.More && len(p.Records) > 0 {
+				if last := p.Records[len(p.Records)-1].Key; frontier == nil || bytes.Compare(last, frontier) < 0 {
+					frontier = last
+				}
+			}
+		}
+		merged := mergePages(pages, frontier)
+		for i, rec := range merged {
+			examined++
+			if q.keep != nil && !q.keep(rec) {
+				continue
+			}
+			recs = append(recs, rec)
+			if len(recs) == q.limit {
+				if frontier != nil || slices.ContainsFunc(merged[i+1:], func(r storage.Record) bool { return q.keep == nil || q.keep(r) }) {
+					next = rec.Key
+				}
+				return recs, next, nil
+			}
+		}
+		if frontier == nil {
+			return recs, nil, nil
+		}
+		after = frontier
+		if examined >= budget {
+			return recs, frontier, nil
+		}
+	}
+}
+
+// mergePages merges shard pages (each sorted by key) into key order, keeps
+// the newest version of a key held by several shards, and drops tombstones
+// and keys past frontier. It is a k-way merge: k is the number of shards,
+// so picking the smallest head is cheaper than sorting the whole.
+func mergePages(pages []storage.ScanPage, frontier []byte) []storage.Record {
+	n := 0
+	for _, p := range pages {
+		n += len(p.Records)
+	}
+	out := make([]storage.Record, 0, n)
+	heads := make([]int, len(pages))
+	var last []byte // key of the newest copy taken (or dropped) last
+	for {
+		best := -1
+		for i, p := range pages {
+			if heads[i] == len(p.Records) {
+				continue
+			}
+			if best < 0 {
+				best = i
+				continue
+			}
+			a, b := &p.Records[heads[i]], &pages[best].Records[heads[best]]
+			if c := bytes.Compare(a.Key, b.Key); c < 0 || (c == 0 && a.Version > b.Version) {
+				best = i
+			}
+		}
+		if best < 0 {
+			return out
+		}
+		rec := pages[best].Records[heads[best]]
+		heads[best]++
+		if frontier != nil && bytes.Compare(rec.Key, frontier) > 0 {
+			return out // every later key is past the frontier too
+		}
+		if last != nil && bytes.Equal(rec.Key, last) {
+			continue // an older copy of a key already taken
+		}
+		last = rec.Key
+		if !rec.Tombstone {
+			out = append(out, rec)
+		}
+	}
+}
+
+// Cursors are opaque to clients: the last name or id of the page, base64.
+func encodeCursor(last string) string { return base64.RawURLEncoding.EncodeToString([]byte(last)) }
+
+func decodeCursor(s string, valid func(string) bool) (string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || !valid(string(b)) {
+		return "", errorf(CodeInvalidArgument, "cursor %q is malformed: pass back a next_cursor unchanged", truncate(s))
+	}
+	return string(b), nil
+}
+
+func pageLimit(c echo.Context) (int, error) {
+	s := c.QueryParam("limit")
+	if s == "" {
+		return defaultPageLimit, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > maxPageLimit {
+		return 0, errorf(CodeInvalidArgument, "limit %q must be an integer from 1 to %d", truncate(s), maxPageLimit)
+	}
+	return n, nil
+}
+
+// validPrefix accepts what can begin a topic name (or nothing).
+func validPrefix(s string) bool { return s == "" || validName(s) }
+
+func (r *Router) listTopics(c echo.Context) error {
+	limit, err := pageLimit(c)
+	if err != nil {
+		return err
+	}
+	prefix := c.QueryParam("prefix")
+	if !validPrefix(prefix) {
+		return errorf(CodeInvalidArgument, "prefix %q cannot begin a topic name", truncate(prefix))
+	}
+	q := pageQuery{bucket: bucketTopics, prefix: []byte(prefix), limit: limit}
+	if cur := c.QueryParam("cursor"); cur != "" {
+		last, err := decodeCursor(cur, validName)
+		if err != nil {
+			return err
+		}
+		q.after = []byte(last)
+	}
+	recs, next, err := r.page(c.Request().Context(), q)
+	if err != nil {
+		return err
+	}
+	out := append(make([]byte, 0, 64*len(recs)+64), `{"topics":[`...)
+	for i, rec := range recs {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, rec.Value...)
+	}
+	out = appendNextCursor(out, next, nil)
+	return c.JSONBlob(http.StatusOK, out)
+}
+
+func appendNextCursor(dst []byte, next, prefix []byte) []byte {
+	dst = append(dst, `],"next_cursor":"`...)
+	if next != nil {
+		dst = append(dst, encodeCursor(string(bytes.TrimPrefix(next, prefix)))...)
+	}
+	return append(dst, `"}`...)
+}
+
+func (r *Router) listContexts(c echo.Context) error {
+	topic, err := topicParam(c)
+	if err != nil {
+		return err
+	}
+	limit, err := pageLimit(c)
+	if err != nil {
+		return err
+	}
+	withContent := false
+	switch inc := c.QueryParam("include"); inc {
+	case "":
+	case "content":
+		withContent = true
+	default:
+		return errorf(CodeInvalidArgument, "include %q: the only choice is \"content\"", truncate(inc))
+	}
+	params := c.QueryParams()
+	tags, model := params["tag"], c.QueryParam("model")
+	for _, t := range tags {
+		if t == "" || len(t) > maxTagLen {
+			return errorf(CodeInvalidArgument, "tag %q: a tag has 1 to %d bytes", truncate(t), maxTagLen)
+		}
+	}
+	if len(model) > maxModelLen {
+		return errorf(CodeInvalidArgument, "model: longer than %d bytes", maxModelLen)
+	}
+	prefix := []byte(topic + keySep)
+	q := pageQuery{bucket: bucketContexts, prefix: prefix, limit: limit}
+	if cur := c.QueryParam("cursor"); cur != "" {
+		last, err := decodeCursor(cur, validID)
+		if err != nil {
+			return err
+		}
+		q.after = append(bytes.Clone(prefix), last...)
+	}
+	if len(tags) > 0 || model != "" {
+		q.keep = func(rec storage.Record) bool {
+			m, _, err := decodeMetadata(rec.Value)
+			if err != nil {
+				return false
+			}
+			if model != "" && m.Model != model {
+				return false
+			}
+			for _, t := range tags {
+				if !slices.Contains(m.Tags, t) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	if _, _, err := r.readTopic(c, topic); err != nil {
+		return err
+	}
+	recs, next, err := r.page(c.Request().Context(), q)
+	if err != nil {
+		return err
+	}
+	out := append(make([]byte, 0, 256*len(recs)+64), `{"contexts":[`...)
+	for i, rec := range recs {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		if out, err = r.codec.appendDocumentJSON(out, rec.Value, withContent); err != nil {
+			return &Error{Code: CodeInternal, Message: "a stored context cannot be decoded", Err: err}
+		}
+	}
+	out = appendNextCursor(out, next, prefix)
+	return c.JSONBlob(http.StatusOK, out)
+}
