@@ -110,6 +110,9 @@ func (c *Client) Scan(ctx context.Context, bucket string, opts ScanOptions) (Sca
 	if opts.Tombstones {
 		q.Set("tombstones", "1")
 	}
+	if opts.KeysOnly {
+		q.Set("keys_only", "1")
+	}
 	body, err := c.do(ctx, http.MethodGet, pathScan+bucket+"?"+q.Encode(), nil)
 	if err != nil {
 		return ScanPage{}, err
@@ -142,6 +145,26 @@ func (c *Client) DeletePrefix(ctx context.Context, bucket string, prefix []byte,
 	return out.Deleted, nil
 }
 
+// TopK asks the shard for the q.K vectors under q.Prefix most similar to
+// q.Query (see Store.TopK).
+func (c *Client) TopK(ctx context.Context, bucket string, q TopKQuery) (TopKResult, error) {
+	if err := c.checkBucket(bucket); err != nil {
+		return TopKResult{}, err
+	}
+	if err := checkTopK(&q); err != nil {
+		return TopKResult{}, fmt.Errorf("shard %s: %w", c.name, err)
+	}
+	body, err := c.do(ctx, http.MethodPost, pathTopK+bucket, appendTopKQuery(nil, &q))
+	if err != nil {
+		return TopKResult{}, err
+	}
+	res, err := parseTopKResult(body)
+	if err != nil {
+		return TopKResult{}, fmt.Errorf("shard %s: %v: %w", c.name, err, ErrInternal)
+	}
+	return res, nil
+}
+
 // checkBucket refuses a bucket name before it is pasted into a URL path: a
 // name with '/', '?' or '%' would reach another route or another bucket, and
 // an empty one no route at all (ErrNotFound instead of ErrInvalid).
@@ -171,6 +194,67 @@ func (c *Client) Ping(ctx context.Context) error {
 	return err
 }
 
+// MultiGet returns the records held for keys, in order (Version 0: never
+// written).
+func (c *Client) MultiGet(ctx context.Context, bucket string, keys [][]byte) ([]Record, error) {
+	if err := c.checkBucket(bucket); err != nil {
+		return nil, err
+	}
+	buf := getBuf()
+	defer putBuf(buf)
+	buf.Write(appendKeys(buf.AvailableBuffer(), keys))
+	body, err := c.do(ctx, http.MethodPost, pathMultiGet+bucket, buf.Bytes())
+	if err != nil {
+		return nil, err
+	}
+	page, err := parseScanPage(body)
+	if err == nil && len(page.Records) != len(keys) {
+		err = fmt.Errorf("%d records for %d keys", len(page.Records), len(keys))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("shard %s: %v: %w", c.name, err, ErrInternal)
+	}
+	return page.Records, nil
+}
+
+// Purge removes each record whose held version is at most the one given.
+func (c *Client) Purge(ctx context.Context, bucket string, recs []Record) (int, error) {
+	if err := c.checkBucket(bucket); err != nil {
+		return 0, err
+	}
+	keys := make([]Record, len(recs))
+	for i, r := range recs {
+		keys[i] = Record{Key: r.Key, Version: r.Version}
+	}
+	buf := getBuf()
+	defer putBuf(buf)
+	buf.Write(appendScanPage(buf.AvailableBuffer(), &ScanPage{Records: keys}))
+	body, err := c.do(ctx, http.MethodPost, pathPurge+bucket, buf.Bytes())
+	if err != nil {
+		return 0, err
+	}
+	var out struct {
+		Purged int `json:"purged"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil {
+		return 0, fmt.Errorf("shard %s: purge answer: %v: %w", c.name, err, ErrInternal)
+	}
+	return out.Purged, nil
+}
+
+// Health returns the daemon's identity and the cluster-map epoch it holds.
+func (c *Client) Health(ctx context.Context) (Health, error) {
+	body, err := c.do(ctx, http.MethodGet, pathHealth, nil)
+	if err != nil {
+		return Health{}, err
+	}
+	var h Health
+	if err := json.Unmarshal(body, &h); err != nil {
+		return Health{}, fmt.Errorf("shard %s: health answer: %v: %w", c.name, err, ErrInternal)
+	}
+	return h, nil
+}
+
 // do sends one request and returns the body of a 200 answer. Any other
 // answer becomes a sentinel error named after the shard.
 func (c *Client) do(ctx context.Context, method, path string, body []byte) ([]byte, error) {
@@ -184,6 +268,9 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte) ([]by
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	if e, ok := EpochFrom(ctx); ok {
+		req.Header.Set(headerEpoch, strconv.FormatUint(e, 10))
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -210,6 +297,10 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte) ([]by
 		sentinel = ErrInvalid
 	case http.StatusServiceUnavailable, http.StatusBadGateway, http.StatusGatewayTimeout:
 		sentinel = ErrUnavailable
+	case http.StatusConflict:
+		if eb.Error.Code == "stale_epoch" {
+			sentinel = ErrStaleEpoch
+		}
 	}
 	return nil, fmt.Errorf("shard %s: %s: %w", c.name, msg, sentinel)
 }

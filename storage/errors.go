@@ -23,6 +23,11 @@ var (
 	// be reached, times out, or answers 503.
 	ErrUnavailable = errors.New("shard unavailable")
 
+	// ErrStaleEpoch is returned by Apply when the request was sent under an
+	// older cluster-map epoch than the shard holds: the sender must reload
+	// the map before it writes again.
+	ErrStaleEpoch = errors.New("stale cluster map epoch")
+
 	// ErrInternal is returned by the Client when the daemon answers 500.
 	ErrInternal = errors.New("shard internal error")
 )

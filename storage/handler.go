@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -21,6 +20,11 @@ const (
 	pathApply        = "/v1/apply/"
 	pathScan         = "/v1/scan/"
 	pathDeletePrefix = "/v1/delete-prefix/"
+	pathMultiGet     = "/v1/multiget/"
+	pathPurge        = "/v1/purge/"
+
+	// headerEpoch carries the cluster-map epoch a write is sent under.
+	headerEpoch = "X-Kvdb-Epoch"
 
 	maxRequestBody = MaxValueSize + 16<<20
 )
@@ -58,6 +62,9 @@ func NewHandler(store *Store, log *slog.Logger) http.Handler {
 	mux.HandleFunc("POST "+pathApply+"{bucket}", h.apply)
 	mux.HandleFunc("GET "+pathScan+"{bucket}", h.scan)
 	mux.HandleFunc("POST "+pathDeletePrefix+"{bucket}", h.deletePrefix)
+	mux.HandleFunc("POST "+pathTopK+"{bucket}", h.topK)
+	mux.HandleFunc("POST "+pathMultiGet+"{bucket}", h.multiGet)
+	mux.HandleFunc("POST "+pathPurge+"{bucket}", h.purge)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no route "+r.Method+" "+r.URL.Path)
 	})
@@ -65,12 +72,13 @@ func NewHandler(store *Store, log *slog.Logger) http.Handler {
 }
 
 func (h *handler) health(w http.ResponseWriter, r *http.Request) {
-	if err := h.store.Ping(r.Context()); err != nil {
+	hs, err := h.store.Health(r.Context())
+	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	io.WriteString(w, `{"status":"ok"}`)
+	json.NewEncoder(w).Encode(hs)
 }
 
 func (h *handler) info(w http.ResponseWriter, r *http.Request) {
@@ -107,7 +115,16 @@ func (h *handler) apply(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	results, err := h.store.Apply(r.Context(), r.PathValue("bucket"), writes)
+	ctx := r.Context()
+	if e := r.Header.Get(headerEpoch); e != "" {
+		epoch, err := strconv.ParseUint(e, 10, 64)
+		if err != nil {
+			h.fail(w, r, fmt.Errorf("%s %q: %w", headerEpoch, e, ErrInvalid))
+			return
+		}
+		ctx = WithEpoch(ctx, epoch)
+	}
+	results, err := h.store.Apply(ctx, r.PathValue("bucket"), writes)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -125,7 +142,7 @@ func (h *handler) scan(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, fmt.Errorf("limit %q: %w", q.Get("limit"), ErrInvalid))
 		return
 	}
-	opts := ScanOptions{Prefix: []byte(q.Get("prefix")), Limit: limit, Tombstones: q.Get("tombstones") == "1"}
+	opts := ScanOptions{Prefix: []byte(q.Get("prefix")), Limit: limit, Tombstones: q.Get("tombstones") == "1", KeysOnly: q.Get("keys_only") == "1"}
 	if q.Has("after") {
 		opts.After = []byte(q.Get("after"))
 	}
@@ -156,6 +173,54 @@ func (h *handler) deletePrefix(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, `{"deleted":%d}`, n)
 }
 
+// multiGet reads keys sent as a body of length-prefixed keys and answers
+// with their records (version 0 for a key never written).
+func (h *handler) multiGet(w http.ResponseWriter, r *http.Request) {
+	body := getBuf()
+	defer putBuf(body)
+	if _, err := body.ReadFrom(http.MaxBytesReader(w, r.Body, maxRequestBody)); err != nil {
+		h.fail(w, r, fmt.Errorf("read request: %v: %w", err, ErrInvalid))
+		return
+	}
+	keys, err := parseKeys(body.Bytes())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	recs, err := h.store.MultiGet(r.Context(), r.PathValue("bucket"), keys)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	out := getBuf()
+	defer putBuf(out)
+	p := ScanPage{Records: recs}
+	out.Write(appendScanPage(out.AvailableBuffer(), &p))
+	writeBinary(w, out.Bytes())
+}
+
+// purge removes the records sent (key and version, as scan records).
+func (h *handler) purge(w http.ResponseWriter, r *http.Request) {
+	body := getBuf()
+	defer putBuf(body)
+	if _, err := body.ReadFrom(http.MaxBytesReader(w, r.Body, maxRequestBody)); err != nil {
+		h.fail(w, r, fmt.Errorf("read request: %v: %w", err, ErrInvalid))
+		return
+	}
+	page, err := parseScanPage(body.Bytes())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	n, err := h.store.Purge(r.Context(), r.PathValue("bucket"), page.Records)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"purged":%d}`, n)
+}
+
 func writeBinary(w http.ResponseWriter, b []byte) {
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
@@ -172,6 +237,7 @@ var errorStatus = []struct {
 	{ErrNotFound, http.StatusNotFound, "not_found"},
 	{ErrInvalid, http.StatusBadRequest, "invalid_argument"},
 	{ErrClosed, http.StatusServiceUnavailable, "unavailable"},
+	{ErrStaleEpoch, http.StatusConflict, "stale_epoch"},
 }
 
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {

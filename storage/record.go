@@ -31,6 +31,7 @@ const (
 	CondAbsent              // ... and only when no live record is held (absent or tombstone)
 	CondExists              // ... and only when a live record is held
 	CondVersion             // ... and only when the live record held has version Match
+	CondExact               // ... and only when the record held, live or tombstone, has version Match (0: none)
 )
 
 // Write is a record to apply, with an optional condition.
@@ -77,6 +78,7 @@ type ScanOptions struct {
 	After      []byte // start after this key (exclusive); nil starts at Prefix
 	Limit      int    // 1..MaxScanLimit
 	Tombstones bool   // include tombstones (repair and rebalance need them)
+	KeysOnly   bool   // return keys, versions and flags without values
 }
 
 // ScanPage is one page of a scan. More is true when records may follow the
@@ -92,6 +94,16 @@ var bucketName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
 // metaBucket holds the shard's own facts (its node id); it is not reachable
 // through the record API.
 const metaBucket = "_meta"
+
+// ClusterBucket and MapKey name the record that holds the cluster's shard
+// map. The router writes it with the map's epoch as its version; the store
+// remembers the newest epoch it holds and refuses writes sent under an older
+// one (see ErrStaleEpoch), so a router that has not seen a membership
+// change cannot write to the wrong owners.
+const (
+	ClusterBucket = "cluster"
+	MapKey        = "map"
+)
 
 func checkBucket(b string) error {
 	if !bucketName.MatchString(b) {
@@ -120,7 +132,7 @@ func checkWrite(w *Write) error {
 	if len(w.Value) > MaxValueSize {
 		return fmt.Errorf("value of %d bytes exceeds %d: %w", len(w.Value), MaxValueSize, ErrInvalid)
 	}
-	if w.Cond > CondVersion {
+	if w.Cond > CondExact {
 		return fmt.Errorf("unknown condition %d: %w", w.Cond, ErrInvalid)
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -34,6 +35,7 @@ type Store struct {
 	path   string
 	nodeID string
 	obs    func(time.Duration, int)
+	epoch  atomic.Uint64 // version of the cluster map record held
 
 	// mu guards closed and the send side of commits: Apply holds it for
 	// reading while it queues, Close for writing while it closes the queue.
@@ -83,6 +85,9 @@ func Open(path string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
+	if rec, err := s.Get(context.Background(), ClusterBucket, []byte(MapKey)); err == nil {
+		s.epoch.Store(rec.Version)
+	}
 	go s.commitLoop()
 	return s, nil
 }
@@ -113,6 +118,9 @@ func (s *Store) Path() string { return s.path }
 
 // NodeID is the shard's stable identity, kept in its file.
 func (s *Store) NodeID() string { return s.nodeID }
+
+// Epoch is the epoch of the cluster map the shard holds (0: none).
+func (s *Store) Epoch() uint64 { return s.epoch.Load() }
 
 // Close waits for queued writes to commit, then closes the file.
 func (s *Store) Close() error {
@@ -183,6 +191,9 @@ func (s *Store) Apply(ctx context.Context, bucket string, writes []Write) ([]Res
 			return nil, err
 		}
 	}
+	if e, ok := EpochFrom(ctx); ok && bucket != ClusterBucket && e < s.epoch.Load() {
+		return nil, fmt.Errorf("write under epoch %d, shard holds epoch %d: %w", e, s.epoch.Load(), ErrStaleEpoch)
+	}
 	req := &commitReq{bucket: bucket, writes: writes, results: make([]Result, len(writes)), err: make(chan error, 1)}
 	s.mu.RLock()
 	if s.closed {
@@ -234,8 +245,25 @@ func (s *Store) commitLoop() {
 		if s.obs != nil {
 			s.obs(time.Since(start), n)
 		}
+		if err == nil {
+			s.noteEpoch(batch)
+		}
 		for _, r := range batch {
 			r.err <- err
+		}
+	}
+}
+
+// noteEpoch remembers the newest cluster map version committed.
+func (s *Store) noteEpoch(batch []*commitReq) {
+	for _, r := range batch {
+		if r.bucket != ClusterBucket {
+			continue
+		}
+		for i, w := range r.writes {
+			if string(w.Key) == MapKey && r.results[i].Outcome == Applied && w.Version > s.epoch.Load() {
+				s.epoch.Store(w.Version)
+			}
 		}
 	}
 }
@@ -259,7 +287,8 @@ func applyTx(tx *bolt.Tx, r *commitReq) error {
 		switch {
 		case w.Cond == CondAbsent && live,
 			w.Cond == CondExists && !live,
-			w.Cond == CondVersion && (!live || res.PrevVersion != w.Match):
+			w.Cond == CondVersion && (!live || res.PrevVersion != w.Match),
+			w.Cond == CondExact && res.PrevVersion != w.Match:
 			res.Outcome = Conflict
 		case res.PrevVersion >= w.Version:
 			res.Outcome = Stale
@@ -315,7 +344,7 @@ func (s *Store) Scan(_ context.Context, bucket string, opts ScanOptions) (ScanPa
 				continue
 			}
 			rec := Record{Key: bytes.Clone(k), Version: v, Tombstone: tomb}
-			if !tomb {
+			if !tomb && !opts.KeysOnly {
 				rec.Value = bytes.Clone(val)
 			}
 			page.Records = append(page.Records, rec)

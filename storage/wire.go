@@ -162,3 +162,23 @@ func parseScanPage(b []byte) (ScanPage, error) {
 	}
 	return p, r.err
 }
+
+func appendKeys(dst []byte, keys [][]byte) []byte {
+	for _, k := range keys {
+		dst = binary.AppendUvarint(dst, uint64(len(k)))
+		dst = append(dst, k...)
+	}
+	return dst
+}
+
+func parseKeys(b []byte) ([][]byte, error) {
+	r := wireReader{b: b}
+	var keys [][]byte
+	for len(r.b) > 0 && r.err == nil {
+		if len(keys) == MaxBatch {
+			return nil, fmt.Errorf("more than %d keys: %w", MaxBatch, ErrInvalid)
+		}
+		keys = append(keys, r.bytes("key", MaxKeySize))
+	}
+	return keys, r.err
+}

@@ -332,7 +332,7 @@ func checkErrorAnswer(t testing.TB, resp *http.Response, status int, code string
 
 // TestHandlerRoutes checks answers to requests outside the protocol.
 func TestHandlerRoutes(t *testing.T) {
-	_, _, srv := openTestClient(t)
+	store, _, srv := openTestClient(t)
 	tests := []struct {
 		method, path string
 		status       int
@@ -369,9 +369,9 @@ func TestHandlerRoutes(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != http.StatusOK || strings.TrimSpace(string(body)) != `{"status":"ok"}` {
-			t.Errorf("GET /healthz = %d %q, want 200 {\"status\":\"ok\"}", resp.StatusCode, body)
+		var h Health
+		if err := json.NewDecoder(resp.Body).Decode(&h); err != nil || resp.StatusCode != http.StatusOK || h.Status != "ok" || h.NodeID != store.NodeID() {
+			t.Errorf("GET /healthz = %d %+v (%v), want 200 status ok, node %s", resp.StatusCode, h, err, store.NodeID())
 		}
 	})
 }
