@@ -19,6 +19,15 @@ type Router struct {
 	ShardRequestErrors *prometheus.CounterVec
 	// ShardUp is 1 while a shard answers its health probe, else 0.
 	ShardUp *prometheus.GaugeVec
+
+	// QuorumFailures counts reads and writes that reached fewer replicas
+	// than a quorum and answered 503.
+	QuorumFailures *prometheus.CounterVec
+	// ReadRepairs counts replicas found behind by a read and brought up to
+	// date.
+	ReadRepairs prometheus.Counter
+	// ClusterEpoch is the epoch of the cluster map the router works with.
+	ClusterEpoch prometheus.Gauge
 }
 
 // NewRouter registers the router's metrics on reg.
@@ -51,8 +60,21 @@ func NewRouter(reg prometheus.Registerer) *Router {
 			Help: "1 when the shard answered its last health probe, else 0.",
 		}, []string{"shard"}),
 	}
+	m.QuorumFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "replication", Name: "quorum_failures_total",
+		Help: "Reads and writes that reached fewer replicas than a quorum (answered 503), by operation.",
+	}, []string{"op"})
+	m.ReadRepairs = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "replication", Name: "read_repairs_total",
+		Help: "Replicas found behind by a read and sent the newest version.",
+	})
+	m.ClusterEpoch = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: "cluster", Name: "epoch",
+		Help: "Epoch of the cluster map the router works with.",
+	})
 	reg.MustRegister(m.CacheHits, m.CacheMisses, m.CacheEvictions,
-		m.ShardRequestDuration, m.ShardRequestErrors, m.ShardUp)
+		m.ShardRequestDuration, m.ShardRequestErrors, m.ShardUp,
+		m.QuorumFailures, m.ReadRepairs, m.ClusterEpoch)
 	return m
 }
 

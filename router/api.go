@@ -55,6 +55,8 @@ func (r *Router) routes() *echo.Echo {
 
 	v1 := e.Group("/api/v1")
 	v1.GET("/cluster", r.cluster)
+	v1.POST("/admin/repair", r.adminRepair)
+	v1.POST("/admin/reload", r.adminReload)
 	v1.POST("/topics", r.createTopic)
 	v1.GET("/topics", r.listTopics)
 	v1.GET("/topics/:topic", r.getTopic)
@@ -236,8 +238,7 @@ func (r *Router) createTopic(c echo.Context) error {
 	}
 	t := Topic{Name: req.Name, Description: req.Description, CreatedAt: time.Now().UTC().Format(time.RFC3339Nano)}
 	body := topicJSON(&t)
-	node := r.ring.Load().owner(t.Name)
-	res, v, err := r.write(c.Request().Context(), node, bucketTopics, []byte(t.Name), false, body, storage.CondAbsent, 0)
+	res, v, err := r.write(c.Request().Context(), t.Name, bucketTopics, []byte(t.Name), false, body, storage.CondAbsent, 0)
 	if err != nil {
 		return err
 	}
@@ -259,7 +260,7 @@ func (r *Router) readTopic(c echo.Context, name string) ([]byte, uint64, error) 
 		}
 		return body, v, nil
 	}
-	rec, err := r.get(c.Request().Context(), r.ring.Load().owner(name), bucketTopics, []byte(name))
+	rec, err := r.get(c.Request().Context(), name, bucketTopics, []byte(name))
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, 0, errorf(CodeNotFound, "topic %q not found", name)
 	}
@@ -294,8 +295,7 @@ func (r *Router) deleteTopic(c echo.Context) error {
 		return err
 	}
 	ctx := c.Request().Context()
-	node := r.ring.Load().owner(name)
-	rec, err := r.get(ctx, node, bucketTopics, []byte(name))
+	rec, err := r.get(ctx, name, bucketTopics, []byte(name))
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && rec.Tombstone) {
 		return errorf(CodeNotFound, "topic %q not found", name)
 	}
@@ -304,7 +304,7 @@ func (r *Router) deleteTopic(c echo.Context) error {
 	}
 	v := r.clock.Next()
 	prefix := []byte(name + keySep)
-	if err := r.fanOutTimeout(ctx, 10*r.cfg.ShardTimeout, func(ctx context.Context, n *Node) error {
+	if err := r.fanOutAll(ctx, 10*r.cfg.ShardTimeout, func(ctx context.Context, n *Node) error {
 		_, err := n.Shard.DeletePrefix(ctx, bucketContexts, prefix, v)
 		if err != nil {
 			return fromStorage("delete contexts on shard "+n.Name, err)
@@ -314,7 +314,7 @@ func (r *Router) deleteTopic(c echo.Context) error {
 		return err
 	}
 	r.deletedTopics.Store(name, v)
-	res, tv, err := r.write(ctx, node, bucketTopics, []byte(name), true, nil, storage.CondExists, 0)
+	res, tv, err := r.write(ctx, name, bucketTopics, []byte(name), true, nil, storage.CondExists, 0)
 	if err != nil {
 		return err
 	}
@@ -362,7 +362,7 @@ func (r *Router) getContext(c echo.Context) error {
 		return writeDocument(c, http.StatusOK, v, "hit", body)
 	}
 	r.m.CacheMisses.Inc()
-	rec, err := r.get(c.Request().Context(), r.ring.Load().owner(placement(topic, id)), bucketContexts, []byte(key))
+	rec, err := r.get(c.Request().Context(), placement(topic, id), bucketContexts, []byte(key))
 	if errors.Is(err, storage.ErrNotFound) {
 		return errorf(CodeNotFound, "context %q not found in topic %q", id, topic)
 	}
@@ -474,8 +474,7 @@ func (r *Router) storeContext(c echo.Context, topic string, doc *Document, cond 
 	}
 	id := doc.Metadata.ID
 	key := contextKey(topic, id)
-	node := r.ring.Load().owner(placement(topic, id))
-	res, v, err := r.write(c.Request().Context(), node, bucketContexts, []byte(key), false, value, cond, match)
+	res, v, err := r.write(c.Request().Context(), placement(topic, id), bucketContexts, []byte(key), false, value, cond, match)
 	if err != nil {
 		return err
 	}
@@ -508,8 +507,7 @@ func (r *Router) deleteContext(c echo.Context) error {
 		return errorf(CodeInvalidArgument, "If-None-Match makes no sense on DELETE")
 	}
 	key := contextKey(topic, id)
-	node := r.ring.Load().owner(placement(topic, id))
-	res, v, err := r.write(c.Request().Context(), node, bucketContexts, []byte(key), true, nil, cond, match)
+	res, v, err := r.write(c.Request().Context(), placement(topic, id), bucketContexts, []byte(key), true, nil, cond, match)
 	if err != nil {
 		return err
 	}
@@ -521,30 +519,6 @@ func (r *Router) deleteContext(c echo.Context) error {
 	}
 	r.cache.put(contextCacheKey(key), v, true, nil)
 	return c.NoContent(http.StatusNoContent)
-}
-
-// ---- cluster ----
-
-type clusterInfo struct {
-	Mode   string       `json:"mode"`
-	Shards []shardState `json:"shards"`
-}
-
-func (r *Router) cluster(c echo.Context) error {
-	return c.JSON(http.StatusOK, clusterInfo{Mode: r.cfg.Mode, Shards: r.probe(c.Request().Context())})
-}
-
-func (r *Router) ready(c echo.Context) error {
-	var down []string
-	for _, s := range r.probe(c.Request().Context()) {
-		if s.State != "up" {
-			down = append(down, s.Name)
-		}
-	}
-	if len(down) > 0 {
-		return errorf(CodeUnavailable, "shards unreachable: %s", strings.Join(down, ", "))
-	}
-	return c.JSONBlob(http.StatusOK, []byte(`{"status":"ready"}`))
 }
 
 // marshal is json.Marshal for values that cannot fail to marshal.

@@ -60,9 +60,9 @@ func BenchmarkCodecRenderEmbedding768(b *testing.B) {
 }
 
 func BenchmarkRingOwner(b *testing.B) {
-	var nodes []Node
+	var nodes []*Node
 	for i := range 3 {
-		nodes = append(nodes, Node{Name: fmt.Sprintf("sh-%d", i+1), Shard: &faultyShard{}})
+		nodes = append(nodes, &Node{Name: fmt.Sprintf("sh-%d", i+1), Shard: &faultyShard{}})
 	}
 	r, _ := newRing(nodes)
 	keys := make([]string, 1024)

@@ -11,8 +11,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,12 +28,19 @@ type testCluster struct {
 	reg    *prometheus.Registry
 	stores []*storage.Store
 	faults []*faultyShard // one per shard, wrapping its client
+	nodes  []Node         // every shard made, in order
+
+	mu       sync.Mutex // guards want and replicas
+	want     []Node     // what Config.Reload returns
+	replicas int
 }
 
 type clusterOpts struct {
-	shards     int
-	cacheBytes int64
-	maxBody    int64
+	shards         int
+	replicas       int
+	cacheBytes     int64
+	maxBody        int64
+	repairInterval time.Duration
 }
 
 func newTestCluster(t testing.TB, o clusterOpts) *testCluster {
@@ -42,42 +51,82 @@ func newTestCluster(t testing.TB, o clusterOpts) *testCluster {
 	if o.cacheBytes == 0 {
 		o.cacheBytes = 64 << 20
 	}
-	tc := &testCluster{reg: prometheus.NewRegistry()}
-	hc := &http.Client{Transport: storage.NewTransport()}
-	var nodes []Node
-	for i := range o.shards {
-		st, err := storage.Open(filepath.Join(t.TempDir(), fmt.Sprintf("sh-%d.db", i+1)), storage.Options{NoSync: true})
-		if err != nil {
-			t.Fatalf("open shard: %v", err)
-		}
-		srv := httptest.NewServer(storage.NewHandler(st, quietLogger()))
-		t.Cleanup(func() {
-			srv.Close()
-			st.Close()
-		})
-		name := fmt.Sprintf("sh-%d", i+1)
-		f := &faultyShard{Shard: storage.NewClient(name, srv.URL, hc)}
-		tc.stores = append(tc.stores, st)
-		tc.faults = append(tc.faults, f)
-		nodes = append(nodes, Node{Name: name, Address: srv.URL, Shard: f})
+	if o.repairInterval == 0 {
+		o.repairInterval = time.Hour
 	}
-	rt, err := New(Config{
-		Nodes:        nodes,
-		CacheBytes:   o.cacheBytes,
-		MaxBodyBytes: o.maxBody,
-		Registry:     tc.reg,
-		Logger:       quietLogger(),
+	tc := &testCluster{reg: prometheus.NewRegistry(), replicas: o.replicas}
+	for range o.shards {
+		tc.want = append(tc.want, tc.addShard(t))
+	}
+	tc.router = tc.newRouter(t, Config{
+		Nodes:          tc.want,
+		CacheBytes:     o.cacheBytes,
+		MaxBodyBytes:   o.maxBody,
+		Replicas:       o.replicas,
+		RepairInterval: o.repairInterval,
+		Registry:       tc.reg,
 	})
+	srv := httptest.NewServer(tc.router.Handler())
+	t.Cleanup(srv.Close)
+	tc.URL = srv.URL
+	waitFor(t, "cluster map installed", func() bool { return tc.router.topo.Load().epoch > 0 })
+	return tc
+}
+
+// newRouter starts a router over the cluster's shards; Reload returns
+// what setShape last set.
+func (tc *testCluster) newRouter(t testing.TB, cfg Config) *Router {
+	t.Helper()
+	cfg.ProbeInterval = 50 * time.Millisecond
+	cfg.Logger = quietLogger()
+	cfg.NewShard = func(name, addr string) Shard {
+		for _, n := range tc.nodes {
+			if n.Name == name {
+				return n.Shard
+			}
+		}
+		return storage.NewClient(name, addr, nil)
+	}
+	cfg.Reload = func() ([]Node, int, error) {
+		tc.mu.Lock()
+		defer tc.mu.Unlock()
+		return tc.want, tc.replicas, nil
+	}
+	rt, err := New(cfg)
 	if err != nil {
 		t.Fatalf("router.New: %v", err)
 	}
-	srv := httptest.NewServer(rt.Handler())
+	t.Cleanup(rt.Close)
+	return rt
+}
+
+// addShard makes one more shard (not yet in the cluster) and returns it.
+func (tc *testCluster) addShard(t testing.TB) Node {
+	t.Helper()
+	i := len(tc.nodes)
+	st, err := storage.Open(filepath.Join(t.TempDir(), fmt.Sprintf("sh-%d.db", i+1)), storage.Options{NoSync: true})
+	if err != nil {
+		t.Fatalf("open shard: %v", err)
+	}
+	srv := httptest.NewServer(storage.NewHandler(st, quietLogger()))
 	t.Cleanup(func() {
 		srv.Close()
-		rt.Close()
+		st.Close()
 	})
-	tc.URL, tc.router = srv.URL, rt
-	return tc
+	name := fmt.Sprintf("sh-%d", i+1)
+	f := &faultyShard{Shard: storage.NewClient(name, srv.URL, nil)}
+	tc.stores = append(tc.stores, st)
+	tc.faults = append(tc.faults, f)
+	n := Node{Name: name, Address: srv.URL, Shard: f}
+	tc.nodes = append(tc.nodes, n)
+	return n
+}
+
+// setShape sets what the next reload asks for.
+func (tc *testCluster) setShape(nodes []Node, replicas int) {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	tc.want, tc.replicas = nodes, replicas
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -122,11 +171,25 @@ func (f *faultyShard) DeletePrefix(ctx context.Context, b string, p []byte, v ui
 	return f.Shard.DeletePrefix(ctx, b, p, v)
 }
 
-func (f *faultyShard) Ping(ctx context.Context) error {
+func (f *faultyShard) MultiGet(ctx context.Context, b string, k [][]byte) ([]storage.Record, error) {
 	if f.down.Load() {
-		return errDown
+		return nil, errDown
 	}
-	return f.Shard.Ping(ctx)
+	return f.Shard.MultiGet(ctx, b, k)
+}
+
+func (f *faultyShard) Purge(ctx context.Context, b string, recs []storage.Record) (int, error) {
+	if f.down.Load() {
+		return 0, errDown
+	}
+	return f.Shard.Purge(ctx, b, recs)
+}
+
+func (f *faultyShard) Health(ctx context.Context) (storage.Health, error) {
+	if f.down.Load() {
+		return storage.Health{}, errDown
+	}
+	return f.Shard.Health(ctx)
 }
 
 // response is an HTTP answer with its body decoded as JSON (when it is).
@@ -217,4 +280,15 @@ func (tc *testCluster) putContext(t testing.TB, topic, id string, doc any) respo
 		t.Fatalf("PUT context %s/%s = %d %s", topic, id, r.Status, r.Raw)
 	}
 	return r
+}
+
+// waitFor polls cond until it holds, failing the test after a bound.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("%s: still not true after 10s", what)
 }

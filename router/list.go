@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/storage"
@@ -19,15 +20,18 @@ const (
 	maxPageLimit     = 1000
 )
 
-// fanOut runs fn on every shard in parallel, each call under its own
-// deadline, and returns the first error.
-func (r *Router) fanOut(ctx context.Context, fn func(context.Context, *Node) error) error {
-	return r.fanOutTimeout(ctx, r.cfg.ShardTimeout, fn)
-}
-
-func (r *Router) fanOutTimeout(ctx context.Context, timeout time.Duration, fn func(context.Context, *Node) error) error {
-	g, ctx := errgroup.WithContext(ctx)
-	for _, n := range r.ring.Load().nodes {
+// fanOutAll runs fn on every live node that serves reads, in parallel,
+// each call under its own deadline, and returns the first error. It fails
+// at once when so many nodes are down that some key may have no live
+// replica that holds its newest version.
+func (r *Router) fanOutAll(ctx context.Context, timeout time.Duration, fn func(context.Context, *Node) error) error {
+	t := r.topo.Load()
+	nodes, err := r.liveReadNodes(t)
+	if err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(epochCtx(ctx, t))
+	for _, n := range nodes {
 		g.Go(func() error {
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
@@ -35,6 +39,31 @@ func (r *Router) fanOutTimeout(ctx context.Context, timeout time.Duration, fn fu
 		})
 	}
 	return g.Wait()
+}
+
+// liveReadNodes returns the live nodes a list must ask, or an unavailable
+// error naming the down ones when they are more than the replicas can
+// cover: with at most replicas - quorum owners of a key down, one that
+// acknowledged its newest write still answers.
+func (r *Router) liveReadNodes(t *topology) ([]*Node, error) {
+	var live []*Node
+	for _, sh := range t.shapes() {
+		var down []string
+		for _, n := range sh.ring.nodes {
+			if !n.up() {
+				down = append(down, n.Name)
+			}
+		}
+		if len(down) > sh.replicas-quorum(sh.replicas) {
+			return nil, errorf(CodeUnavailable, "shards down: %s (replicas = %d)", strings.Join(down, ", "), sh.replicas)
+		}
+	}
+	for _, n := range t.readNodes() {
+		if n.up() {
+			live = append(live, n)
+		}
+	}
+	return live, nil
 }
 
 // pageQuery is one page of a key range spread over every shard.
@@ -56,7 +85,11 @@ type pageQuery struct {
 // number of records it returns what it has with a cursor, so one request
 // never scans a whole topic. next is nil when nothing follows.
 func (r *Router) page(ctx context.Context, q pageQuery) (recs []storage.Record, next []byte, err error) {
-	nodes := r.ring.Load().nodes
+	t := r.topo.Load()
+	nodes, err := r.liveReadNodes(t)
+	if err != nil {
+		return nil, nil, err
+	}
 	budget := max(10*q.limit, 1000)
 	after := q.after
 	examined := 0
@@ -67,7 +100,7 @@ func (r *Router) page(ctx context.Context, q pageQuery) (recs []storage.Record, 
 			g.Go(func() error {
 				sctx, cancel := r.shardCtx(gctx)
 				defer cancel()
-				p, err := n.Shard.Scan(sctx, q.bucket, storage.ScanOptions{Prefix: q.prefix, After: after, Limit: q.limit})
+				p, err := n.Shard.Scan(sctx, q.bucket, storage.ScanOptions{Prefix: q.prefix, After: after, Limit: q.limit, Tombstones: t.cur.replicas > 1 || t.state != stateStable})
 				if err != nil {
 					return fromStorage("list on shard "+n.Name, err)
 				}

@@ -1,28 +1,18 @@
 package router
 
 import (
-	"context"
 	"fmt"
 
-	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/serialx/hashring"
 )
-
-// Shard is what the router needs of a storage node. storage.Store (embedded
-// single-node mode) and storage.Client (a storaged over HTTP) both satisfy it.
-type Shard interface {
-	Get(ctx context.Context, bucket string, key []byte) (storage.Record, error)
-	Apply(ctx context.Context, bucket string, writes []storage.Write) ([]storage.Result, error)
-	Scan(ctx context.Context, bucket string, opts storage.ScanOptions) (storage.ScanPage, error)
-	DeletePrefix(ctx context.Context, bucket string, prefix []byte, version uint64) (int, error)
-	Ping(ctx context.Context) error
-}
 
 // Node is a shard as the cluster configuration names it.
 type Node struct {
 	Name    string
-	Address string // for display: a URL, or the file in single-node mode
+	Address string // a URL, or the file in single-node mode
 	Shard   Shard
+
+	health *nodeHealth // set by the router; shared by every topology
 }
 
 // ringWeight is the number of points each shard gets on the ring. One point
@@ -38,14 +28,13 @@ type ring struct {
 	byName map[string]*Node // by Node.Name
 }
 
-func newRing(nodes []Node) (*ring, error) {
+func newRing(nodes []*Node) (*ring, error) {
 	if len(nodes) == 0 {
 		return nil, fmt.Errorf("no shards configured")
 	}
 	r := &ring{byName: make(map[string]*Node, len(nodes))}
 	weights := make(map[string]int, len(nodes))
-	for i := range nodes {
-		n := &nodes[i]
+	for i, n := range nodes {
 		if n.Name == "" || n.Shard == nil {
 			return nil, fmt.Errorf("shard %d: name and shard are required", i)
 		}
@@ -60,7 +49,7 @@ func newRing(nodes []Node) (*ring, error) {
 	return r, nil
 }
 
-// owner returns the node that holds key.
+// owner returns the first node that holds key.
 func (r *ring) owner(key string) *Node {
 	if len(r.nodes) == 1 {
 		return r.nodes[0]
@@ -70,4 +59,31 @@ func (r *ring) owner(key string) *Node {
 		panic("hash ring is empty")
 	}
 	return r.byName[name]
+}
+
+// replicas returns the n distinct nodes that hold key, clockwise from its
+// point on the ring; the first is its primary. n is capped at the ring size.
+func (r *ring) replicas(key string, n int) []*Node {
+	if n <= 1 || len(r.nodes) == 1 {
+		return []*Node{r.owner(key)}
+	}
+	n = min(n, len(r.nodes))
+	names, ok := r.hr.GetNodes(key, n)
+	if !ok {
+		panic("hash ring has fewer nodes than replicas")
+	}
+	out := make([]*Node, len(names))
+	for i, name := range names {
+		out[i] = r.byName[name]
+	}
+	return out
+}
+
+// names lists the ring's node names in configuration order.
+func (r *ring) names() []string {
+	out := make([]string, len(r.nodes))
+	for i, n := range r.nodes {
+		out[i] = n.Name
+	}
+	return out
 }

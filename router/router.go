@@ -21,6 +21,16 @@ type Config struct {
 	// Nodes are the shards. Single-node mode passes one node whose Shard is
 	// a *storage.Store; sharded mode passes one *storage.Client per daemon.
 	Nodes []Node
+	// Replicas is how many shards hold each key (capped at the number of
+	// shards). Zero means 1.
+	Replicas int
+	// NewShard reaches a shard known only from the cluster map stored on
+	// the nodes (a shard being removed, say). Nil: such shards are skipped.
+	NewShard func(name, address string) Shard
+	// Reload returns the shards and replicas wanted now (the config file
+	// re-read); SIGHUP and POST /api/v1/admin/reload call it. Nil: reload
+	// is refused.
+	Reload func() ([]Node, int, error)
 	// Mode is reported by /api/v1/cluster: "single" or "sharded".
 	Mode string
 	// CacheBytes sizes the hot cache; below 1 MiB it is off.
@@ -33,6 +43,15 @@ type Config struct {
 	MaxBodyBytes int64
 	// ShardTimeout bounds each call to a shard. Zero means 5 seconds.
 	ShardTimeout time.Duration
+	// ProbeInterval is how often every shard's health is probed; a shard
+	// that misses ProbeMisses probes in a row is marked down. Zero means
+	// 500 ms and 3.
+	ProbeInterval time.Duration
+	ProbeMisses   int
+	// RepairInterval is how often an anti-entropy pass runs; tombstones
+	// older than it are collected once every replica holds them. Zero
+	// means 10 minutes.
+	RepairInterval time.Duration
 	// Registry receives the router's metrics; nil means a private one.
 	Registry prometheus.Registerer
 	// MetricsHandler serves /metrics; nil leaves the route out.
@@ -41,18 +60,48 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// Shard is what the router needs of a storage node. storage.Store (embedded
+// single-node mode) and storage.Client (a storaged over HTTP) both satisfy it.
+type Shard interface {
+	Get(ctx context.Context, bucket string, key []byte) (storage.Record, error)
+	Apply(ctx context.Context, bucket string, writes []storage.Write) ([]storage.Result, error)
+	Scan(ctx context.Context, bucket string, opts storage.ScanOptions) (storage.ScanPage, error)
+	DeletePrefix(ctx context.Context, bucket string, prefix []byte, version uint64) (int, error)
+	MultiGet(ctx context.Context, bucket string, keys [][]byte) ([]storage.Record, error)
+	Purge(ctx context.Context, bucket string, recs []storage.Record) (int, error)
+	Health(ctx context.Context) (storage.Health, error)
+}
+
 // Router is the stateless front of the cluster: the public API, placement
-// on the ring, the hot cache and fan-out. Everything it holds can be rebuilt
-// from the configuration and the shards.
+// on the ring, replication, the hot cache and fan-out. Everything it holds
+// can be rebuilt from the configuration and the shards.
 type Router struct {
 	cfg   Config
 	log   *slog.Logger
 	m     *metrics.Router
-	ring  atomic.Pointer[ring] // swapped whole on a membership change
+	topo  atomic.Pointer[topology] // swapped whole on a membership change
 	clock clock
 	codec *codec
 	cache *hotCache
 	echo  *echo.Echo
+
+	// nodesMu guards nodes, the registry of every shard the router has
+	// known: topologies share its *Node values, so health outlives them.
+	nodesMu sync.Mutex
+	nodes   map[string]*Node
+
+	// desiredMu guards desired: the shape the configuration asks for.
+	desiredMu sync.Mutex
+	desired   shape
+
+	mapMu   sync.Mutex // serialises map loads, installs and adoptions
+	syncMu  sync.Mutex // one repair or rebalance pass at a time
+	status  syncStatus
+	repairs chan struct{} // a pending repair request
+
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+	bgWG     sync.WaitGroup
 
 	// deletedTopics maps a topic name to the version of its last deletion.
 	// Cached contexts of that topic older than it are treated as misses, so
@@ -62,7 +111,9 @@ type Router struct {
 	deletedTopics sync.Map // string → uint64
 }
 
-// New builds a router over cfg.Nodes.
+// New builds a router over cfg.Nodes and starts its background work:
+// health probes, loading (or creating) the cluster map on the shards,
+// resuming an interrupted rebalance, and periodic repair. Close stops it.
 func New(cfg Config) (*Router, error) {
 	if cfg.CacheTTL <= 0 {
 		cfg.CacheTTL = time.Minute
@@ -73,6 +124,18 @@ func New(cfg Config) (*Router, error) {
 	if cfg.ShardTimeout <= 0 {
 		cfg.ShardTimeout = 5 * time.Second
 	}
+	if cfg.ProbeInterval <= 0 {
+		cfg.ProbeInterval = 500 * time.Millisecond
+	}
+	if cfg.ProbeMisses <= 0 {
+		cfg.ProbeMisses = 3
+	}
+	if cfg.RepairInterval <= 0 {
+		cfg.RepairInterval = 10 * time.Minute
+	}
+	if cfg.Replicas <= 0 {
+		cfg.Replicas = 1
+	}
 	if cfg.Mode == "" {
 		cfg.Mode = "sharded"
 	}
@@ -82,17 +145,19 @@ func New(cfg Config) (*Router, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
-	r := &Router{cfg: cfg, log: cfg.Logger, m: metrics.NewRouter(cfg.Registry)}
-	nodes := make([]Node, len(cfg.Nodes))
-	for i, n := range cfg.Nodes {
-		n.Shard = &instrumented{Shard: n.Shard, name: n.Name, m: r.m}
-		nodes[i] = n
+	r := &Router{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		m:       metrics.NewRouter(cfg.Registry),
+		nodes:   map[string]*Node{},
+		repairs: make(chan struct{}, 1),
 	}
-	rg, err := newRing(nodes)
+	desired, err := r.shapeOf(cfg.Nodes, cfg.Replicas)
 	if err != nil {
 		return nil, err
 	}
-	r.ring.Store(rg)
+	r.desired = desired
+	r.topo.Store(newTopology(0, stateStable, desired, shape{}, nil))
 	if r.codec, err = newCodec(); err != nil {
 		return nil, err
 	}
@@ -100,60 +165,82 @@ func New(cfg Config) (*Router, error) {
 		return nil, err
 	}
 	metrics.RegisterCache(cfg.Registry, r.cache.stats)
+	r.registerStatusMetrics(cfg.Registry)
 	r.echo = r.routes()
+
+	r.bgCtx, r.bgCancel = context.WithCancel(context.Background())
+	r.loop(r.probeLoop)
+	r.loop(r.bootstrap)
+	r.loop(r.repairLoop)
 	return r, nil
+}
+
+// shapeOf registers nodes and builds the shape they form.
+func (r *Router) shapeOf(nodes []Node, replicas int) (shape, error) {
+	ptrs := make([]*Node, 0, len(nodes))
+	for _, n := range nodes {
+		if n.Name == "" || n.Shard == nil {
+			return shape{}, fmt.Errorf("shard %q: name and shard are required", n.Name)
+		}
+		ptrs = append(ptrs, r.register(n.Name, n.Address, n.Shard))
+	}
+	return newShape(ptrs, replicas)
+}
+
+// register returns the registry's node called name, creating it with sh
+// (or, when sh is nil, with Config.NewShard) the first time. A node whose
+// address changed is replaced.
+func (r *Router) register(name, address string, sh Shard) *Node {
+	r.nodesMu.Lock()
+	defer r.nodesMu.Unlock()
+	if n, ok := r.nodes[name]; ok && n.Address == address {
+		return n
+	}
+	if sh == nil {
+		if r.cfg.NewShard == nil {
+			return nil
+		}
+		sh = r.cfg.NewShard(name, address)
+	}
+	n := &Node{Name: name, Address: address, Shard: &instrumented{Shard: sh, name: name, m: r.m}, health: &nodeHealth{}}
+	n.health.nodeID.Store("")
+	n.health.lastErr.Store("")
+	r.nodes[name] = n
+	return n
 }
 
 // Handler is the router's HTTP handler.
 func (r *Router) Handler() http.Handler { return r.echo }
 
-// Close releases the cache. It does not close the shards: their owner does.
-func (r *Router) Close() { r.cache.close() }
+// Close stops the background work and releases the cache. It does not
+// close the shards: their owner does.
+func (r *Router) Close() {
+	r.bgCancel()
+	r.bgWG.Wait()
+	r.cache.close()
+}
+
+// loop runs fn in the background until Close.
+func (r *Router) loop(fn func(context.Context)) {
+	r.bgWG.Add(1)
+	go func() {
+		defer r.bgWG.Done()
+		fn(r.bgCtx)
+	}()
+}
+
+// background runs fn once, owned by the router: Close waits for it.
+func (r *Router) background(fn func(context.Context)) {
+	r.bgWG.Add(1)
+	go func() {
+		defer r.bgWG.Done()
+		fn(r.bgCtx)
+	}()
+}
 
 // shardCtx bounds one call to a shard.
 func (r *Router) shardCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, r.cfg.ShardTimeout)
-}
-
-// maxWriteRetries bounds how often a write is retried after a shard reports
-// a newer version than the router's clock gave it (another router's clock
-// ran ahead); each retry moves the clock past what the shard holds.
-const maxWriteRetries = 5
-
-// write applies one record to its owner with a fresh version and returns the
-// outcome and the version written.
-func (r *Router) write(ctx context.Context, node *Node, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
-	ctx, cancel := r.shardCtx(ctx)
-	defer cancel()
-	for range maxWriteRetries {
-		v := r.clock.Next()
-		res, err := node.Shard.Apply(ctx, bucket, []storage.Write{{
-			Record: storage.Record{Key: key, Version: v, Tombstone: tombstone, Value: value},
-			Cond:   cond, Match: match,
-		}})
-		if err != nil {
-			return storage.Result{}, 0, fromStorage("write to shard "+node.Name, err)
-		}
-		if res[0].Outcome != storage.Stale {
-			return res[0], v, nil
-		}
-		r.clock.Observe(res[0].PrevVersion)
-	}
-	return storage.Result{}, 0, errorf(CodeUnavailable, "write to shard %s: versions kept colliding; retry", node.Name)
-}
-
-// get reads one record from its owner. A missing key is ErrNotFound.
-func (r *Router) get(ctx context.Context, node *Node, bucket string, key []byte) (storage.Record, error) {
-	ctx, cancel := r.shardCtx(ctx)
-	defer cancel()
-	rec, err := node.Shard.Get(ctx, bucket, key)
-	if err != nil && !errors.Is(err, storage.ErrNotFound) {
-		return rec, fromStorage("read from shard "+node.Name, err)
-	}
-	if err == nil {
-		r.clock.Observe(rec.Version)
-	}
-	return rec, err
 }
 
 // instrumented records latency and errors of every call to a shard.
@@ -198,45 +285,27 @@ func (s *instrumented) DeletePrefix(ctx context.Context, bucket string, prefix [
 	return n, err
 }
 
-func (s *instrumented) Ping(ctx context.Context) error {
+func (s *instrumented) MultiGet(ctx context.Context, bucket string, keys [][]byte) ([]storage.Record, error) {
 	start := time.Now()
-	err := s.Shard.Ping(ctx)
-	s.observe("ping", start, err)
-	if err != nil {
-		s.m.ShardUp.WithLabelValues(s.name).Set(0)
-	} else {
-		s.m.ShardUp.WithLabelValues(s.name).Set(1)
-	}
-	return err
+	recs, err := s.Shard.MultiGet(ctx, bucket, keys)
+	s.observe("multiget", start, err)
+	return recs, err
 }
 
-// shardState is one shard as /api/v1/cluster reports it.
-type shardState struct {
-	Name    string `json:"name"`
-	Address string `json:"address"`
-	State   string `json:"state"`
-	Error   string `json:"error,omitempty"`
+func (s *instrumented) Purge(ctx context.Context, bucket string, recs []storage.Record) (int, error) {
+	start := time.Now()
+	n, err := s.Shard.Purge(ctx, bucket, recs)
+	s.observe("purge", start, err)
+	return n, err
 }
 
-// probe pings every shard in parallel.
-func (r *Router) probe(ctx context.Context) []shardState {
-	nodes := r.ring.Load().nodes
-	out := make([]shardState, len(nodes))
-	var wg sync.WaitGroup
-	for i, n := range nodes {
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(ctx, time.Second)
-			defer cancel()
-			out[i] = shardState{Name: n.Name, Address: n.Address, State: "up"}
-			if err := n.Shard.Ping(ctx); err != nil {
-				out[i].State, out[i].Error = "down", err.Error()
-			}
-		})
-	}
-	wg.Wait()
-	return out
+func (s *instrumented) Health(ctx context.Context) (storage.Health, error) {
+	start := time.Now()
+	h, err := s.Shard.Health(ctx)
+	s.observe("health", start, err)
+	return h, err
 }
 
 func (r *Router) String() string {
-	return fmt.Sprintf("router(%s, %d shards)", r.cfg.Mode, len(r.ring.Load().nodes))
+	return fmt.Sprintf("router(%s, %d shards)", r.cfg.Mode, len(r.topo.Load().cur.ring.nodes))
 }

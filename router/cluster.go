@@ -1,0 +1,438 @@
+package router
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/storage"
+)
+
+// The cluster map lives on every storage node (see clusterMap). Routers
+// load it at start and whenever a node reports a newer epoch, and shards
+// refuse writes planned on an older map, so several routers that see a
+// configuration change at different moments never write to the wrong
+// owners. A membership change is a sequence of maps, each installed on the
+// nodes before the router acts on it: migrating, cleanup, stable.
+
+// probeLoop probes every node's health each ProbeInterval.
+func (r *Router) probeLoop(ctx context.Context) {
+	tick := time.NewTicker(r.cfg.ProbeInterval)
+	defer tick.Stop()
+	for {
+		r.probeAll(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (r *Router) probeAll(ctx context.Context) {
+	t := r.topo.Load()
+	var wg sync.WaitGroup
+	newer := false
+	var mu sync.Mutex // guards newer
+	for _, n := range t.all {
+		wg.Go(func() {
+			pctx, cancel := context.WithTimeout(ctx, r.cfg.ProbeInterval)
+			defer cancel()
+			h, err := n.Shard.Health(pctx)
+			if ctx.Err() != nil {
+				return
+			}
+			r.noteHealth(n, h, err)
+			if err == nil && h.Epoch > t.epoch {
+				mu.Lock()
+				newer = true
+				mu.Unlock()
+			}
+			if err == nil && t.epoch > 0 && h.Epoch < t.epoch {
+				// The node missed a map install while it was away.
+				r.pushMap(ctx, n)
+			}
+		})
+	}
+	wg.Wait()
+	if newer {
+		r.refreshMap(ctx)
+	}
+}
+
+// noteHealth records one probe's outcome.
+func (r *Router) noteHealth(n *Node, h storage.Health, err error) {
+	hl := n.health
+	if err != nil {
+		hl.lastErr.Store(err.Error())
+		if hl.misses.Add(1) >= int32(r.cfg.ProbeMisses) && !hl.down.Swap(true) {
+			r.log.Warn("shard down", "shard", n.Name, "err", err)
+			r.m.ShardUp.WithLabelValues(n.Name).Set(0)
+		}
+		return
+	}
+	hl.misses.Store(0)
+	hl.lastErr.Store("")
+	hl.epoch.Store(h.Epoch)
+	hl.nodeID.Store(h.NodeID)
+	r.m.ShardUp.WithLabelValues(n.Name).Set(1)
+	if hl.down.Swap(false) {
+		r.log.Info("shard up again; repairing it", "shard", n.Name)
+		hl.stale.Store(true)
+		r.requestRepair()
+	}
+}
+
+// readMap returns the cluster map a node holds (nil when it holds none).
+func (r *Router) readMap(ctx context.Context, n *Node) (*clusterMap, error) {
+	ctx, cancel := r.shardCtx(ctx)
+	defer cancel()
+	rec, err := n.Shard.Get(ctx, storage.ClusterBucket, []byte(storage.MapKey))
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var m clusterMap
+	if err := json.Unmarshal(rec.Value, &m); err != nil {
+		return nil, fmt.Errorf("cluster map on %s: %w", n.Name, err)
+	}
+	m.Epoch = rec.Version
+	return &m, nil
+}
+
+// loadMap reads the map from every node it can reach (and from nodes the
+// maps name) and returns the newest, or nil when no node holds one. It
+// fails when fewer than a majority of the current nodes answer: a map read
+// from a minority could be stale.
+func (r *Router) loadMap(ctx context.Context) (*clusterMap, error) {
+	t := r.topo.Load()
+	var best *clusterMap
+	answered := 0
+	var errs []error
+	for _, n := range t.all {
+		m, err := r.readMap(ctx, n)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		answered++
+		if m != nil && (best == nil || m.Epoch > best.Epoch) {
+			best = m
+		}
+	}
+	if answered < quorum(len(t.all)) {
+		return nil, fmt.Errorf("cluster map: %d of %d shards answered: %w", answered, len(t.all), errors.Join(errs...))
+	}
+	return best, nil
+}
+
+// refreshMap adopts the newest map on the nodes, if newer than ours.
+func (r *Router) refreshMap(ctx context.Context) {
+	r.mapMu.Lock()
+	defer r.mapMu.Unlock()
+	m, err := r.loadMap(ctx)
+	if err != nil || m == nil {
+		return
+	}
+	if m.Epoch > r.topo.Load().epoch {
+		if err := r.adoptLocked(m); err != nil {
+			r.log.Error("cannot adopt cluster map", "epoch", m.Epoch, "err", err)
+		}
+	}
+}
+
+// adoptLocked makes m the router's topology. mapMu must be held.
+func (r *Router) adoptLocked(m *clusterMap) error {
+	nodes := func(list []mapShard) ([]*Node, error) {
+		out := make([]*Node, 0, len(list))
+		for _, s := range list {
+			n := r.register(s.Name, s.Address, nil)
+			if n == nil {
+				return nil, fmt.Errorf("shard %s at %s is in the cluster map but cannot be reached", s.Name, s.Address)
+			}
+			out = append(out, n)
+		}
+		return out, nil
+	}
+	curNodes, err := nodes(m.Shards)
+	if err != nil {
+		return err
+	}
+	cur, err := newShape(curNodes, m.Replicas)
+	if err != nil {
+		return err
+	}
+	var prev shape
+	if m.State == stateMigrating {
+		prevNodes, err := nodes(m.Previous)
+		if err != nil {
+			return err
+		}
+		if prev, err = newShape(prevNodes, m.PrevReplicas); err != nil {
+			return err
+		}
+	}
+	leaving, err := nodes(m.Leaving)
+	if err != nil {
+		return err
+	}
+	t := newTopology(m.Epoch, m.State, cur, prev, leaving)
+	r.topo.Store(t)
+	r.m.ClusterEpoch.Set(float64(m.Epoch))
+	r.log.Info("cluster map adopted", "epoch", m.Epoch, "state", m.State, "shards", len(m.Shards), "replicas", cur.replicas)
+	return nil
+}
+
+// installLocked writes m on every node of the current topology and of m,
+// then adopts it. It needs a majority of those nodes; a node that missed
+// it gets it from the prober when it answers again. mapMu must be held.
+func (r *Router) installLocked(ctx context.Context, m *clusterMap) error {
+	t := r.topo.Load()
+	targets := append([]*Node(nil), t.all...)
+	for _, list := range [][]mapShard{m.Shards, m.Previous, m.Leaving} {
+		for _, s := range list {
+			if n := r.register(s.Name, s.Address, nil); n != nil && !containsNode(targets, n) {
+				targets = append(targets, n)
+			}
+		}
+	}
+	body := m.encode()
+	ok := 0
+	var errs []error
+	for _, n := range targets {
+		wctx, cancel := r.shardCtx(ctx)
+		res, err := n.Shard.Apply(wctx, storage.ClusterBucket, []storage.Write{{Record: storage.Record{Key: []byte(storage.MapKey), Version: m.Epoch, Value: body}}})
+		cancel()
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case res[0].Outcome == storage.Stale && res[0].PrevVersion > m.Epoch:
+			return fmt.Errorf("shard %s holds a newer cluster map (epoch %d): another router changed the cluster", n.Name, res[0].PrevVersion)
+		default:
+			ok++
+		}
+	}
+	if ok < quorum(len(targets)) {
+		return fmt.Errorf("cluster map epoch %d reached %d of %d shards: %w", m.Epoch, ok, len(targets), errors.Join(errs...))
+	}
+	return r.adoptLocked(m)
+}
+
+func containsNode(list []*Node, n *Node) bool {
+	for _, x := range list {
+		if x == n {
+			return true
+		}
+	}
+	return false
+}
+
+// pushMap gives a node that came back the map it missed.
+func (r *Router) pushMap(ctx context.Context, n *Node) {
+	t := r.topo.Load()
+	m := r.mapOf(t)
+	wctx, cancel := r.shardCtx(ctx)
+	defer cancel()
+	if _, err := n.Shard.Apply(wctx, storage.ClusterBucket, []storage.Write{{Record: storage.Record{Key: []byte(storage.MapKey), Version: m.Epoch, Value: m.encode()}}}); err != nil {
+		r.log.Debug("push cluster map", "shard", n.Name, "err", err)
+	}
+}
+
+// mapOf describes a topology as a map.
+func (r *Router) mapOf(t *topology) *clusterMap {
+	m := &clusterMap{Epoch: t.epoch, State: t.state, Replicas: t.cur.replicas, Shards: mapShards(t.cur.ring.nodes), Leaving: mapShards(t.leaving)}
+	if t.prev.ring != nil {
+		m.Previous, m.PrevReplicas = mapShards(t.prev.ring.nodes), t.prev.replicas
+	}
+	if len(m.Leaving) == 0 {
+		m.Leaving = nil
+	}
+	return m
+}
+
+// bootstrap loads the cluster map once the shards answer, creates it on a
+// new cluster, finishes a membership change an earlier router left under
+// way, and applies the configured shape if it differs from the map.
+func (r *Router) bootstrap(ctx context.Context) {
+	for {
+		done, err := r.bootstrapOnce(ctx)
+		if done {
+			return
+		}
+		r.log.Warn("cluster map not loaded yet; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(r.cfg.ProbeInterval):
+		}
+	}
+}
+
+func (r *Router) bootstrapOnce(ctx context.Context) (bool, error) {
+	r.mapMu.Lock()
+	m, err := r.loadMap(ctx)
+	if err != nil {
+		r.mapMu.Unlock()
+		return ctx.Err() != nil, err
+	}
+	if m == nil {
+		t := r.topo.Load()
+		first := r.mapOf(t)
+		first.Epoch, first.State = 1, stateStable
+		err := r.installLocked(ctx, first)
+		r.mapMu.Unlock()
+		return err == nil || ctx.Err() != nil, err
+	}
+	if m.Epoch > r.topo.Load().epoch {
+		if err := r.adoptLocked(m); err != nil {
+			r.mapMu.Unlock()
+			return ctx.Err() != nil, err
+		}
+	}
+	r.mapMu.Unlock()
+	r.converge(ctx)
+	return true, nil
+}
+
+// Reload re-reads the wanted shape (Config.Reload) and, if it differs from
+// the cluster's, starts moving data to it in the background.
+func (r *Router) Reload() error {
+	if r.cfg.Reload == nil {
+		return errors.New("reload: the router was started without a config file")
+	}
+	nodes, replicas, err := r.cfg.Reload()
+	if err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	want, err := r.shapeOf(nodes, replicas)
+	if err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	r.desiredMu.Lock()
+	r.desired = want
+	r.desiredMu.Unlock()
+	r.background(r.converge)
+	return nil
+}
+
+// converge drives the cluster from its current map to the desired shape:
+// it resumes a change under way, or starts one if the shapes differ.
+func (r *Router) converge(ctx context.Context) {
+	if !r.syncMu.TryLock() {
+		// A pass is running; when it ends the repair loop converges again.
+		r.requestRepair()
+		return
+	}
+	defer r.syncMu.Unlock()
+	for ctx.Err() == nil {
+		t := r.topo.Load()
+		var err error
+		switch t.state {
+		case stateMigrating:
+			err = r.finishCopy(ctx, t)
+		case stateCleanup:
+			err = r.finishCleanup(ctx, t)
+		default:
+			r.desiredMu.Lock()
+			want := r.desired
+			r.desiredMu.Unlock()
+			if sameShards(mapShards(want.ring.nodes), mapShards(t.cur.ring.nodes)) && want.replicas == t.cur.replicas {
+				return
+			}
+			err = r.startMigration(ctx, t, want)
+		}
+		if err != nil {
+			r.log.Error("rebalance step failed; will retry", "state", t.state, "err", err)
+			r.status.fail("rebalance", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}
+}
+
+// startMigration installs a migrating map: from now on reads and writes
+// reach the old and the new owners.
+func (r *Router) startMigration(ctx context.Context, t *topology, want shape) error {
+	m := &clusterMap{
+		Epoch: t.epoch + 1, State: stateMigrating,
+		Replicas: want.replicas, Shards: mapShards(want.ring.nodes),
+		Previous: mapShards(t.cur.ring.nodes), PrevReplicas: t.cur.replicas,
+	}
+	r.log.Info("rebalance starting", "from", t.cur.ring.names(), "to", want.ring.names(), "replicas", want.replicas)
+	r.status.start("rebalance", "copy")
+	r.mapMu.Lock()
+	defer r.mapMu.Unlock()
+	return r.installLocked(ctx, m)
+}
+
+// finishCopy copies every key to its new owners until a pass finds all of
+// them in place (the verification), then switches to the new owners alone.
+func (r *Router) finishCopy(ctx context.Context, t *topology) error {
+	if !r.status.running("rebalance") {
+		r.status.start("rebalance", "copy")
+	}
+	for pass := 0; ; pass++ {
+		st, err := r.syncPass(ctx, t, "rebalance")
+		if err != nil {
+			return err
+		}
+		if st.missing == 0 && st.copied == 0 {
+			break // verified: every owner holds the newest version of every key
+		}
+		if pass >= 20 {
+			return fmt.Errorf("copy did not converge after %d passes (%d keys missing)", pass+1, st.missing)
+		}
+		if st.missing > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(r.cfg.ProbeInterval):
+			}
+		}
+	}
+	m := r.mapOf(t)
+	m.Epoch, m.State = t.epoch+1, stateCleanup
+	m.Previous, m.PrevReplicas = nil, 0
+	m.Leaving = mapShards(t.leaving)
+	r.status.phase("rebalance", "cleanup")
+	r.mapMu.Lock()
+	defer r.mapMu.Unlock()
+	return r.installLocked(ctx, m)
+}
+
+// finishCleanup waits for other routers to see the switch, purges copies
+// from nodes that no longer own them, and declares the cluster stable.
+func (r *Router) finishCleanup(ctx context.Context, t *topology) error {
+	if !r.status.running("rebalance") {
+		r.status.start("rebalance", "cleanup")
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(3 * r.cfg.ProbeInterval):
+	}
+	st, err := r.syncPass(ctx, t, "rebalance")
+	if err != nil {
+		return err
+	}
+	if st.missing > 0 {
+		return fmt.Errorf("cleanup: %d keys could not be checked (a shard is down)", st.missing)
+	}
+	m := r.mapOf(t)
+	m.Epoch, m.State, m.Leaving = t.epoch+1, stateStable, nil
+	r.mapMu.Lock()
+	defer r.mapMu.Unlock()
+	if err := r.installLocked(ctx, m); err != nil {
+		return err
+	}
+	r.status.finish("rebalance")
+	r.log.Info("rebalance finished", "epoch", m.Epoch, "shards", t.cur.ring.names())
+	return nil
+}

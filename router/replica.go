@@ -1,0 +1,367 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/go-kvdb/go-kvdb/storage"
+)
+
+// maxWriteRetries bounds how often a write is retried after a shard reports
+// a newer version than the router's clock gave it (another router's clock
+// ran ahead), the primary turned out stale, or the cluster map moved on.
+const maxWriteRetries = 5
+
+// epochCtx tags a call with the epoch of the topology it was planned on, so
+// a shard holding a newer cluster map refuses it.
+func epochCtx(ctx context.Context, t *topology) context.Context {
+	return storage.WithEpoch(ctx, t.epoch)
+}
+
+// get reads the newest version of a key from a quorum of its replicas.
+// A key no replica holds is storage.ErrNotFound; a tombstone is returned as
+// a record with Tombstone set. Replicas found behind are repaired in the
+// background.
+func (r *Router) get(ctx context.Context, pk, bucket string, key []byte) (storage.Record, error) {
+	t := r.topo.Load()
+	rec, err := r.readSet(ctx, t, t.replicaSet(pk), bucket, key)
+	if err == nil {
+		r.clock.Observe(rec.Version)
+		if rec.Version == 0 {
+			return rec, storage.ErrNotFound
+		}
+	}
+	return rec, err
+}
+
+type readAnswer struct {
+	node *Node
+	rec  storage.Record // Version 0: the node does not hold the key
+	err  error
+}
+
+// readSet asks every live replica in set and returns once each group has a
+// quorum of answers, with the newest record (Version 0 when none holds it).
+func (r *Router) readSet(ctx context.Context, t *topology, set replicaSet, bucket string, key []byte) (storage.Record, error) {
+	if len(set.union) == 1 {
+		n := set.union[0]
+		ctx, cancel := r.shardCtx(ctx)
+		defer cancel()
+		rec, err := n.Shard.Get(ctx, bucket, key)
+		if errors.Is(err, storage.ErrNotFound) {
+			return storage.Record{Key: key}, nil
+		}
+		if err != nil {
+			return rec, fromStorage("read from shard "+n.Name, err)
+		}
+		return rec, nil
+	}
+	ctx, cancel := r.shardCtx(ctx)
+	defer cancel()
+	answers := make(chan readAnswer, len(set.union))
+	asked := 0
+	for _, n := range set.union {
+		if !n.up() {
+			continue
+		}
+		asked++
+		go func() {
+			rec, err := n.Shard.Get(ctx, bucket, key)
+			if errors.Is(err, storage.ErrNotFound) {
+				rec, err = storage.Record{Key: key}, nil
+			}
+			answers <- readAnswer{node: n, rec: rec, err: err}
+		}()
+	}
+	var got []readAnswer
+	var failed []string
+	for range asked {
+		a := <-answers
+		if a.err != nil {
+			failed = append(failed, a.node.Name+": "+a.err.Error())
+			continue
+		}
+		got = append(got, a)
+		if quorate(set, func(n *Node) bool { return slices.ContainsFunc(got, func(a readAnswer) bool { return a.node == n }) }) {
+			break
+		}
+	}
+	if !quorate(set, func(n *Node) bool { return slices.ContainsFunc(got, func(a readAnswer) bool { return a.node == n }) }) {
+		r.m.QuorumFailures.WithLabelValues("read").Inc()
+		return storage.Record{}, r.noQuorum("read", set, len(got), failed)
+	}
+	newest := got[0].rec
+	for _, a := range got[1:] {
+		if a.rec.Version > newest.Version {
+			newest = a.rec
+		}
+	}
+	if newest.Version != 0 {
+		for _, a := range got {
+			if a.rec.Version < newest.Version {
+				r.readRepair(t, a.node, bucket, newest)
+			}
+		}
+	}
+	return newest, nil
+}
+
+// quorate reports whether every group of set has a quorum of nodes for
+// which ok holds.
+func quorate(set replicaSet, ok func(*Node) bool) bool {
+	for _, g := range set.groups {
+		n := 0
+		for _, node := range g {
+			if ok(node) {
+				n++
+			}
+		}
+		if n < quorum(len(g)) {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *Router) noQuorum(op string, set replicaSet, got int, failed []string) *Error {
+	var down []string
+	for _, n := range set.union {
+		if !n.up() {
+			down = append(down, n.Name+" (down)")
+		}
+	}
+	need := 0
+	for _, g := range set.groups {
+		need = max(need, quorum(len(g)))
+	}
+	msg := fmt.Sprintf("%s reached %d of %d replicas, %d needed", op, got, len(set.groups[0]), need)
+	if len(down)+len(failed) > 0 {
+		msg += ": " + strings.Join(append(down, failed...), "; ")
+	}
+	return &Error{Code: CodeUnavailable, Message: msg}
+}
+
+// readRepair writes the newest record to a replica found behind. It runs in
+// the background: the read has its answer already.
+func (r *Router) readRepair(t *topology, n *Node, bucket string, rec storage.Record) {
+	r.m.ReadRepairs.Inc()
+	r.background(func(ctx context.Context) {
+		ctx, cancel := r.shardCtx(epochCtx(ctx, t))
+		defer cancel()
+		_, err := n.Shard.Apply(ctx, bucket, []storage.Write{{Record: rec}})
+		if err != nil {
+			r.log.Debug("read repair failed", "shard", n.Name, "err", err)
+		}
+	})
+}
+
+// write stores one record on the key's replicas with a fresh version and
+// returns the outcome and the version written. It succeeds when a quorum
+// of every owner group acknowledged; otherwise it answers 503 and the
+// partial write, if any, is left for repair: never reported as success.
+//
+// A conditional write is decided by one replica, the key's primary (its
+// first live, repaired owner): the router reads the newest version from a
+// quorum, checks the condition against it, and applies at the primary only
+// if the primary still holds exactly that version; then it replicates. So
+// concurrent conditional writes on a key serialise at its primary.
+func (r *Router) write(ctx context.Context, pk, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
+	for range maxWriteRetries {
+		t := r.topo.Load()
+		set := t.replicaSet(pk)
+		var res storage.Result
+		var v uint64
+		var err error
+		if len(set.union) == 1 {
+			res, v, err = r.writeOne(ctx, t, set.union[0], bucket, key, tombstone, value, cond, match)
+		} else {
+			res, v, err = r.writeReplicated(ctx, t, set, bucket, key, tombstone, value, cond, match)
+		}
+		if errors.Is(err, storage.ErrStaleEpoch) {
+			r.refreshMap(ctx)
+			continue
+		}
+		if errors.Is(err, errRetry) {
+			continue
+		}
+		return res, v, err
+	}
+	return storage.Result{}, 0, errorf(CodeUnavailable, "write of %q did not settle after %d attempts; retry", truncate(string(key)), maxWriteRetries)
+}
+
+// errRetry asks write to plan the write again.
+var errRetry = errors.New("retry write")
+
+func (r *Router) writeOne(ctx context.Context, t *topology, n *Node, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
+	ctx, cancel := r.shardCtx(epochCtx(ctx, t))
+	defer cancel()
+	v := r.clock.Next()
+	res, err := n.Shard.Apply(ctx, bucket, []storage.Write{{
+		Record: storage.Record{Key: key, Version: v, Tombstone: tombstone, Value: value},
+		Cond:   cond, Match: match,
+	}})
+	if errors.Is(err, storage.ErrStaleEpoch) {
+		return storage.Result{}, 0, err
+	}
+	if err != nil {
+		return storage.Result{}, 0, fromStorage("write to shard "+n.Name, err)
+	}
+	if res[0].Outcome == storage.Stale {
+		r.clock.Observe(res[0].PrevVersion)
+		return storage.Result{}, 0, errRetry
+	}
+	return res[0], v, nil
+}
+
+func (r *Router) writeReplicated(ctx context.Context, t *topology, set replicaSet, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
+	rec := storage.Record{Key: key, Tombstone: tombstone, Value: value}
+	acked := map[*Node]bool{}
+	var result storage.Result
+	if cond != storage.CondNone {
+		cur, err := r.readSet(ctx, t, set, bucket, key)
+		if err != nil {
+			return storage.Result{}, 0, err
+		}
+		result = storage.Result{Outcome: storage.Applied, PrevVersion: cur.Version, PrevTombstone: cur.Tombstone}
+		if !condHolds(cond, match, cur) {
+			result.Outcome = storage.Conflict
+			return result, 0, nil
+		}
+		primary := r.primary(set)
+		if primary == nil {
+			r.m.QuorumFailures.WithLabelValues("write").Inc()
+			return storage.Result{}, 0, r.noQuorum("write", set, 0, nil)
+		}
+		r.clock.Observe(cur.Version)
+		rec.Version = r.clock.Next()
+		pctx, cancel := r.shardCtx(epochCtx(ctx, t))
+		res, err := primary.Shard.Apply(pctx, bucket, []storage.Write{{Record: rec, Cond: storage.CondExact, Match: cur.Version}})
+		cancel()
+		switch {
+		case errors.Is(err, storage.ErrStaleEpoch):
+			return storage.Result{}, 0, err
+		case err != nil:
+			return storage.Result{}, 0, fromStorage("write to primary "+primary.Name, err)
+		case res[0].Outcome == storage.Conflict && res[0].PrevVersion < cur.Version:
+			// The primary is behind the quorum: bring it up to date, retry.
+			rctx, cancel := r.shardCtx(epochCtx(ctx, t))
+			primary.Shard.Apply(rctx, bucket, []storage.Write{{Record: cur}})
+			cancel()
+			return storage.Result{}, 0, errRetry
+		case res[0].Outcome != storage.Applied:
+			// A newer write reached the primary meanwhile: decide again.
+			r.clock.Observe(res[0].PrevVersion)
+			return storage.Result{}, 0, errRetry
+		}
+		acked[primary] = true
+	} else {
+		rec.Version = r.clock.Next()
+		result.Outcome = storage.Applied
+	}
+	prevLive, err := r.replicate(ctx, t, set, bucket, rec, acked)
+	if err != nil {
+		return storage.Result{}, 0, err
+	}
+	if cond == storage.CondNone {
+		result.PrevVersion, result.PrevTombstone = prevLive, false
+	}
+	return result, rec.Version, nil
+}
+
+// condHolds checks a write condition against the newest record.
+func condHolds(cond storage.Cond, match uint64, cur storage.Record) bool {
+	live := cur.Version != 0 && !cur.Tombstone
+	switch cond {
+	case storage.CondAbsent:
+		return !live
+	case storage.CondExists:
+		return live
+	case storage.CondVersion:
+		return live && cur.Version == match
+	case storage.CondExact:
+		return cur.Version == match
+	}
+	return true
+}
+
+// primary is the first live owner not known to lack writes.
+func (r *Router) primary(set replicaSet) *Node {
+	for _, n := range set.union {
+		if n.up() && !n.health.stale.Load() {
+			return n
+		}
+	}
+	for _, n := range set.union {
+		if n.up() {
+			return n
+		}
+	}
+	return nil
+}
+
+type writeAnswer struct {
+	node *Node
+	res  storage.Result
+	err  error
+}
+
+// replicate sends rec to every live replica not yet in acked and returns
+// once each group has a quorum of acknowledgements. Sends still under way
+// then finish in the background, so slow replicas get the write too.
+// prevLive is the newest live version any replica held before (0: none).
+func (r *Router) replicate(ctx context.Context, t *topology, set replicaSet, bucket string, rec storage.Record, acked map[*Node]bool) (prevLive uint64, err error) {
+	answers := make(chan writeAnswer, len(set.union))
+	sent := 0
+	for _, n := range set.union {
+		if acked[n] || !n.up() {
+			continue
+		}
+		sent++
+		r.background(func(bg context.Context) {
+			wctx, cancel := r.shardCtx(epochCtx(bg, t))
+			defer cancel()
+			res, err := n.Shard.Apply(wctx, bucket, []storage.Write{{Record: rec}})
+			a := writeAnswer{node: n, err: err}
+			if err == nil {
+				a.res = res[0]
+			}
+			answers <- a
+		})
+	}
+	var failed []string
+	staleEpoch := false
+	isAcked := func(n *Node) bool { return acked[n] }
+	for i := 0; i < sent && !quorate(set, isAcked); i++ {
+		var a writeAnswer
+		select {
+		case a = <-answers:
+		case <-ctx.Done():
+			return 0, errorf(CodeUnavailable, "write abandoned: %v", ctx.Err())
+		}
+		switch {
+		case errors.Is(a.err, storage.ErrStaleEpoch):
+			staleEpoch = true
+			failed = append(failed, a.node.Name+": "+a.err.Error())
+		case a.err != nil:
+			failed = append(failed, a.node.Name+": "+a.err.Error())
+		default:
+			// Stale means the replica holds this version or a newer one:
+			// it has the write, or a later one that supersedes it.
+			acked[a.node] = true
+			if a.res.PrevLive() && a.res.PrevVersion != rec.Version {
+				prevLive = max(prevLive, a.res.PrevVersion)
+			}
+		}
+	}
+	if quorate(set, isAcked) {
+		return prevLive, nil
+	}
+	if staleEpoch {
+		return 0, storage.ErrStaleEpoch
+	}
+	r.m.QuorumFailures.WithLabelValues("write").Inc()
+	return 0, r.noQuorum("write", set, len(acked), failed)
+}
