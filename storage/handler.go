@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -115,14 +116,10 @@ func (h *handler) apply(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	ctx := r.Context()
-	if e := r.Header.Get(headerEpoch); e != "" {
-		epoch, err := strconv.ParseUint(e, 10, 64)
-		if err != nil {
-			h.fail(w, r, fmt.Errorf("%s %q: %w", headerEpoch, e, ErrInvalid))
-			return
-		}
-		ctx = WithEpoch(ctx, epoch)
+	ctx, err := epochContext(r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
 	}
 	results, err := h.store.Apply(ctx, r.PathValue("bucket"), writes)
 	if err != nil {
@@ -164,7 +161,12 @@ func (h *handler) deletePrefix(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, fmt.Errorf("version %q: %w", q.Get("version"), ErrInvalid))
 		return
 	}
-	n, err := h.store.DeletePrefix(r.Context(), r.PathValue("bucket"), []byte(q.Get("prefix")), version)
+	ctx, err := epochContext(r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	n, err := h.store.DeletePrefix(ctx, r.PathValue("bucket"), []byte(q.Get("prefix")), version)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -219,6 +221,19 @@ func (h *handler) purge(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	fmt.Fprintf(w, `{"purged":%d}`, n)
+}
+
+// epochContext carries the epoch a write was sent under, if any.
+func epochContext(r *http.Request) (context.Context, error) {
+	e := r.Header.Get(headerEpoch)
+	if e == "" {
+		return r.Context(), nil
+	}
+	epoch, err := strconv.ParseUint(e, 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("%s %q: %w", headerEpoch, e, ErrInvalid)
+	}
+	return WithEpoch(r.Context(), epoch), nil
 }
 
 func writeBinary(w http.ResponseWriter, b []byte) {

@@ -23,6 +23,9 @@ type shard interface {
 	DeletePrefix(ctx context.Context, bucket string, prefix []byte, version uint64) (int, error)
 	Info(ctx context.Context) (Info, error)
 	Ping(ctx context.Context) error
+	MultiGet(ctx context.Context, bucket string, keys [][]byte) ([]Record, error)
+	Purge(ctx context.Context, bucket string, recs []Record) (int, error)
+	Health(ctx context.Context) (Health, error)
 }
 
 var (

@@ -191,8 +191,8 @@ func (s *Store) Apply(ctx context.Context, bucket string, writes []Write) ([]Res
 			return nil, err
 		}
 	}
-	if e, ok := EpochFrom(ctx); ok && bucket != ClusterBucket && e < s.epoch.Load() {
-		return nil, fmt.Errorf("write under epoch %d, shard holds epoch %d: %w", e, s.epoch.Load(), ErrStaleEpoch)
+	if err := s.checkEpoch(ctx, bucket); err != nil {
+		return nil, err
 	}
 	req := &commitReq{bucket: bucket, writes: writes, results: make([]Result, len(writes)), err: make(chan error, 1)}
 	s.mu.RLock()
@@ -252,6 +252,16 @@ func (s *Store) commitLoop() {
 			r.err <- err
 		}
 	}
+}
+
+// checkEpoch refuses a write sent under an older cluster map than the one
+// the shard holds. Writes to the map itself are never refused: they are
+// how a newer map arrives.
+func (s *Store) checkEpoch(ctx context.Context, bucket string) error {
+	if e, ok := EpochFrom(ctx); ok && bucket != ClusterBucket && e < s.epoch.Load() {
+		return fmt.Errorf("write under epoch %d, shard holds epoch %d: %w", e, s.epoch.Load(), ErrStaleEpoch)
+	}
+	return nil
 }
 
 // noteEpoch remembers the newest cluster map version committed.
@@ -367,6 +377,9 @@ func (s *Store) DeletePrefix(ctx context.Context, bucket string, prefix []byte, 
 	}
 	if version == 0 {
 		return 0, fmt.Errorf("delete without version: %w", ErrInvalid)
+	}
+	if err := s.checkEpoch(ctx, bucket); err != nil {
+		return 0, err
 	}
 	total := 0
 	var after []byte
