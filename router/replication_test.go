@@ -249,7 +249,7 @@ func TestRebalanceGrowAndShrink(t *testing.T) {
 			var wg sync.WaitGroup
 			var mu sync.Mutex
 			acked := map[string]string{} // key → last acknowledged text
-			wg.Go(func() { // reader of existing keys
+			wg.Go(func() {               // reader of existing keys
 				for i := 0; !stop.Load(); i++ {
 					u := fmt.Sprintf("%s/api/v1/topics/t/contexts/k%03d", tc.URL, i%keys)
 					if r := call(t, "GET", u, nil); r.Status != 200 {
