@@ -324,8 +324,8 @@ func (r *Router) Reload() error {
 // it resumes a change under way, or starts one if the shapes differ.
 func (r *Router) converge(ctx context.Context) {
 	if !r.syncMu.TryLock() {
-		// A pass is running; when it ends the repair loop converges again.
-		r.requestRepair()
+		// A pass is running: a repair converges when it ends, a rebalance
+		// rereads the desired shape when it reaches a stable map.
 		return
 	}
 	defer r.syncMu.Unlock()
