@@ -66,6 +66,7 @@ func (r *Router) routes() *echo.Echo {
 	v1.GET("/topics/:topic/contexts/:id", r.getContext)
 	v1.PUT("/topics/:topic/contexts/:id", r.putContext)
 	v1.DELETE("/topics/:topic/contexts/:id", r.deleteContext)
+	r.llmRoutes(e, v1)
 	return e
 }
 
@@ -236,7 +237,7 @@ func (r *Router) createTopic(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	t := Topic{Name: req.Name, Description: req.Description, CreatedAt: time.Now().UTC().Format(time.RFC3339Nano)}
+	t := Topic{Name: req.Name, Description: req.Description, MaxTokens: req.MaxTokens, CreatedAt: time.Now().UTC().Format(time.RFC3339Nano)}
 	body := topicJSON(&t)
 	res, v, err := r.write(c.Request().Context(), t.Name, bucketTopics, []byte(t.Name), false, body, storage.CondAbsent, 0)
 	if err != nil {
@@ -305,9 +306,11 @@ func (r *Router) deleteTopic(c echo.Context) error {
 	v := r.clock.Next()
 	prefix := []byte(name + keySep)
 	if err := r.fanOutAll(ctx, 10*r.cfg.ShardTimeout, func(ctx context.Context, n *Node) error {
-		_, err := n.Shard.DeletePrefix(ctx, bucketContexts, prefix, v)
-		if err != nil {
-			return fromStorage("delete contexts on shard "+n.Name, err)
+		// A topic's contexts, their vectors and their pending embeddings.
+		for _, bucket := range []string{bucketContexts, bucketVectors, bucketEmbedPending} {
+			if _, err := n.Shard.DeletePrefix(ctx, bucket, prefix, v); err != nil {
+				return fromStorage("delete "+bucket+" on shard "+n.Name, err)
+			}
 		}
 		return nil
 	}); err != nil {
@@ -468,6 +471,7 @@ func (r *Router) storeContext(c echo.Context, topic string, doc *Document, cond 
 	if _, _, err := r.readTopic(c, topic); err != nil {
 		return err
 	}
+	r.embedForWrite(c.Request().Context(), doc)
 	value, err := r.codec.encodeDocument(doc)
 	if err != nil {
 		return &Error{Code: CodeInternal, Message: "encode context", Err: err}
@@ -481,6 +485,7 @@ func (r *Router) storeContext(c echo.Context, topic string, doc *Document, cond 
 	if res.Outcome == storage.Conflict {
 		return onConflict(res)
 	}
+	r.afterContextWrite(c.Request().Context(), topic, doc, v, res.PrevLive())
 	body, err := r.codec.appendDocumentJSON(nil, value, true)
 	if err != nil {
 		return &Error{Code: CodeInternal, Message: "render context", Err: err}
@@ -518,6 +523,7 @@ func (r *Router) deleteContext(c echo.Context) error {
 		return preconditionFailed(topic, id, cond, match, res)
 	}
 	r.cache.put(contextCacheKey(key), v, true, nil)
+	r.afterContextDelete(c.Request().Context(), topic, id, v)
 	return c.NoContent(http.StatusNoContent)
 }
 

@@ -27,7 +27,10 @@ const (
 type Topic struct {
 	Name        string `json:"name"`
 	Description string `json:"description,omitempty"`
-	CreatedAt   string `json:"created_at"`
+	// MaxTokens is the token budget of the topic's conversations (see
+	// POST …/chat); zero means the router's default.
+	MaxTokens int    `json:"max_tokens,omitempty"`
+	CreatedAt string `json:"created_at"`
 }
 
 // Metadata describes a context; it is what lists return.
@@ -37,6 +40,13 @@ type Metadata struct {
 	UpdatedAt string   `json:"updated_at,omitempty"`
 	Model     string   `json:"model,omitempty"`
 	Tags      []string `json:"tags,omitempty"`
+	// EmbeddingModel names the model of content.embeddings: set by the
+	// router when it embedded the context, or by a client that sends its
+	// own embeddings. Empty: unnamed.
+	EmbeddingModel string `json:"embedding_model,omitempty"`
+	// EmbeddingPending is set by the router when Ollama could not embed
+	// the context at write time; a background loop retries.
+	EmbeddingPending bool `json:"embedding_pending,omitempty"`
 }
 
 // Message is one turn of a conversation.
@@ -50,6 +60,16 @@ type Content struct {
 	Text       string    `json:"text,omitempty"`
 	Messages   []Message `json:"messages,omitempty"`
 	Embeddings []float32 `json:"embeddings,omitempty"`
+	// Summary folds the oldest messages of a long conversation (see
+	// POST …/chat); the messages stay stored.
+	Summary *Summary `json:"summary,omitempty"`
+}
+
+// Summary is a running summary of a conversation's oldest turns.
+type Summary struct {
+	Text string `json:"text"`
+	// Messages is how many of the oldest messages the summary covers.
+	Messages int `json:"messages"`
 }
 
 // Document is a context as clients send and receive it.
@@ -161,6 +181,7 @@ func jsonType(kind string) string {
 type topicRequest struct {
 	Name        string `json:"name"`
 	Description string `json:"description"`
+	MaxTokens   int    `json:"max_tokens"`
 }
 
 func (r *topicRequest) validate() error {
@@ -169,6 +190,9 @@ func (r *topicRequest) validate() error {
 	}
 	if len(r.Description) > maxDescLen {
 		return errorf(CodeInvalidArgument, "field \"description\": longer than %d bytes", maxDescLen)
+	}
+	if r.MaxTokens < 0 || r.MaxTokens > maxTokenBudget {
+		return errorf(CodeInvalidArgument, "field \"max_tokens\": %d is not in 0..%d", r.MaxTokens, maxTokenBudget)
 	}
 	return nil
 }
@@ -211,6 +235,9 @@ func (d *Document) normalize(now time.Time) error {
 		if !validRoles[msg.Role] {
 			return errorf(CodeInvalidArgument, "field \"content.messages[%d].role\": %q is not one of system, user, assistant, tool", i, truncate(msg.Role))
 		}
+	}
+	if s := d.Content.Summary; s != nil && (s.Messages < 0 || s.Messages > len(d.Content.Messages)) {
+		return errorf(CodeInvalidArgument, "field \"content.summary.messages\": %d is not in 0..%d (the number of messages)", s.Messages, len(d.Content.Messages))
 	}
 	return nil
 }

@@ -41,6 +41,7 @@ type clusterOpts struct {
 	cacheBytes     int64
 	maxBody        int64
 	repairInterval time.Duration
+	llm            LLMConfig // the Ollama bridge; zero: off
 }
 
 func newTestCluster(t testing.TB, o clusterOpts) *testCluster {
@@ -65,6 +66,7 @@ func newTestCluster(t testing.TB, o clusterOpts) *testCluster {
 		Replicas:       o.replicas,
 		RepairInterval: o.repairInterval,
 		Registry:       tc.reg,
+		LLM:            o.llm,
 	})
 	srv := httptest.NewServer(tc.router.Handler())
 	t.Cleanup(srv.Close)

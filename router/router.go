@@ -58,6 +58,8 @@ type Config struct {
 	MetricsHandler http.Handler
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
+	// LLM configures the Ollama bridge; the zero value turns it off.
+	LLM LLMConfig
 }
 
 // Shard is what the router needs of a storage node. storage.Store (embedded
@@ -84,6 +86,7 @@ type Router struct {
 	codec *codec
 	cache *hotCache
 	echo  *echo.Echo
+	llm   *llmState // the Ollama bridge; set by llmRoutes
 
 	// nodesMu guards nodes, the registry of every shard the router has
 	// known: topologies share its *Node values, so health outlives them.
@@ -215,6 +218,7 @@ func (r *Router) Handler() http.Handler { return r.echo }
 // Close stops the background work and releases the cache. It does not
 // close the shards: their owner does.
 func (r *Router) Close() {
+	r.closeLLM()
 	r.bgCancel()
 	r.bgWG.Wait()
 	r.cache.close()

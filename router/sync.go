@@ -26,7 +26,7 @@ import (
 const syncPage = 1000 // keys per node per round
 
 // syncBuckets are the buckets a pass walks.
-var syncBuckets = []string{bucketTopics, bucketContexts}
+var syncBuckets = []string{bucketTopics, bucketContexts, bucketVectors, bucketEmbedPending}
 
 // placementOf returns the ring key of a storage key: contexts (topic, 0,
 // id) are placed by topic/id, everything else by its key.
@@ -59,6 +59,11 @@ func (r *Router) syncPass(ctx context.Context, t *topology, kind string) (passRe
 	}
 	if len(live) == 0 {
 		return total, fmt.Errorf("no shard is up")
+	}
+	if len(live) < len(t.all) {
+		// A down shard may hold the only copy of some keys: the pass can
+		// bring the others up to date but cannot be complete.
+		total.missing++
 	}
 	for _, bucket := range syncBuckets {
 		var after []byte

@@ -20,10 +20,16 @@
 // goroutine takes every write queued while the previous commit was syncing
 // (group commit). A lone writer is committed at once, never delayed.
 //
+// For semantic search a bucket may hold vectors in the format EncodeVector
+// writes (model, tags, dimension, norm, float32 values); TopK scans a key
+// prefix of such a bucket and returns its k best cosine matches, so each
+// shard answers with its own top k and the router merges.
+//
 // # Caveats
 //
-// Values are opaque: the store never looks inside them, so filtering by
-// content happens in the router. Tombstones are kept until a purge removes
+// Values are opaque: the store never looks inside them (except the vector
+// buckets TopK is asked to scan), so filtering by content happens in the
+// router. TopK is a flat scan: one dot product per vector under the prefix. Tombstones are kept until a purge removes
 // them (see Store.Purge); scans skip them unless asked for.
 // A BoltDB file can be opened by one process only; Open fails after
 // Options.LockTimeout instead of waiting forever.

@@ -1,0 +1,179 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/storage"
+	"golang.org/x/sync/errgroup"
+)
+
+// encodeVector renders a context's embeddings for the vectors bucket, with
+// what search filters by.
+func encodeVector(d *Document) []byte {
+	return storage.EncodeVector(storage.Vector{Model: d.Metadata.EmbeddingModel, Tags: d.Metadata.Tags, Values: d.Content.Embeddings})
+}
+
+// embedRetryLoop embeds the contexts stored pending (Ollama was down or
+// slow when they were written). Each pass reads the pending marks of every
+// shard and embeds those contexts one by one; a pass that finds Ollama
+// failing stops, and the delay to the next pass doubles (RetryInterval up
+// to RetryMax); a pass that succeeds resets it. Several routers may run
+// the loop at once: a context is written back only if it did not change
+// meanwhile (compare-and-set on its version), so they cannot clobber
+// each other or a client.
+func (r *Router) embedRetryLoop(ctx context.Context) {
+	delay := r.llm.cfg.RetryInterval
+	timer := time.NewTimer(0) // a first pass at start: marks left by a previous run
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		if err := r.embedPendingPass(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.log.Warn("embedding retry pass stopped", "next_in", delay, "err", err)
+			timer.Reset(delay)
+			delay = min(2*delay, r.llm.cfg.RetryMax)
+			continue
+		}
+		delay = r.llm.cfg.RetryInterval
+		timer.Reset(delay)
+	}
+}
+
+// embedPendingPass embeds every context marked pending. It returns the
+// first error that means "try later" (Ollama or a shard unavailable).
+func (r *Router) embedPendingPass(ctx context.Context) error {
+	marks, err := r.pendingMarks(ctx)
+	if err != nil {
+		return err
+	}
+	r.llm.m.EmbedBacklog.Set(float64(len(marks)))
+	left := len(marks)
+	for _, mark := range marks {
+		if err := r.embedPending(ctx, mark); err != nil {
+			return err
+		}
+		left--
+		r.llm.m.EmbedBacklog.Set(float64(left))
+	}
+	return nil
+}
+
+// pendingMarks reads the live pending marks of every shard, newest version
+// of each key (a key held by several replicas appears once).
+func (r *Router) pendingMarks(ctx context.Context) ([]storage.Record, error) {
+	nodes := r.searchNodes()
+	pages := make([][]storage.Record, len(nodes))
+	g, gctx := errgroup.WithContext(ctx)
+	for i, n := range nodes {
+		g.Go(func() error {
+			var after []byte
+			for {
+				sctx, cancel := r.shardCtx(gctx)
+				p, err := n.Shard.Scan(sctx, bucketEmbedPending, storage.ScanOptions{After: after, Limit: 1000})
+				cancel()
+				if err != nil {
+					return fromStorage("scan pending embeddings on shard "+n.Name, err)
+				}
+				pages[i] = append(pages[i], p.Records...)
+				if !p.More || len(p.Records) == 0 {
+					return nil
+				}
+				after = p.Records[len(p.Records)-1].Key
+			}
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	newest := map[string]storage.Record{}
+	var order []string
+	for _, p := range pages {
+		for _, rec := range p {
+			k := string(rec.Key)
+			old, seen := newest[k]
+			if !seen {
+				order = append(order, k)
+			}
+			if !seen || rec.Version > old.Version {
+				newest[k] = rec
+			}
+		}
+	}
+	out := make([]storage.Record, 0, len(order))
+	for _, k := range order {
+		out = append(out, newest[k])
+	}
+	return out, nil
+}
+
+// splitContextKey is the inverse of contextKey.
+func splitContextKey(key []byte) (topic, id string, ok bool) {
+	for i, b := range key {
+		if b == keySep[0] {
+			return string(key[:i]), string(key[i+1:]), i > 0 && i < len(key)-1
+		}
+	}
+	return "", "", false
+}
+
+// embedPending embeds one pending context and clears its mark. A context
+// deleted, rewritten or already embedded meanwhile only loses its mark.
+func (r *Router) embedPending(ctx context.Context, mark storage.Record) error {
+	topic, id, ok := splitContextKey(mark.Key)
+	if !ok {
+		return r.clearMark(ctx, topic, id, mark)
+	}
+	pk := placement(topic, id)
+	rec, err := r.readRecord(ctx, pk, bucketContexts, mark.Key)
+	if errors.Is(err, storage.ErrNotFound) {
+		return r.clearMark(ctx, topic, id, mark)
+	}
+	if err != nil {
+		return err
+	}
+	if rec.Tombstone {
+		return r.clearMark(ctx, topic, id, mark)
+	}
+	doc, err := r.codec.decodeDocument(rec.Value)
+	if err != nil {
+		r.log.Error("pending context cannot be decoded; dropping its mark", "topic", topic, "id", id, "err", err)
+		return r.clearMark(ctx, topic, id, mark)
+	}
+	if !doc.Metadata.EmbeddingPending {
+		return r.clearMark(ctx, topic, id, mark)
+	}
+	r.embedForWrite(ctx, doc)
+	if doc.Metadata.EmbeddingPending {
+		return errorf(CodeUnavailable, "Ollama at %s still cannot embed", r.ollamaURL())
+	}
+	value, err := r.codec.encodeDocument(doc)
+	if err != nil {
+		return err
+	}
+	res, v, err := r.writeRecord(ctx, pk, bucketContexts, mark.Key, false, value, storage.CondVersion, rec.Version)
+	if err != nil {
+		return err
+	}
+	if res.Outcome == storage.Conflict {
+		return nil // rewritten meanwhile: that write embedded it or marked it again
+	}
+	if body, err := r.codec.appendDocumentJSON(nil, value, true); err == nil {
+		r.cache.put(contextCacheKey(string(mark.Key)), v, false, body)
+	}
+	r.afterContextWrite(ctx, topic, doc, v, true)
+	return r.clearMark(ctx, topic, id, mark)
+}
+
+// clearMark deletes a pending mark just above its own version, so a newer
+// mark (a later write that could not be embedded either) survives.
+func (r *Router) clearMark(ctx context.Context, topic, id string, mark storage.Record) error {
+	return r.writeAt(ctx, placement(topic, id), bucketEmbedPending, mark.Key, mark.Version+1, true, nil)
+}

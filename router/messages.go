@@ -1,0 +1,195 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/storage"
+	"github.com/labstack/echo/v4"
+)
+
+// maxAppendAttempts bounds the optimistic-concurrency loop of an append:
+// each attempt reads the context, appends, and writes only if nobody wrote
+// in between. Under contention every round lets at least one writer
+// through, so this bounds the waiting of a burst of that many appenders.
+const maxAppendAttempts = 64
+
+// messagesRequest is the body of POST …/messages.
+type messagesRequest struct {
+	Messages []Message `json:"messages"`
+}
+
+// appendResult is what an append stored.
+type appendResult struct {
+	version uint64
+	doc     *Document
+}
+
+// appendMessages appends msgs to the context topic/id, creating it when it
+// does not exist, and returns the stored document and its version. With
+// match non-zero the context must be at that version (If-Match), else 412.
+// mutate, when set, changes the document further in the same write (a chat
+// updates the running summary). The write is atomic: concurrent appends
+// all land, in some order, and a failed one stores nothing.
+func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []Message, match uint64, mutate func(*Document)) (appendResult, error) {
+	pk := placement(topic, id)
+	key := []byte(contextKey(topic, id))
+	for attempt := range maxAppendAttempts {
+		if attempt > 0 {
+			// Jitter, so appenders that collided do not collide again.
+			d := time.Duration(rand.Int64N(int64(min(attempt, 20)) * int64(time.Millisecond)))
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+				return appendResult{}, ctx.Err()
+			}
+		}
+		rec, err := r.readRecord(ctx, pk, bucketContexts, key)
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return appendResult{}, err
+		}
+		now := time.Now().UTC()
+		var doc *Document
+		cond, want := storage.CondAbsent, uint64(0)
+		if err == nil && !rec.Tombstone {
+			if match != 0 && rec.Version != match {
+				return appendResult{}, errorf(CodeFailedPrecondition, "context %q is at version %s, not %s", id, etag(rec.Version), etag(match))
+			}
+			if doc, err = r.codec.decodeDocument(rec.Value); err != nil {
+				return appendResult{}, &Error{Code: CodeInternal, Message: fmt.Sprintf("context %q in topic %q cannot be decoded", id, topic), Err: err}
+			}
+			cond, want = storage.CondVersion, rec.Version
+		} else {
+			if match != 0 {
+				return appendResult{}, errorf(CodeFailedPrecondition, "context %q does not exist in topic %q", id, topic)
+			}
+			doc = &Document{Metadata: Metadata{ID: id}}
+		}
+		doc.Content.Messages = append(doc.Content.Messages, msgs...)
+		if mutate != nil {
+			mutate(doc)
+		}
+		if r.autoEmbedded(doc) {
+			doc.Content.Embeddings = nil // the content changed: embed it again
+		}
+		if err := doc.normalize(now); err != nil {
+			return appendResult{}, err
+		}
+		r.embedForWrite(ctx, doc)
+		value, err := r.codec.encodeDocument(doc)
+		if err != nil {
+			return appendResult{}, &Error{Code: CodeInternal, Message: "encode context", Err: err}
+		}
+		res, v, err := r.writeRecord(ctx, pk, bucketContexts, key, false, value, cond, want)
+		if err != nil {
+			return appendResult{}, err
+		}
+		if res.Outcome == storage.Conflict {
+			if match != 0 {
+				return appendResult{}, preconditionFailed(topic, id, storage.CondVersion, match, res)
+			}
+			continue // someone wrote in between: read again
+		}
+		if body, err := r.codec.appendDocumentJSON(nil, value, true); err == nil {
+			r.cache.put(contextCacheKey(string(key)), v, false, body)
+		}
+		r.afterContextWrite(ctx, topic, doc, v, res.PrevLive())
+		return appendResult{version: v, doc: doc}, nil
+	}
+	return appendResult{}, errorf(CodeUnavailable, "context %q in topic %q: %d concurrent writers kept colliding; retry", id, topic, maxAppendAttempts)
+}
+
+// appendMessagesHandler serves POST …/contexts/{id}/messages.
+func (r *Router) appendMessagesHandler(c echo.Context) error {
+	topic, id, err := contextParams(c)
+	if err != nil {
+		return err
+	}
+	req, err := withBody(r, c, func(b []byte) (messagesRequest, error) {
+		var m messagesRequest
+		if err := decodeJSON(b, &m); err != nil {
+			return m, err
+		}
+		if len(m.Messages) == 0 {
+			return m, errorf(CodeInvalidArgument, "field \"messages\": at least one message is required")
+		}
+		for i, msg := range m.Messages {
+			if !validRoles[msg.Role] {
+				return m, errorf(CodeInvalidArgument, "field \"messages[%d].role\": %q is not one of system, user, assistant, tool", i, truncate(msg.Role))
+			}
+		}
+		return m, nil
+	})
+	if err != nil {
+		return err
+	}
+	var match uint64
+	if m := c.Request().Header.Get("If-Match"); m != "" {
+		v, ok := parseETag(m)
+		if !ok {
+			return errorf(CodeInvalidArgument, "If-Match %q is not an entity tag of this API", truncate(m))
+		}
+		match = v
+	}
+	if _, _, err := r.readTopic(c, topic); err != nil {
+		return err
+	}
+	res, err := r.appendMessages(c.Request().Context(), topic, id, req.Messages, match, nil)
+	if err != nil {
+		return err
+	}
+	c.Response().Header().Set("ETag", etag(res.version))
+	return c.JSONBlob(http.StatusOK, fmt.Appendf(nil, `{"messages_count":%d}`, len(res.doc.Content.Messages)))
+}
+
+// getMessages serves GET …/contexts/{id}/messages?last=N: the last N
+// messages (all without last), oldest first.
+func (r *Router) getMessages(c echo.Context) error {
+	topic, id, err := contextParams(c)
+	if err != nil {
+		return err
+	}
+	last := -1
+	if s := c.QueryParam("last"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 || n > maxMessages {
+			return errorf(CodeInvalidArgument, "last %q must be an integer from 0 to %d", truncate(s), maxMessages)
+		}
+		last = n
+	}
+	doc, v, err := r.readContext(c.Request().Context(), topic, id)
+	if err != nil {
+		return err
+	}
+	msgs := doc.Content.Messages
+	if last >= 0 && last < len(msgs) {
+		msgs = msgs[len(msgs)-last:]
+	}
+	if msgs == nil {
+		msgs = []Message{}
+	}
+	c.Response().Header().Set("ETag", etag(v))
+	return c.JSONBlob(http.StatusOK, marshal(map[string]any{"messages": msgs}))
+}
+
+// readContext reads and decodes a context from its shard (not the cache:
+// callers go on to write it, and need its newest version).
+func (r *Router) readContext(ctx context.Context, topic, id string) (*Document, uint64, error) {
+	rec, err := r.readRecord(ctx, placement(topic, id), bucketContexts, []byte(contextKey(topic, id)))
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && rec.Tombstone) {
+		return nil, 0, errorf(CodeNotFound, "context %q not found in topic %q", id, topic)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	doc, err := r.codec.decodeDocument(rec.Value)
+	if err != nil {
+		return nil, 0, &Error{Code: CodeInternal, Message: fmt.Sprintf("context %q in topic %q cannot be decoded", id, topic), Err: err}
+	}
+	return doc, rec.Version, nil
+}

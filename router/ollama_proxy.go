@@ -1,0 +1,553 @@
+package router
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/storage"
+	"github.com/labstack/echo/v4"
+)
+
+// The drop-in Ollama endpoint serves Ollama's own API under
+// /ollama/{topic}/{context}/, so a client pointed there (OLLAMA_HOST=
+// http://router/ollama/t/c) gets a conversation with memory: on /api/chat
+// the router stores the new turns in the context and injects what the
+// client does not resend (the running summary and earlier turns) into the
+// system message. Everything else is relayed to Ollama as it is, streaming
+// included. Errors come back in Ollama's shape, {"error":"…"}, since
+// Ollama's clients read that.
+
+// ollamaPrefix is where the drop-in endpoint lives.
+const ollamaPrefix = "/ollama"
+
+// defaultMemoryTokens bounds the memory injected into a drop-in chat when
+// no token budget is configured.
+const defaultMemoryTokens = 2048
+
+func (r *Router) ollamaRoutes(e *echo.Echo) {
+	g := e.Group(ollamaPrefix + "/:topic/:id")
+	g.Any("", r.ollamaRoot)
+	g.Any("/", r.ollamaRoot)
+	g.POST("/api/chat", r.ollamaChat)
+	g.Any("/*", r.ollamaForward)
+}
+
+// ollamaError writes an error as Ollama does.
+func ollamaError(c echo.Context, status int, msg string) error {
+	return c.JSON(status, map[string]string{"error": msg})
+}
+
+// ollamaFail writes an API error in Ollama's shape.
+func (r *Router) ollamaFail(c echo.Context, err error) error {
+	var apiErr *Error
+	if !errors.As(err, &apiErr) {
+		apiErr = &Error{Code: CodeInternal, Message: "internal error", Err: err}
+	}
+	if apiErr.Status() >= 500 {
+		r.log.Error("ollama endpoint failed", "path", c.Request().URL.Path, "err", apiErr.Error())
+	}
+	return ollamaError(c, apiErr.Status(), apiErr.Message)
+}
+
+// ollamaRoot answers HEAD / and GET / as Ollama does; clients use it to
+// check that the server is up.
+func (r *Router) ollamaRoot(c echo.Context) error {
+	if _, _, err := contextParams(c); err != nil {
+		return r.ollamaFail(c, err)
+	}
+	switch c.Request().Method {
+	case http.MethodGet, http.MethodHead:
+		return c.String(http.StatusOK, "Ollama is running")
+	}
+	return r.ollamaForward(c)
+}
+
+// upstreamPath is the request's path below the context's prefix, with its
+// query.
+func upstreamPath(c echo.Context) string {
+	p := "/" + c.Param("*")
+	if q := c.Request().URL.RawQuery; q != "" {
+		p += "?" + q
+	}
+	return p
+}
+
+// proxyOps are the Ollama paths counted by name in the metrics.
+var proxyOps = map[string]bool{
+	"/api/version": true, "/api/tags": true, "/api/show": true, "/api/generate": true,
+	"/api/embed": true, "/api/embeddings": true, "/api/ps": true, "/api/pull": true,
+}
+
+// forwardHeaders are the request headers relayed to Ollama.
+var forwardHeaders = []string{"Content-Type", "Accept", "Authorization", "User-Agent"}
+
+// ollamaForward relays a request to Ollama and its answer back, flushing
+// as the answer arrives so streams stay streams.
+func (r *Router) ollamaForward(c echo.Context) error {
+	if _, _, err := contextParams(c); err != nil {
+		return r.ollamaFail(c, err)
+	}
+	if err := r.needLLM(); err != nil {
+		return r.ollamaFail(c, err)
+	}
+	path := upstreamPath(c)
+	op := "proxy_other"
+	if p, _, _ := strings.Cut(path, "?"); proxyOps[p] {
+		op = "proxy_" + strings.TrimPrefix(p, "/api/")
+	}
+	req := c.Request()
+	start := time.Now()
+	resp, err := r.llm.cfg.Client.Do(req.Context(), req.Method, path, pickHeaders(req.Header), http.MaxBytesReader(c.Response(), req.Body, r.cfg.MaxBodyBytes))
+	if err != nil {
+		r.llm.m.Observe(op, "", start, err)
+		return r.ollamaFail(c, r.llmError(req.Method+" "+path, err))
+	}
+	defer resp.Body.Close()
+	err = relay(c, resp, nil)
+	if err == nil && resp.StatusCode >= 400 {
+		err = fmt.Errorf("ollama answered %d", resp.StatusCode)
+	}
+	r.llm.m.Observe(op, "", start, err)
+	return nil
+}
+
+func pickHeaders(h http.Header) http.Header {
+	out := http.Header{}
+	for _, k := range forwardHeaders {
+		if v := h.Values(k); len(v) > 0 {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// relay copies an answer from Ollama to the client. With onLine set, an
+// NDJSON answer is relayed line by line and each line is shown to onLine
+// before it is written; onLine may stop the relay with an error (after
+// which the line is not written).
+func relay(c echo.Context, resp *http.Response, onLine func([]byte) error) error {
+	w := c.Response()
+	for _, k := range []string{"Content-Type", "Content-Length"} {
+		if v := resp.Header.Get(k); v != "" && (k != "Content-Length" || onLine == nil) {
+			w.Header().Set(k, v)
+		}
+	}
+	w.WriteHeader(resp.StatusCode)
+	if c.Request().Method == http.MethodHead {
+		return nil
+	}
+	if onLine == nil {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := resp.Body.Read(buf)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					return werr
+				}
+				w.Flush()
+			}
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	br := bufio.NewReaderSize(resp.Body, 64<<10)
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(line) > 0 {
+			if lerr := onLine(line); lerr != nil {
+				return lerr
+			}
+			if _, werr := w.Write(line); werr != nil {
+				return werr
+			}
+			w.Flush()
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// proxyMessage is a message of an Ollama chat request: what the router
+// reads of it, and the whole of it, relayed unchanged.
+type proxyMessage struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+	raw     json.RawMessage
+}
+
+// chatLine is what the router reads of an Ollama chat answer (a line of
+// the stream, or the whole answer).
+type chatLine struct {
+	Message struct {
+		Content string `json:"content"`
+	} `json:"message"`
+	Done            bool   `json:"done"`
+	Error           any    `json:"error"`
+	PromptEvalCount int    `json:"prompt_eval_count"`
+	EvalCount       int    `json:"eval_count"`
+	Model           string `json:"model"`
+}
+
+// ollamaChat serves /api/chat with memory.
+func (r *Router) ollamaChat(c echo.Context) error {
+	topic, id, err := contextParams(c)
+	if err != nil {
+		return r.ollamaFail(c, err)
+	}
+	if err := r.needLLM(); err != nil {
+		return r.ollamaFail(c, err)
+	}
+	// Ollama takes a body whatever its Content-Type; so does its stand-in.
+	buf := new(bytes.Buffer)
+	if _, err := buf.ReadFrom(http.MaxBytesReader(c.Response(), c.Request().Body, r.cfg.MaxBodyBytes)); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return ollamaError(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds the limit of %d bytes", r.cfg.MaxBodyBytes))
+		}
+		return ollamaError(c, http.StatusBadRequest, "read request body: "+err.Error())
+	}
+	var body map[string]json.RawMessage
+	if err := json.Unmarshal(buf.Bytes(), &body); err != nil {
+		return ollamaError(c, http.StatusBadRequest, err.Error())
+	}
+	var rawMsgs []json.RawMessage
+	if m, ok := body["messages"]; ok {
+		if err := json.Unmarshal(m, &rawMsgs); err != nil {
+			return ollamaError(c, http.StatusBadRequest, "messages: "+err.Error())
+		}
+	}
+	msgs := make([]proxyMessage, len(rawMsgs))
+	for i, raw := range rawMsgs {
+		if err := json.Unmarshal(raw, &msgs[i]); err != nil {
+			return ollamaError(c, http.StatusBadRequest, fmt.Sprintf("messages[%d]: %v", i, err))
+		}
+		msgs[i].Role = strings.ToLower(msgs[i].Role)
+		msgs[i].raw = raw
+	}
+	var model string
+	json.Unmarshal(body["model"], &model)
+	stream := true
+	if s, ok := body["stream"]; ok {
+		json.Unmarshal(s, &stream)
+	}
+
+	ctx := c.Request().Context()
+	if err := r.ensureTopic(c, topic); err != nil {
+		return r.ollamaFail(c, err)
+	}
+	budget := r.memoryBudget(r.topicMaxTokens(c, topic))
+	doc, _, err := r.readContext(ctx, topic, id)
+	var apiErr *Error
+	if errors.As(err, &apiErr) && apiErr.Code == CodeNotFound {
+		doc, err = &Document{}, nil
+	}
+	if err != nil {
+		return r.ollamaFail(c, err)
+	}
+	fresh, missing := splitNew(doc.Content.Messages, msgs)
+	folded := r.foldMemory(ctx, doc, missing, budget)
+	if folded != nil {
+		doc.Content.Summary = folded
+	}
+	if memory := r.memory(doc, missing, budget); memory != "" {
+		injectMemory(&msgs, memory)
+		out := make([]json.RawMessage, len(msgs))
+		for i, m := range msgs {
+			out[i] = m.raw
+		}
+		body["messages"] = marshal(out)
+	}
+
+	start := time.Now()
+	resp, err := r.llm.cfg.Client.Do(ctx, http.MethodPost, "/api/chat", pickHeaders(c.Request().Header), bytes.NewReader(marshal(body)))
+	if err != nil {
+		r.llm.m.Observe("proxy_chat", "", start, err)
+		return r.ollamaFail(c, r.llmError("chat with "+model, err))
+	}
+	defer resp.Body.Close()
+	var answer strings.Builder
+	var last chatLine
+	finished := false
+	store := func() error {
+		turns := append(fresh, Message{Role: "assistant", Content: answer.String()})
+		_, err := r.appendMessages(ctx, topic, id, turns, 0, func(d *Document) {
+			if folded != nil && (d.Content.Summary == nil || d.Content.Summary.Messages < folded.Messages) {
+				d.Content.Summary = folded
+			}
+		})
+		if err != nil {
+			r.log.Error("drop-in chat answered but its turns were not stored", "topic", topic, "id", id, "err", err)
+		}
+		return nil // the answer is the client's either way
+	}
+	var relayErr error
+	if resp.StatusCode != http.StatusOK {
+		relayErr = relay(c, resp, nil)
+	} else if stream {
+		relayErr = relay(c, resp, func(line []byte) error {
+			var l chatLine
+			if json.Unmarshal(line, &l) != nil || l.Error != nil {
+				return nil // relayed as is; nothing is stored
+			}
+			answer.WriteString(l.Message.Content)
+			if l.Done {
+				last, finished = l, true
+				return store()
+			}
+			return nil
+		})
+	} else {
+		var whole bytes.Buffer
+		if _, relayErr = whole.ReadFrom(resp.Body); relayErr == nil {
+			var l chatLine
+			if json.Unmarshal(whole.Bytes(), &l) == nil && l.Error == nil && l.Done {
+				answer.WriteString(l.Message.Content)
+				last, finished = l, true
+				store()
+			}
+			resp.Body = io.NopCloser(&whole)
+			relayErr = relay(c, resp, nil)
+		}
+	}
+	callErr := relayErr
+	switch {
+	case resp.StatusCode != http.StatusOK:
+		callErr = fmt.Errorf("ollama answered %d", resp.StatusCode)
+	case !finished && callErr == nil:
+		callErr = errors.New("the answer ended without a done line")
+	}
+	r.llm.m.Observe("proxy_chat", r.modelLabel(model, callErr), start, callErr)
+	if finished {
+		r.llm.m.AddTokens(model, last.PromptEvalCount, last.EvalCount)
+	}
+	return nil
+}
+
+// ensureTopic creates a topic on first use.
+func (r *Router) ensureTopic(c echo.Context, name string) error {
+	_, _, err := r.readTopic(c, name)
+	var apiErr *Error
+	if !errors.As(err, &apiErr) || apiErr.Code != CodeNotFound {
+		return err
+	}
+	t := Topic{Name: name, Description: "created by the drop-in Ollama endpoint", CreatedAt: time.Now().UTC().Format(time.RFC3339Nano)}
+	body := topicJSON(&t)
+	res, v, err := r.writeRecord(c.Request().Context(), name, bucketTopics, []byte(name), false, body, storage.CondAbsent, 0)
+	if err != nil {
+		return err
+	}
+	if res.Outcome == storage.Applied {
+		r.cache.put(topicCacheKey(name), v, false, body)
+	}
+	return nil
+}
+
+// splitNew tells what of a client's chat history is new to the stored
+// conversation, and what of the stored conversation the client did not
+// send. Clients resend their whole history each turn, so the stored
+// conversation's tail reappears in it; the messages after the last point
+// where that tail reappears are new. A client that starts afresh (after a
+// restart, say) shares no tail: all it sends is new, and all that is
+// stored is missing from its view. System messages are the client's
+// setup, neither stored nor compared.
+func splitNew(stored []Message, sent []proxyMessage) (fresh []Message, missing []Message) {
+	var s []Message
+	for _, m := range stored {
+		if m.Role != "system" {
+			s = append(s, m)
+		}
+	}
+	var cn []Message
+	for _, m := range sent {
+		if m.Role != "system" && validRoles[m.Role] {
+			cn = append(cn, Message{Role: m.Role, Content: m.Content})
+		}
+	}
+	k := 0
+	for e := len(cn); e > 0; e-- {
+		n := min(e, len(s))
+		if n > 0 && equalMessages(cn[e-n:e], s[len(s)-n:]) {
+			k = e
+			break
+		}
+	}
+	if k == 0 {
+		return cn, s
+	}
+	overlap := min(k, len(s))
+	return cn[k:], s[:len(s)-overlap]
+}
+
+func equalMessages(a, b []Message) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// memoryBudget is how many tokens the memory injected into a drop-in chat
+// may take: half the conversation budget (the topic's max_tokens, else the
+// router's), or defaultMemoryTokens.
+func (r *Router) memoryBudget(topicMax int) int {
+	if b := topicMax / 2; b > 0 {
+		return b
+	}
+	if b := r.llm.cfg.MaxTokens / 2; b > 0 {
+		return b
+	}
+	return defaultMemoryTokens
+}
+
+// topicMaxTokens is a topic's max_tokens, 0 when it has none or cannot be
+// read.
+func (r *Router) topicMaxTokens(c echo.Context, topic string) int {
+	body, _, err := r.readTopic(c, topic)
+	var t Topic
+	if err != nil || json.Unmarshal(body, &t) != nil {
+		return 0
+	}
+	return t.MaxTokens
+}
+
+// foldMemory keeps a drop-in conversation's memory within its budget: when
+// the stored turns the client lacks, beyond what the running summary
+// covers, cost more than the budget, the oldest of them are folded into
+// the summary (by the summary model) until the rest fit in half of it. It
+// returns the new summary, or nil when none is needed or the summary model
+// fails (the memory then holds the most recent turns only).
+func (r *Router) foldMemory(ctx context.Context, doc *Document, missing []Message, budget int) *Summary {
+	if r.llm.cfg.SummaryModel == "" {
+		return nil
+	}
+	var sumText string
+	coveredIdx, coveredTurns := 0, 0
+	if s := doc.Content.Summary; s != nil {
+		sumText, coveredIdx = s.Text, min(s.Messages, len(doc.Content.Messages))
+		for _, m := range doc.Content.Messages[:coveredIdx] {
+			if m.Role != "system" {
+				coveredTurns++
+			}
+		}
+	}
+	uncovered := missing[min(coveredTurns, len(missing)):]
+	cost := estimateTokens(sumText)
+	for _, m := range uncovered {
+		cost += messageOverhead + estimateTokens(m.Content)
+	}
+	if cost <= budget {
+		return nil
+	}
+	n := 0
+	for n < len(uncovered) && cost > budget/2 {
+		cost -= messageOverhead + estimateTokens(uncovered[n].Content)
+		n++
+	}
+	text, err := r.summarize(ctx, sumText, uncovered[:n], max(budget/4, 16))
+	if err != nil {
+		r.log.Warn("drop-in memory not summarised; sending the latest turns only", "err", err)
+		return nil
+	}
+	// The summary covers the messages up to the n-th turn past coveredIdx.
+	idx := coveredIdx
+	for turns := 0; idx < len(doc.Content.Messages) && turns < n; idx++ {
+		if doc.Content.Messages[idx].Role != "system" {
+			turns++
+		}
+	}
+	return &Summary{Text: text, Messages: idx}
+}
+
+// memory renders what a drop-in client should know and did not send: the
+// running summary and the most recent of the missing turns, within the
+// memory budget.
+func (r *Router) memory(doc *Document, missing []Message, budget int) string {
+	var b strings.Builder
+	summary := ""
+	if s := doc.Content.Summary; s != nil && s.Text != "" {
+		summary = s.Text
+		budget -= estimateTokens(summary)
+	}
+	// Turns the summary already covers are not repeated.
+	if s := doc.Content.Summary; s != nil {
+		covered := 0
+		for _, m := range doc.Content.Messages[:min(s.Messages, len(doc.Content.Messages))] {
+			if m.Role != "system" {
+				covered++
+			}
+		}
+		if covered < len(missing) {
+			missing = missing[covered:]
+		} else {
+			missing = nil
+		}
+	}
+	first := len(missing)
+	for first > 0 && budget > 0 {
+		cost := messageOverhead + estimateTokens(missing[first-1].Content)
+		if cost > budget {
+			break
+		}
+		budget -= cost
+		first--
+	}
+	if summary == "" && first == len(missing) {
+		return ""
+	}
+	b.WriteString("Memory of this conversation so far (kept by Go-KVDB):")
+	if summary != "" {
+		b.WriteString("\n" + summaryHeader + summary)
+	}
+	if first < len(missing) {
+		b.WriteString("\nEarlier turns:")
+		for _, m := range missing[first:] {
+			fmt.Fprintf(&b, "\n%s: %s", m.Role, m.Content)
+		}
+	}
+	return b.String()
+}
+
+// injectMemory merges memory into the first system message, or puts a
+// system message first when there is none.
+func injectMemory(msgs *[]proxyMessage, memory string) {
+	for i, m := range *msgs {
+		if m.Role != "system" {
+			continue
+		}
+		var obj map[string]json.RawMessage
+		if json.Unmarshal(m.raw, &obj) != nil {
+			break
+		}
+		content := m.Content
+		if content != "" {
+			content += "\n\n"
+		}
+		content += memory
+		obj["content"] = marshal(content)
+		(*msgs)[i].Content, (*msgs)[i].raw = content, marshal(obj)
+		return
+	}
+	sys := proxyMessage{Role: "system", Content: memory}
+	sys.raw = marshal(map[string]string{"role": "system", "content": memory})
+	*msgs = append([]proxyMessage{sys}, *msgs...)
+}

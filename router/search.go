@@ -1,0 +1,231 @@
+package router
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/storage"
+	"github.com/labstack/echo/v4"
+	"golang.org/x/sync/errgroup"
+)
+
+const (
+	defaultSearchK = 10
+	maxSearchK     = 100
+	// searchSlack is how many more matches than k each shard is asked
+	// for, so results whose context changed since its vector was written
+	// (skipped) do not leave the answer short.
+	searchSlack = 8
+)
+
+// searchRequest is the body of POST …/search.
+type searchRequest struct {
+	Query     string    `json:"query"`
+	Embedding []float32 `json:"embedding"`
+	K         int       `json:"k"`
+	Tags      []string  `json:"tags"`
+	Model     string    `json:"model"`
+}
+
+func (s *searchRequest) validate() error {
+	switch {
+	case s.Query == "" && len(s.Embedding) == 0:
+		return errorf(CodeInvalidArgument, "one of \"query\" and \"embedding\" is required")
+	case s.Query != "" && len(s.Embedding) > 0:
+		return errorf(CodeInvalidArgument, "\"query\" and \"embedding\" exclude each other")
+	case len(s.Embedding) > maxEmbeddings:
+		return errorf(CodeInvalidArgument, "field \"embedding\": %d values, at most %d allowed", len(s.Embedding), maxEmbeddings)
+	case s.K < 0 || s.K > maxSearchK:
+		return errorf(CodeInvalidArgument, "field \"k\": %d is not in 1..%d", s.K, maxSearchK)
+	case len(s.Tags) > maxTags:
+		return errorf(CodeInvalidArgument, "field \"tags\": %d tags, at most %d allowed", len(s.Tags), maxTags)
+	case len(s.Model) > maxModelLen:
+		return errorf(CodeInvalidArgument, "field \"model\": longer than %d bytes", maxModelLen)
+	}
+	for i, t := range s.Tags {
+		if t == "" || len(t) > maxTagLen {
+			return errorf(CodeInvalidArgument, "field \"tags[%d]\": a tag has 1 to %d bytes", i, maxTagLen)
+		}
+	}
+	if s.K == 0 {
+		s.K = defaultSearchK
+	}
+	return nil
+}
+
+// search serves POST /api/v1/topics/{t}/search: the k contexts whose
+// vectors are most similar (cosine) to the query's, best first.
+//
+// Only vectors of one model are compared: the request's "model", else for
+// a "query" the router's embedding model. An "embedding" without "model"
+// is compared with vectors stored without a model name (a client's own).
+// Vectors of that model but another dimension are never compared; if they
+// are all there is, the answer is 400 saying so.
+func (r *Router) search(c echo.Context) error {
+	start := time.Now()
+	defer func() { r.llm.m.SearchDuration.Observe(time.Since(start).Seconds()) }()
+	topic, err := topicParam(c)
+	if err != nil {
+		return err
+	}
+	withContent := false
+	switch inc := c.QueryParam("include"); inc {
+	case "":
+	case "content":
+		withContent = true
+	default:
+		return errorf(CodeInvalidArgument, "include %q: the only choice is \"content\"", truncate(inc))
+	}
+	req, err := withBody(r, c, func(b []byte) (searchRequest, error) {
+		var s searchRequest
+		if err := decodeJSON(b, &s); err != nil {
+			return s, err
+		}
+		return s, s.validate()
+	})
+	if err != nil {
+		return err
+	}
+	if _, _, err := r.readTopic(c, topic); err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	query, model := req.Embedding, req.Model
+	if req.Query != "" {
+		if model == "" {
+			model = r.llm.cfg.EmbedModel
+		}
+		if model == "" {
+			return errorf(CodeInvalidArgument, "field \"model\": no embedding model is configured on this router, so a \"query\" must name one")
+		}
+		if err := r.needLLM(); err != nil {
+			return err
+		}
+		ectx, cancel := context.WithTimeout(ctx, r.llm.cfg.EmbedTimeout)
+		vecs, err := r.embed(ectx, "embed_query", model, []string{req.Query})
+		cancel()
+		if err != nil {
+			return r.llmError("embed the query with "+model, err)
+		}
+		query = vecs[0]
+	}
+	q := storage.TopKQuery{Prefix: []byte(topic + keySep), Query: query, K: req.K + searchSlack, Model: model, Tags: req.Tags}
+	matches, otherDim, err := r.topK(ctx, q)
+	if err != nil {
+		return err
+	}
+	out := append(make([]byte, 0, 256*req.K+32), `{"results":[`...)
+	n, err := r.appendResults(ctx, &out, topic, matches, req.K, withContent)
+	if err != nil {
+		return err
+	}
+	if n == 0 && otherDim > 0 {
+		return errorf(CodeInvalidArgument, "the query has %d dimensions but the %d contexts embedded by model %q in topic %q have another: vectors of different dimensions are never compared", len(query), otherDim, model, topic)
+	}
+	out = append(out, "]}"...)
+	return c.JSONBlob(http.StatusOK, out)
+}
+
+// topK asks every shard for its best matches and merges them: best score
+// first, one match per key (the newest version, when replicas disagree).
+func (r *Router) topK(ctx context.Context, q storage.TopKQuery) ([]storage.Match, int, error) {
+	nodes := r.searchNodes()
+	results := make([]storage.TopKResult, len(nodes))
+	g, gctx := errgroup.WithContext(ctx)
+	for i, n := range nodes {
+		g.Go(func() error {
+			vs, ok := n.Shard.(vectorShard)
+			if !ok {
+				return errorf(CodeUnavailable, "search on shard %s: %v", n.Name, errNoTopK)
+			}
+			sctx, cancel := r.shardCtx(gctx)
+			defer cancel()
+			res, err := vs.TopK(sctx, bucketVectors, q)
+			if err != nil {
+				return fromStorage("search on shard "+n.Name, err)
+			}
+			results[i] = res
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, 0, err
+	}
+	return mergeMatches(results, q.K)
+}
+
+// mergeMatches merges shards' top-k lists into one of at most k, keeping
+// for each key its newest version only.
+func mergeMatches(results []storage.TopKResult, k int) ([]storage.Match, int, error) {
+	newest := map[string]int{}
+	var all []storage.Match
+	otherDim := 0
+	for _, res := range results {
+		otherDim = max(otherDim, res.OtherDim)
+		for _, m := range res.Matches {
+			if i, ok := newest[string(m.Key)]; ok {
+				if m.Version > all[i].Version {
+					all[i] = m
+				}
+				continue
+			}
+			newest[string(m.Key)] = len(all)
+			all = append(all, m)
+		}
+	}
+	storage.SortMatches(all)
+	if len(all) > k {
+		all = all[:k]
+	}
+	return all, otherDim, nil
+}
+
+// appendResults reads the contexts of matches, best first, and renders up
+// to k of them; a match whose context changed or vanished since its vector
+// was written is skipped. It returns how many it rendered.
+func (r *Router) appendResults(ctx context.Context, out *[]byte, topic string, matches []storage.Match, k int, withContent bool) (int, error) {
+	recs := make([]storage.Record, len(matches))
+	g, gctx := errgroup.WithContext(ctx)
+	for i, m := range matches {
+		g.Go(func() error {
+			_, id, _ := splitContextKey(m.Key)
+			rec, err := r.readRecord(gctx, placement(topic, id), bucketContexts, m.Key)
+			if err != nil && !errors.Is(err, storage.ErrNotFound) {
+				return err
+			}
+			recs[i] = rec
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return 0, err
+	}
+	n := 0
+	for i, m := range matches {
+		rec := recs[i]
+		if n == k {
+			break
+		}
+		if rec.Version != m.Version || rec.Tombstone || rec.Value == nil {
+			continue
+		}
+		doc, err := r.codec.appendDocumentJSON(nil, rec.Value, withContent)
+		if err != nil || !bytes.HasSuffix(doc, []byte("}")) {
+			return 0, &Error{Code: CodeInternal, Message: fmt.Sprintf("context %q cannot be decoded", truncate(string(m.Key))), Err: err}
+		}
+		if n > 0 {
+			*out = append(*out, ',')
+		}
+		*out = append(*out, doc[:len(doc)-1]...)
+		*out = append(*out, `,"score":`...)
+		*out = strconv.AppendFloat(*out, m.Score, 'g', 8, 64)
+		*out = append(*out, '}')
+		n++
+	}
+	return n, nil
+}
