@@ -57,6 +57,7 @@ func (r *Router) routes() *echo.Echo {
 	v1.GET("/cluster", r.cluster)
 	v1.POST("/admin/repair", r.adminRepair)
 	v1.POST("/admin/reload", r.adminReload)
+	r.adminRoutes(v1)
 	v1.POST("/topics", r.createTopic)
 	v1.GET("/topics", r.listTopics)
 	v1.GET("/topics/:topic", r.getTopic)

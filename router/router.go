@@ -14,6 +14,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 )
 
 // Config wires a Router. Zero values take the defaults noted.
@@ -31,6 +32,12 @@ type Config struct {
 	// re-read); SIGHUP and POST /api/v1/admin/reload call it. Nil: reload
 	// is refused.
 	Reload func() ([]Node, int, error)
+	// Discovery marks the shards as found by DNS rather than configured:
+	// every shard of the cluster map then stays in the wanted shape, listed
+	// by Nodes and Reload or not, until an operator removes it (POST
+	// /api/v1/admin/remove; see admin.go). False: the shape is exactly
+	// what Nodes and Reload list.
+	Discovery bool
 	// Mode is reported by /api/v1/cluster: "single" or "sharded".
 	Mode string
 	// CacheBytes sizes the hot cache; below 1 MiB it is off.
@@ -52,6 +59,9 @@ type Config struct {
 	// older than it are collected once every replica holds them. Zero
 	// means 10 minutes.
 	RepairInterval time.Duration
+	// SyncRate caps how many keys per second repair and rebalance copy, so
+	// moving data does not crowd out clients. Zero means no cap.
+	SyncRate int
 	// Registry receives the router's metrics; nil means a private one.
 	Registry prometheus.Registerer
 	// MetricsHandler serves /metrics; nil leaves the route out.
@@ -93,9 +103,15 @@ type Router struct {
 	nodesMu sync.Mutex
 	nodes   map[string]*Node
 
-	// desiredMu guards desired: the shape the configuration asks for.
-	desiredMu sync.Mutex
-	desired   shape
+	// desiredMu guards desired: the shape the configuration asks for;
+	// wantReplicas, the replicas it asks for (uncapped); and removed, the
+	// shards an operator removed (discovery mode; see admin.go).
+	desiredMu    sync.Mutex
+	desired      shape
+	wantReplicas int
+	removed      map[string]bool
+
+	syncLimit *rate.Limiter // nil: copies are not throttled
 
 	mapMu   sync.Mutex // serialises map loads, installs and adoptions
 	syncMu  sync.Mutex // one repair or rebalance pass at a time
@@ -155,11 +171,14 @@ func New(cfg Config) (*Router, error) {
 		nodes:   map[string]*Node{},
 		repairs: make(chan struct{}, 1),
 	}
+	if cfg.SyncRate > 0 {
+		r.syncLimit = rate.NewLimiter(rate.Limit(cfg.SyncRate), max(cfg.SyncRate, syncPage))
+	}
 	desired, err := r.shapeOf(cfg.Nodes, cfg.Replicas)
 	if err != nil {
 		return nil, err
 	}
-	r.desired = desired
+	r.desired, r.wantReplicas = desired, cfg.Replicas
 	r.topo.Store(newTopology(0, stateStable, desired, shape{}, nil))
 	if r.codec, err = newCodec(); err != nil {
 		return nil, err

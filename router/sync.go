@@ -60,9 +60,10 @@ func (r *Router) syncPass(ctx context.Context, t *topology, kind string) (passRe
 	if len(live) == 0 {
 		return total, fmt.Errorf("no shard is up")
 	}
-	if len(live) < len(t.all) {
+	if slices.ContainsFunc(t.all, func(n *Node) bool { return !n.up() && !r.isRemoved(n.Name) }) {
 		// A down shard may hold the only copy of some keys: the pass can
-		// bring the others up to date but cannot be complete.
+		// bring the others up to date but cannot be complete. (A shard an
+		// operator removed while down is gone: nothing waits for it.)
 		total.missing++
 	}
 	for _, bucket := range syncBuckets {
@@ -171,7 +172,9 @@ func (r *Router) syncKeys(ctx context.Context, t *topology, bucket string, keys 
 			}
 			complete = false
 			if !o.up() {
-				res.missing++
+				if !r.isRemoved(o.Name) {
+					res.missing++
+				}
 				continue
 			}
 			copies[o] = append(copies[o], copyItem{key: []byte(k), source: newest.node})
@@ -221,6 +224,11 @@ func (r *Router) syncKeys(ctx context.Context, t *topology, bucket string, keys 
 			}
 			if len(writes) == 0 {
 				continue
+			}
+			if r.syncLimit != nil {
+				if err := r.syncLimit.WaitN(ctx, len(writes)); err != nil {
+					return res, err
+				}
 			}
 			wctx, cancel := r.shardCtx(epochCtx(ctx, t))
 			results, err := target.Shard.Apply(wctx, bucket, writes)

@@ -47,11 +47,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	maxBody := fs.Int64("max-body-size", defaultMaxBody, "largest request body accepted, in bytes")
 	shardTimeout := fs.Duration("shard-timeout", 5*time.Second, "deadline of each call to a storage daemon")
 	cacheTTL := fs.Duration("cache-ttl", time.Minute, "longest time a cached entry is served without reading its shard")
+	syncRate := fs.Int("sync-rate", 0, "keys per second that repair and rebalance may copy (0: no cap)")
+	repairInterval := fs.Duration("repair-interval", 10*time.Minute, "how often an anti-entropy pass runs; tombstones older than this are collected")
 	grace := fs.Duration("shutdown-grace", 10*time.Second, "how long in-flight requests may run after SIGINT/SIGTERM")
 	ollamaURL := fs.String("ollama-url", llmbridge.DefaultURL(), "Ollama's base URL (default: OLLAMA_HOST as the ollama client reads it, else http://127.0.0.1:11434)")
 	embedModel := fs.String("embed-model", "", "Ollama model that embeds contexts written without embeddings, e.g. nomic-embed-text; empty turns auto-embedding off")
 	chatModel := fs.String("chat-model", "", "default Ollama model of conversations (POST …/chat)")
 	summaryModel := fs.String("summary-model", "", "Ollama model that folds old turns into a running summary (default: -chat-model)")
+	discover := fs.String("discover", "", "discovery mode: find the storage daemons as the addresses of this DNS name, host:port (e.g. storaged:8081 under compose)")
+	discoverEvery := fs.Duration("discover-interval", 5*time.Second, "discovery mode: how often the name is resolved again")
+	replicas := fs.Int("replicas", 1, "discovery mode: how many storage daemons hold each key (capped at their number)")
 	if err := daemon.ParseFlags(fs, args); err != nil {
 		return err
 	}
@@ -76,10 +81,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return daemon.Usagef("-max-body-size %d: must be positive", *maxBody)
 	case *shardTimeout <= 0:
 		return daemon.Usagef("-shard-timeout %s: must be positive", *shardTimeout)
+	case *syncRate < 0:
+		return daemon.Usagef("-sync-rate %d: must not be negative", *syncRate)
+	case *repairInterval <= 0:
+		return daemon.Usagef("-repair-interval %s: must be positive", *repairInterval)
 	case *cacheTTL <= 0:
 		return daemon.Usagef("-cache-ttl %s: must be positive", *cacheTTL)
 	case *configFile != "" && set["db-location"]:
 		return daemon.Usagef("-db-location is for single-node mode; with -config-file the data lives on the storage daemons")
+	case *discover != "" && *configFile != "":
+		return daemon.Usagef("-discover and -config-file are two ways to name the storage daemons: give one")
+	case *discover != "" && set["db-location"]:
+		return daemon.Usagef("-db-location is for single-node mode; with -discover the data lives on the storage daemons")
+	case *discover == "" && (set["replicas"] || set["discover-interval"]):
+		return daemon.Usagef("-replicas and -discover-interval go with -discover (with -config-file, replicas is set in the file)")
+	case *replicas < 1:
+		return daemon.Usagef("-replicas %d: must be at least 1", *replicas)
+	case *discoverEvery <= 0:
+		return daemon.Usagef("-discover-interval %s: must be positive", *discoverEvery)
+	}
+	var resolve resolveFunc
+	if *discover != "" {
+		var err error
+		if resolve, err = lookupHost(*discover); err != nil {
+			return daemon.Usagef("-discover: %v", err)
+		}
 	}
 
 	log := daemon.Logger(stderr, "router")
@@ -89,6 +115,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		CacheTTL:       *cacheTTL,
 		MaxBodyBytes:   *maxBody,
 		ShardTimeout:   *shardTimeout,
+		SyncRate:       *syncRate,
+		RepairInterval: *repairInterval,
 		Registry:       reg,
 		MetricsHandler: metrics.Handler(reg),
 		Logger:         log,
@@ -98,7 +126,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return daemon.Usagef("-ollama-url: %v", err)
 	}
 	cfg.LLM = router.LLMConfig{Client: llm, EmbedModel: *embedModel, ChatModel: *chatModel, SummaryModel: *summaryModel}
-	if *configFile == "" {
+	var disc *discoverer
+	switch {
+	case *discover != "":
+		disc = newDiscoverer(*discover, resolve, &http.Client{Transport: storage.NewTransport()}, log)
+		// A new cluster starts with the daemons compose is starting, not
+		// with whichever answered first; an existing one keeps its map.
+		nodes, err := disc.wait(ctx, *replicas, 30*time.Second, time.Second)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while waiting
+			}
+			return err
+		}
+		disc.configure(&cfg, nodes, *replicas)
+		log.Info("discovery mode", "target", *discover, "shards", len(nodes), "replicas", *replicas)
+	case *configFile == "":
 		store, err := storage.Open(*dbLocation, storage.Options{LockTimeout: 2 * time.Second})
 		if err != nil {
 			return err
@@ -107,7 +150,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cfg.Mode = "single"
 		cfg.Nodes = []router.Node{{Name: "local", Address: *dbLocation, Shard: store}}
 		log.Info("single-node mode", "db", *dbLocation)
-	} else {
+	default:
 		cc, err := cluster.Load(*configFile)
 		if err != nil {
 			return &daemon.UsageError{Err: err}
@@ -140,6 +183,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer rt.Close()
+	if disc != nil {
+		// New daemons join through the rebalance; stopped before rt.Close.
+		wctx, cancel := context.WithCancel(ctx)
+		defer disc.watch(wctx, *discoverEvery, rt.Reload)()
+		defer cancel()
+	}
 
 	// SIGHUP re-reads the config file and rebalances if the shards changed.
 	hup := make(chan os.Signal, 1)
