@@ -169,6 +169,7 @@ func (r *Router) readRepair(t *topology, n *Node, bucket string, rec storage.Rec
 // if the primary still holds exactly that version; then it replicates. So
 // concurrent conditional writes on a key serialise at its primary.
 func (r *Router) write(ctx context.Context, pk, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
+	avoid := map[*Node]bool{} // primaries that failed this write
 	for range maxWriteRetries {
 		t := r.topo.Load()
 		set := t.replicaSet(pk)
@@ -178,7 +179,7 @@ func (r *Router) write(ctx context.Context, pk, bucket string, key []byte, tombs
 		if len(set.union) == 1 {
 			res, v, err = r.writeOne(ctx, t, set.union[0], bucket, key, tombstone, value, cond, match)
 		} else {
-			res, v, err = r.writeReplicated(ctx, t, set, bucket, key, tombstone, value, cond, match)
+			res, v, err = r.writeReplicated(ctx, t, set, avoid, bucket, key, tombstone, value, cond, match)
 		}
 		if errors.Is(err, storage.ErrStaleEpoch) {
 			r.refreshMap(ctx)
@@ -216,7 +217,7 @@ func (r *Router) writeOne(ctx context.Context, t *topology, n *Node, bucket stri
 	return res[0], v, nil
 }
 
-func (r *Router) writeReplicated(ctx context.Context, t *topology, set replicaSet, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
+func (r *Router) writeReplicated(ctx context.Context, t *topology, set replicaSet, avoid map[*Node]bool, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
 	rec := storage.Record{Key: key, Tombstone: tombstone, Value: value}
 	acked := map[*Node]bool{}
 	var result storage.Result
@@ -230,7 +231,7 @@ func (r *Router) writeReplicated(ctx context.Context, t *topology, set replicaSe
 			result.Outcome = storage.Conflict
 			return result, 0, nil
 		}
-		primary := r.primary(set)
+		primary := r.primary(set, avoid)
 		if primary == nil {
 			r.m.QuorumFailures.WithLabelValues("write").Inc()
 			return storage.Result{}, 0, r.noQuorum("write", set, 0, nil)
@@ -243,6 +244,11 @@ func (r *Router) writeReplicated(ctx context.Context, t *topology, set replicaSe
 		switch {
 		case errors.Is(err, storage.ErrStaleEpoch):
 			return storage.Result{}, 0, err
+		case errors.Is(err, storage.ErrUnavailable) && ctx.Err() == nil:
+			// Dead or hung: let the next live owner decide. If the write
+			// did land there, the newer version written now supersedes it.
+			avoid[primary] = true
+			return storage.Result{}, 0, errRetry
 		case err != nil:
 			return storage.Result{}, 0, fromStorage("write to primary "+primary.Name, err)
 		case res[0].Outcome == storage.Conflict && res[0].PrevVersion < cur.Version:
@@ -287,15 +293,16 @@ func condHolds(cond storage.Cond, match uint64, cur storage.Record) bool {
 	return true
 }
 
-// primary is the first live owner not known to lack writes.
-func (r *Router) primary(set replicaSet) *Node {
+// primary is the first live owner not known to lack writes and not
+// avoided.
+func (r *Router) primary(set replicaSet, avoid map[*Node]bool) *Node {
 	for _, n := range set.union {
-		if n.up() && !n.health.stale.Load() {
+		if n.up() && !avoid[n] && !n.health.stale.Load() {
 			return n
 		}
 	}
 	for _, n := range set.union {
-		if n.up() {
+		if n.up() && !avoid[n] {
 			return n
 		}
 	}

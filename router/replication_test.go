@@ -373,12 +373,18 @@ func TestConditionalWritesReplicated(t *testing.T) {
 	tc := newTestCluster(t, clusterOpts{replicas: 3, cacheBytes: 1})
 	tc.createTopic(t, "t")
 	base := tc.URL + "/api/v1/topics/t/contexts"
-	for round := range 2 {
+	for round := range 3 {
 		id := fmt.Sprintf("c%d", round)
-		if round == 1 {
-			primary := tc.router.topo.Load().replicaSet(placement("t", id)).union[0]
-			idx := slices.IndexFunc(tc.nodes, func(n Node) bool { return n.Name == primary.Name })
+		primary := tc.router.topo.Load().replicaSet(placement("t", id)).union[0]
+		idx := slices.IndexFunc(tc.nodes, func(n Node) bool { return n.Name == primary.Name })
+		switch round {
+		case 1: // the primary is down and the router knows it
 			tc.markDown(t, idx, true)
+		case 2: // the primary just died: the router has not noticed yet (it takes 3 probes of 50 ms)
+			for i := range tc.faults {
+				tc.markDown(t, i, false)
+			}
+			tc.faults[idx].down.Store(true)
 		}
 		must(t, call(t, "POST", base, fmt.Sprintf(`{"metadata":{"id":"%s"},"content":{"text":"1"}}`, id)), 201, "create")
 		must(t, call(t, "POST", base, fmt.Sprintf(`{"metadata":{"id":"%s"},"content":{"text":"2"}}`, id)), 409, "create again")
