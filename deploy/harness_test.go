@@ -1,0 +1,205 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Bounds that turn a hang into a failure; no test asserts a duration.
+const (
+	buildTimeout = 5 * time.Minute
+	readyTimeout = 15 * time.Second
+	stopTimeout  = 5 * time.Second
+)
+
+// moduleRoot is the repository root: the tests run in <root>/deploy.
+func moduleRoot(t testing.TB) string {
+	t.Helper()
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
+		t.Fatalf("module root: %v", err)
+	}
+	return root
+}
+
+var built struct {
+	once     sync.Once
+	dir      string
+	err      error
+	router   string
+	storaged string
+}
+
+// binaries builds cmd/router and cmd/storaged once per test binary.
+func binaries(t testing.TB) (router, storaged string) {
+	t.Helper()
+	built.once.Do(func() {
+		dir, err := os.MkdirTemp("", "kvdb-deploy-")
+		if err != nil {
+			built.err = err
+			return
+		}
+		built.dir = dir
+		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+string(filepath.Separator), "./cmd/router", "./cmd/storaged")
+		cmd.Dir = moduleRoot(t)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			built.err = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		built.router, built.storaged = filepath.Join(dir, "router"), filepath.Join(dir, "storaged")
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
+	}
+	return built.router, built.storaged
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.dir != "" {
+		os.RemoveAll(built.dir)
+	}
+	os.Exit(code)
+}
+
+// syncBuffer collects a process's output.
+type syncBuffer struct {
+	mu  sync.Mutex // guards buf
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// proc is a running process, stopped when the test ends (SIGTERM, a
+// bounded wait, SIGKILL); its output is logged if the test failed.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  syncBuffer
+	done chan struct{}
+}
+
+func start(t testing.TB, name, path string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, done: make(chan struct{})}
+	p.cmd = exec.Command(path, args...)
+	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(stopTimeout):
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("---- %s %s\n%s", name, strings.Join(args, " "), p.out.String())
+		}
+	})
+	return p
+}
+
+// freeAddrs returns n loopback addresses nothing listens on now.
+func freeAddrs(t testing.TB, n int) []string {
+	t.Helper()
+	var lns []net.Listener
+	var out []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, ln)
+		out = append(out, ln.Addr().String())
+	}
+	for _, ln := range lns {
+		ln.Close()
+	}
+	return out
+}
+
+// waitOK polls url until it answers 200, or fails the test.
+func waitOK(t testing.TB, p *proc, url string) {
+	t.Helper()
+	deadline := time.Now().Add(readyTimeout)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited before %s answered 200", p.name, url)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s never answered 200", p.name, url)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// send makes one request with a JSON body (nil: none) and returns the
+// status and body; a transport error is status 0.
+func send(client *http.Client, method, url string, body any) (int, []byte, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return 0, nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		return 0, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, raw, err
+}
