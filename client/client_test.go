@@ -1,0 +1,226 @@
+package client_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/backup"
+	"github.com/go-kvdb/go-kvdb/client"
+)
+
+func newClient(t testing.TB) *client.Client {
+	t.Helper()
+	c, err := client.New(kvdbURL)
+	if err != nil {
+		t.Fatalf("client.New(%q) = %v", kvdbURL, err)
+	}
+	return c
+}
+
+func TestErrorsMatchCodes(t *testing.T) {
+	ctx := context.Background()
+	c := newClient(t)
+	if _, err := c.CreateTopic(ctx, client.Topic{Name: "errs"}); err != nil {
+		t.Fatal(err)
+	}
+	_, dupErr := c.CreateTopic(ctx, client.Topic{Name: "errs"})
+	_, badErr := c.CreateTopic(ctx, client.Topic{Name: "-bad"})
+	_, missErr := c.Topic(ctx, "nope")
+	_, ttlErr := c.PutContext(ctx, "errs", "x", client.Document{Metadata: client.Metadata{ExpiresAt: time.Now().Add(-time.Hour)}}, nil)
+	c.PutContext(ctx, "errs", "y", client.Document{}, nil)
+	_, condErr := c.PutContext(ctx, "errs", "y", client.Document{}, &client.WriteOptions{IfNoneMatch: true})
+	_, reloadErr := c.Reload(ctx)
+	for _, tt := range []struct {
+		name   string
+		err    error
+		want   error
+		status int
+	}{
+		{"duplicate topic", dupErr, client.ErrAlreadyExists, 409},
+		{"bad name", badErr, client.ErrInvalidArgument, 400},
+		{"missing topic", missErr, client.ErrNotFound, 404},
+		{"expiry in the past", ttlErr, client.ErrInvalidArgument, 400},
+		{"If-None-Match", condErr, client.ErrFailedPrecondition, 412},
+		{"reload without a config file", reloadErr, client.ErrFailedPrecondition, 412},
+	} {
+		var apiErr *client.Error
+		if !errors.Is(tt.err, tt.want) || !errors.As(tt.err, &apiErr) || apiErr.StatusCode != tt.status || apiErr.Message == "" {
+			t.Errorf("%s: err = %v, want %v with status %d and a message", tt.name, tt.err, tt.want, tt.status)
+		}
+		if errors.Is(tt.err, client.ErrInternal) {
+			t.Errorf("%s: err = %v matches ErrInternal too", tt.name, tt.err)
+		}
+	}
+}
+
+// TestErrorsWithoutCode checks answers that do not come from the router
+// itself (a proxy in front of it, say): the status decides.
+func TestErrorsWithoutCode(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/api/v1/topics/limited":
+			w.Header().Set("Retry-After", "3")
+			w.WriteHeader(http.StatusTooManyRequests)
+			fmt.Fprint(w, `{"error":{"code":"rate_limited","message":"slow down"}}`)
+		case "/api/v1/topics/denied":
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprint(w, `{"error":{"code":"permission_denied","message":"not yours"}}`)
+		case "/api/v1/topics/auth":
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprint(w, `{"error":{"code":"unauthenticated","message":"who are you"}}`)
+		default:
+			http.Error(w, "bad gateway", http.StatusBadGateway)
+		}
+	}))
+	defer srv.Close()
+	c, _ := client.New(srv.URL, client.WithAPIKey("k"))
+	ctx := context.Background()
+	_, limited := c.Topic(ctx, "limited")
+	_, denied := c.Topic(ctx, "denied")
+	_, auth := c.Topic(ctx, "auth")
+	_, proxy := c.Topic(ctx, "other")
+	var apiErr *client.Error
+	if !errors.Is(limited, client.ErrRateLimited) || !errors.As(limited, &apiErr) || apiErr.RetryAfter != 3*time.Second {
+		t.Errorf("429 = %v (%+v), want ErrRateLimited with RetryAfter 3s", limited, apiErr)
+	}
+	if !errors.Is(denied, client.ErrPermissionDenied) || !errors.Is(auth, client.ErrUnauthenticated) {
+		t.Errorf("403, 401 = %v, %v, want ErrPermissionDenied, ErrUnauthenticated", denied, auth)
+	}
+	if !errors.Is(proxy, client.ErrUnavailable) || !strings.Contains(proxy.Error(), "bad gateway") {
+		t.Errorf("502 from a proxy = %v, want ErrUnavailable with its body", proxy)
+	}
+
+	down, _ := client.New(srv.URL)
+	srv.Close()
+	if _, err := down.Cluster(ctx); !errors.Is(err, client.ErrUnavailable) {
+		t.Errorf("Cluster of a stopped router = %v, want ErrUnavailable", err)
+	}
+}
+
+func TestAPIKeySent(t *testing.T) {
+	var got string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = r.Header.Get("Authorization")
+		w.Write([]byte(`{"mode":"single"}`))
+	}))
+	defer srv.Close()
+	c, _ := client.New(srv.URL, client.WithAPIKey("s3cret"))
+	if _, err := c.Cluster(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got != "Bearer s3cret" {
+		t.Errorf("Authorization = %q, want Bearer s3cret", got)
+	}
+}
+
+func TestTopicsAndMessages(t *testing.T) {
+	ctx := context.Background()
+	c := newClient(t)
+	for i := range 7 {
+		if _, err := c.CreateTopic(ctx, client.Topic{Name: fmt.Sprintf("iter-%d", i), DefaultTTLSeconds: 60}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var names []string
+	for tp, err := range c.Topics(ctx, "iter-") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, tp.Name)
+		if tp.DefaultTTLSeconds != 60 || tp.CreatedAt.IsZero() {
+			t.Errorf("topic %+v, want default_ttl_seconds 60 and created_at", tp)
+		}
+	}
+	if len(names) != 7 {
+		t.Errorf("Topics = %v, want 7", names)
+	}
+	n, etag, err := c.AppendMessages(ctx, "iter-0", "conv", []client.Message{{Role: "user", Content: "a"}, {Role: "assistant", Content: "b"}}, "")
+	if err != nil || n != 2 || etag == "" {
+		t.Fatalf("AppendMessages = %d, %q, %v, want 2 and an etag", n, etag, err)
+	}
+	msgs, etag2, err := c.Messages(ctx, "iter-0", "conv", 1)
+	if err != nil || len(msgs) != 1 || msgs[0].Content != "b" || etag2 != etag {
+		t.Errorf("Messages(last 1) = %v, %q, %v, want [b] at %q", msgs, etag2, err, etag)
+	}
+	doc, err := c.GetContext(ctx, "iter-0", "conv")
+	if err != nil || doc.Metadata.ExpiresAt.IsZero() {
+		t.Errorf("context created by an append in a topic with a default TTL: %+v, %v, want an expiry", doc, err)
+	}
+	if err := c.DeleteContext(ctx, "iter-0", "conv", &client.WriteOptions{IfMatch: `"1"`}); !errors.Is(err, client.ErrFailedPrecondition) {
+		t.Errorf("DeleteContext with a wrong If-Match = %v, want ErrFailedPrecondition", err)
+	}
+	if err := c.DeleteContext(ctx, "iter-0", "conv", &client.WriteOptions{IfMatch: etag}); err != nil {
+		t.Errorf("DeleteContext = %v", err)
+	}
+	if err := c.DeleteTopic(ctx, "iter-6"); err != nil {
+		t.Errorf("DeleteTopic = %v", err)
+	}
+	cl, err := c.Cluster(ctx)
+	if err != nil || cl.Mode != "single" || len(cl.Shards) != 1 {
+		t.Errorf("Cluster = %+v, %v, want one shard in single mode", cl, err)
+	}
+	if st, err := c.Repair(ctx, true); err != nil || st == nil || st.Running {
+		t.Errorf("Repair(wait) = %+v, %v, want a finished pass", st, err)
+	}
+}
+
+// TestChatStreamFails checks that a failure in the middle of a streamed
+// answer ends the iteration with the router's error.
+func TestChatStreamFails(t *testing.T) {
+	stop, url, err := startRouter(t, filepath.Join(t.TempDir(), "kvdb.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	c, _ := client.New(url)
+	ctx := context.Background()
+	c.CreateTopic(ctx, client.Topic{Name: "t"})
+	answer, err := c.Chat(ctx, "t", "c", client.ChatRequest{Message: "one two"})
+	if err != nil || answer.Message.Content != "You said: one two" || answer.MessagesCount != 2 || answer.ETag == "" {
+		t.Fatalf("Chat = %+v, %v", answer, err)
+	}
+	var pieces []string
+	var last error
+	for ch, err := range c.ChatStream(ctx, "t", "c", client.ChatRequest{Message: "x", Model: "no-such-model"}) {
+		if err != nil {
+			last = err
+			break
+		}
+		pieces = append(pieces, ch.Message.Content)
+	}
+	if !errors.Is(last, client.ErrNotFound) {
+		t.Errorf("ChatStream with an unknown model: pieces %q, err %v, want ErrNotFound", pieces, last)
+	}
+}
+
+func TestRestoreRefusesDamagedArchive(t *testing.T) {
+	ctx := context.Background()
+	c := newClient(t)
+	c.CreateTopic(ctx, client.Topic{Name: "dmg"})
+	c.PutContext(ctx, "dmg", "a", client.Document{Content: client.Content{Text: "x"}}, nil)
+	var arc bytes.Buffer
+	if _, err := c.Backup(ctx, &arc, nil); err != nil {
+		t.Fatal(err)
+	}
+	for name, bad := range map[string][]byte{
+		"truncated": arc.Bytes()[:arc.Len()*2/3],
+		"corrupted": func() []byte { b := bytes.Clone(arc.Bytes()); b[len(b)/2] ^= 0xff; return b }(),
+	} {
+		called := false
+		_, err := c.Restore(ctx, bytes.NewReader(bad), client.RestoreOptions{Verified: func(*backup.Manifest) { called = true }})
+		if err == nil || called || !strings.Contains(err.Error(), "nothing was sent") {
+			t.Errorf("Restore of a %s archive = %v (verified: %v), want a refusal", name, err, called)
+		}
+		if !errors.Is(err, backup.ErrTruncated) && !errors.Is(err, backup.ErrCorrupt) {
+			t.Errorf("Restore of a %s archive = %v, want ErrTruncated or ErrCorrupt", name, err)
+		}
+	}
+}

@@ -1,0 +1,371 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/backup"
+	"github.com/go-kvdb/go-kvdb/storage"
+	"github.com/labstack/echo/v4"
+	"golang.org/x/sync/errgroup"
+)
+
+// Backup and restore. GET /api/v1/admin/backup streams a consistent
+// snapshot of every shard (each taken in one read transaction on its
+// shard; see storage.Store.Snapshot) in the backup package's stream
+// format, while writes go on. POST /api/v1/admin/restore replays records
+// with their own versions to their owners under the current placement,
+// put-if-newer like every write a shard applies: restoring twice, or into
+// a cluster that holds newer data, never overwrites anything newer. The
+// archive file around the stream, with its manifest and checksums, is the
+// client's (see package client and kvdbctl).
+
+const (
+	// maxRestoreBody bounds one restore request: a batch of records, not a
+	// whole archive (the client sends an archive in batches).
+	maxRestoreBody = 96 << 20
+	// restoreChunk bounds the writes of one Apply call to a shard, in
+	// records and in bytes.
+	restoreChunk      = 1000
+	restoreChunkBytes = 8 << 20
+	// restoreParallel bounds the calls to shards one restore runs at once.
+	restoreParallel = 8
+)
+
+// backupRoutes registers the backup and restore endpoints.
+func (r *Router) backupRoutes(v1 *echo.Group) {
+	v1.GET("/admin/backup", r.adminBackup)
+	v1.POST("/admin/restore", r.adminRestore)
+}
+
+// snapshotShard is what a backup needs of a shard beside Shard:
+// storage.Store and storage.Client have it.
+type snapshotShard interface {
+	Snapshot(ctx context.Context) (io.ReadCloser, error)
+}
+
+var errNoSnapshot = errors.New("this shard cannot take snapshots")
+
+// snapshotOf finds the snapshot method under the router's own wrappers
+// (metrics, encryption): a backup carries records exactly as the shard
+// stores them, sealed values included, and a restore hands them back
+// through the same wrappers, which leave sealed values as they are.
+func snapshotOf(sh Shard) (snapshotShard, bool) {
+	for {
+		if ss, ok := sh.(snapshotShard); ok {
+			return ss, true
+		}
+		switch w := sh.(type) {
+		case *instrumented:
+			sh = w.Shard
+		case *sealedShard:
+			sh = w.Shard
+		default:
+			return nil, false
+		}
+	}
+}
+
+// adminBackup serves GET /api/v1/admin/backup. Every shard that serves
+// reads is asked for its snapshot at once (so they are taken at about the
+// same moment), then they are relayed one after the other, each checked
+// as it passes. Before the answer starts, a failure is an ordinary error
+// answer; after, it is an error frame that ends the stream, which a
+// reader cannot mistake for a complete backup.
+func (r *Router) adminBackup(c echo.Context) error {
+	t := r.topo.Load()
+	nodes, err := r.liveReadNodes(t)
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	rcs := make([]io.ReadCloser, len(nodes))
+	defer func() {
+		for _, rc := range rcs {
+			if rc != nil {
+				rc.Close()
+			}
+		}
+	}()
+	var g errgroup.Group // not WithContext: the snapshots outlive Wait
+	for i, n := range nodes {
+		g.Go(func() error {
+			ss, ok := snapshotOf(n.Shard)
+			if !ok {
+				return errorf(CodeUnavailable, "snapshot of shard %s: %v", n.Name, errNoSnapshot)
+			}
+			rc, err := ss.Snapshot(ctx)
+			if err != nil {
+				return fromStorage("snapshot of shard "+n.Name, err)
+			}
+			rcs[i] = rc
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	info := backup.Info{CreatedAt: time.Now().UTC(), Mode: r.cfg.Mode, Epoch: t.epoch, State: t.state, Replicas: t.cur.replicas}
+	for _, n := range nodes {
+		info.Shards = append(info.Shards, n.Name)
+	}
+	resp := c.Response()
+	resp.Header().Set(echo.HeaderContentType, backup.ContentType)
+	resp.WriteHeader(http.StatusOK)
+	sw, err := backup.NewStreamWriter(resp, info)
+	if err != nil {
+		return nil // the client is gone
+	}
+	start := time.Now()
+	var total int64
+	for i, n := range nodes {
+		st, err := sw.Section(n.Name, rcs[i])
+		if err != nil {
+			r.log.Error("backup broken off", "shard", n.Name, "err", err)
+			sw.Fail("snapshot of shard " + n.Name + ": " + err.Error())
+			return nil
+		}
+		total += st.Records
+		rcs[i].Close()
+		rcs[i] = nil
+	}
+	if err := sw.End(); err == nil {
+		r.log.Info("backup streamed", "shards", len(nodes), "records", total, "took", time.Since(start))
+	}
+	return nil
+}
+
+// restoreReport is the answer of a restore: how many of the records sent
+// were stored (in a dry run: would be) and how many were skipped because
+// the cluster holds the same version or a newer one.
+type restoreReport struct {
+	DryRun  bool                      `json:"dry_run"`
+	Records int64                     `json:"records"`
+	Applied int64                     `json:"applied"`
+	Skipped int64                     `json:"skipped"`
+	Buckets map[string]*restoreCounts `json:"buckets"`
+}
+
+type restoreCounts struct {
+	Records int64 `json:"records"`
+	Applied int64 `json:"applied"`
+	Skipped int64 `json:"skipped"`
+}
+
+type restoreRec struct {
+	bucket string
+	rec    storage.Record
+}
+
+// adminRestore serves POST /api/v1/admin/restore[?dry_run=true]: the body
+// is a snapshot (backup.RecordsContentType) of the records to replay. The
+// whole body is read and checked before anything is written, so a
+// truncated or malformed body changes nothing.
+func (r *Router) adminRestore(c echo.Context) error {
+	dry := false
+	switch v := c.QueryParam("dry_run"); v {
+	case "", "false":
+	case "true":
+		dry = true
+	default:
+		return errorf(CodeInvalidArgument, "dry_run %q: want true or false", truncate(v))
+	}
+	req := c.Request()
+	ct := req.Header.Get(echo.HeaderContentType)
+	if mt, _, err := mime.ParseMediaType(ct); err != nil || (mt != backup.RecordsContentType && mt != echo.MIMEOctetStream) {
+		return errorf(CodeUnsupportedMediaType, "Content-Type must be %s, got %q", backup.RecordsContentType, truncate(ct))
+	}
+	if req.ContentLength > maxRestoreBody {
+		return errorf(CodePayloadTooLarge, "restore body of %d bytes exceeds the limit of %d: send the records in batches", req.ContentLength, maxRestoreBody)
+	}
+	var recs []restoreRec
+	_, err := backup.ReadSnapshot(http.MaxBytesReader(c.Response(), req.Body, maxRestoreBody), "restore body", func(bucket string, rec backup.Record) error {
+		if bucket == storage.ClusterBucket {
+			return errorf(CodeInvalidArgument, "bucket %q cannot be restored: the cluster map belongs to the cluster", bucket)
+		}
+		recs = append(recs, restoreRec{bucket: bucket, rec: storage.Record{Key: rec.Key, Version: rec.Version, Tombstone: rec.Tombstone, Value: rec.Value}})
+		return nil
+	})
+	var apiErr *Error
+	var tooLarge *http.MaxBytesError
+	switch {
+	case err == nil:
+	case errors.As(err, &apiErr):
+		return apiErr
+	case errors.As(err, &tooLarge):
+		return errorf(CodePayloadTooLarge, "restore body exceeds the limit of %d bytes: send the records in batches", maxRestoreBody)
+	case errors.Is(err, backup.ErrTruncated), errors.Is(err, backup.ErrCorrupt):
+		return errorf(CodeInvalidArgument, "%v; nothing was restored", err)
+	default:
+		return errorf(CodeInvalidArgument, "read the restore body: %v; nothing was restored", err)
+	}
+	rep, err := r.restore(req.Context(), recs, dry)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, rep)
+}
+
+// restore writes recs (or, in a dry run, compares them) under the current
+// placement, planning again when the cluster map moved on meanwhile.
+func (r *Router) restore(ctx context.Context, recs []restoreRec, dry bool) (*restoreReport, error) {
+	for range maxWriteRetries {
+		rep, err := r.restoreOn(ctx, r.topo.Load(), recs, dry)
+		if errors.Is(err, storage.ErrStaleEpoch) {
+			r.refreshMap(ctx)
+			continue
+		}
+		return rep, err
+	}
+	return nil, errorf(CodeUnavailable, "restore did not settle after %d attempts; retry (restoring is idempotent)", maxWriteRetries)
+}
+
+// restoreOn sends each record to every live owner, with its own version
+// and no condition, in batches per shard and bucket. A record counts as
+// applied if any owner stored it. Each record must reach a quorum of its
+// owners, as a write must, or the request fails (503) and may be retried:
+// what did land is newer-wins and stays correct.
+func (r *Router) restoreOn(ctx context.Context, t *topology, recs []restoreRec, dry bool) (*restoreReport, error) {
+	sets := make([]replicaSet, len(recs))
+	work := map[*Node]map[string][]int{} // node → bucket → indexes into recs
+	for i, rr := range recs {
+		sets[i] = t.replicaSet(placementOf(rr.rec.Key))
+		for _, n := range sets[i].union {
+			if !n.up() {
+				continue
+			}
+			if work[n] == nil {
+				work[n] = map[string][]int{}
+			}
+			work[n][rr.bucket] = append(work[n][rr.bucket], i)
+		}
+	}
+	var (
+		mu         sync.Mutex // guards the slices below, failed and staleEpoch
+		answered   = make([][]*Node, len(recs))
+		newest     = make([]uint64, len(recs)) // dry run: the newest version held
+		applied    = make([]bool, len(recs))
+		failed     []string
+		staleEpoch bool
+	)
+	var g errgroup.Group
+	g.SetLimit(restoreParallel)
+	for n, byBucket := range work {
+		for bucket, idx := range byBucket {
+			for _, chunk := range restoreChunks(recs, idx) {
+				g.Go(func() error {
+					sctx, cancel := r.shardCtx(epochCtx(ctx, t))
+					defer cancel()
+					var err error
+					if dry {
+						keys := make([][]byte, len(chunk))
+						for j, i := range chunk {
+							keys[j] = recs[i].rec.Key
+						}
+						var got []storage.Record
+						if got, err = n.Shard.MultiGet(sctx, bucket, keys); err == nil {
+							mu.Lock()
+							for j, i := range chunk {
+								newest[i] = max(newest[i], got[j].Version)
+								answered[i] = append(answered[i], n)
+							}
+							mu.Unlock()
+						}
+					} else {
+						writes := make([]storage.Write, len(chunk))
+						for j, i := range chunk {
+							writes[j] = storage.Write{Record: recs[i].rec}
+						}
+						var res []storage.Result
+						if res, err = n.Shard.Apply(sctx, bucket, writes); err == nil {
+							mu.Lock()
+							for j, i := range chunk {
+								applied[i] = applied[i] || res[j].Outcome == storage.Applied
+								answered[i] = append(answered[i], n)
+							}
+							mu.Unlock()
+						}
+					}
+					if err != nil {
+						mu.Lock()
+						failed = append(failed, n.Name+": "+err.Error())
+						staleEpoch = staleEpoch || errors.Is(err, storage.ErrStaleEpoch)
+						mu.Unlock()
+					}
+					return nil
+				})
+			}
+		}
+	}
+	g.Wait()
+	if staleEpoch {
+		return nil, storage.ErrStaleEpoch
+	}
+	for i := range recs {
+		if !quorate(sets[i], func(n *Node) bool { return slices.Contains(answered[i], n) }) {
+			r.m.QuorumFailures.WithLabelValues("write").Inc()
+			e := r.noQuorum("restore of "+recs[i].bucket+" "+truncate(strings.ToValidUTF8(string(recs[i].rec.Key), "?")), sets[i], len(answered[i]), failed)
+			e.Message += "; records already written stay (restoring again is safe)"
+			return nil, e
+		}
+	}
+	rep := &restoreReport{DryRun: dry, Records: int64(len(recs)), Buckets: map[string]*restoreCounts{}}
+	var newestSeen uint64
+	for i, rr := range recs {
+		bc := rep.Buckets[rr.bucket]
+		if bc == nil {
+			bc = &restoreCounts{}
+			rep.Buckets[rr.bucket] = bc
+		}
+		bc.Records++
+		ok := applied[i]
+		if dry {
+			ok = rr.rec.Version > newest[i]
+		}
+		if ok {
+			bc.Applied++
+			rep.Applied++
+		} else {
+			bc.Skipped++
+			rep.Skipped++
+		}
+		if !dry && applied[i] {
+			newestSeen = max(newestSeen, rr.rec.Version)
+			// The cache may hold what the restored record superseded.
+			switch rr.bucket {
+			case bucketTopics:
+				r.cache.drop(topicCacheKey(string(rr.rec.Key)), rr.rec.Version)
+			case bucketContexts:
+				r.cache.drop(contextCacheKey(string(rr.rec.Key)), rr.rec.Version)
+			}
+		}
+	}
+	// Later writes of this router must be newer than what it restored.
+	r.clock.Observe(newestSeen)
+	return rep, nil
+}
+
+// restoreChunks cuts the records at idx into batches for one Apply.
+func restoreChunks(recs []restoreRec, idx []int) [][]int {
+	var out [][]int
+	start, size := 0, 0
+	for j, i := range idx {
+		n := len(recs[i].rec.Key) + len(recs[i].rec.Value) + 32
+		if j > start && (j-start == restoreChunk || size+n > restoreChunkBytes) {
+			out = append(out, idx[start:j])
+			start, size = j, 0
+		}
+		size += n
+	}
+	if start < len(idx) {
+		out = append(out, idx[start:])
+	}
+	return out
+}

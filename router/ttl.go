@@ -1,0 +1,399 @@
+package router
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/storage"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+)
+
+// Retention. A context may carry metadata.expires_at (RFC 3339), given as
+// such or as metadata.ttl_seconds on write, or inherit its topic's
+// default_ttl_seconds. An expired context is filtered out on read at once
+// (GET answers 404, lists and search skip it), and a background purge
+// later replaces it with a tombstone, which replicates and is collected
+// like any delete.
+//
+// Reads stay cheap: expires_at is the first field of the stored metadata
+// (see Metadata), so a stored or rendered context without it is told apart
+// by a prefix comparison, and only a context that has one pays for parsing
+// a timestamp.
+//
+// The purge does not scan the contexts: every write of a context that
+// expires also writes an entry in the expiry bucket, keyed by the expiry
+// time (fixed-width decimal milliseconds, so keys sort by time) and the
+// context's key, at the context's version. The purge reads the entries
+// that are due, and for each one tombstones the context if it has indeed
+// expired (a context rewritten since with a later expiry or none is left
+// alone), then drops the entry.
+
+const (
+	// maxTTLSeconds bounds ttl_seconds, default_ttl_seconds and how far
+	// ahead expires_at may be: 100 years.
+	maxTTLSeconds = 100 * 365 * 24 * 3600
+	// ttlTolerance is how far apart expires_at and now + ttl_seconds may be
+	// when a write gives both: the client computed one from the other, with
+	// its own clock and before the request travelled.
+	ttlTolerance = 2 * time.Second
+	// bucketExpiry holds the purge's index (see above).
+	bucketExpiry = "expiry"
+	// expiryKeyDigits is the width of the time in an expiry key: unix
+	// milliseconds up to the year 2286.
+	expiryKeyDigits = 13
+	// maxPurgePerPass bounds the entries one purge pass handles; the next
+	// pass takes the rest.
+	maxPurgePerPass = 10000
+)
+
+// resolveExpiry validates expires_at and ttl_seconds of a written context
+// and leaves only expires_at, in UTC. Both given must agree within
+// ttlTolerance; either must lie in the future, at most maxTTLSeconds away.
+func (m *Metadata) resolveExpiry(now time.Time) error {
+	var exp time.Time
+	if m.ExpiresAt != "" {
+		t, err := time.Parse(time.RFC3339Nano, m.ExpiresAt)
+		if err != nil {
+			return errorf(CodeInvalidArgument, "field \"metadata.expires_at\": %q is not an RFC 3339 time", truncate(m.ExpiresAt))
+		}
+		exp = t
+	}
+	if m.TTLSeconds != 0 {
+		if m.TTLSeconds < 0 || m.TTLSeconds > maxTTLSeconds {
+			return errorf(CodeInvalidArgument, "field \"metadata.ttl_seconds\": %d is not in 1..%d", m.TTLSeconds, maxTTLSeconds)
+		}
+		byTTL := now.Add(time.Duration(m.TTLSeconds) * time.Second)
+		if !exp.IsZero() {
+			if d := exp.Sub(byTTL); d > ttlTolerance || d < -ttlTolerance {
+				return errorf(CodeInvalidArgument, "fields \"metadata.expires_at\" and \"metadata.ttl_seconds\" disagree: %s is not now + %d s (give one, or both within %s)",
+					m.ExpiresAt, m.TTLSeconds, ttlTolerance)
+			}
+		} else {
+			exp = byTTL
+		}
+		m.TTLSeconds = 0
+	}
+	if exp.IsZero() {
+		m.ExpiresAt = ""
+		return nil
+	}
+	if !exp.After(now) {
+		return errorf(CodeInvalidArgument, "field \"metadata.expires_at\": %s is not in the future", m.ExpiresAt)
+	}
+	if exp.Sub(now) > maxTTLSeconds*time.Second {
+		return errorf(CodeInvalidArgument, "field \"metadata.expires_at\": %s is more than %d seconds ahead", m.ExpiresAt, maxTTLSeconds)
+	}
+	m.ExpiresAt = exp.UTC().Format(time.RFC3339Nano)
+	return nil
+}
+
+// applyTopicTTL gives a context that names no expiry its topic's default.
+// topic is the topic's stored JSON.
+func applyTopicTTL(d *Document, topic []byte, now time.Time) {
+	if d.Metadata.ExpiresAt != "" {
+		return
+	}
+	if ttl := topicDefaultTTL(topic); ttl > 0 {
+		d.Metadata.ExpiresAt = now.Add(time.Duration(ttl) * time.Second).UTC().Format(time.RFC3339Nano)
+	}
+}
+
+// topicDefaultTTL reads default_ttl_seconds from a topic's stored JSON.
+func topicDefaultTTL(topic []byte) int64 {
+	if !bytes.Contains(topic, []byte(`"default_ttl_seconds"`)) {
+		return 0 // most topics: no decoding
+	}
+	var t struct {
+		DefaultTTLSeconds int64 `json:"default_ttl_seconds"`
+	}
+	if json.Unmarshal(topic, &t) != nil {
+		return 0
+	}
+	return t.DefaultTTLSeconds
+}
+
+// topicTTL returns the default TTL of a topic, from the cache when it
+// holds the topic (it does right after the write path checked the topic).
+func (r *Router) topicTTL(ctx context.Context, topic string) int64 {
+	if _, tomb, body, ok := r.cache.get(topicCacheKey(topic)); ok {
+		if tomb {
+			return 0
+		}
+		return topicDefaultTTL(body)
+	}
+	rec, err := r.get(ctx, topic, bucketTopics, []byte(topic))
+	if err != nil || rec.Tombstone {
+		return 0
+	}
+	return topicDefaultTTL(rec.Value)
+}
+
+var (
+	metaExpiryPrefix     = []byte(`{"expires_at":"`)
+	renderedExpiryPrefix = []byte(`{"metadata":{"expires_at":"`)
+)
+
+// metaExpiry returns the expiry of a metadata JSON object that begins with
+// it (as the router writes them); ok is false when it has none.
+func metaExpiry(meta []byte) (t time.Time, ok bool) {
+	if !bytes.HasPrefix(meta, metaExpiryPrefix) {
+		return time.Time{}, false
+	}
+	rest := meta[len(metaExpiryPrefix):]
+	end := bytes.IndexByte(rest, '"')
+	if end < 0 {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(rest[:end]))
+	return t, err == nil
+}
+
+// renderedExpired reports whether a rendered context (the cache's form,
+// {"metadata":{…},…}) has expired. It is on the path of every cache hit:
+// a context without an expiry costs one prefix comparison, not even a
+// reading of the clock.
+func renderedExpired(body []byte) bool {
+	if !bytes.HasPrefix(body, renderedExpiryPrefix) {
+		return false
+	}
+	t, ok := metaExpiry(body[len(`{"metadata":`):])
+	return ok && !time.Now().Before(t)
+}
+
+// storedExpired reports whether a stored context value has expired at now.
+// A value that cannot be split is not expired: reads report it as corrupt.
+func storedExpired(value []byte, now time.Time) bool {
+	s, err := splitStored(value)
+	if err != nil {
+		return false
+	}
+	t, ok := metaExpiry(s.meta)
+	return ok && !now.Before(t)
+}
+
+// liveRecord reports whether a context record read from the shards is
+// live: written, not deleted, not expired.
+func liveRecord(rec storage.Record, now time.Time) bool {
+	return rec.Version != 0 && !rec.Tombstone && !storedExpired(rec.Value, now)
+}
+
+// keepUnexpired wraps a list filter so that expired contexts are skipped.
+func keepUnexpired(keep func(storage.Record) bool) func(storage.Record) bool {
+	now := time.Now()
+	return func(rec storage.Record) bool {
+		if storedExpired(rec.Value, now) {
+			return false
+		}
+		return keep == nil || keep(rec)
+	}
+}
+
+// replaceExpired finishes a create-only write that found the key taken:
+// if what holds it is an expired context, the write replaces it (on that
+// exact version, so a concurrent rewrite wins) and reports it as a create.
+// Otherwise it returns the conflict unchanged.
+func (r *Router) replaceExpired(ctx context.Context, topic, id string, value []byte, conflict storage.Result) (storage.Result, uint64, error) {
+	pk, key := placement(topic, id), []byte(contextKey(topic, id))
+	rec, err := r.get(ctx, pk, bucketContexts, key)
+	if err != nil || rec.Tombstone || !storedExpired(rec.Value, time.Now()) {
+		return conflict, 0, nil
+	}
+	res, v, err := r.write(ctx, pk, bucketContexts, key, false, value, storage.CondVersion, rec.Version)
+	if err != nil || res.Outcome != storage.Applied {
+		return conflict, 0, err
+	}
+	// The expired context's vector goes; a new one, if any, is written
+	// at v, which is newer.
+	r.afterContextDelete(ctx, topic, id, rec.Version+1)
+	return storage.Result{Outcome: storage.Applied, PrevVersion: rec.Version, PrevTombstone: true}, v, nil
+}
+
+// ---- the expiry index and the purge ----
+
+// expiryKey is the index entry of a context key expiring at t.
+func expiryKey(t time.Time, ctxKey []byte) []byte {
+	k := make([]byte, 0, expiryKeyDigits+1+len(ctxKey))
+	k = fmt.Appendf(k, "%0*d/", expiryKeyDigits, max(0, t.UnixMilli()))
+	return append(k, ctxKey...)
+}
+
+// parseExpiryKey splits an index entry into its context key.
+func parseExpiryKey(k []byte) (ctxKey []byte, ok bool) {
+	if len(k) <= expiryKeyDigits+1 || k[expiryKeyDigits] != '/' {
+		return nil, false
+	}
+	if _, err := strconv.ParseUint(string(k[:expiryKeyDigits]), 10, 64); err != nil {
+		return nil, false
+	}
+	return k[expiryKeyDigits+1:], true
+}
+
+// indexExpiry writes the index entry of a context just written at version
+// v, if it expires. A failure is logged: the context still disappears from
+// reads when due, it is only not purged.
+func (r *Router) indexExpiry(ctx context.Context, topic string, d *Document, v uint64) {
+	if d.Metadata.ExpiresAt == "" {
+		return
+	}
+	t, err := time.Parse(time.RFC3339Nano, d.Metadata.ExpiresAt)
+	if err != nil {
+		return
+	}
+	k := expiryKey(t, []byte(contextKey(topic, d.Metadata.ID)))
+	if err := r.writeAt(ctx, placementOf(k), bucketExpiry, k, v, false, []byte{}); err != nil {
+		r.log.Warn("expiry not indexed; the context will not be purged", "topic", topic, "id", d.Metadata.ID, "err", err)
+	}
+}
+
+// startExpiry registers the purge's metric and starts its loop.
+func (r *Router) startExpiry() {
+	c := prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "kvdb", Name: "expired_contexts_purged_total",
+		Help: "Expired contexts replaced by a tombstone by the background purge.",
+	})
+	if err := r.cfg.Registry.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			c = are.ExistingCollector.(prometheus.Counter)
+		}
+	}
+	r.expiredPurged = c
+	r.loop(r.expiryLoop)
+}
+
+// expiryLoop purges expired contexts every ExpiryInterval.
+func (r *Router) expiryLoop(ctx context.Context) {
+	tick := time.NewTicker(r.cfg.ExpiryInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if r.topo.Load().epoch == 0 {
+			continue // the cluster map is not loaded yet
+		}
+		if n, err := r.purgeExpired(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("expiry purge stopped; the next pass resumes", "purged", n, "err", err)
+		}
+	}
+}
+
+// purgeExpired tombstones the contexts whose expiry is due and drops their
+// index entries, and returns how many contexts it deleted. Several routers
+// may run it at once: the tombstone is written only on the version found
+// expired (CondVersion), so a concurrent rewrite, or another purge, wins.
+func (r *Router) purgeExpired(ctx context.Context) (int, error) {
+	now := time.Now()
+	due, err := r.dueExpiries(ctx, now)
+	if err != nil {
+		return 0, err
+	}
+	purged := 0
+	for _, e := range due {
+		if err := ctx.Err(); err != nil {
+			return purged, err
+		}
+		done, err := r.purgeOne(ctx, e, now)
+		if err != nil {
+			return purged, err
+		}
+		if done {
+			purged++
+			r.expiredPurged.Inc()
+		}
+	}
+	return purged, nil
+}
+
+// dueExpiries reads the live index entries due at now from every node,
+// newest version of each key, in key (time) order.
+func (r *Router) dueExpiries(ctx context.Context, now time.Time) ([]storage.Record, error) {
+	limit := expiryKey(now, nil) // every due key sorts before it
+	t := r.topo.Load()
+	nodes, err := r.liveReadNodes(t)
+	if err != nil {
+		return nil, err
+	}
+	found := make([][]storage.Record, len(nodes))
+	g, gctx := errgroup.WithContext(ctx)
+	for i, n := range nodes {
+		g.Go(func() error {
+			var after []byte
+			for len(found[i]) < maxPurgePerPass {
+				sctx, cancel := r.shardCtx(gctx)
+				p, err := n.Shard.Scan(sctx, bucketExpiry, storage.ScanOptions{After: after, Limit: 1000, KeysOnly: true})
+				cancel()
+				if err != nil {
+					return fromStorage("scan expiries on shard "+n.Name, err)
+				}
+				for _, rec := range p.Records {
+					if bytes.Compare(rec.Key, limit) >= 0 {
+						return nil
+					}
+					found[i] = append(found[i], rec)
+				}
+				if !p.More || len(p.Records) == 0 {
+					return nil
+				}
+				after = p.Records[len(p.Records)-1].Key
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	pages := make([]storage.ScanPage, len(found))
+	for i, recs := range found {
+		pages[i].Records = recs
+	}
+	due := mergePages(pages, nil)
+	if len(due) > maxPurgePerPass {
+		due = due[:maxPurgePerPass]
+	}
+	return due, nil
+}
+
+// purgeOne handles one due index entry: it tombstones the context if it
+// has expired, then drops the entry. It reports whether it deleted.
+func (r *Router) purgeOne(ctx context.Context, entry storage.Record, now time.Time) (bool, error) {
+	ck, ok := parseExpiryKey(entry.Key)
+	topic, id, ok2 := splitContextKey(ck)
+	if !ok || !ok2 {
+		return false, r.dropExpiry(ctx, entry)
+	}
+	pk := placement(topic, id)
+	rec, err := r.get(ctx, pk, bucketContexts, ck)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return false, err
+	}
+	deleted := false
+	if err == nil && !rec.Tombstone && storedExpired(rec.Value, now) {
+		res, v, err := r.write(ctx, pk, bucketContexts, ck, true, nil, storage.CondVersion, rec.Version)
+		if err != nil {
+			return false, err
+		}
+		if res.Outcome == storage.Applied {
+			r.cache.put(contextCacheKey(string(ck)), v, true, nil)
+			r.afterContextDelete(ctx, topic, id, v)
+			deleted = true
+		}
+		// A conflict: rewritten meanwhile; that write indexed itself.
+	}
+	return deleted, r.dropExpiry(ctx, entry)
+}
+
+// dropExpiry deletes an index entry just above its own version, so an
+// entry rewritten since (the same context and expiry, written again)
+// survives.
+func (r *Router) dropExpiry(ctx context.Context, entry storage.Record) error {
+	return r.writeAt(ctx, placementOf(entry.Key), bucketExpiry, entry.Key, entry.Version+1, true, nil)
+}
