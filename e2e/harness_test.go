@@ -132,6 +132,10 @@ func start(t testing.TB, name, path string, args ...string) *proc {
 	p := &proc{name: name, args: args, done: make(chan struct{})}
 	p.cmd = exec.Command(path, args...)
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	// A -race binary sleeps a second before it exits (atexit_sleep_ms);
+	// the tests stop dozens of processes one after another. A GORACE of
+	// the caller's still applies: later options win.
+	p.cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"))
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -183,6 +187,14 @@ func (p *proc) stop(t testing.TB) int {
 		p.kill(t)
 	}
 	return p.exitCode()
+}
+
+// signal sends sig (SIGSTOP, SIGCONT, SIGHUP…) to a running process.
+func (p *proc) signal(t testing.TB, sig syscall.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("send %s to %s: %v", sig, p.name, err)
+	}
 }
 
 // kill sends SIGKILL and waits for the process to be gone.
@@ -314,10 +326,12 @@ type shard struct {
 func (s *shard) url(path string) string { return "http://" + s.addr + path }
 
 type cluster struct {
+	dir        string // holds sharding.toml and data/
 	configFile string
+	replicas   int // the config's replicas; 0 leaves the key out
 	routerAddr string
 	routerArgs []string
-	shards     []*shard
+	shards     []*shard // what the config file lists
 	router     *proc
 }
 
@@ -329,19 +343,56 @@ func (c *cluster) url(path string) string { return "http://" + c.routerAddr + pa
 // temporary directory; routerArgs are added to the router's flags.
 func startCluster(t testing.TB, n int, routerArgs ...string) *cluster {
 	t.Helper()
+	return startReplicated(t, n, 0, routerArgs...)
+}
+
+// startReplicated is startCluster with `replicas = replicas` in the config
+// (0 leaves it out: one replica).
+func startReplicated(t testing.TB, n, replicas int, routerArgs ...string) *cluster {
+	t.Helper()
 	dir := t.TempDir()
 	addrs := freeAddrs(t, n+1)
-	c := &cluster{routerAddr: addrs[0], routerArgs: routerArgs}
-	var cfg strings.Builder
+	c := &cluster{dir: dir, replicas: replicas, routerAddr: addrs[0], routerArgs: routerArgs}
 	for i := range n {
-		s := &shard{name: fmt.Sprintf("sh-%d", i+1), addr: addrs[i+1]}
-		s.db = filepath.Join(dir, "data", s.name+".db")
-		c.shards = append(c.shards, s)
-		fmt.Fprintf(&cfg, "[[shards]]\nname = %q\nidx = %d\naddress = %q\n\n", s.name, i, s.addr)
+		c.shards = append(c.shards, c.newShard(i+1, addrs[i+1]))
 	}
-	c.configFile = writeFile(t, dir, "sharding.toml", cfg.String())
+	c.writeConfig(t)
 	c.start(t)
 	return c
+}
+
+func (c *cluster) newShard(i int, addr string) *shard {
+	name := fmt.Sprintf("sh-%d", i)
+	return &shard{name: name, addr: addr, db: filepath.Join(c.dir, "data", name+".db")}
+}
+
+// writeConfig (re)writes sharding.toml from c.replicas and c.shards. It
+// writes a temporary file and renames it, so a reader never sees half.
+func (c *cluster) writeConfig(t testing.TB) {
+	t.Helper()
+	var cfg strings.Builder
+	if c.replicas > 0 {
+		fmt.Fprintf(&cfg, "replicas = %d\n\n", c.replicas)
+	}
+	for i, s := range c.shards {
+		fmt.Fprintf(&cfg, "[[shards]]\nname = %q\nidx = %d\naddress = %q\n\n", s.name, i, s.addr)
+	}
+	tmp := writeFile(t, c.dir, "sharding.toml.tmp", cfg.String())
+	c.configFile = filepath.Join(c.dir, "sharding.toml")
+	if err := os.Rename(tmp, c.configFile); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// addShard starts one more storage daemon (sh-<n+1>, on a free port) and
+// adds it to the config file; the router learns of it on SIGHUP.
+func (c *cluster) addShard(t testing.TB) *shard {
+	t.Helper()
+	s := c.newShard(len(c.shards)+1, freeAddrs(t, 1)[0])
+	c.shards = append(c.shards, s)
+	c.writeConfig(t)
+	c.startShard(t, s)
+	return s
 }
 
 // start starts every storage daemon, then the router, on the same ports
@@ -355,6 +406,13 @@ func (c *cluster) start(t testing.TB) {
 	for _, s := range c.shards {
 		waitHealthy(t, s.proc, s.url(""))
 	}
+	c.startRouter(t)
+}
+
+// startRouter starts the router on its port and the current config file
+// and waits until it is healthy.
+func (c *cluster) startRouter(t testing.TB) {
+	t.Helper()
 	args := append([]string{"-config-file=" + c.configFile, "-http-addr=" + c.routerAddr}, c.routerArgs...)
 	c.router = start(t, "router", bin.router, args...)
 	waitHealthy(t, c.router, c.url(""))

@@ -28,6 +28,12 @@ type Router struct {
 	ReadRepairs prometheus.Counter
 	// ClusterEpoch is the epoch of the cluster map the router works with.
 	ClusterEpoch prometheus.Gauge
+
+	// CodecInputBytes and CodecOutputBytes count the context bodies the
+	// value codec encoded, before and after compression: their ratio is
+	// the compression ratio.
+	CodecInputBytes  prometheus.Counter
+	CodecOutputBytes prometheus.Counter
 }
 
 // NewRouter registers the router's metrics on reg.
@@ -72,9 +78,18 @@ func NewRouter(reg prometheus.Registerer) *Router {
 		Namespace: namespace, Subsystem: "cluster", Name: "epoch",
 		Help: "Epoch of the cluster map the router works with.",
 	})
+	m.CodecInputBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "codec", Name: "input_bytes_total",
+		Help: "Bytes of context bodies given to the value codec on writes (JSON, embeddings excluded).",
+	})
+	m.CodecOutputBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "codec", Name: "output_bytes_total",
+		Help: "Bytes the value codec stored for those bodies (zstd where it saves space, else as given).",
+	})
 	reg.MustRegister(m.CacheHits, m.CacheMisses, m.CacheEvictions,
 		m.ShardRequestDuration, m.ShardRequestErrors, m.ShardUp,
-		m.QuorumFailures, m.ReadRepairs, m.ClusterEpoch)
+		m.QuorumFailures, m.ReadRepairs, m.ClusterEpoch,
+		m.CodecInputBytes, m.CodecOutputBytes)
 	return m
 }
 

@@ -49,14 +49,17 @@ func (r *Router) routes() *echo.Echo {
 		return c.JSONBlob(http.StatusOK, []byte(`{"status":"ok"}`))
 	})
 	e.GET("/readyz", r.ready)
+	r.openAPIRoutes(e)
 	if r.cfg.MetricsHandler != nil {
 		e.GET("/metrics", echo.WrapHandler(r.cfg.MetricsHandler))
 	}
 
 	v1 := e.Group("/api/v1")
+	r.secure(e, v1)
 	v1.GET("/cluster", r.cluster)
 	v1.POST("/admin/repair", r.adminRepair)
 	v1.POST("/admin/reload", r.adminReload)
+	r.backupRoutes(v1)
 	r.adminRoutes(v1)
 	v1.POST("/topics", r.createTopic)
 	v1.GET("/topics", r.listTopics)
@@ -95,7 +98,11 @@ func (r *Router) handleError(err error, c echo.Context) {
 		apiErr = &Error{Code: CodeInternal, Message: "internal error", Err: err}
 	}
 	status := apiErr.Status()
-	if status >= 500 {
+	switch {
+	case status >= 500 && c.Request().Context().Err() != nil:
+		// The client went away mid-request: its shard calls were cancelled.
+		r.log.Debug("request abandoned by the client", "method", c.Request().Method, "path", c.Request().URL.Path)
+	case status >= 500:
 		r.log.Error("request failed", "method", c.Request().Method, "path", c.Request().URL.Path,
 			"status", status, "err", apiErr.Error())
 	}
@@ -238,7 +245,10 @@ func (r *Router) createTopic(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	t := Topic{Name: req.Name, Description: req.Description, MaxTokens: req.MaxTokens, CreatedAt: time.Now().UTC().Format(time.RFC3339Nano)}
+	if err := r.allowTopic(c, req.Name); err != nil {
+		return err
+	}
+	t := Topic{Name: req.Name, Description: req.Description, MaxTokens: req.MaxTokens, CreatedAt: time.Now().UTC().Format(time.RFC3339Nano), DefaultTTLSeconds: req.DefaultTTLSeconds}
 	body := topicJSON(&t)
 	res, v, err := r.write(c.Request().Context(), t.Name, bucketTopics, []byte(t.Name), false, body, storage.CondAbsent, 0)
 	if err != nil {
@@ -360,7 +370,7 @@ func (r *Router) getContext(c echo.Context) error {
 	ck := contextCacheKey(key)
 	if v, tomb, body, ok := r.cache.get(ck); ok && !r.maskedByTopicDelete(topic, v) {
 		r.m.CacheHits.Inc()
-		if tomb {
+		if tomb || renderedExpired(body) {
 			return errorf(CodeNotFound, "context %q not found in topic %q", id, topic)
 		}
 		return writeDocument(c, http.StatusOK, v, "hit", body)
@@ -374,6 +384,11 @@ func (r *Router) getContext(c echo.Context) error {
 		return err
 	}
 	if rec.Tombstone {
+		r.cache.put(ck, rec.Version, true, nil)
+		return errorf(CodeNotFound, "context %q not found in topic %q", id, topic)
+	}
+	if storedExpired(rec.Value, time.Now()) {
+		// Expired for good at this version: cached as deleted.
 		r.cache.put(ck, rec.Version, true, nil)
 		return errorf(CodeNotFound, "context %q not found in topic %q", id, topic)
 	}
@@ -469,9 +484,11 @@ func preconditionFailed(topic, id string, cond storage.Cond, match uint64, res s
 // a new context, 200 for a replaced one; a failed condition answers what
 // onConflict returns.
 func (r *Router) storeContext(c echo.Context, topic string, doc *Document, cond storage.Cond, match uint64, onConflict func(storage.Result) error) error {
-	if _, _, err := r.readTopic(c, topic); err != nil {
+	tbody, _, err := r.readTopic(c, topic)
+	if err != nil {
 		return err
 	}
+	applyTopicTTL(doc, tbody, time.Now())
 	r.embedForWrite(c.Request().Context(), doc)
 	value, err := r.codec.encodeDocument(doc)
 	if err != nil {
@@ -480,6 +497,9 @@ func (r *Router) storeContext(c echo.Context, topic string, doc *Document, cond 
 	id := doc.Metadata.ID
 	key := contextKey(topic, id)
 	res, v, err := r.write(c.Request().Context(), placement(topic, id), bucketContexts, []byte(key), false, value, cond, match)
+	if err == nil && res.Outcome == storage.Conflict && cond == storage.CondAbsent {
+		res, v, err = r.replaceExpired(c.Request().Context(), topic, id, value, res)
+	}
 	if err != nil {
 		return err
 	}

@@ -181,6 +181,7 @@ func (r *Router) adoptLocked(m *clusterMap) error {
 	if err != nil {
 		return err
 	}
+	r.noteRemoved(m.Removed)
 	t := newTopology(m.Epoch, m.State, cur, prev, leaving)
 	r.topo.Store(t)
 	r.m.ClusterEpoch.Set(float64(m.Epoch))
@@ -252,6 +253,7 @@ func (r *Router) mapOf(t *topology) *clusterMap {
 	if len(m.Leaving) == 0 {
 		m.Leaving = nil
 	}
+	m.Removed = r.removedNames()
 	return m
 }
 
@@ -314,7 +316,7 @@ func (r *Router) Reload() error {
 		return fmt.Errorf("reload: %w", err)
 	}
 	r.desiredMu.Lock()
-	r.desired = want
+	r.desired, r.wantReplicas = want, max(1, replicas)
 	r.desiredMu.Unlock()
 	r.background(r.converge)
 	return nil
@@ -338,9 +340,7 @@ func (r *Router) converge(ctx context.Context) {
 		case stateCleanup:
 			err = r.finishCleanup(ctx, t)
 		default:
-			r.desiredMu.Lock()
-			want := r.desired
-			r.desiredMu.Unlock()
+			want := r.wanted(t)
 			if sameShards(mapShards(want.ring.nodes), mapShards(t.cur.ring.nodes)) && want.replicas == t.cur.replicas {
 				return
 			}
@@ -364,6 +364,7 @@ func (r *Router) startMigration(ctx context.Context, t *topology, want shape) er
 		Epoch: t.epoch + 1, State: stateMigrating,
 		Replicas: want.replicas, Shards: mapShards(want.ring.nodes),
 		Previous: mapShards(t.cur.ring.nodes), PrevReplicas: t.cur.replicas,
+		Removed: r.removedNames(),
 	}
 	r.log.Info("rebalance starting", "from", t.cur.ring.names(), "to", want.ring.names(), "replicas", want.replicas)
 	r.status.start("rebalance", "copy")

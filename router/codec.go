@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"strconv"
 
 	"github.com/klauspost/compress/zstd"
@@ -41,10 +42,13 @@ var errCorrupt = errors.New("corrupt stored record")
 type codec struct {
 	enc *zstd.Encoder
 	dec *zstd.Decoder
+	// observe, when set, is told the size of each body encoded, before and
+	// after compression (the compression-ratio metrics).
+	observe func(in, out int)
 }
 
 func newCodec() (*codec, error) {
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true))
 	if err != nil {
 		return nil, fmt.Errorf("zstd encoder: %w", err)
 	}
@@ -84,10 +88,16 @@ func (c *codec) appendBody(dst, body []byte) []byte {
 	if len(body) >= minCompress {
 		z := c.enc.EncodeAll(body, nil)
 		if len(z) < len(body) {
+			if c.observe != nil {
+				c.observe(len(body), len(z))
+			}
 			dst = append(dst, codecZstd)
 			dst = binary.AppendUvarint(dst, uint64(len(z)))
 			return append(dst, z...)
 		}
+	}
+	if c.observe != nil {
+		c.observe(len(body), len(body))
 	}
 	dst = append(dst, codecRaw)
 	dst = binary.AppendUvarint(dst, uint64(len(body)))

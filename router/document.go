@@ -31,10 +31,22 @@ type Topic struct {
 	// POST …/chat); zero means the router's default.
 	MaxTokens int    `json:"max_tokens,omitempty"`
 	CreatedAt string `json:"created_at"`
+	// DefaultTTLSeconds is the lifetime given to a context written without
+	// expires_at or ttl_seconds (see ttl.go); zero means none.
+	DefaultTTLSeconds int64 `json:"default_ttl_seconds,omitempty"`
 }
 
 // Metadata describes a context; it is what lists return.
 type Metadata struct {
+	// ExpiresAt is when the context disappears (RFC 3339, UTC); empty
+	// means never. It is the first field on purpose: a rendered or stored
+	// context then begins with it, so reads test expiry with a prefix
+	// comparison instead of decoding the metadata (see ttl.go).
+	ExpiresAt string `json:"expires_at,omitempty"`
+	// TTLSeconds is accepted on write only: the router turns it into
+	// ExpiresAt and never stores it.
+	TTLSeconds int64 `json:"ttl_seconds,omitempty"`
+
 	ID        string   `json:"id"`
 	CreatedAt string   `json:"created_at,omitempty"`
 	UpdatedAt string   `json:"updated_at,omitempty"`
@@ -140,6 +152,9 @@ func decodeJSON(body []byte, v any) error {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return errorf(CodeInvalidArgument, "invalid JSON: data after the top-level object")
 	}
+	if key, dup := duplicateKey(body); dup {
+		return errorf(CodeInvalidArgument, "invalid JSON: key %q appears twice in one object", truncate(key))
+	}
 	return nil
 }
 
@@ -182,6 +197,8 @@ type topicRequest struct {
 	Name        string `json:"name"`
 	Description string `json:"description"`
 	MaxTokens   int    `json:"max_tokens"`
+	// DefaultTTLSeconds: see Topic.
+	DefaultTTLSeconds int64 `json:"default_ttl_seconds"`
 }
 
 func (r *topicRequest) validate() error {
@@ -193,6 +210,9 @@ func (r *topicRequest) validate() error {
 	}
 	if r.MaxTokens < 0 || r.MaxTokens > maxTokenBudget {
 		return errorf(CodeInvalidArgument, "field \"max_tokens\": %d is not in 0..%d", r.MaxTokens, maxTokenBudget)
+	}
+	if r.DefaultTTLSeconds < 0 || r.DefaultTTLSeconds > maxTTLSeconds {
+		return errorf(CodeInvalidArgument, "field \"default_ttl_seconds\": %d is not in 0..%d", r.DefaultTTLSeconds, maxTTLSeconds)
 	}
 	return nil
 }
@@ -249,6 +269,9 @@ func decodeDocument(body []byte, now time.Time) (*Document, error) {
 		return nil, err
 	}
 	if err := d.normalize(now); err != nil {
+		return nil, err
+	}
+	if err := d.Metadata.resolveExpiry(now); err != nil {
 		return nil, err
 	}
 	return &d, nil

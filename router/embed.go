@@ -139,7 +139,7 @@ func (r *Router) embedPending(ctx context.Context, mark storage.Record) error {
 	if err != nil {
 		return err
 	}
-	if rec.Tombstone {
+	if !liveRecord(rec, time.Now()) {
 		return r.clearMark(ctx, topic, id, mark)
 	}
 	doc, err := r.codec.decodeDocument(rec.Value)

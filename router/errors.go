@@ -20,6 +20,9 @@ const (
 	CodePayloadTooLarge      Code = "payload_too_large"
 	CodeUnsupportedMediaType Code = "unsupported_media_type"
 	CodeMethodNotAllowed     Code = "method_not_allowed"
+	CodeUnauthenticated      Code = "unauthenticated"   // no API key, or one the router does not know
+	CodePermissionDenied     Code = "permission_denied" // a key without the role or topic the request needs
+	CodeRateLimited          Code = "rate_limited"      // the key's (or client's) requests per second are spent
 	CodeUnavailable          Code = "unavailable"
 	CodeInternal             Code = "internal"
 )
@@ -33,6 +36,9 @@ var codeStatus = map[Code]int{
 	CodePayloadTooLarge:      http.StatusRequestEntityTooLarge,
 	CodeUnsupportedMediaType: http.StatusUnsupportedMediaType,
 	CodeMethodNotAllowed:     http.StatusMethodNotAllowed,
+	CodeUnauthenticated:      http.StatusUnauthorized,
+	CodePermissionDenied:     http.StatusForbidden,
+	CodeRateLimited:          http.StatusTooManyRequests,
 	CodeUnavailable:          http.StatusServiceUnavailable,
 	CodeInternal:             http.StatusInternalServerError,
 }
@@ -74,6 +80,8 @@ func fromStorage(what string, err error) *Error {
 		return apiErr
 	case errors.Is(err, storage.ErrUnavailable), errors.Is(err, storage.ErrClosed):
 		return &Error{Code: CodeUnavailable, Message: what + ": " + err.Error(), Err: err}
+	case errors.Is(err, storage.ErrUnauthenticated):
+		return &Error{Code: CodeInternal, Message: what + ": the storage daemon refused this router's cluster token (KVDB_CLUSTER_TOKEN, -cluster-token-file)", Err: err}
 	case errors.Is(err, storage.ErrInvalid):
 		// The router validates before it writes, so a shard refusing a
 		// request is our bug, not the client's.

@@ -41,7 +41,8 @@ type clusterOpts struct {
 	cacheBytes     int64
 	maxBody        int64
 	repairInterval time.Duration
-	llm            LLMConfig // the Ollama bridge; zero: off
+	expiryInterval time.Duration // of the TTL purge; zero: an hour
+	llm            LLMConfig     // the Ollama bridge; zero: off
 }
 
 func newTestCluster(t testing.TB, o clusterOpts) *testCluster {
@@ -55,6 +56,9 @@ func newTestCluster(t testing.TB, o clusterOpts) *testCluster {
 	if o.repairInterval == 0 {
 		o.repairInterval = time.Hour
 	}
+	if o.expiryInterval == 0 {
+		o.expiryInterval = time.Hour
+	}
 	tc := &testCluster{reg: prometheus.NewRegistry(), replicas: o.replicas}
 	for range o.shards {
 		tc.want = append(tc.want, tc.addShard(t))
@@ -65,6 +69,7 @@ func newTestCluster(t testing.TB, o clusterOpts) *testCluster {
 		MaxBodyBytes:   o.maxBody,
 		Replicas:       o.replicas,
 		RepairInterval: o.repairInterval,
+		ExpiryInterval: o.expiryInterval,
 		Registry:       tc.reg,
 		LLM:            o.llm,
 	})

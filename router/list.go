@@ -223,7 +223,7 @@ func (r *Router) listTopics(c echo.Context) error {
 	if !validPrefix(prefix) {
 		return errorf(CodeInvalidArgument, "prefix %q cannot begin a topic name", truncate(prefix))
 	}
-	q := pageQuery{bucket: bucketTopics, prefix: []byte(prefix), limit: limit}
+	q := pageQuery{bucket: bucketTopics, prefix: []byte(prefix), limit: limit, keep: r.topicFilter(c)}
 	if cur := c.QueryParam("cursor"); cur != "" {
 		last, err := decodeCursor(cur, validName)
 		if err != nil {
@@ -307,6 +307,7 @@ func (r *Router) listContexts(c echo.Context) error {
 			return true
 		}
 	}
+	q.keep = keepUnexpired(q.keep)
 	if _, _, err := r.readTopic(c, topic); err != nil {
 		return err
 	}

@@ -308,6 +308,7 @@ func (r *Router) afterContextWrite(ctx context.Context, topic string, d *Documen
 			r.log.Warn("pending embedding not recorded", "topic", topic, "id", d.Metadata.ID, "err", err)
 		}
 	}
+	r.indexExpiry(ctx, topic, d, v)
 }
 
 // afterContextDelete deletes a deleted context's vector.

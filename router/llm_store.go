@@ -59,7 +59,7 @@ func (s *instrumented) TopK(ctx context.Context, bucket string, q storage.TopKQu
 	}
 	start := time.Now()
 	res, err := vs.TopK(ctx, bucket, q)
-	s.observe("topk", start, err)
+	s.observe(ctx, "topk", start, err)
 	return res, err
 }
 

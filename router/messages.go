@@ -56,7 +56,7 @@ func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []Me
 		now := time.Now().UTC()
 		var doc *Document
 		cond, want := storage.CondAbsent, uint64(0)
-		if err == nil && !rec.Tombstone {
+		if err == nil && liveRecord(rec, now) {
 			if match != 0 && rec.Version != match {
 				return appendResult{}, errorf(CodeFailedPrecondition, "context %q is at version %s, not %s", id, etag(rec.Version), etag(match))
 			}
@@ -69,6 +69,12 @@ func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []Me
 				return appendResult{}, errorf(CodeFailedPrecondition, "context %q does not exist in topic %q", id, topic)
 			}
 			doc = &Document{Metadata: Metadata{ID: id}}
+			if ttl := r.topicTTL(ctx, topic); ttl > 0 {
+				doc.Metadata.ExpiresAt = now.Add(time.Duration(ttl) * time.Second).Format(time.RFC3339Nano)
+			}
+			if err == nil && !rec.Tombstone {
+				cond, want = storage.CondVersion, rec.Version // an expired context is replaced
+			}
 		}
 		doc.Content.Messages = append(doc.Content.Messages, msgs...)
 		if mutate != nil {
@@ -181,7 +187,7 @@ func (r *Router) getMessages(c echo.Context) error {
 // callers go on to write it, and need its newest version).
 func (r *Router) readContext(ctx context.Context, topic, id string) (*Document, uint64, error) {
 	rec, err := r.readRecord(ctx, placement(topic, id), bucketContexts, []byte(contextKey(topic, id)))
-	if errors.Is(err, storage.ErrNotFound) || (err == nil && rec.Tombstone) {
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && !liveRecord(rec, time.Now())) {
 		return nil, 0, errorf(CodeNotFound, "context %q not found in topic %q", id, topic)
 	}
 	if err != nil {

@@ -78,10 +78,14 @@ func (r *Router) readSet(ctx context.Context, t *topology, set replicaSet, bucke
 	}
 	var got []readAnswer
 	var failed []string
+	var unreadable *Error // a record held but not opened (see crypto.go)
 	for range asked {
 		a := <-answers
 		if a.err != nil {
 			failed = append(failed, a.node.Name+": "+a.err.Error())
+			if unreadable == nil {
+				errors.As(a.err, &unreadable)
+			}
 			continue
 		}
 		got = append(got, a)
@@ -91,6 +95,9 @@ func (r *Router) readSet(ctx context.Context, t *topology, set replicaSet, bucke
 	}
 	if !quorate(set, func(n *Node) bool { return slices.ContainsFunc(got, func(a readAnswer) bool { return a.node == n }) }) {
 		r.m.QuorumFailures.WithLabelValues("read").Inc()
+		if unreadable != nil {
+			return storage.Record{}, unreadable // say why, not "unavailable"
+		}
 		return storage.Record{}, r.noQuorum("read", set, len(got), failed)
 	}
 	newest := got[0].rec
@@ -170,16 +177,17 @@ func (r *Router) readRepair(t *topology, n *Node, bucket string, rec storage.Rec
 // concurrent conditional writes on a key serialise at its primary.
 func (r *Router) write(ctx context.Context, pk, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
 	avoid := map[*Node]bool{} // primaries that failed this write
+	var d decision            // set once some replica may hold the write
 	for range maxWriteRetries {
 		t := r.topo.Load()
 		set := t.replicaSet(pk)
 		var res storage.Result
 		var v uint64
 		var err error
-		if len(set.union) == 1 {
+		if len(set.union) == 1 && d.rec.Version == 0 {
 			res, v, err = r.writeOne(ctx, t, set.union[0], bucket, key, tombstone, value, cond, match)
 		} else {
-			res, v, err = r.writeReplicated(ctx, t, set, avoid, bucket, key, tombstone, value, cond, match)
+			res, v, err = r.writeReplicated(ctx, t, set, avoid, &d, bucket, key, tombstone, value, cond, match)
 		}
 		if errors.Is(err, storage.ErrStaleEpoch) {
 			r.refreshMap(ctx)
@@ -195,6 +203,18 @@ func (r *Router) write(ctx context.Context, pk, bucket string, key []byte, tombs
 
 // errRetry asks write to plan the write again.
 var errRetry = errors.New("retry write")
+
+// decision is a replicated write once it has been decided (its condition
+// checked and applied at the primary, or its version chosen) and sent to
+// replicas. If the cluster map then moves on (ErrStaleEpoch), the write is
+// replicated again under the new map with the same record and outcome: it
+// is never decided again, which would find the write itself (a create
+// would answer 409, an If-Match 412, a delete 404, though each applied).
+type decision struct {
+	rec      storage.Record // Version 0: nothing decided yet
+	result   storage.Result
+	prevLive uint64 // newest live version the replicas reported before rec
+}
 
 func (r *Router) writeOne(ctx context.Context, t *topology, n *Node, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
 	ctx, cancel := r.shardCtx(epochCtx(ctx, t))
@@ -217,11 +237,13 @@ func (r *Router) writeOne(ctx context.Context, t *topology, n *Node, bucket stri
 	return res[0], v, nil
 }
 
-func (r *Router) writeReplicated(ctx context.Context, t *topology, set replicaSet, avoid map[*Node]bool, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
+func (r *Router) writeReplicated(ctx context.Context, t *topology, set replicaSet, avoid map[*Node]bool, d *decision, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
 	rec := storage.Record{Key: key, Tombstone: tombstone, Value: value}
 	acked := map[*Node]bool{}
 	var result storage.Result
-	if cond != storage.CondNone {
+	if d.rec.Version != 0 {
+		rec, result = d.rec, d.result // decided under an older map: replicate it again
+	} else if cond != storage.CondNone {
 		cur, err := r.readSet(ctx, t, set, bucket, key)
 		if err != nil {
 			return storage.Result{}, 0, err
@@ -267,12 +289,14 @@ func (r *Router) writeReplicated(ctx context.Context, t *topology, set replicaSe
 		rec.Version = r.clock.Next()
 		result.Outcome = storage.Applied
 	}
+	d.rec, d.result = rec, result
 	prevLive, err := r.replicate(ctx, t, set, bucket, rec, acked)
+	d.prevLive = max(d.prevLive, prevLive)
 	if err != nil {
 		return storage.Result{}, 0, err
 	}
 	if cond == storage.CondNone {
-		result.PrevVersion, result.PrevTombstone = prevLive, false
+		result.PrevVersion, result.PrevTombstone = d.prevLive, false
 	}
 	return result, rec.Version, nil
 }
@@ -367,7 +391,7 @@ func (r *Router) replicate(ctx context.Context, t *topology, set replicaSet, buc
 		return prevLive, nil
 	}
 	if staleEpoch {
-		return 0, storage.ErrStaleEpoch
+		return prevLive, storage.ErrStaleEpoch
 	}
 	r.m.QuorumFailures.WithLabelValues("write").Inc()
 	return 0, r.noQuorum("write", set, len(acked), failed)

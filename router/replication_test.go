@@ -398,3 +398,41 @@ func TestConditionalWritesReplicated(t *testing.T) {
 		must(t, call(t, "DELETE", base+"/"+id, nil), 404, "DELETE again")
 	}
 }
+
+// TestConditionalWriteAcrossEpochChange: a conditional write applied at its
+// primary whose replication the other replicas refuse (they hold a newer
+// cluster map) is replicated again under that map, not decided again, which
+// would find the write itself and report a conflict (409 for a create, 404
+// for a delete).
+func TestConditionalWriteAcrossEpochChange(t *testing.T) {
+	tc := newTestCluster(t, clusterOpts{replicas: 3, cacheBytes: 1})
+	// moveOn installs another router's map of the same shape, one epoch
+	// on, on every shard but pk's primary, as if this router were about to
+	// learn of it.
+	moveOn := func(pk string) {
+		t.Helper()
+		cur := tc.router.topo.Load()
+		primary := cur.replicaSet(pk).union[0]
+		m := tc.router.mapOf(cur)
+		m.Epoch++
+		for j, n := range tc.nodes {
+			if n.Name == primary.Name {
+				continue
+			}
+			w := storage.Write{Record: storage.Record{Key: []byte(storage.MapKey), Version: m.Epoch, Value: m.encode()}}
+			if _, err := tc.stores[j].Apply(context.Background(), storage.ClusterBucket, []storage.Write{w}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for i := range 3 {
+		name := fmt.Sprintf("t%d", i)
+		moveOn(name)
+		must(t, call(t, "POST", tc.URL+"/api/v1/topics", fmt.Sprintf(`{"name":%q}`, name)), 201, "create topic as the map moves on")
+		u := tc.URL + "/api/v1/topics/" + name + "/contexts/c"
+		must(t, call(t, "PUT", u, `{"content":{"text":"x"}}`), 201, "PUT")
+		moveOn(name + "/c")
+		must(t, call(t, "DELETE", u, nil), 204, "DELETE as the map moves on")
+		must(t, call(t, "GET", u, nil), 404, "GET after DELETE")
+	}
+}

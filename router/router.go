@@ -59,6 +59,10 @@ type Config struct {
 	// older than it are collected once every replica holds them. Zero
 	// means 10 minutes.
 	RepairInterval time.Duration
+	// ExpiryInterval is how often expired contexts are purged (replaced by
+	// tombstones); they vanish from reads at once regardless. Zero means
+	// one minute.
+	ExpiryInterval time.Duration
 	// SyncRate caps how many keys per second repair and rebalance copy, so
 	// moving data does not crowd out clients. Zero means no cap.
 	SyncRate int
@@ -70,6 +74,9 @@ type Config struct {
 	Logger *slog.Logger
 	// LLM configures the Ollama bridge; the zero value turns it off.
 	LLM LLMConfig
+	// Security configures API keys, limits, the audit trail and encryption
+	// at rest (see security.go); the zero value runs open and in the clear.
+	Security SecurityConfig
 }
 
 // Shard is what the router needs of a storage node. storage.Store (embedded
@@ -97,6 +104,7 @@ type Router struct {
 	cache *hotCache
 	echo  *echo.Echo
 	llm   *llmState // the Ollama bridge; set by llmRoutes
+	sec   *security // keys, limits, audit; set by secure
 
 	// nodesMu guards nodes, the registry of every shard the router has
 	// known: topologies share its *Node values, so health outlives them.
@@ -128,6 +136,8 @@ type Router struct {
 	// Entries older than the cache TTL are pruned: the cache has forgotten
 	// everything they could mask.
 	deletedTopics sync.Map // string → uint64
+
+	expiredPurged prometheus.Counter // contexts the expiry purge deleted
 }
 
 // New builds a router over cfg.Nodes and starts its background work:
@@ -154,6 +164,9 @@ func New(cfg Config) (*Router, error) {
 	}
 	if cfg.Replicas <= 0 {
 		cfg.Replicas = 1
+	}
+	if cfg.ExpiryInterval <= 0 {
+		cfg.ExpiryInterval = time.Minute
 	}
 	if cfg.Mode == "" {
 		cfg.Mode = "sharded"
@@ -183,6 +196,10 @@ func New(cfg Config) (*Router, error) {
 	if r.codec, err = newCodec(); err != nil {
 		return nil, err
 	}
+	r.codec.observe = func(in, out int) {
+		r.m.CodecInputBytes.Add(float64(in))
+		r.m.CodecOutputBytes.Add(float64(out))
+	}
 	if r.cache, err = newHotCache(cfg.CacheBytes, cfg.CacheTTL, r.m.CacheEvictions.Inc); err != nil {
 		return nil, err
 	}
@@ -194,6 +211,7 @@ func New(cfg Config) (*Router, error) {
 	r.loop(r.probeLoop)
 	r.loop(r.bootstrap)
 	r.loop(r.repairLoop)
+	r.startExpiry()
 	return r, nil
 }
 
@@ -224,7 +242,7 @@ func (r *Router) register(name, address string, sh Shard) *Node {
 		}
 		sh = r.cfg.NewShard(name, address)
 	}
-	n := &Node{Name: name, Address: address, Shard: &instrumented{Shard: sh, name: name, m: r.m}, health: &nodeHealth{}}
+	n := &Node{Name: name, Address: address, Shard: &instrumented{Shard: r.sealShard(sh), name: name, m: r.m}, health: &nodeHealth{}}
 	n.health.nodeID.Store("")
 	n.health.lastErr.Store("")
 	r.nodes[name] = n
@@ -273,9 +291,12 @@ type instrumented struct {
 	m    *metrics.Router
 }
 
-func (s *instrumented) observe(op string, start time.Time, err error) {
+// observe records one call. A call cancelled by its caller (a client that
+// went away, or a read that had its quorum already) is not the shard's
+// failure and is not counted as one.
+func (s *instrumented) observe(ctx context.Context, op string, start time.Time, err error) {
 	s.m.ShardRequestDuration.WithLabelValues(s.name, op).Observe(time.Since(start).Seconds())
-	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+	if err != nil && !errors.Is(err, storage.ErrNotFound) && ctx.Err() == nil {
 		s.m.ShardRequestErrors.WithLabelValues(s.name, op).Inc()
 	}
 }
@@ -283,49 +304,49 @@ func (s *instrumented) observe(op string, start time.Time, err error) {
 func (s *instrumented) Get(ctx context.Context, bucket string, key []byte) (storage.Record, error) {
 	start := time.Now()
 	rec, err := s.Shard.Get(ctx, bucket, key)
-	s.observe("get", start, err)
+	s.observe(ctx, "get", start, err)
 	return rec, err
 }
 
 func (s *instrumented) Apply(ctx context.Context, bucket string, w []storage.Write) ([]storage.Result, error) {
 	start := time.Now()
 	res, err := s.Shard.Apply(ctx, bucket, w)
-	s.observe("apply", start, err)
+	s.observe(ctx, "apply", start, err)
 	return res, err
 }
 
 func (s *instrumented) Scan(ctx context.Context, bucket string, o storage.ScanOptions) (storage.ScanPage, error) {
 	start := time.Now()
 	p, err := s.Shard.Scan(ctx, bucket, o)
-	s.observe("scan", start, err)
+	s.observe(ctx, "scan", start, err)
 	return p, err
 }
 
 func (s *instrumented) DeletePrefix(ctx context.Context, bucket string, prefix []byte, v uint64) (int, error) {
 	start := time.Now()
 	n, err := s.Shard.DeletePrefix(ctx, bucket, prefix, v)
-	s.observe("delete_prefix", start, err)
+	s.observe(ctx, "delete_prefix", start, err)
 	return n, err
 }
 
 func (s *instrumented) MultiGet(ctx context.Context, bucket string, keys [][]byte) ([]storage.Record, error) {
 	start := time.Now()
 	recs, err := s.Shard.MultiGet(ctx, bucket, keys)
-	s.observe("multiget", start, err)
+	s.observe(ctx, "multiget", start, err)
 	return recs, err
 }
 
 func (s *instrumented) Purge(ctx context.Context, bucket string, recs []storage.Record) (int, error) {
 	start := time.Now()
 	n, err := s.Shard.Purge(ctx, bucket, recs)
-	s.observe("purge", start, err)
+	s.observe(ctx, "purge", start, err)
 	return n, err
 }
 
 func (s *instrumented) Health(ctx context.Context) (storage.Health, error) {
 	start := time.Now()
 	h, err := s.Shard.Health(ctx)
-	s.observe("health", start, err)
+	s.observe(ctx, "health", start, err)
 	return h, err
 }
 

@@ -206,12 +206,13 @@ func (r *Router) appendResults(ctx context.Context, out *[]byte, topic string, m
 		return 0, err
 	}
 	n := 0
+	now := time.Now()
 	for i, m := range matches {
 		rec := recs[i]
 		if n == k {
 			break
 		}
-		if rec.Version != m.Version || rec.Tombstone || rec.Value == nil {
+		if rec.Version != m.Version || rec.Tombstone || rec.Value == nil || storedExpired(rec.Value, now) {
 			continue
 		}
 		doc, err := r.codec.appendDocumentJSON(nil, rec.Value, withContent)

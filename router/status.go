@@ -215,7 +215,7 @@ func (r *Router) clusterInfo() clusterInfo {
 	for _, n := range t.all {
 		id, _ := n.health.nodeID.Load().(string)
 		lastErr, _ := n.health.lastErr.Load().(string)
-		info.Shards = append(info.Shards, clusterShard{Name: n.Name, Address: n.Address, State: t.nodeState(n),
+		info.Shards = append(info.Shards, clusterShard{Name: n.Name, Address: liveAddress(n), State: t.nodeState(n),
 			NodeID: id, Epoch: n.health.epoch.Load(), Error: lastErr})
 	}
 	return info

@@ -26,7 +26,7 @@ import (
 const syncPage = 1000 // keys per node per round
 
 // syncBuckets are the buckets a pass walks.
-var syncBuckets = []string{bucketTopics, bucketContexts, bucketVectors, bucketEmbedPending}
+var syncBuckets = []string{bucketTopics, bucketContexts, bucketVectors, bucketEmbedPending, bucketExpiry}
 
 // placementOf returns the ring key of a storage key: contexts (topic, 0,
 // id) are placed by topic/id, everything else by its key.

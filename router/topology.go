@@ -168,6 +168,9 @@ type clusterMap struct {
 	Previous     []mapShard `json:"previous,omitempty"`
 	PrevReplicas int        `json:"previous_replicas,omitempty"`
 	Leaving      []mapShard `json:"leaving,omitempty"`
+	// Removed names the shards an operator removed in discovery mode:
+	// never added back (see admin.go).
+	Removed []string `json:"removed,omitempty"`
 }
 
 type mapShard struct {

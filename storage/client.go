@@ -291,6 +291,8 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte) ([]by
 	}
 	sentinel := ErrInternal
 	switch resp.StatusCode {
+	case http.StatusUnauthorized:
+		sentinel = ErrUnauthenticated
 	case http.StatusNotFound:
 		sentinel = ErrNotFound
 	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:

@@ -25,6 +25,11 @@
 // prefix of such a bucket and returns its k best cosine matches, so each
 // shard answers with its own top k and the router merges.
 //
+// Snapshot (GET /v1/snapshot on the wire) copies every bucket but the
+// shard's own in one read transaction, in package backup's snapshot
+// format, through a temporary file so the transaction stays short: the
+// router streams them as a backup of the cluster.
+//
 // # Caveats
 //
 // Values are opaque: the store never looks inside them (except the vector

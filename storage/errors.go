@@ -30,4 +30,8 @@ var (
 
 	// ErrInternal is returned by the Client when the daemon answers 500.
 	ErrInternal = errors.New("shard internal error")
+
+	// ErrUnauthenticated is returned by the Client when the daemon refuses
+	// the request for want of the right cluster token (see RequireToken).
+	ErrUnauthenticated = errors.New("shard refused the cluster token")
 )

@@ -66,6 +66,7 @@ func NewHandler(store *Store, log *slog.Logger) http.Handler {
 	mux.HandleFunc("POST "+pathTopK+"{bucket}", h.topK)
 	mux.HandleFunc("POST "+pathMultiGet+"{bucket}", h.multiGet)
 	mux.HandleFunc("POST "+pathPurge+"{bucket}", h.purge)
+	mux.HandleFunc("GET "+pathSnapshot, h.snapshot)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no route "+r.Method+" "+r.URL.Path)
 	})

@@ -32,6 +32,13 @@ const (
 	CondExists              // ... and only when a live record is held
 	CondVersion             // ... and only when the live record held has version Match
 	CondExact               // ... and only when the record held, live or tombstone, has version Match (0: none)
+	// CondRewrite replaces the value of the live record held at exactly the
+	// write's version, keeping that version: the one write not newer than
+	// what it replaces. The router re-seals values under a new encryption
+	// key with it; the plaintext is the same, so every reader still sees
+	// the same record. Anything else held (another version, a tombstone,
+	// nothing) is a Conflict.
+	CondRewrite
 )
 
 // Write is a record to apply, with an optional condition.
@@ -132,7 +139,7 @@ func checkWrite(w *Write) error {
 	if len(w.Value) > MaxValueSize {
 		return fmt.Errorf("value of %d bytes exceeds %d: %w", len(w.Value), MaxValueSize, ErrInvalid)
 	}
-	if w.Cond > CondExact {
+	if w.Cond > CondRewrite {
 		return fmt.Errorf("unknown condition %d: %w", w.Cond, ErrInvalid)
 	}
 	return nil

@@ -299,9 +299,10 @@ func applyTx(tx *bolt.Tx, r *commitReq) error {
 		case w.Cond == CondAbsent && live,
 			w.Cond == CondExists && !live,
 			w.Cond == CondVersion && (!live || res.PrevVersion != w.Match),
-			w.Cond == CondExact && res.PrevVersion != w.Match:
+			w.Cond == CondExact && res.PrevVersion != w.Match,
+			w.Cond == CondRewrite && (!live || res.PrevVersion != w.Version || w.Tombstone):
 			res.Outcome = Conflict
-		case res.PrevVersion >= w.Version:
+		case res.PrevVersion >= w.Version && w.Cond != CondRewrite:
 			res.Outcome = Stale
 		default:
 			// Put keeps the slices until commit, and w aliases the caller's

@@ -186,7 +186,7 @@ func TestInvalid(t *testing.T) {
 	})
 	add("Apply version 0", func(sh shard) error { _, err := sh.Apply(ctx, "b", []Write{ok, put("k2", 0, "v")}); return err })
 	add("Apply unknown condition", func(sh shard) error {
-		_, err := sh.Apply(ctx, "b", []Write{ok, cond(put("k2", 1, "v"), CondExact+1, 0)})
+		_, err := sh.Apply(ctx, "b", []Write{ok, cond(put("k2", 1, "v"), CondRewrite+1, 0)})
 		return err
 	})
 	add("Apply empty batch", func(sh shard) error { _, err := sh.Apply(ctx, "b", nil); return err })

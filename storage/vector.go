@@ -181,23 +181,21 @@ func (s *Store) TopK(ctx context.Context, bucket string, q TopKQuery) (TopKResul
 	if err := checkBucket(bucket); err != nil {
 		return TopKResult{}, err
 	}
-	if err := checkTopK(&q); err != nil {
+	rk, err := NewRanker(q)
+	if err != nil {
 		return TopKResult{}, err
 	}
-	qnorm := float64(norm(q.Query))
-	var res TopKResult
-	if qnorm == 0 {
-		return res, nil
+	if rk.qnorm == 0 {
+		return TopKResult{}, nil
 	}
-	h := make(matchHeap, 0, q.K)
-	err := s.view(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte(bucket))
 		if b == nil {
 			return nil
 		}
 		c := b.Cursor()
 		for k, raw := c.Seek(q.Prefix); k != nil && bytes.HasPrefix(k, q.Prefix); k, raw = c.Next() {
-			if res.Scanned%1024 == 0 {
+			if rk.res.Scanned%1024 == 0 {
 				if err := ctx.Err(); err != nil {
 					return err
 				}
@@ -209,33 +207,8 @@ func (s *Store) TopK(ctx context.Context, bucket string, q TopKQuery) (TopKResul
 			if tomb {
 				continue
 			}
-			res.Scanned++
-			sv, err := splitVector(val)
-			if err != nil {
-				return fmt.Errorf("key %q: %w", k, err)
-			}
-			if string(sv.model) != q.Model || !hasTags(sv.tags, q.Tags) {
-				continue
-			}
-			if sv.dim != len(q.Query) {
-				res.OtherDim++
-				continue
-			}
-			if sv.norm == 0 {
-				continue
-			}
-			var dot float64
-			for i, f := range q.Query {
-				dot += float64(f) * float64(math.Float32frombits(binary.LittleEndian.Uint32(sv.values[4*i:])))
-			}
-			m := Match{Version: version, Score: dot / (qnorm * float64(sv.norm))}
-			if len(h) < q.K {
-				m.Key = bytes.Clone(k)
-				heap.Push(&h, m)
-			} else if better(m, k, h[0]) {
-				m.Key = bytes.Clone(k)
-				h[0] = m
-				heap.Fix(&h, 0)
+			if err := rk.Add(k, version, val); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -243,9 +216,64 @@ func (s *Store) TopK(ctx context.Context, bucket string, q TopKQuery) (TopKResul
 	if err != nil {
 		return TopKResult{}, err
 	}
-	res.Matches = []Match(h)
+	return rk.Result(), nil
+}
+
+// Ranker keeps the k best matches of a query among live vectors fed to it
+// one at a time. Store.TopK feeds it from a scan inside the shard; a router
+// that stores its vectors sealed (so the shard cannot read them) feeds it
+// the vectors it fetched and opened, and ranks exactly as a shard would.
+type Ranker struct {
+	q     TopKQuery
+	qnorm float64
+	h     matchHeap
+	res   TopKResult
+}
+
+// NewRanker checks q and returns an empty ranking for it.
+func NewRanker(q TopKQuery) (*Ranker, error) {
+	if err := checkTopK(&q); err != nil {
+		return nil, err
+	}
+	return &Ranker{q: q, qnorm: float64(norm(q.Query)), h: make(matchHeap, 0, q.K)}, nil
+}
+
+// Add ranks one live vector record: its key, its version and its value in
+// the EncodeVector format. The key is copied if kept.
+func (r *Ranker) Add(key []byte, version uint64, value []byte) error {
+	r.res.Scanned++
+	sv, err := splitVector(value)
+	if err != nil {
+		return fmt.Errorf("key %q: %w", key, err)
+	}
+	if string(sv.model) != r.q.Model || !hasTags(sv.tags, r.q.Tags) {
+		return nil
+	}
+	if sv.dim != len(r.q.Query) {
+		r.res.OtherDim++
+		return nil
+	}
+	if sv.norm == 0 || r.qnorm == 0 {
+		return nil
+	}
+	m := Match{Version: version, Score: dotLE(r.q.Query, sv.values) / (r.qnorm * float64(sv.norm))}
+	if len(r.h) < r.q.K {
+		m.Key = bytes.Clone(key)
+		heap.Push(&r.h, m)
+	} else if better(m, key, r.h[0]) {
+		m.Key = bytes.Clone(key)
+		r.h[0] = m
+		heap.Fix(&r.h, 0)
+	}
+	return nil
+}
+
+// Result returns the matches, best first, and the counts.
+func (r *Ranker) Result() TopKResult {
+	res := r.res
+	res.Matches = slices.Clone([]Match(r.h))
 	SortMatches(res.Matches)
-	return res, nil
+	return res
 }
 
 func hasTags(have [][]byte, want []string) bool {
@@ -409,4 +437,24 @@ func (h *handler) topK(w http.ResponseWriter, r *http.Request) {
 	defer putBuf(out)
 	out.Write(appendTopKResult(out.AvailableBuffer(), &res))
 	writeBinary(w, out.Bytes())
+}
+
+// dotLE is the dot product of q with len(q) little-endian float32 values
+// in b. Four accumulators break the chain of dependent additions, which
+// otherwise bounds the loop at one addition per add latency.
+func dotLE(q []float32, b []byte) float64 {
+	b = b[:4*len(q)]
+	var s0, s1, s2, s3 float64
+	i := 0
+	for ; i+4 <= len(q); i += 4 {
+		w := b[4*i : 4*i+16]
+		s0 += float64(q[i]) * float64(math.Float32frombits(binary.LittleEndian.Uint32(w[0:])))
+		s1 += float64(q[i+1]) * float64(math.Float32frombits(binary.LittleEndian.Uint32(w[4:])))
+		s2 += float64(q[i+2]) * float64(math.Float32frombits(binary.LittleEndian.Uint32(w[8:])))
+		s3 += float64(q[i+3]) * float64(math.Float32frombits(binary.LittleEndian.Uint32(w[12:])))
+	}
+	for ; i < len(q); i++ {
+		s0 += float64(q[i]) * float64(math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:])))
+	}
+	return (s0 + s1) + (s2 + s3)
 }

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -204,5 +205,34 @@ func TestTopKWire(t *testing.T) {
 	gr, err := parseTopKResult(appendTopKResult(nil, &res))
 	if err != nil || gr.Scanned != 9 || gr.OtherDim != 2 || len(gr.Matches) != 2 || gr.Matches[1].Score != -0.25 || string(gr.Matches[0].Key) != "a" {
 		t.Errorf("parseTopKResult(appendTopKResult(%+v)) = %+v, %v", res, gr, err)
+	}
+}
+
+func TestDotLE(t *testing.T) {
+	for _, n := range []int{0, 1, 3, 4, 5, 8, 768, 769} {
+		q := make([]float32, n)
+		b := make([]byte, 0, 4*n)
+		var want float64
+		for i := range q {
+			q[i] = float32(i%7) - 3.5
+			v := float32(i%5) * 0.25
+			b = binary.LittleEndian.AppendUint32(b, math.Float32bits(v))
+			want += float64(q[i]) * float64(v)
+		}
+		if got := dotLE(q, b); math.Abs(got-want) > 1e-9*math.Max(1, math.Abs(want)) {
+			t.Errorf("dotLE(n=%d) = %v, want %v", n, got, want)
+		}
+	}
+}
+
+func BenchmarkDotLE768(b *testing.B) {
+	q := make([]float32, 768)
+	v := make([]byte, 4*768)
+	for i := range q {
+		q[i] = float32(i) / 768
+		binary.LittleEndian.PutUint32(v[4*i:], math.Float32bits(float32(768-i)/768))
+	}
+	for b.Loop() {
+		dotLE(q, v)
 	}
 }

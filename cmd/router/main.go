@@ -11,9 +11,9 @@ import (
 	"context"
 	"flag"
 	"io"
-	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -30,6 +30,9 @@ import (
 const (
 	defaultCacheSize = 1 << 30
 	defaultMaxBody   = 8 << 20
+	// memoryHeadroom is what the router needs beside its cache: buffers,
+	// connections, the codec's state.
+	memoryHeadroom = 96 << 20
 )
 
 func main() { daemon.Main("router", run) }
@@ -37,6 +40,9 @@ func main() { daemon.Main("router", run) }
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if daemon.IsHealthcheck(args) {
 		return daemon.Healthcheck(ctx, "router", "127.0.0.1:8080", args[1:], stdout, stderr)
+	}
+	if isKeygen(args) {
+		return keygen(args[1:], stdout, stderr)
 	}
 	fs := flag.NewFlagSet("router", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -57,6 +63,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	discover := fs.String("discover", "", "discovery mode: find the storage daemons as the addresses of this DNS name, host:port (e.g. storaged:8081 under compose)")
 	discoverEvery := fs.Duration("discover-interval", 5*time.Second, "discovery mode: how often the name is resolved again")
 	replicas := fs.Int("replicas", 1, "discovery mode: how many storage daemons hold each key (capped at their number)")
+	secFlags := addSecurityFlags(fs)
 	if err := daemon.ParseFlags(fs, args); err != nil {
 		return err
 	}
@@ -109,6 +116,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	log := daemon.Logger(stderr, "router")
+	// The hot cache lives on the Go heap; left alone, the collector lets
+	// the heap grow to twice the live data. A soft limit just above the
+	// cache keeps the process near -cache-size, unless GOMEMLIMIT says
+	// otherwise.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(*cacheSize + memoryHeadroom)
+	}
+	sec, err := secFlags.load(*httpAddr, stdout, log)
+	if err != nil {
+		return err
+	}
+	defer sec.close()
 	reg := metrics.NewRegistry()
 	cfg := router.Config{
 		CacheBytes:     *cacheSize,
@@ -121,6 +140,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		MetricsHandler: metrics.Handler(reg),
 		Logger:         log,
 	}
+	sec.configure(&cfg)
 	llm, err := llmbridge.New(*ollamaURL, llmbridge.Options{})
 	if err != nil {
 		return daemon.Usagef("-ollama-url: %v", err)
@@ -129,7 +149,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var disc *discoverer
 	switch {
 	case *discover != "":
-		disc = newDiscoverer(*discover, resolve, &http.Client{Transport: storage.NewTransport()}, log)
+		disc = newDiscoverer(*discover, resolve, sec.storageClient(), log)
 		// A new cluster starts with the daemons compose is starting, not
 		// with whichever answered first; an existing one keeps its map.
 		nodes, err := disc.wait(ctx, *replicas, 30*time.Second, time.Second)
@@ -156,7 +176,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return &daemon.UsageError{Err: err}
 		}
 		// One transport for all shards: its pool keeps connections alive.
-		hc := &http.Client{Transport: storage.NewTransport()}
+		hc := sec.storageClient()
 		newShard := func(name, addr string) router.Shard { return storage.NewClient(name, addr, hc) }
 		nodesOf := func(cc *cluster.Config) []router.Node {
 			var nodes []router.Node
@@ -196,6 +216,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer signal.Stop(hup)
 	go func() {
 		for range hup {
+			sec.reload(rt, log)
 			if err := rt.Reload(); err != nil {
 				log.Error("reload refused", "err", err)
 			} else {
@@ -208,6 +229,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	ln = sec.listener(ln)
 	if err := daemon.Serve(ctx, ln, rt.Handler(), log, *grace); err != nil {
 		return err
 	}

@@ -36,6 +36,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	configFile := fs.String("config-file", "", "cluster configuration (sharding.toml); with -shard, gives this daemon's address")
 	shard := fs.String("shard", "", "this daemon's shard name in -config-file")
 	grace := fs.Duration("shutdown-grace", 10*time.Second, "how long in-flight requests may run after SIGINT/SIGTERM")
+	secFlags := addSecurityFlags(fs)
 	if err := daemon.ParseFlags(fs, args); err != nil {
 		return err
 	}
@@ -60,7 +61,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return daemon.Usagef("-shard: %v", err)
 		}
 		if addr == "" {
-			addr = strings.TrimPrefix(s.Address, "http://")
+			addr = strings.TrimPrefix(strings.TrimPrefix(s.Address, "http://"), "https://")
 		}
 	case *shard != "":
 		return daemon.Usagef("-shard needs -config-file")
@@ -70,6 +71,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	log := daemon.Logger(stderr, "storaged")
+	sec, err := secFlags.load(addr, log)
+	if err != nil {
+		return err
+	}
 	reg := metrics.NewRegistry()
 	m := metrics.NewStorage(reg)
 	store, err := storage.Open(*dbLocation, storage.Options{
@@ -90,16 +95,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return fi.Size()
 	})
+	metrics.RegisterBolt(reg, func() metrics.BoltStats { return metrics.BoltStats(store.Stats()) })
+	metrics.RegisterKeys(reg, func() (map[string]int64, error) {
+		info, err := store.Info(context.Background())
+		return info.Keys, err
+	}, 30*time.Second)
+	metrics.RegisterNodeInfo(reg, store.NodeID())
 
 	ln, err := daemon.Listen(addr)
 	if err != nil {
 		return err
 	}
+	ln = sec.listener(ln)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics.Handler(reg))
 	mux.Handle("/", storage.NewHandler(store, log))
 	log.Info("shard open", "db", *dbLocation, "node_id", store.NodeID(), "shard", *shard)
-	if err := daemon.Serve(ctx, ln, m.HTTP.Wrap(mux, route), log, *grace); err != nil {
+	if err := daemon.Serve(ctx, ln, m.HTTP.Wrap(sec.handler(mux), route), log, *grace); err != nil {
 		return err
 	}
 	if err := store.Close(); err != nil {

@@ -3,10 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-kvdb/go-kvdb/storage"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 )
 
 // freeAddr returns a loopback address nothing listens on now.
@@ -52,5 +59,92 @@ func TestHealthcheckSubcommand(t *testing.T) {
 	}
 	if err := check(); err == nil {
 		t.Errorf("healthcheck after stop = nil, want an error")
+	}
+}
+
+// startStoraged runs the daemon on addr until the test ends and waits until
+// it is healthy.
+func startStoraged(t *testing.T, addr string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var logs bytes.Buffer // written by the daemon only until done
+	go func() {
+		done <- run(ctx, []string{"-db-location=" + filepath.Join(t.TempDir(), "sh.db"), "-http-addr=" + addr}, io.Discard, &logs)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run = %v, want nil after cancel; log:\n%s", err, logs.String())
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var out bytes.Buffer
+		if run(context.Background(), []string{"healthcheck", "-url=http://" + addr + "/healthz"}, &out, &out) == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("storaged never became healthy")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestMetricsLint drives real traffic through a storaged and checks that
+// what /metrics exposes follows Prometheus conventions (promlint, as
+// testutil.GatherAndLint runs it) and holds the storage metrics.
+func TestMetricsLint(t *testing.T) {
+	addr := freeAddr(t)
+	startStoraged(t, addr)
+	ctx := context.Background()
+	c := storage.NewClient("sh", addr, nil)
+	for i := range 50 {
+		w := storage.Write{Record: storage.Record{Key: []byte(fmt.Sprintf("k%03d", i)), Version: uint64(i + 1), Value: []byte("v")}}
+		if _, err := c.Apply(ctx, "contexts", []storage.Write{w}); err != nil {
+			t.Fatalf("Apply: %v", err)
+		}
+	}
+	if _, err := c.Get(ctx, "contexts", []byte("k001")); err != nil {
+		t.Fatalf("Get: %v", err)
+	}
+	if _, err := c.Get(ctx, "contexts", []byte("nope")); err == nil {
+		t.Fatalf("Get(nope) = nil error, want not found")
+	}
+	if _, err := c.Scan(ctx, "contexts", storage.ScanOptions{Limit: 10}); err != nil {
+		t.Fatalf("Scan: %v", err)
+	}
+
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	problems, err := promlint.New(bytes.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatalf("lint: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("metric %s: %s", p.Metric, p.Text)
+	}
+	for _, want := range []string{
+		`kvdb_bolt_keys{bucket="contexts"} 50`,
+		"kvdb_bolt_size_bytes ",
+		"kvdb_bolt_commit_duration_seconds_count ",
+		"kvdb_bolt_disk_write_seconds_total ",
+		"kvdb_bolt_disk_writes_total ",
+		"kvdb_bolt_read_transactions_total ",
+		`kvdb_http_requests_total{code="200",method="POST",route="/v1/apply/{bucket}"} 50`,
+		`kvdb_http_request_duration_seconds_count{method="GET",route="/v1/get/{bucket}"} 2`,
+		"go_build_info{",
+		`kvdb_node_info{node_id="`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }

@@ -1,0 +1,248 @@
+package router
+
+import (
+	"net"
+	"net/http"
+	"path"
+	"reflect"
+	"strings"
+
+	"github.com/go-kvdb/go-kvdb/storage"
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// access is what a request needs of its key.
+type access uint8
+
+const (
+	accessAuth  access = iota // any valid key (a route that does not exist)
+	accessRead                // read a topic's data
+	accessWrite               // change a topic's data
+	accessAdmin               // the cluster and admin routes
+)
+
+func (a access) String() string {
+	return [...]string{"authenticated", "read", "write", "admin"}[a]
+}
+
+// reqInfo is what the security middleware learns about a request: its
+// route's needs, the caller, and what the audit line reports.
+type reqInfo struct {
+	need     access
+	topic    string // the topic the route names, if any
+	id       string // the context id the route names, if any
+	scoped   bool   // the route acts on topic
+	key      *apiKey
+	ip       string
+	audited  bool // a line is written for this request
+	reqID    string
+	ollama   bool // answer errors in Ollama's shape
+	mutating bool
+}
+
+const infoKey = "kvdb.security"
+
+func infoOf(c echo.Context) *reqInfo {
+	if ri, ok := c.Get(infoKey).(*reqInfo); ok {
+		return ri
+	}
+	return nil
+}
+
+// openPath reports the routes that never need a key: probes and metrics.
+func openPath(p string) bool {
+	return p == "/healthz" || p == "/readyz" || p == "/metrics"
+}
+
+// guarded reports the paths that need a key when the router has an auth
+// file: the API and the drop-in Ollama endpoint.
+func guarded(p string) bool {
+	return p == "/api/v1" || strings.HasPrefix(p, "/api/v1/") ||
+		p == ollamaPrefix || strings.HasPrefix(p, ollamaPrefix+"/")
+}
+
+// ollamaReadOnly are the Ollama paths relayed as they are that neither
+// store anything nor change the Ollama server: a reader may use them. Any
+// other relayed path (pull, push, create, copy, delete, blobs) changes the
+// Ollama server and needs an admin key.
+var ollamaReadOnly = map[string]bool{
+	"/api/generate": true, "/api/embed": true, "/api/embeddings": true,
+	"/api/show": true, "/api/tags": true, "/api/ps": true, "/api/version": true,
+	"/v1/chat/completions": true, "/v1/completions": true, "/v1/embeddings": true, "/v1/models": true,
+}
+
+// classify says what a routed request needs. Routes are matched by their
+// pattern (c.Path()), so a new route under /topics/:topic is scoped to its
+// topic at once. A route this function does not know needs admin to
+// change anything and read to GET: new routes are closed until placed.
+func classify(c echo.Context) (need access, topic, id string, scoped bool) {
+	route, method := c.Path(), c.Request().Method
+	read := method == http.MethodGet || method == http.MethodHead
+	switch {
+	case unrouted(c):
+		return accessAuth, "", "", false
+	case strings.HasPrefix(route, ollamaPrefix+"/:topic/:id"):
+		topic, id = param(c, "topic"), param(c, "id")
+		sub := strings.TrimPrefix(route, ollamaPrefix+"/:topic/:id")
+		switch {
+		case sub == "" || sub == "/":
+			if read {
+				return accessRead, topic, id, true
+			}
+			return accessAdmin, topic, id, true
+		case sub == "/api/chat":
+			return accessWrite, topic, id, true
+		case read || ollamaReadOnly["/"+c.Param("*")]:
+			return accessRead, topic, id, true
+		}
+		return accessAdmin, topic, id, true
+	case strings.HasPrefix(route, "/api/v1/admin/") || route == "/api/v1/cluster":
+		return accessAdmin, "", "", false
+	case route == "/api/v1/topics":
+		// POST names its topic in the body: createTopic checks it.
+		if read {
+			return accessRead, "", "", false
+		}
+		return accessWrite, "", "", false
+	case strings.HasPrefix(route, "/api/v1/topics/:topic"):
+		topic = param(c, "topic")
+		if strings.Contains(route, "/:id") {
+			id = param(c, "id")
+		}
+		if read || (method == http.MethodPost && strings.HasSuffix(route, "/search")) {
+			return accessRead, topic, id, true
+		}
+		return accessWrite, topic, id, true
+	}
+	if read {
+		return accessRead, "", "", false
+	}
+	return accessAdmin, "", "", false
+}
+
+var notFoundHandler = reflect.ValueOf(echo.NotFoundHandler).Pointer()
+
+// unrouted reports a request that matched no route (404), or a route with
+// another method (405): it needs a key, no more, and gets its error.
+func unrouted(c echo.Context) bool {
+	h := c.Handler()
+	return c.Path() == "" || h == nil || c.Get(echo.ContextKeyHeaderAllow) != nil ||
+		reflect.ValueOf(h).Pointer() == notFoundHandler
+}
+
+// topicAllowed reports whether k may act on topic. A nil key (the router
+// runs open) and a key without patterns may act on every topic.
+func (k *apiKey) topicAllowed(topic string) bool {
+	if k == nil || k.topics == nil {
+		return true
+	}
+	for _, p := range k.topics {
+		if ok, _ := path.Match(p, topic); ok {
+			return true
+		}
+	}
+	return false
+}
+
+func (k *apiKey) label() string {
+	if k == nil {
+		return ""
+	}
+	return k.name
+}
+
+// bearer returns the token of an "Authorization: Bearer <token>" header.
+func bearer(h string) (string, bool) {
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	tok = strings.TrimSpace(tok)
+	return tok, tok != ""
+}
+
+// authenticate finds the request's key. It returns an unauthenticated
+// error naming what is wrong, never the secret.
+func (s *security) authenticate(c echo.Context, ri *reqInfo) *Error {
+	a := s.auth.Load()
+	if a == nil {
+		return nil // running open
+	}
+	h := c.Request().Header.Get(echo.HeaderAuthorization)
+	if h == "" {
+		s.authFailures.WithLabelValues("missing").Inc()
+		return errorf(CodeUnauthenticated, "this API needs a key: send Authorization: Bearer <secret>")
+	}
+	tok, ok := bearer(h)
+	if !ok {
+		s.authFailures.WithLabelValues("malformed").Inc()
+		return errorf(CodeUnauthenticated, "the Authorization header must read Bearer <secret>")
+	}
+	k := a.lookup(tok)
+	if k == nil {
+		s.authFailures.WithLabelValues("unknown").Inc()
+		return errorf(CodeUnauthenticated, "unknown or revoked API key")
+	}
+	ri.key = k
+	return nil
+}
+
+// authorize checks the key's role and topic patterns against the route.
+func (s *security) authorize(ri *reqInfo) *Error {
+	if s.auth.Load() == nil {
+		return nil
+	}
+	k := ri.key
+	if !k.role.allows(ri.need) {
+		s.authFailures.WithLabelValues("role").Inc()
+		return errorf(CodePermissionDenied, "key %q (role %s) may not %s here", k.name, k.role, ri.need)
+	}
+	if ri.scoped && !k.topicAllowed(ri.topic) {
+		s.authFailures.WithLabelValues("topic").Inc()
+		return errorf(CodePermissionDenied, "key %q may not use topic %q", k.name, truncate(ri.topic))
+	}
+	return nil
+}
+
+// allowTopic checks that the request's key may act on topic, for routes
+// that name their topic in the body (POST /api/v1/topics).
+func (r *Router) allowTopic(c echo.Context, topic string) error {
+	ri := infoOf(c)
+	if ri == nil || ri.key == nil || ri.key.topicAllowed(topic) {
+		return nil
+	}
+	r.sec.authFailures.WithLabelValues("topic").Inc()
+	return errorf(CodePermissionDenied, "key %q may not use topic %q", ri.key.name, truncate(topic))
+}
+
+// topicFilter returns the predicate a topic list keeps records by: only
+// the topics the request's key may see. Nil keeps all. The list's pager
+// applies it while it merges, so pages stay full and cursors stay right.
+func (r *Router) topicFilter(c echo.Context) func(storage.Record) bool {
+	ri := infoOf(c)
+	if ri == nil || ri.key == nil || ri.key.topics == nil {
+		return nil
+	}
+	k := ri.key
+	return func(rec storage.Record) bool { return k.topicAllowed(string(rec.Key)) }
+}
+
+// clientIP is the peer's address. X-Forwarded-For is not trusted: any
+// client could set it to dodge its rate limit or blame another address.
+func clientIP(req *http.Request) string {
+	host, _, err := net.SplitHostPort(req.RemoteAddr)
+	if err != nil {
+		return req.RemoteAddr
+	}
+	return host
+}
+
+func newAuthFailures(reg prometheus.Registerer) *prometheus.CounterVec {
+	v := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "kvdb", Subsystem: "auth", Name: "failures_total",
+		Help: "Requests refused by authentication (missing, malformed, unknown) or authorization (role, topic).",
+	}, []string{"reason"})
+	reg.MustRegister(v)
+	return v
+}
