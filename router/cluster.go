@@ -39,7 +39,9 @@ func (r *Router) probeAll(ctx context.Context) {
 	var mu sync.Mutex // guards newer
 	for _, n := range t.all {
 		wg.Go(func() {
-			pctx, cancel := context.WithTimeout(ctx, r.cfg.ProbeInterval)
+			// A probe may take longer than the interval on a loaded machine;
+			// only one that gets no answer for half a second is a miss.
+			pctx, cancel := context.WithTimeout(ctx, max(r.cfg.ProbeInterval, 500*time.Millisecond))
 			defer cancel()
 			h, err := n.Shard.Health(pctx)
 			if ctx.Err() != nil {
