@@ -436,3 +436,66 @@ func TestConditionalWriteAcrossEpochChange(t *testing.T) {
 		must(t, call(t, "GET", u, nil), 404, "GET after DELETE")
 	}
 }
+
+// gatedShard holds reads of the cluster map until gate is closed: a router
+// over it cannot load the map.
+type gatedShard struct {
+	Shard
+	gate chan struct{}
+}
+
+func (g *gatedShard) Get(ctx context.Context, b string, k []byte) (storage.Record, error) {
+	if b == storage.ClusterBucket {
+		select {
+		case <-g.gate:
+		case <-ctx.Done():
+			return storage.Record{}, ctx.Err()
+		}
+	}
+	return g.Shard.Get(ctx, b, k)
+}
+
+// TestRepairWaitsForClusterMap: a repair asked of a router that has not
+// loaded the cluster map yet waits for it. Run at once, it would copy under
+// epoch 0, which the shards refuse, and place keys by the config file
+// rather than by the map.
+func TestRepairWaitsForClusterMap(t *testing.T) {
+	tc := newTestCluster(t, clusterOpts{replicas: 3, cacheBytes: 1})
+	tc.createTopic(t, "t")
+	// A record sh-3 missed.
+	missed := storage.Write{Record: storage.Record{Key: []byte(contextKey("t", "c")), Version: tc.router.clock.Next(), Value: mustEncode(t, tc.router, "c")}}
+	for _, st := range tc.stores[:2] {
+		if _, err := st.Apply(context.Background(), bucketContexts, []storage.Write{missed}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	gate := make(chan struct{})
+	var nodes []Node
+	for _, n := range tc.nodes {
+		nodes = append(nodes, Node{Name: n.Name, Address: n.Address, Shard: &gatedShard{Shard: n.Shard, gate: gate}})
+	}
+	r2 := tc.newRouter(t, Config{Nodes: nodes, Replicas: 3, CacheBytes: 1, RepairInterval: time.Hour})
+	done := make(chan error, 1)
+	go func() {
+		_, err := r2.repair(context.Background())
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("repair before the cluster map is loaded returned at once (err %v), want it to wait for the map", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(gate)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("repair once the map is loaded: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("repair did not finish within 10s of the map loading")
+	}
+	if got := dump(t, tc.stores[2], bucketContexts); !slices.Equal(got, []string{fmt.Sprintf("t/c@%d", missed.Version)}) {
+		t.Errorf("sh-3 after repair holds %q, want t/c@%d", got, missed.Version)
+	}
+}

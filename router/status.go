@@ -160,6 +160,16 @@ func (r *Router) repairLoop(ctx context.Context) {
 
 // repair runs one anti-entropy pass (or drives a rebalance under way).
 func (r *Router) repair(ctx context.Context) (*opStatus, error) {
+	// Until the router has loaded the cluster map it knows only the config
+	// file's shape, at epoch 0: shards that hold a map refuse its copies,
+	// and its owners may not be the cluster's. Wait for the map.
+	for r.topo.Load().epoch == 0 {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(r.cfg.ProbeInterval / 10):
+		}
+	}
 	if t := r.topo.Load(); t.state != stateStable {
 		r.converge(ctx)
 		return r.status.snapshot("rebalance"), nil
