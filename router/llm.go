@@ -298,11 +298,10 @@ func (r *Router) afterContextWrite(ctx context.Context, topic string, d *Documen
 		if err := r.writeAt(ctx, pk, bucketVectors, key, v, false, val); err != nil {
 			r.log.Warn("vector not stored", "topic", topic, "id", d.Metadata.ID, "err", err)
 		}
-	} else if prevLive {
-		if err := r.writeAt(ctx, pk, bucketVectors, key, v, true, nil); err != nil {
-			r.log.Warn("stale vector not deleted", "topic", topic, "id", d.Metadata.ID, "err", err)
-		}
 	}
+	// A replaced context's old vector is left in place: search ignores a
+	// vector older than its context and purges it when it meets it, which
+	// keeps a second durable write off every replace.
 	if d.Metadata.EmbeddingPending {
 		if err := r.writeAt(ctx, pk, bucketEmbedPending, key, v, false, []byte{}); err != nil {
 			r.log.Warn("pending embedding not recorded", "topic", topic, "id", d.Metadata.ID, "err", err)
@@ -312,9 +311,12 @@ func (r *Router) afterContextWrite(ctx context.Context, topic string, d *Documen
 }
 
 // afterContextDelete deletes a deleted context's vector.
-func (r *Router) afterContextDelete(ctx context.Context, topic, id string, v uint64) {
-	ctx = context.WithoutCancel(ctx)
-	if err := r.writeAt(ctx, placement(topic, id), bucketVectors, []byte(contextKey(topic, id)), v, true, nil); err != nil {
-		r.log.Warn("vector of a deleted context not deleted", "topic", topic, "id", id, "err", err)
-	}
+// Search ignores a vector whose context is gone, so this runs off the
+// request's path.
+func (r *Router) afterContextDelete(_ context.Context, topic, id string, v uint64) {
+	r.background(func(bg context.Context) {
+		if err := r.writeAt(bg, placement(topic, id), bucketVectors, []byte(contextKey(topic, id)), v, true, nil); err != nil {
+			r.log.Warn("vector of a deleted context not deleted", "topic", topic, "id", id, "err", err)
+		}
+	})
 }

@@ -213,6 +213,9 @@ func (r *Router) appendResults(ctx context.Context, out *[]byte, topic string, m
 			break
 		}
 		if rec.Version != m.Version || rec.Tombstone || rec.Value == nil || storedExpired(rec.Value, now) {
+			if rec.Version != m.Version {
+				r.purgeStaleVector(topic, m.Key, m.Version)
+			}
 			continue
 		}
 		doc, err := r.codec.appendDocumentJSON(nil, rec.Value, withContent)
@@ -229,4 +232,24 @@ func (r *Router) appendResults(ctx context.Context, out *[]byte, topic string, m
 		n++
 	}
 	return n, nil
+}
+
+// purgeStaleVector removes, in the background, a vector older than its
+// context (the context was replaced or deleted). Purge removes only that
+// version or older, so a newer vector being written meanwhile is kept.
+func (r *Router) purgeStaleVector(topic string, key []byte, version uint64) {
+	_, id, _ := splitContextKey(key)
+	t := r.topo.Load()
+	owners := t.replicaSet(placement(topic, id)).union
+	key = bytes.Clone(key)
+	r.background(func(ctx context.Context) {
+		for _, n := range owners {
+			pctx, cancel := r.shardCtx(ctx)
+			_, err := n.Shard.Purge(pctx, bucketVectors, []storage.Record{{Key: key, Version: version}})
+			cancel()
+			if err != nil {
+				r.log.Debug("stale vector not purged", "shard", n.Name, "err", err)
+			}
+		}
+	})
 }

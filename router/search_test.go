@@ -259,3 +259,31 @@ func TestTopicDeleteRemovesVectors(t *testing.T) {
 		t.Errorf("search in the recreated topic found %d contexts, want none", len(rs))
 	}
 }
+
+// TestStaleVectorPurgedBySearch: replacing a context without embeddings
+// leaves its old vector behind; search ignores it and purges it.
+func TestStaleVectorPurgedBySearch(t *testing.T) {
+	tc, _ := newLLMCluster(t, 3, func(c *LLMConfig) { c.EmbedModel = "" })
+	tc.createTopic(t, "v")
+	tc.putContext(t, "v", "a", map[string]any{"metadata": map[string]any{"embedding_model": "m"}, "content": map[string]any{"embeddings": []float32{1, 0, 0}}})
+	tc.putContext(t, "v", "b", map[string]any{"metadata": map[string]any{"embedding_model": "m"}, "content": map[string]any{"embeddings": []float32{0.5, 0.5, 0}}})
+	tc.putContext(t, "v", "a", map[string]any{"content": map[string]any{"text": "no vector now"}})
+	liveVectors := func() (n int) {
+		for _, st := range tc.stores {
+			for _, rec := range dump(t, st, bucketVectors) {
+				if strings.HasPrefix(rec, "v/a@") && !strings.HasSuffix(rec, "†") {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	if liveVectors() == 0 {
+		t.Fatalf("the replaced context's vector is gone already; the test proves nothing")
+	}
+	rs := searchFor(t, tc, "v", "", `{"embedding":[1,0,0],"model":"m","k":5}`)
+	if len(rs) != 1 || rs[0].Metadata.ID != "b" {
+		t.Errorf("search = %v, want only b (a's vector is stale)", rs)
+	}
+	waitFor(t, "stale vector purged", func() bool { return liveVectors() == 0 })
+}
