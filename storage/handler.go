@@ -106,6 +106,15 @@ func (h *handler) get(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) apply(w http.ResponseWriter, r *http.Request) {
+	// Tell the committer a write is on its way, so a commit under way can
+	// wait for it instead of leaving it for the next fsync.
+	h.store.arriving.Add(1)
+	arrived := false
+	defer func() {
+		if !arrived {
+			h.store.arriving.Add(-1)
+		}
+	}()
 	body := getBuf()
 	defer putBuf(body)
 	if _, err := body.ReadFrom(http.MaxBytesReader(w, r.Body, maxRequestBody)); err != nil {
@@ -117,6 +126,8 @@ func (h *handler) apply(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	arrived = true
+	h.store.arriving.Add(-1)
 	ctx, err := epochContext(r)
 	if err != nil {
 		h.fail(w, r, err)

@@ -37,6 +37,9 @@ type Store struct {
 	nodeID string
 	obs    func(time.Duration, int)
 	epoch  atomic.Uint64 // version of the cluster map record held
+	// arriving counts write requests the HTTP handler is still reading:
+	// the committer waits up to maxGather for them (see commitLoop).
+	arriving atomic.Int64
 
 	// mu guards closed and the send side of commits: Apply holds it for
 	// reading while it queues, Close for writing while it closes the queue.
@@ -45,6 +48,10 @@ type Store struct {
 	commits chan *commitReq
 	done    chan struct{} // closed when the committer has exited
 }
+
+// maxGather bounds how long a commit waits for writes still arriving.
+// It is a fraction of an fsync, which is what waiting saves.
+const maxGather = 500 * time.Microsecond
 
 type commitReq struct {
 	bucket  string
@@ -233,6 +240,26 @@ func (s *Store) commitLoop() {
 			default:
 				break drain
 			}
+		}
+		// Writes whose requests are still being read will be queued in a
+		// moment: wait briefly for them to share this commit's fsync. A
+		// lone writer has nobody arriving and is never delayed.
+		if s.arriving.Load() > 0 && n < MaxBatch {
+			timer := time.NewTimer(maxGather)
+		gather:
+			for s.arriving.Load() > 0 && n < MaxBatch {
+				select {
+				case r, ok := <-s.commits:
+					if !ok {
+						break gather
+					}
+					batch = append(batch, r)
+					n += len(r.writes)
+				case <-timer.C:
+					break gather
+				}
+			}
+			timer.Stop()
 		}
 		start := time.Now()
 		err := s.db.Update(func(tx *bolt.Tx) error {
