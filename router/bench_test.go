@@ -1,10 +1,13 @@
 package router
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/go-kvdb/go-kvdb/storage"
@@ -130,3 +133,35 @@ func benchGet(b *testing.B, cacheBytes int64) {
 
 func BenchmarkRouterGetCacheHit(b *testing.B)  { benchGet(b, 64<<20) }
 func BenchmarkRouterGetCacheMiss(b *testing.B) { benchGet(b, 0) }
+
+// BenchmarkRouterPut measures PUT of a 4 KB context through the router's
+// HTTP stack to three shard daemons (BoltDB without fsync: this measures
+// the router's own cost).
+func BenchmarkRouterPut(b *testing.B) {
+	tc := newTestCluster(b, clusterOpts{})
+	tc.createTopic(b, "t")
+	d := doc4K("")
+	body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"tags": d.Metadata.Tags}, "content": d.Content})
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	var n atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := n.Add(1) % 1000
+			req, _ := http.NewRequest("PUT", fmt.Sprintf("%s/api/v1/topics/t/contexts/c%d", tc.URL, i), bytes.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := hc.Do(req)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 && resp.StatusCode != 201 {
+				b.Errorf("PUT = %d", resp.StatusCode)
+				return
+			}
+		}
+	})
+}
