@@ -211,6 +211,18 @@ func pageLimit(c echo.Context) (int, error) {
 	return n, nil
 }
 
+// includeContent reads the include parameter of lists and searches.
+func includeContent(c echo.Context) (bool, error) {
+	switch inc := c.QueryParam("include"); inc {
+	case "":
+		return false, nil
+	case "content":
+		return true, nil
+	default:
+		return false, errorf(CodeInvalidArgument, "include %q: the only choice is \"content\"", truncate(inc))
+	}
+}
+
 // validPrefix accepts what can begin a topic name (or nothing).
 func validPrefix(s string) bool { return s == "" || validName(s) }
 
@@ -263,13 +275,9 @@ func (r *Router) listContexts(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	withContent := false
-	switch inc := c.QueryParam("include"); inc {
-	case "":
-	case "content":
-		withContent = true
-	default:
-		return errorf(CodeInvalidArgument, "include %q: the only choice is \"content\"", truncate(inc))
+	withContent, err := includeContent(c)
+	if err != nil {
+		return err
 	}
 	params := c.QueryParams()
 	tags, model := params["tag"], c.QueryParam("model")

@@ -73,13 +73,9 @@ func (r *Router) search(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	withContent := false
-	switch inc := c.QueryParam("include"); inc {
-	case "":
-	case "content":
-		withContent = true
-	default:
-		return errorf(CodeInvalidArgument, "include %q: the only choice is \"content\"", truncate(inc))
+	withContent, err := includeContent(c)
+	if err != nil {
+		return err
 	}
 	req, err := withBody(r, c, func(b []byte) (searchRequest, error) {
 		var s searchRequest
