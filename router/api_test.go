@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -482,5 +483,49 @@ func TestMetricsLint(t *testing.T) {
 	n, err := testutil.GatherAndCount(tc.reg, "kvdb_http_requests_total", "kvdb_shard_request_duration_seconds", "kvdb_shard_up")
 	if err != nil || n == 0 {
 		t.Errorf("GatherAndCount = %d, %v; want series", n, err)
+	}
+}
+
+// TestListReadsMetadataOnly: a metadata-only list reads the first bytes of
+// each context, and a context whose metadata is longer than that is read
+// again whole, so every item comes back right.
+func TestListReadsMetadataOnly(t *testing.T) {
+	tc := newTestCluster(t, clusterOpts{})
+	tc.createTopic(t, "t")
+	long := make([]string, 60)
+	for i := range long {
+		long[i] = fmt.Sprintf("tag-%02d-%s", i, strings.Repeat("x", 100))
+	}
+	big := strings.Repeat("a long conversation ", 2000)
+	tc.putContext(t, "t", "a-long-meta", map[string]any{"metadata": map[string]any{"tags": long}, "content": map[string]any{"text": big}})
+	tc.putContext(t, "t", "b-big-body", map[string]any{"metadata": map[string]any{"tags": []string{"x"}}, "content": map[string]any{"text": big}})
+	tc.putContext(t, "t", "c-small", map[string]any{"content": map[string]any{"text": "hi"}})
+	r := must(t, call(t, "GET", tc.URL+"/api/v1/topics/t/contexts?limit=10", nil), 200, "list")
+	items := r.JSON["contexts"].([]any)
+	if len(items) != 3 {
+		t.Fatalf("list = %s, want 3 items", r.Raw)
+	}
+	meta := items[0].(map[string]any)["metadata"].(map[string]any)
+	if tags, _ := meta["tags"].([]any); len(tags) != 60 {
+		t.Errorf("long metadata came back with %d tags, want 60", len(tags))
+	}
+	for _, it := range items {
+		if _, ok := it.(map[string]any)["content"]; ok {
+			t.Errorf("metadata-only list returned content")
+		}
+	}
+	if got := listAll(t, tc.URL+"/api/v1/topics/t/contexts?limit=1&tag=x", "contexts", func(m map[string]any) string { return m["metadata"].(map[string]any)["id"].(string) }); fmt.Sprint(got) != "[b-big-body]" {
+		t.Errorf("filtered list = %v, want [b-big-body]", got)
+	}
+	// The shards really were asked for a prefix: a scan with the limit cuts
+	// the big context's value.
+	p, err := tc.stores[0].Scan(t.Context(), bucketContexts, storage.ScanOptions{Prefix: []byte("t" + keySep), Limit: 10, ValueLimit: metaPrefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range p.Records {
+		if len(rec.Value) > metaPrefix {
+			t.Errorf("scan with ValueLimit returned %d bytes", len(rec.Value))
+		}
 	}
 }

@@ -112,16 +112,27 @@ type storedDoc struct {
 	emb   []byte // n*4 bytes
 }
 
+// storedMeta returns the metadata JSON at the front of a stored context,
+// and what follows it. It needs only a prefix of the value: lists read the
+// first bytes of each record (storage.ScanOptions.ValueLimit).
+func storedMeta(v []byte) (meta, rest []byte, err error) {
+	if len(v) < 1 || v[0] != formatV1 {
+		return nil, nil, fmt.Errorf("%w: unknown format", errCorrupt)
+	}
+	meta, rest, ok := cutUvarint(v[1:])
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: metadata", errCorrupt)
+	}
+	return meta, rest, nil
+}
+
 func splitStored(v []byte) (storedDoc, error) {
 	var s storedDoc
-	if len(v) < 1 || v[0] != formatV1 {
-		return s, fmt.Errorf("%w: unknown format", errCorrupt)
+	var err error
+	if s.meta, v, err = storedMeta(v); err != nil {
+		return s, err
 	}
-	v = v[1:]
 	var ok bool
-	if s.meta, v, ok = cutUvarint(v); !ok {
-		return s, fmt.Errorf("%w: metadata", errCorrupt)
-	}
 	if len(v) < 1 {
 		return s, fmt.Errorf("%w: codec", errCorrupt)
 	}
@@ -164,6 +175,15 @@ func (c *codec) contentJSON(s storedDoc) ([]byte, error) {
 // {"metadata":…,"content":…} with the embeddings written back into content.
 // It does no reflection: this is the cache-miss read path.
 func (c *codec) appendDocumentJSON(dst []byte, stored []byte, withContent bool) ([]byte, error) {
+	if !withContent {
+		meta, _, err := storedMeta(stored)
+		if err != nil {
+			return nil, err
+		}
+		dst = append(dst, `{"metadata":`...)
+		dst = append(dst, meta...)
+		return append(dst, '}'), nil
+	}
 	s, err := splitStored(stored)
 	if err != nil {
 		return nil, err
@@ -222,14 +242,14 @@ func appendFloat32(dst []byte, f float32) []byte {
 // decodeMetadata reads only the metadata of a stored context.
 func decodeMetadata(stored []byte) (Metadata, []byte, error) {
 	var m Metadata
-	s, err := splitStored(stored)
+	meta, _, err := storedMeta(stored)
 	if err != nil {
 		return m, nil, err
 	}
-	if err := json.Unmarshal(s.meta, &m); err != nil {
+	if err := json.Unmarshal(meta, &m); err != nil {
 		return m, nil, fmt.Errorf("%w: metadata: %v", errCorrupt, err)
 	}
-	return m, s.meta, nil
+	return m, meta, nil
 }
 
 // decodeDocument reads a whole stored context.

@@ -242,6 +242,9 @@ func (s *sealedShard) Apply(ctx context.Context, bucket string, writes []storage
 }
 
 func (s *sealedShard) Scan(ctx context.Context, bucket string, o storage.ScanOptions) (storage.ScanPage, error) {
+	if s.kr != nil && !clearBucket(bucket) {
+		o.ValueLimit = 0 // a sealed value opens only whole
+	}
 	p, err := s.Shard.Scan(ctx, bucket, o)
 	if err != nil || o.KeysOnly || clearBucket(bucket) {
 		return p, err

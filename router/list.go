@@ -73,7 +73,16 @@ type pageQuery struct {
 	after  []byte // start after this key; nil starts at prefix
 	limit  int
 	keep   func(storage.Record) bool // nil keeps every live record
+	// metaOnly reads only the first bytes of each context, enough for its
+	// metadata; a record whose metadata is longer is read again whole.
+	metaOnly bool
 }
+
+// metaPrefix is how much of a context a metadata-only list reads. Typical
+// metadata (id, times, model, a few tags) takes 150 to 300 bytes; a context
+// with more is read again whole. Measured with kvdb-bench row 8: 512 bytes
+// serve about 1.8x the pages per second of whole values, 2048 only 1.05x.
+const metaPrefix = 512
 
 // page reads one page of live records in key order from all shards. Each
 // shard returns at most limit records after the cursor, so a page costs
@@ -100,7 +109,14 @@ func (r *Router) page(ctx context.Context, q pageQuery) (recs []storage.Record, 
 			g.Go(func() error {
 				sctx, cancel := r.shardCtx(gctx)
 				defer cancel()
-				p, err := n.Shard.Scan(sctx, q.bucket, storage.ScanOptions{Prefix: q.prefix, After: after, Limit: q.limit, Tombstones: t.cur.replicas > 1 || t.state != stateStable})
+				opts := storage.ScanOptions{Prefix: q.prefix, After: after, Limit: q.limit, Tombstones: t.cur.replicas > 1 || t.state != stateStable}
+				if q.metaOnly {
+					opts.ValueLimit = metaPrefix
+				}
+				p, err := n.Shard.Scan(sctx, q.bucket, opts)
+				if err == nil && q.metaOnly {
+					err = completeMeta(sctx, n, q.bucket, p.Records)
+				}
 				if err != nil {
 					return fromStorage("list on shard "+n.Name, err)
 				}
@@ -141,6 +157,36 @@ func (r *Router) page(ctx context.Context, q pageQuery) (recs []storage.Record, 
 			return recs, frontier, nil
 		}
 	}
+}
+
+// completeMeta reads again, whole, the records a value limit cut before
+// the end of their metadata.
+func completeMeta(ctx context.Context, n *Node, bucket string, recs []storage.Record) error {
+	var keys [][]byte
+	var idx []int
+	for i := range recs {
+		if !recs[i].Truncated {
+			continue
+		}
+		if _, _, err := storedMeta(recs[i].Value); err != nil {
+			keys = append(keys, recs[i].Key)
+			idx = append(idx, i)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	full, err := n.Shard.MultiGet(ctx, bucket, keys)
+	if err != nil {
+		return err
+	}
+	for j, i := range idx {
+		if full[j].Version == 0 { // purged meanwhile: nothing to list
+			full[j].Version, full[j].Tombstone = recs[i].Version, true
+		}
+		recs[i] = full[j] // possibly newer than what the scan saw: still whole
+	}
+	return nil
 }
 
 // mergePages merges shard pages (each sorted by key) into key order, keeps
@@ -290,7 +336,7 @@ func (r *Router) listContexts(c echo.Context) error {
 		return errorf(CodeInvalidArgument, "model: longer than %d bytes", maxModelLen)
 	}
 	prefix := []byte(topic + keySep)
-	q := pageQuery{bucket: bucketContexts, prefix: prefix, limit: limit}
+	q := pageQuery{bucket: bucketContexts, prefix: prefix, limit: limit, metaOnly: !withContent}
 	if cur := c.QueryParam("cursor"); cur != "" {
 		last, err := decodeCursor(cur, validID)
 		if err != nil {

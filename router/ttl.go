@@ -169,11 +169,11 @@ func renderedExpired(body []byte) bool {
 // storedExpired reports whether a stored context value has expired at now.
 // A value that cannot be split is not expired: reads report it as corrupt.
 func storedExpired(value []byte, now time.Time) bool {
-	s, err := splitStored(value)
+	meta, _, err := storedMeta(value)
 	if err != nil {
 		return false
 	}
-	t, ok := metaExpiry(s.meta)
+	t, ok := metaExpiry(meta)
 	return ok && !now.Before(t)
 }
 

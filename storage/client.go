@@ -113,6 +113,9 @@ func (c *Client) Scan(ctx context.Context, bucket string, opts ScanOptions) (Sca
 	if opts.KeysOnly {
 		q.Set("keys_only", "1")
 	}
+	if opts.ValueLimit > 0 {
+		q.Set("value_limit", strconv.Itoa(opts.ValueLimit))
+	}
 	body, err := c.do(ctx, http.MethodGet, pathScan+bucket+"?"+q.Encode(), nil)
 	if err != nil {
 		return ScanPage{}, err

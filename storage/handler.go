@@ -152,6 +152,12 @@ func (h *handler) scan(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	opts := ScanOptions{Prefix: []byte(q.Get("prefix")), Limit: limit, Tombstones: q.Get("tombstones") == "1", KeysOnly: q.Get("keys_only") == "1"}
+	if s := q.Get("value_limit"); s != "" {
+		if opts.ValueLimit, err = strconv.Atoi(s); err != nil || opts.ValueLimit < 0 {
+			h.fail(w, r, fmt.Errorf("value_limit %q: %w", s, ErrInvalid))
+			return
+		}
+	}
 	if q.Has("after") {
 		opts.After = []byte(q.Get("after"))
 	}

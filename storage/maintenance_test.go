@@ -142,3 +142,30 @@ func TestEpochSurvivesReopen(t *testing.T) {
 		t.Errorf("Epoch after reopen = %d, want 7", s.Epoch())
 	}
 }
+
+func TestScanValueLimit(t *testing.T) {
+	eachShard(t, func(t *testing.T, sh shard) {
+		mustApply(t, sh, "b", put("a", 1, "0123456789"), put("b", 2, "0123"), del("c", 3))
+		p, err := sh.Scan(context.Background(), "b", ScanOptions{Limit: 10, Tombstones: true, ValueLimit: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []struct {
+			value     string
+			truncated bool
+		}{{"0123", true}, {"0123", false}, {"", false}}
+		if len(p.Records) != len(want) {
+			t.Fatalf("scan = %s, want %d records", showAll(p.Records), len(want))
+		}
+		for i, w := range want {
+			if r := p.Records[i]; string(r.Value) != w.value || r.Truncated != w.truncated {
+				t.Errorf("record %d = %q truncated=%v, want %q truncated=%v", i, r.Value, r.Truncated, w.value, w.truncated)
+			}
+		}
+		w := put("d", 4, "x")
+		w.Truncated = true
+		if _, err := sh.Apply(context.Background(), "b", []Write{w}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Apply of a truncated value = %v, want ErrInvalid", err)
+		}
+	})
+}

@@ -21,6 +21,9 @@ type Record struct {
 	Version   uint64
 	Tombstone bool
 	Value     []byte // nil for tombstones
+	// Truncated is set by a scan with ValueLimit when Value holds only the
+	// first ValueLimit bytes of the value. A write may not be truncated.
+	Truncated bool
 }
 
 // Cond is a condition checked in the write's transaction.
@@ -86,6 +89,10 @@ type ScanOptions struct {
 	Limit      int    // 1..MaxScanLimit
 	Tombstones bool   // include tombstones (repair and rebalance need them)
 	KeysOnly   bool   // return keys, versions and flags without values
+	// ValueLimit, when positive, cuts each value to at most this many bytes
+	// (marking the record Truncated): a list that needs only what a value
+	// starts with reads a fraction of the bytes.
+	ValueLimit int
 }
 
 // ScanPage is one page of a scan. More is true when records may follow the
@@ -142,6 +149,9 @@ func checkWrite(w *Write) error {
 	if w.Cond > CondRewrite {
 		return fmt.Errorf("unknown condition %d: %w", w.Cond, ErrInvalid)
 	}
+	if w.Truncated {
+		return fmt.Errorf("write of a truncated value: %w", ErrInvalid)
+	}
 	return nil
 }
 
@@ -153,6 +163,7 @@ func checkWrite(w *Write) error {
 const (
 	headerSize    = 9
 	flagTombstone = 1 << 0
+	flagTruncated = 1 << 1 // on the wire only: a scan cut the value
 )
 
 func appendStored(dst []byte, version uint64, tombstone bool, value []byte) []byte {

@@ -384,6 +384,9 @@ func (s *Store) Scan(_ context.Context, bucket string, opts ScanOptions) (ScanPa
 			}
 			rec := Record{Key: bytes.Clone(k), Version: v, Tombstone: tomb}
 			if !tomb && !opts.KeysOnly {
+				if opts.ValueLimit > 0 && len(val) > opts.ValueLimit {
+					val, rec.Truncated = val[:opts.ValueLimit], true
+				}
 				rec.Value = bytes.Clone(val)
 			}
 			page.Records = append(page.Records, rec)

@@ -24,6 +24,9 @@ func appendRecord(dst []byte, r *Record) []byte {
 	if r.Tombstone {
 		flags |= flagTombstone
 	}
+	if r.Truncated {
+		flags |= flagTruncated
+	}
 	dst = append(dst, flags)
 	dst = binary.AppendUvarint(dst, uint64(len(r.Value)))
 	return append(dst, r.Value...)
@@ -82,6 +85,7 @@ func (r *wireReader) record() Record {
 	rec.Version = r.uint64("record version")
 	flags := r.byte("record flags")
 	rec.Tombstone = flags&flagTombstone != 0
+	rec.Truncated = flags&flagTruncated != 0
 	if v := r.bytes("record value", MaxValueSize); len(v) > 0 {
 		rec.Value = v
 	}
