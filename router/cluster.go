@@ -185,6 +185,11 @@ func (r *Router) adoptLocked(m *clusterMap) error {
 	}
 	r.noteRemoved(m.Removed)
 	t := newTopology(m.Epoch, m.State, cur, prev, leaving)
+	if m.State == stateStable {
+		// A stable map ends any rebalance: say so before anyone can see
+		// the stable topology, so the two never disagree.
+		r.status.finish("rebalance")
+	}
 	r.topo.Store(t)
 	r.m.ClusterEpoch.Set(float64(m.Epoch))
 	r.log.Info("cluster map adopted", "epoch", m.Epoch, "state", m.State, "shards", len(m.Shards), "replicas", cur.replicas)
