@@ -35,7 +35,6 @@ type reqInfo struct {
 	scoped   bool   // the route acts on topic
 	key      *apiKey
 	ip       string
-	audited  bool // a line is written for this request
 	reqID    string
 	ollama   bool // answer errors in Ollama's shape
 	mutating bool
