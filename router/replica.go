@@ -342,7 +342,8 @@ type writeAnswer struct {
 // replicate sends rec to every live replica not yet in acked and returns
 // once each group has a quorum of acknowledgements. Sends still under way
 // then finish in the background, so slow replicas get the write too.
-// prevLive is the newest live version any replica held before (0: none).
+// prevLive is the newest version the replicas held before, if that was a
+// live record (0: none, or deleted).
 func (r *Router) replicate(ctx context.Context, t *topology, set replicaSet, bucket string, rec storage.Record, acked map[*Node]bool) (prevLive uint64, err error) {
 	answers := make(chan writeAnswer, len(set.union))
 	sent := 0
@@ -364,6 +365,8 @@ func (r *Router) replicate(ctx context.Context, t *topology, set replicaSet, buc
 	}
 	var failed []string
 	staleEpoch := false
+	var prevNewest uint64 // the newest version any replica held before rec
+	var prevTomb bool     // ... and whether it was a tombstone
 	isAcked := func(n *Node) bool { return acked[n] }
 	for i := 0; i < sent && !quorate(set, isAcked); i++ {
 		var a writeAnswer
@@ -382,10 +385,13 @@ func (r *Router) replicate(ctx context.Context, t *topology, set replicaSet, buc
 			// Stale means the replica holds this version or a newer one:
 			// it has the write, or a later one that supersedes it.
 			acked[a.node] = true
-			if a.res.PrevLive() && a.res.PrevVersion != rec.Version {
-				prevLive = max(prevLive, a.res.PrevVersion)
+			if p := a.res.PrevVersion; p != rec.Version && p > prevNewest {
+				prevNewest, prevTomb = p, a.res.PrevTombstone
 			}
 		}
+	}
+	if !prevTomb {
+		prevLive = prevNewest // a replica behind on a delete does not make it live
 	}
 	if quorate(set, isAcked) {
 		return prevLive, nil

@@ -499,3 +499,28 @@ func TestRepairWaitsForClusterMap(t *testing.T) {
 		t.Errorf("sh-3 after repair holds %q, want t/c@%d", got, missed.Version)
 	}
 }
+
+// TestPutAfterMissedDeleteIsCreate: a replica that missed a delete still
+// holds the old record; a PUT after the delete creates (201) all the same.
+func TestPutAfterMissedDeleteIsCreate(t *testing.T) {
+	tc := newTestCluster(t, clusterOpts{replicas: 3, cacheBytes: 1})
+	tc.createTopic(t, "t")
+	tc.putContext(t, "t", "k", `{"content":{"text":"one"}}`)
+	waitFor(t, "all replicas hold k", func() bool {
+		for _, st := range tc.stores {
+			if len(dump(t, st, bucketContexts)) != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	// Fail the replica for the delete only, too briefly for the prober to
+	// mark it down (3 missed probes of 50 ms): no repair runs when it is back.
+	tc.faults[2].down.Store(true)
+	must(t, call(t, "DELETE", tc.URL+"/api/v1/topics/t/contexts/k", nil), 204, "DELETE with a replica failing")
+	tc.faults[2].down.Store(false)
+	if d := dump(t, tc.stores[2], bucketContexts); len(d) != 1 || strings.HasSuffix(d[0], "†") {
+		t.Fatalf("the replica that was down holds %v; want the old live record", d)
+	}
+	must(t, call(t, "PUT", tc.URL+"/api/v1/topics/t/contexts/k", `{"content":{"text":"two"}}`), 201, "PUT after the delete")
+}
