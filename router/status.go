@@ -98,9 +98,9 @@ func (s *syncStatus) fail(kind string, err error) {
 func (s *syncStatus) finish(kind string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	op := s.get(kind)
-	if !op.Running {
-		return // finished already (or never started)
+	op := s.ops[kind]
+	if op == nil || !op.Running {
+		return // finished already, or never started
 	}
 	now := time.Now().UTC()
 	op.Running, op.Phase, op.FinishedAt = false, "done", &now
