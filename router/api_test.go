@@ -456,6 +456,9 @@ func TestHealthAndRoutes(t *testing.T) {
 	tc := newTestCluster(t, clusterOpts{})
 	must(t, call(t, "GET", tc.URL+"/healthz", nil), 200, "healthz")
 	must(t, call(t, "GET", tc.URL+"/readyz", nil), 200, "readyz")
+	if r := must(t, call(t, "GET", tc.URL+"/api/v1/cluster", nil), 200, "cluster"); r.JSON["rebalance"] != nil || r.JSON["state"] != "stable" {
+		t.Errorf("cluster of a fresh cluster = %s, want stable and no rebalance", r.Raw)
+	}
 	if r := call(t, "GET", tc.URL+"/api/v1/nothing", nil); r.Status != 404 || r.errCode() != "not_found" {
 		t.Errorf("unknown route = %d %s", r.Status, r.Raw)
 	}
