@@ -6,10 +6,10 @@ import (
 )
 
 // duplicateKey returns the first key that appears twice in one object of
-// body, which must be valid JSON (decodeJSON checks it first). encoding/json
-// keeps the last of two equal keys silently; two parsers that disagree on
-// which one wins are how a check in one place is bypassed in another, so
-// the API refuses them. Keys are compared after unescaping ("a" and "\u0061"
+// body, which must be valid JSON in valid UTF-8 (decodeJSON checks both
+// first). encoding/json keeps the last of two equal keys silently; two
+// parsers that disagree on which one wins are how a check in one place is
+// bypassed in another, so the API refuses them. Keys are compared after unescaping ("a" and "\u0061"
 // are the same key). Nesting is bounded by encoding/json's own depth limit,
 // which the body has already passed.
 func duplicateKey(body []byte) (string, bool) {
