@@ -5,8 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/go-kvdb/go-kvdb/internal/proctest"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -80,23 +80,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// syncBuffer collects a process's output.
-type syncBuffer struct {
-	mu  sync.Mutex // guards buf
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// syncBuffer collects a process's output (see proctest).
+type syncBuffer = proctest.SyncBuffer
 
 // proc is a running process, stopped when the test ends (SIGTERM, a
 // bounded wait, SIGKILL); its output is logged if the test failed.
@@ -134,24 +119,8 @@ func start(t testing.TB, name, path string, args ...string) *proc {
 	return p
 }
 
-// freeAddrs returns n loopback addresses nothing listens on now.
-func freeAddrs(t testing.TB, n int) []string {
-	t.Helper()
-	var lns []net.Listener
-	var out []string
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		lns = append(lns, ln)
-		out = append(out, ln.Addr().String())
-	}
-	for _, ln := range lns {
-		ln.Close()
-	}
-	return out
-}
+// freeAddrs returns n distinct free loopback addresses (see proctest).
+var freeAddrs = proctest.FreeAddrs
 
 // waitOK polls url until it answers 200, or fails the test.
 func waitOK(t testing.TB, p *proc, url string) {

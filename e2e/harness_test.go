@@ -5,15 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/go-kvdb/go-kvdb/internal/proctest"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -95,24 +94,8 @@ func raceEnabled() bool {
 
 // ---- processes ----
 
-// syncBuffer is a bytes.Buffer safe for the process's writes and the
-// test's reads at once.
-type syncBuffer struct {
-	mu  sync.Mutex // guards buf
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// syncBuffer collects a process's output (see proctest).
+type syncBuffer = proctest.SyncBuffer
 
 // proc is a running binary.
 type proc struct {
@@ -287,25 +270,8 @@ func waitStatus(t testing.TB, url string, want int) reply {
 	return r
 }
 
-// freeAddrs returns n distinct loopback addresses that were free a moment
-// ago. All listeners are held until every port is picked, so no two are
-// the same.
-func freeAddrs(t testing.TB, n int) []string {
-	t.Helper()
-	lns := make([]net.Listener, n)
-	addrs := make([]string, n)
-	for i := range lns {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("pick a free port: %v", err)
-		}
-		lns[i], addrs[i] = ln, ln.Addr().String()
-	}
-	for _, ln := range lns {
-		ln.Close()
-	}
-	return addrs
-}
+// freeAddrs returns n distinct free loopback addresses (see proctest).
+var freeAddrs = proctest.FreeAddrs
 
 func writeFile(t testing.TB, dir, name, content string) string {
 	t.Helper()

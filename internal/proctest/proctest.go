@@ -1,0 +1,50 @@
+// Package proctest holds what the tests that start real processes share:
+// a buffer that collects a process's output while the test reads it, and
+// free loopback addresses to listen on. It imports nothing of the project.
+package proctest
+
+import (
+	"bytes"
+	"net"
+	"sync"
+	"testing"
+)
+
+// SyncBuffer is a bytes.Buffer safe for a process's writes and a test's
+// reads at once.
+type SyncBuffer struct {
+	mu  sync.Mutex // guards buf
+	buf bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// FreeAddrs returns n distinct loopback addresses that were free a moment
+// ago. All listeners are held until every port is picked, so no two are
+// the same.
+func FreeAddrs(t testing.TB, n int) []string {
+	t.Helper()
+	lns := make([]net.Listener, n)
+	addrs := make([]string, n)
+	for i := range lns {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("pick a free port: %v", err)
+		}
+		lns[i], addrs[i] = ln, ln.Addr().String()
+	}
+	for _, ln := range lns {
+		ln.Close()
+	}
+	return addrs
+}
