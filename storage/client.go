@@ -35,6 +35,14 @@ type Client struct {
 	name string
 	base string // "http://host:port"
 	hc   *http.Client
+
+	// InFlight is how many Get requests, and how many Apply requests, go
+	// to the shard at once before further calls wait and leave together
+	// in one request (batch.go). Zero or less sends every call on its own.
+	// Set it before first use.
+	InFlight int
+	gets     batcher[[]byte, Record]
+	applies  batcher[[]Write, []Result]
 }
 
 // NewClient returns a client for the shard called name at addr
@@ -48,7 +56,7 @@ func NewClient(name, addr string, hc *http.Client) *Client {
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
 	}
-	return &Client{name: name, base: strings.TrimRight(base, "/"), hc: hc}
+	return &Client{name: name, base: strings.TrimRight(base, "/"), hc: hc, InFlight: DefaultInFlight}
 }
 
 // Name is the shard's name in the cluster configuration.
@@ -56,45 +64,6 @@ func (c *Client) Name() string { return c.name }
 
 // Addr is the base URL the client talks to.
 func (c *Client) Addr() string { return c.base }
-
-// Get returns the record held for key, tombstones included, or ErrNotFound.
-func (c *Client) Get(ctx context.Context, bucket string, key []byte) (Record, error) {
-	if err := c.checkBucket(bucket); err != nil {
-		return Record{}, err
-	}
-	body, err := c.do(ctx, http.MethodGet, pathGet+bucket+"?k="+url.QueryEscape(string(key)), nil)
-	if err != nil {
-		return Record{}, err
-	}
-	v, tomb, val, err := parseStored(body)
-	if err != nil {
-		return Record{}, fmt.Errorf("shard %s: %v: %w", c.name, err, ErrInternal)
-	}
-	rec := Record{Key: key, Version: v, Tombstone: tomb}
-	if !tomb && len(val) > 0 {
-		rec.Value = val
-	}
-	return rec, nil
-}
-
-// Apply sends writes to the shard and returns their outcomes.
-func (c *Client) Apply(ctx context.Context, bucket string, writes []Write) ([]Result, error) {
-	if err := c.checkBucket(bucket); err != nil {
-		return nil, err
-	}
-	buf := getBuf()
-	defer putBuf(buf)
-	buf.Write(appendWrites(buf.AvailableBuffer(), writes))
-	body, err := c.do(ctx, http.MethodPost, pathApply+bucket, buf.Bytes())
-	if err != nil {
-		return nil, err
-	}
-	res, err := parseResults(body, len(writes))
-	if err != nil {
-		return nil, fmt.Errorf("shard %s: %v: %w", c.name, err, ErrInternal)
-	}
-	return res, nil
-}
 
 // Scan returns a page of records in key order.
 func (c *Client) Scan(ctx context.Context, bucket string, opts ScanOptions) (ScanPage, error) {
@@ -309,6 +278,8 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte) ([]by
 	}
 	return nil, fmt.Errorf("shard %s: %s: %w", c.name, msg, sentinel)
 }
+
+func queryEscape(key []byte) string { return url.QueryEscape(string(key)) }
 
 // readBody reads a whole answer with one allocation when its length is known.
 func readBody(resp *http.Response) ([]byte, error) {
