@@ -133,7 +133,7 @@ func (h *handler) apply(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	results, err := h.store.Apply(ctx, r.PathValue("bucket"), writes)
+	results, err := h.store.Apply(WithCaller(ctx, r.RemoteAddr), r.PathValue("bucket"), writes)
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -53,7 +53,57 @@ type Store struct {
 // It is a fraction of an fsync, which is what waiting saves.
 const maxGather = 500 * time.Microsecond
 
+// maxRejoin bounds how long a commit waits for the writers of the last two
+// commits to come back (see commitLoop); it waits at most half the last
+// commit's time, so it never costs more than a fraction of the fsync it
+// saves.
+const maxRejoin = time.Millisecond
+
+// callerKey carries who sent a write (see WithCaller).
+type callerKey struct{}
+
+// WithCaller returns a context whose writes are known to come from caller:
+// one writer that sends one request at a time, such as a connection. The
+// committer counts the callers it has recently seen to know how many writes
+// are about to come back. NewHandler marks each request with its connection.
+func WithCaller(ctx context.Context, caller string) context.Context {
+	return context.WithValue(ctx, callerKey{}, caller)
+}
+
+// writers tracks the callers of recent commits: caller to the sequence
+// number of the last commit that carried one of its writes.
+type writers struct {
+	seen map[string]uint64
+	seq  uint64
+}
+
+// begin starts commit seq and returns how many callers the two commits
+// before it carried, forgetting older ones.
+func (w *writers) begin() int {
+	w.seq++
+	n := 0
+	for c, at := range w.seen {
+		if at+2 < w.seq {
+			delete(w.seen, c)
+			continue
+		}
+		n++
+	}
+	return n
+}
+
+// join counts caller into the current commit and reports whether it is new
+// to it. Anonymous writes are not counted: nobody waits for them.
+func (w *writers) join(caller string) int {
+	if caller == "" || w.seen[caller] == w.seq {
+		return 0
+	}
+	w.seen[caller] = w.seq
+	return 1
+}
+
 type commitReq struct {
+	caller  string // see WithCaller
 	bucket  string
 	writes  []Write
 	results []Result
@@ -202,7 +252,8 @@ func (s *Store) Apply(ctx context.Context, bucket string, writes []Write) ([]Res
 	if err := s.checkEpoch(ctx, bucket); err != nil {
 		return nil, err
 	}
-	req := &commitReq{bucket: bucket, writes: writes, results: make([]Result, len(writes)), err: make(chan error, 1)}
+	caller, _ := ctx.Value(callerKey{}).(string)
+	req := &commitReq{caller: caller, bucket: bucket, writes: writes, results: make([]Result, len(writes)), err: make(chan error, 1)}
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
@@ -222,12 +273,28 @@ func (s *Store) Apply(ctx context.Context, bucket string, writes []Write) ([]Res
 // and every other request already waiting, and commits them together: writers
 // that arrive while an fsync runs share the next one, a lone writer waits for
 // nobody.
+//
+// The disk does one commit at a time, so a commit should carry as many
+// writers as are active. Two waits make it so, each a fraction of the fsync
+// it saves: for requests the handler is still reading (arriving), and for
+// the writers of the last two commits that have not come back yet (their
+// answers were just sent; their next requests are on the way). Without the
+// second, concurrent writers settle into two halves that alternate
+// between commits, and every fsync carries half of them.
 func (s *Store) commitLoop() {
 	defer close(s.done)
 	batch := make([]*commitReq, 0, 64)
+	recent := writers{seen: make(map[string]uint64)}
+	var lastCommit time.Duration
 	for req := range s.commits {
+		want := recent.begin()
 		batch = append(batch[:0], req)
-		n := len(req.writes)
+		n, have := len(req.writes), recent.join(req.caller)
+		add := func(r *commitReq) {
+			batch = append(batch, r)
+			n += len(r.writes)
+			have += recent.join(r.caller)
+		}
 	drain:
 		for n < MaxBatch {
 			select {
@@ -235,26 +302,28 @@ func (s *Store) commitLoop() {
 				if !ok {
 					break drain
 				}
-				batch = append(batch, r)
-				n += len(r.writes)
+				add(r)
 			default:
 				break drain
 			}
 		}
-		// Writes whose requests are still being read will be queued in a
-		// moment: wait briefly for them to share this commit's fsync. A
-		// lone writer has nobody arriving and is never delayed.
-		if s.arriving.Load() > 0 && n < MaxBatch {
-			timer := time.NewTimer(maxGather)
+		var wait time.Duration
+		if s.arriving.Load() > 0 {
+			wait = maxGather
+		}
+		if have < want {
+			wait = max(wait, min(lastCommit/2, maxRejoin))
+		}
+		if wait > 0 && n < MaxBatch {
+			timer := time.NewTimer(wait)
 		gather:
-			for s.arriving.Load() > 0 && n < MaxBatch {
+			for n < MaxBatch && (s.arriving.Load() > 0 || have < want) {
 				select {
 				case r, ok := <-s.commits:
 					if !ok {
 						break gather
 					}
-					batch = append(batch, r)
-					n += len(r.writes)
+					add(r)
 				case <-timer.C:
 					break gather
 				}
@@ -270,8 +339,9 @@ func (s *Store) commitLoop() {
 			}
 			return nil
 		})
+		lastCommit = time.Since(start)
 		if s.obs != nil {
-			s.obs(time.Since(start), n)
+			s.obs(lastCommit, n)
 		}
 		if err == nil {
 			s.noteEpoch(batch)

@@ -788,6 +788,44 @@ func benchKeys(b *testing.B, sh shard, n, valueSize int) [][]byte {
 	return keys
 }
 
+// BenchmarkStorePut4KWriters: 32 writers of 4 KB values, as in the suite's
+// durable-PUT row. "callers" marks each writer as the HTTP handler marks a
+// connection, which lets a commit wait for the writers of the commits before
+// it to come back; "anonymous" does not. Compare writes/commit and ns/op.
+func BenchmarkStorePut4KWriters(b *testing.B) {
+	for _, named := range []bool{false, true} {
+		b.Run(map[bool]string{false: "anonymous", true: "callers"}[named], func(b *testing.B) {
+			var commits atomic.Int64
+			s := openTestStoreAt(b, filepath.Join(b.TempDir(), "shard.db"), Options{
+				Observer: func(time.Duration, int) { commits.Add(1) },
+			})
+			val := bytes.Repeat([]byte("0123456789abcdef"), 256)
+			var next, writer atomic.Int64
+			b.SetParallelism(16) // 32 writers on two CPUs
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				ctx := context.Background()
+				if named {
+					ctx = WithCaller(ctx, fmt.Sprint(writer.Add(1)))
+				}
+				writes := make([]Write, 1)
+				for pb.Next() {
+					n := next.Add(1)
+					writes[0] = Write{Record: Record{Key: fmt.Appendf(nil, "key%05d", n%10000), Version: uint64(n), Value: val}}
+					if _, err := s.Apply(ctx, "bench", writes); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			if n := commits.Load(); n > 0 {
+				b.ReportMetric(float64(b.N)/float64(n), "writes/commit")
+			}
+		})
+	}
+}
+
 func BenchmarkStoreGet(b *testing.B) {
 	s := openTestStore(b)
 	keys := benchKeys(b, s, 10000, 4096)
@@ -812,5 +850,39 @@ func BenchmarkStoreScan(b *testing.B) {
 		if err != nil || len(page.Records) != 100 {
 			b.Fatalf("Scan(after %q) = %d records, %v, want 100", after, len(page.Records), err)
 		}
+	}
+}
+
+// TestCommitWriters: the committer's count of recent writers is the distinct
+// named callers of the two commits before the current one; anonymous writes
+// and callers older than that do not count.
+func TestCommitWriters(t *testing.T) {
+	w := writers{seen: make(map[string]uint64)}
+	commit := func(callers ...string) (want, joined int) {
+		want = w.begin()
+		for _, c := range callers {
+			joined += w.join(c)
+		}
+		return want, joined
+	}
+	steps := []struct {
+		callers      []string
+		want, joined int
+	}{
+		{[]string{"a", "b", "a", ""}, 0, 2}, // a twice counts once; anonymous never
+		{[]string{"c"}, 2, 1},               // a and b are expected back
+		{[]string{"a"}, 3, 1},               // a, b, c wrote within the last two commits
+		{nil, 2, 0},                         // a and c; b last wrote three commits ago
+		{[]string{""}, 1, 0},                // a only; anonymous writes add nobody
+		{nil, 0, 0},                         // nobody left to wait for
+	}
+	for i, s := range steps {
+		want, joined := commit(s.callers...)
+		if want != s.want || joined != s.joined {
+			t.Errorf("commit %d with %q: expected %d writers back, %d joined; want %d and %d", i+1, s.callers, want, joined, s.want, s.joined)
+		}
+	}
+	if len(w.seen) != 0 {
+		t.Errorf("writers still tracked after they stopped: %v", w.seen)
 	}
 }
