@@ -411,6 +411,52 @@ func (c *Client) Reencrypt(ctx context.Context, wait bool) (json.RawMessage, err
 	return out, nil
 }
 
+// Compression returns the router's compression state: the current
+// dictionary and the dictionaries it holds.
+func (c *Client) Compression(ctx context.Context) (*CompressionStatus, error) {
+	var out CompressionStatus
+	if _, _, err := c.do(ctx, http.MethodGet, pathOf("admin", "compression"), nil, nil, &out, nil); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// TrainCompression trains a zstd dictionary on stored context bodies,
+// stores it on every shard and makes it current; with rewrite, existing
+// contexts are then re-encoded with it (the outcome is in Rewrite).
+// ErrFailedPrecondition when too few contexts are stored (or the
+// dictionary would not help), ErrUnavailable when a shard is down.
+func (c *Client) TrainCompression(ctx context.Context, rewrite bool) (*TrainResult, error) {
+	q := url.Values{}
+	if rewrite {
+		q.Set("rewrite", "true")
+	}
+	var out TrainResult
+	if _, _, err := c.do(ctx, http.MethodPost, pathOf("admin", "compression", "train"), q, nil, &out, nil); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// RewriteCompression re-encodes every context not compressed with the
+// current dictionary, in place at the same version. With wait it runs the
+// pass and returns its outcome; without, it starts it and returns nil.
+// ErrFailedPrecondition when no dictionary is current.
+func (c *Client) RewriteCompression(ctx context.Context, wait bool) (*RewriteResult, error) {
+	q := url.Values{}
+	if wait {
+		q.Set("wait", "true")
+	}
+	var out RewriteResult
+	if _, _, err := c.do(ctx, http.MethodPost, pathOf("admin", "compression", "rewrite"), q, nil, &out, nil); err != nil {
+		return nil, err
+	}
+	if !wait {
+		return nil, nil
+	}
+	return &out, nil
+}
+
 // OpenAPI returns the router's OpenAPI description (YAML).
 func (c *Client) OpenAPI(ctx context.Context) ([]byte, error) {
 	resp, err := c.send(ctx, request{method: http.MethodGet, path: "/openapi.yaml"})

@@ -224,3 +224,92 @@ func TestRestoreRefusesDamagedArchive(t *testing.T) {
 		}
 	}
 }
+
+// chatText is a few sentences from a small vocabulary, different per seed.
+func chatText(seed int) string {
+	words := strings.Fields("the customer was charged twice for the monthly plan and asked for a refund of the second payment to the card on file before the weekend")
+	var b strings.Builder
+	for i := range 40 {
+		b.WriteString(words[(seed*7+i*i*3+i*seed)%len(words)])
+		b.WriteByte(' ')
+	}
+	return b.String()
+}
+
+// TestCompressionDictionary trains a dictionary in single-node mode (the
+// embedded store takes the same path as a cluster), rewrites the stored
+// contexts with it, and finds it again after a restart.
+func TestCompressionDictionary(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kvdb.db")
+	stop, url, err := startRouter(t, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := client.New(url)
+	ctx := context.Background()
+	if _, err := c.CreateTopic(ctx, client.Topic{Name: "chat"}); err != nil {
+		t.Fatal(err)
+	}
+	put := func(from, n int) {
+		for i := from; i < from+n; i++ {
+			doc := client.Document{Content: client.Content{Text: chatText(i), Messages: []client.Message{
+				{Role: "system", Content: "You are a helpful support assistant. Answer briefly."},
+				{Role: "user", Content: chatText(i + 1)}, {Role: "assistant", Content: chatText(i + 2)},
+			}}}
+			if _, err := c.PutContext(ctx, "chat", fmt.Sprintf("c%03d", i), doc, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	put(0, 30)
+	if _, err := c.TrainCompression(ctx, false); !errors.Is(err, client.ErrFailedPrecondition) {
+		t.Fatalf("TrainCompression on 30 contexts = %v, want ErrFailedPrecondition", err)
+	}
+	if _, err := c.RewriteCompression(ctx, true); !errors.Is(err, client.ErrFailedPrecondition) {
+		t.Errorf("RewriteCompression without a dictionary = %v, want ErrFailedPrecondition", err)
+	}
+	put(30, 40)
+	before, err := c.GetContext(ctx, "chat", "c005")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.TrainCompression(ctx, true)
+	if err != nil {
+		t.Fatalf("TrainCompression = %v", err)
+	}
+	if res.ID == 0 || res.Samples != 70 || res.Rewrite == nil || res.Rewrite.Rewritten != 70 || res.Rewrite.BytesAfter >= res.Rewrite.BytesBefore || res.RatioAfter >= res.RatioBefore {
+		t.Errorf("TrainCompression = %+v (rewrite %+v), want 70 samples and 70 contexts rewritten smaller", res, res.Rewrite)
+	}
+	after, err := c.GetContext(ctx, "chat", "c005")
+	if err != nil || after.ETag != before.ETag || after.Content.Text != before.Content.Text || len(after.Content.Messages) != 3 {
+		t.Errorf("c005 after the rewrite = %+v, %v; want it unchanged (%+v)", after, err, before)
+	}
+	st, err := c.Compression(ctx)
+	if err != nil || st.Current == nil || st.Current.ID != res.ID || len(st.Dictionaries) != 1 {
+		t.Errorf("Compression = %+v, %v; want dictionary %d current", st, err, res.ID)
+	}
+	if rw, err := c.RewriteCompression(ctx, true); err != nil || rw.Rewritten != 0 || rw.Current != 70 {
+		t.Errorf("RewriteCompression again = %+v, %v; want nothing left", rw, err)
+	}
+
+	// Restart over the same file: the dictionary is found again.
+	stop()
+	stop, url, err = startRouter(t, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	c, _ = client.New(url)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st, err = c.Compression(ctx)
+		if err == nil && st.Current != nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil || st.Current == nil || st.Current.ID != res.ID {
+		t.Fatalf("Compression after a restart = %+v, %v; want dictionary %d", st, err, res.ID)
+	}
+	if again, err := c.GetContext(ctx, "chat", "c005"); err != nil || again.Content.Text != before.Content.Text {
+		t.Errorf("c005 after a restart = %+v, %v", again, err)
+	}
+}

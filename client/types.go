@@ -225,3 +225,54 @@ func (r *RestoreReport) add(o *RestoreReport) {
 		t.Skipped += c.Skipped
 	}
 }
+
+// Dictionary describes the compression dictionary new context bodies are
+// compressed with, as its training measured it: RatioBefore and
+// RatioAfter are stored body bytes / JSON bytes of bodies held out of the
+// training, without and with it.
+type Dictionary struct {
+	ID              uint32    `json:"id"`
+	TrainedAt       time.Time `json:"trained_at"`
+	Samples         int       `json:"samples"`
+	DictionaryBytes int       `json:"dictionary_bytes"`
+	RatioBefore     float64   `json:"ratio_before"`
+	RatioAfter      float64   `json:"ratio_after"`
+}
+
+// CompressionStatus is the router's compression state: the current
+// dictionary (nil: plain zstd) and the ids of the dictionaries it holds.
+type CompressionStatus struct {
+	Current      *Dictionary `json:"current"`
+	Dictionaries []uint32    `json:"dictionaries"`
+}
+
+// TrainResult is what a training did: the new dictionary's id and size,
+// how many stored bodies it sampled (Measured of them held out to measure
+// it), and the compression ratio of those before and after.
+type TrainResult struct {
+	ID              uint32         `json:"id"`
+	Samples         int            `json:"samples"`
+	SampleBytes     int64          `json:"sample_bytes"`
+	Measured        int            `json:"measured"`
+	DictionaryBytes int            `json:"dictionary_bytes"`
+	RatioBefore     float64        `json:"ratio_before"`
+	RatioAfter      float64        `json:"ratio_after"`
+	TrainedAt       time.Time      `json:"trained_at"`
+	Rewrite         *RewriteResult `json:"rewrite,omitempty"`
+}
+
+// RewriteResult is what a rewrite pass did: contexts re-encoded with the
+// current dictionary in place, and their stored bytes before and after.
+type RewriteResult struct {
+	Dictionary  uint32    `json:"dictionary"`
+	Scanned     int64     `json:"scanned"`
+	Rewritten   int64     `json:"rewritten"`
+	Current     int64     `json:"current"`
+	Changed     int64     `json:"changed"`
+	Failed      int64     `json:"failed"`
+	BytesBefore int64     `json:"bytes_before"`
+	BytesAfter  int64     `json:"bytes_after"`
+	Errors      []string  `json:"errors,omitempty"`
+	Start       time.Time `json:"start"`
+	End         time.Time `json:"end"`
+}

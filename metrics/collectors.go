@@ -34,6 +34,11 @@ type Router struct {
 	// the compression ratio.
 	CodecInputBytes  prometheus.Counter
 	CodecOutputBytes prometheus.Counter
+	// DictionaryID is the id of the zstd dictionary new bodies are
+	// compressed with (0: none); DictionaryTrainings counts the
+	// dictionaries this router trained and adopted.
+	DictionaryID        prometheus.Gauge
+	DictionaryTrainings prometheus.Counter
 }
 
 // NewRouter registers the router's metrics on reg.
@@ -86,10 +91,18 @@ func NewRouter(reg prometheus.Registerer) *Router {
 		Namespace: namespace, Subsystem: "codec", Name: "output_bytes_total",
 		Help: "Bytes the value codec stored for those bodies (zstd where it saves space, else as given).",
 	})
+	m.DictionaryID = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: "codec", Name: "dictionary_id",
+		Help: "Id of the trained zstd dictionary new context bodies are compressed with (0: none, plain zstd).",
+	})
+	m.DictionaryTrainings = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "codec", Name: "dictionary_trainings_total",
+		Help: "Compression dictionaries this router trained, stored on every shard and made current.",
+	})
 	reg.MustRegister(m.CacheHits, m.CacheMisses, m.CacheEvictions,
 		m.ShardRequestDuration, m.ShardRequestErrors, m.ShardUp,
 		m.QuorumFailures, m.ReadRepairs, m.ClusterEpoch,
-		m.CodecInputBytes, m.CodecOutputBytes)
+		m.CodecInputBytes, m.CodecOutputBytes, m.DictionaryID, m.DictionaryTrainings)
 	return m
 }
 

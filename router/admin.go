@@ -22,6 +22,7 @@ import (
 func (r *Router) adminRoutes(v1 *echo.Group) {
 	v1.POST("/admin/remove", r.adminRemove)
 	v1.DELETE("/admin/shards/:shard", r.adminRemove)
+	r.compressionRoutes(v1)
 }
 
 // adminRemove takes a shard out of the wanted shape and starts the

@@ -184,6 +184,9 @@ func TestAuthRolesAndTopics(t *testing.T) {
 		{"app", app, "POST", "/api/v1/admin/repair", nil, 403},
 		{"app", app, "POST", "/api/v1/admin/reload", nil, 403},
 		{"app", app, "POST", "/api/v1/admin/reencrypt", nil, 403},
+		{"app", app, "POST", "/api/v1/admin/compression/train", nil, 403},
+		{"app", app, "POST", "/api/v1/admin/compression/rewrite?wait=true", nil, 403},
+		{"viewer", viewer, "GET", "/api/v1/admin/compression", nil, 403},
 		{"app", app, "POST", "/api/v1/admin/remove?shard=sh-1", nil, 403},
 		{"app", app, "GET", "/api/v1/cluster", nil, 403},
 		{"app", app, "POST", "/ollama/plain/c1/api/pull", map[string]any{"model": "m"}, 403},
@@ -205,6 +208,8 @@ func TestAuthRolesAndTopics(t *testing.T) {
 		// an admin does all
 		{"root", root, "GET", "/api/v1/cluster", nil, 200},
 		{"root", root, "POST", "/api/v1/admin/repair?wait=true", nil, 200},
+		{"root", root, "GET", "/api/v1/admin/compression", nil, 200},
+		{"root", root, "POST", "/api/v1/admin/compression/train", nil, 412}, // too few contexts
 	} {
 		r := call(t, tt.method, tc.URL+tt.path, tt.body, tt.header...)
 		if r.Status != tt.want {

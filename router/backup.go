@@ -190,6 +190,11 @@ func (r *Router) adminRestore(c echo.Context) error {
 		if bucket == storage.ClusterBucket {
 			return errorf(CodeInvalidArgument, "bucket %q cannot be restored: the cluster map belongs to the cluster", bucket)
 		}
+		if bucket == bucketDicts {
+			if err := checkRestoredDict(rec.Key); err != nil {
+				return err
+			}
+		}
 		recs = append(recs, restoreRec{bucket: bucket, rec: storage.Record{Key: rec.Key, Version: rec.Version, Tombstone: rec.Tombstone, Value: rec.Value}})
 		return nil
 	})
@@ -215,16 +220,66 @@ func (r *Router) adminRestore(c echo.Context) error {
 
 // restore writes recs (or, in a dry run, compares them) under the current
 // placement, planning again when the cluster map moved on meanwhile.
+// Compression dictionaries go first, to every shard (see restoreDicts).
 func (r *Router) restore(ctx context.Context, recs []restoreRec, dry bool) (*restoreReport, error) {
+	var dicts []storage.Record
+	others := recs[:0:0]
+	for _, rr := range recs {
+		if rr.bucket == bucketDicts {
+			dicts = append(dicts, rr.rec)
+		} else {
+			others = append(others, rr)
+		}
+	}
+	dictApplied, err := r.restoreDicts(ctx, r.topo.Load(), dicts, dry)
+	if err != nil {
+		return nil, err
+	}
+	if len(dicts) > 0 && !dry {
+		for _, d := range dicts {
+			r.clock.Observe(d.Version) // a later training must win over a restored pointer
+		}
+		// Adopt what was restored now, not at the next reload: the records
+		// that follow may need it, and a newer current pointer applies.
+		if err := r.loadDicts(ctx, true); err != nil {
+			r.log.Warn("restored compression dictionaries not loaded yet", "err", err)
+		}
+	}
 	for range maxWriteRetries {
-		rep, err := r.restoreOn(ctx, r.topo.Load(), recs, dry)
+		rep, err := r.restoreOn(ctx, r.topo.Load(), others, dry)
 		if errors.Is(err, storage.ErrStaleEpoch) {
 			r.refreshMap(ctx)
 			continue
 		}
+		if err == nil {
+			addRestored(rep, bucketDicts, dicts, dictApplied)
+		}
 		return rep, err
 	}
 	return nil, errorf(CodeUnavailable, "restore did not settle after %d attempts; retry (restoring is idempotent)", maxWriteRetries)
+}
+
+// addRestored counts records of bucket restored outside restoreOn.
+func addRestored(rep *restoreReport, bucket string, recs []storage.Record, applied []bool) {
+	if len(recs) == 0 {
+		return
+	}
+	bc := rep.Buckets[bucket]
+	if bc == nil {
+		bc = &restoreCounts{}
+		rep.Buckets[bucket] = bc
+	}
+	for i := range recs {
+		rep.Records++
+		bc.Records++
+		if applied[i] {
+			rep.Applied++
+			bc.Applied++
+		} else {
+			rep.Skipped++
+			bc.Skipped++
+		}
+	}
 }
 
 // restoreOn sends each record to every live owner, with its own version

@@ -45,6 +45,69 @@ func BenchmarkCodecRender(b *testing.B) {
 	}
 }
 
+// chatDoc4K is a chat context of about 4 KB of JSON made of chatBody
+// turns, the kind a trained dictionary is for.
+func chatDoc4K() *Document {
+	d := &Document{Metadata: Metadata{ID: "bench", CreatedAt: "2024-03-20T10:00:00Z", Model: "llama3", Tags: []string{"chat"}}}
+	for seed := 0; len(d.Content.Messages) < 30; seed++ {
+		raw, _ := json.Marshal(chatBody(seed))
+		var c Content
+		json.Unmarshal(raw, &c)
+		d.Content.Messages = append(d.Content.Messages, c.Messages[1:]...)
+	}
+	return d
+}
+
+// dictCodecs returns a codec without a dictionary and one with a
+// dictionary trained on other chat bodies.
+func dictCodecs(b *testing.B) map[string]*codec {
+	plain, _ := newCodec()
+	withDict, _ := newCodec()
+	const id = 77_777
+	if err := withDict.addDict(id, testDict(b, id)); err != nil {
+		b.Fatal(err)
+	}
+	withDict.setCurrent(id)
+	return map[string]*codec{"plain": plain, "dict": withDict}
+}
+
+// BenchmarkCodecEncodeChat compares compressing a chat context with plain
+// zstd and with a trained dictionary (stored bytes are reported).
+func BenchmarkCodecEncodeChat(b *testing.B) {
+	d := chatDoc4K()
+	for _, name := range []string{"plain", "dict"} {
+		c := dictCodecs(b)[name]
+		b.Run(name, func(b *testing.B) {
+			stored, _ := c.encodeDocument(d)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.encodeDocument(d); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(len(stored)), "stored-bytes")
+		})
+	}
+}
+
+// BenchmarkCodecRenderChat is the cache-miss read of the same context.
+func BenchmarkCodecRenderChat(b *testing.B) {
+	d := chatDoc4K()
+	for _, name := range []string{"plain", "dict"} {
+		c := dictCodecs(b)[name]
+		b.Run(name, func(b *testing.B) {
+			stored, _ := c.encodeDocument(d)
+			buf := make([]byte, 0, 8192)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.appendDocumentJSON(buf[:0], stored, true); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 func BenchmarkCodecRenderEmbedding768(b *testing.B) {
 	c, _ := newCodec()
 	d := doc4K("bench")

@@ -309,8 +309,11 @@ func (r *Router) bootstrapOnce(ctx context.Context) (bool, error) {
 }
 
 // Reload re-reads the wanted shape (Config.Reload) and, if it differs from
-// the cluster's, starts moving data to it in the background.
+// the cluster's, starts moving data to it in the background. It also
+// reloads the compression dictionaries from the shards (with or without a
+// config file).
 func (r *Router) Reload() error {
+	r.requestDictReload(true)
 	if r.cfg.Reload == nil {
 		return errors.New("reload: the router was started without a config file")
 	}

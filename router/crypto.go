@@ -366,7 +366,7 @@ func (r *Router) reencrypt(ctx context.Context, kr *Keyring) ReencryptResult {
 			continue
 		}
 		raw := rawShard(n)
-		for _, bucket := range syncBuckets {
+		for _, bucket := range append([]string{bucketDicts}, syncBuckets...) {
 			if err := r.reencryptBucket(ctx, kr, raw, bucket, &res); err != nil {
 				res.Errors = append(res.Errors, fmt.Sprintf("shard %s, bucket %s: %v", n.Name, bucket, err))
 			}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -134,6 +135,9 @@ func FuzzDecodeCursor(f *testing.F) {
 
 // FuzzStoredDocument: whatever a shard hands back, the codec answers an
 // error or a document, never a panic, and never decompresses past its cap.
+// The codec holds one dictionary (fuzzDictID) and can fetch no other, so
+// every codec byte is covered: raw, zstd, zstd with a known dictionary and
+// with an unknown one.
 func FuzzStoredDocument(f *testing.F) {
 	c, err := newCodec()
 	if err != nil {
@@ -145,6 +149,28 @@ func FuzzStoredDocument(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{formatV1, 0, codecZstd, 4, 0x28, 0xb5, 0x2f, 0xfd, 0})
 	f.Add(zstdBombRecord(f, 1<<20))
+	const fuzzDictID = 40_000
+	if err := c.addDict(fuzzDictID, testDict(f, fuzzDictID)); err != nil {
+		f.Fatal(err)
+	}
+	c.setCurrent(fuzzDictID)
+	c.fetch = func(id uint32) ([]byte, error) { return nil, fmt.Errorf("%w: %d", errNoDict, id) }
+	body, _ := json.Marshal(chatBody(1))
+	var content Content
+	json.Unmarshal(body, &content)
+	withDict, _ := c.encodeDocument(&Document{Metadata: Metadata{ID: "d"}, Content: content})
+	f.Add(withDict)
+	f.Add(withDict[:len(withDict)-3])
+	// A record of a dictionary the codec does not hold.
+	oc, _ := newCodec()
+	oc.addDict(fuzzDictID+1, testDict(f, fuzzDictID+1))
+	oc.setCurrent(fuzzDictID + 1)
+	other, _ := oc.encodeDocument(&Document{Metadata: Metadata{ID: "o"}, Content: content})
+	if _, err := c.appendDocumentJSON(nil, other, true); !errors.Is(err, errNoDict) {
+		f.Fatalf("a record of an unknown dictionary rendered: %v", err)
+	}
+	f.Add(other)
+	f.Add([]byte{formatV1, 0, codecZstdDict, 4, 0x28, 0xb5, 0x2f, 0xfd, 0})
 	f.Fuzz(func(t *testing.T, stored []byte) {
 		for _, withContent := range []bool{false, true} {
 			if out, err := c.appendDocumentJSON(nil, stored, withContent); err == nil && len(out) > len(stored)+maxDecoded+16*maxEmbeddings+64 {

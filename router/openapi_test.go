@@ -258,6 +258,22 @@ func TestOpenAPI(t *testing.T) {
 	s.want(s.call("POST", "/ollama/kb/drop-in/api/chat", `{"model":"chat-model","messages":[{"role":"user","content":"more"}]}`, true), 200, "ollama chat streamed")
 	s.want(s.call("POST", "/ollama/kb/drop-in/api/chat", `{"model":"no-such-model","messages":[{"role":"user","content":"x"}],"stream":false}`, true), 404, "ollama chat with a missing model")
 
+	// Compression dictionaries: refused on too few contexts, then trained
+	// on a corpus (whose records the backup below carries).
+	s.want(s.call("GET", "/api/v1/admin/compression", nil, true), 200, "compression status")
+	s.want(s.call("POST", "/api/v1/admin/compression/rewrite?wait=true", nil, true), 412, "rewrite without a dictionary")
+	s.want(s.call("POST", "/api/v1/admin/compression/rewrite?wait=maybe", nil, false), 400, "rewrite?wait=maybe")
+	s.want(s.call("POST", "/api/v1/admin/compression/train", nil, true), 412, "train on too few contexts")
+	s.want(s.call("POST", "/api/v1/admin/compression/train?rewrite=maybe", nil, false), 400, "train?rewrite=maybe")
+	must(t, call(t, "POST", srv.URL+"/api/v1/topics", map[string]any{"name": "corpus"}), 201, "create corpus")
+	for i := range trainMinSamples + 10 {
+		must(t, call(t, "PUT", fmt.Sprintf("%s/api/v1/topics/corpus/contexts/c%03d", srv.URL, i), chatDoc(i)), 201, "PUT corpus")
+	}
+	s.want(s.call("POST", "/api/v1/admin/compression/train?rewrite=true", nil, true), 200, "train")
+	s.want(s.call("GET", "/api/v1/admin/compression", nil, true), 200, "compression status with a dictionary")
+	s.want(s.call("POST", "/api/v1/admin/compression/rewrite?wait=true", nil, true), 200, "rewrite")
+	s.want(s.call("POST", "/api/v1/admin/compression/rewrite", nil, true), 202, "rewrite in the background")
+
 	// Backup and restore.
 	r = s.want(s.call("GET", "/api/v1/admin/backup", nil, true), 200, "backup")
 	sr, err := backup.NewStreamReader(bytes.NewReader(r.Raw))

@@ -103,8 +103,9 @@ type Router struct {
 	codec *codec
 	cache *hotCache
 	echo  *echo.Echo
-	llm   *llmState // the Ollama bridge; set by llmRoutes
-	sec   *security // keys, limits, audit; set by secure
+	llm   *llmState    // the Ollama bridge; set by llmRoutes
+	sec   *security    // keys, limits, audit; set by secure
+	comp  *compression // trained dictionaries (compression.go)
 
 	// nodesMu guards nodes, the registry of every shard the router has
 	// known: topologies share its *Node values, so health outlives them.
@@ -200,6 +201,7 @@ func New(cfg Config) (*Router, error) {
 		r.m.CodecInputBytes.Add(float64(in))
 		r.m.CodecOutputBytes.Add(float64(out))
 	}
+	r.initCompression()
 	if r.cache, err = newHotCache(cfg.CacheBytes, cfg.CacheTTL, r.m.CacheEvictions.Inc); err != nil {
 		return nil, err
 	}
@@ -211,6 +213,7 @@ func New(cfg Config) (*Router, error) {
 	r.loop(r.probeLoop)
 	r.loop(r.bootstrap)
 	r.loop(r.repairLoop)
+	r.loop(r.compressionLoop)
 	r.startExpiry()
 	return r, nil
 }

@@ -66,6 +66,14 @@ func (r *Router) syncPass(ctx context.Context, t *topology, kind string) (passRe
 		// operator removed while down is gone: nothing waits for it.)
 		total.missing++
 	}
+	// Dictionaries first: records compressed with them may be copied next.
+	copied, err := r.syncDicts(ctx, live)
+	total.copied += copied
+	r.status.add(kind, passResult{copied: copied}, 0)
+	if err != nil {
+		r.status.add(kind, passResult{}, 1)
+		return total, err
+	}
 	for _, bucket := range syncBuckets {
 		var after []byte
 		for {

@@ -119,6 +119,12 @@ const (
 	MapKey        = "map"
 )
 
+// DictBucket holds the router's compression dictionaries (and which one is
+// current), a copy on every shard: records compressed with a dictionary
+// cannot be read without it. A snapshot writes this bucket first, so a
+// restore replays the dictionaries before the records that need them.
+const DictBucket = "dicts"
+
 func checkBucket(b string) error {
 	if !bucketName.MatchString(b) {
 		return fmt.Errorf("bucket %q: %w", b, ErrInvalid)

@@ -20,42 +20,52 @@ const pathSnapshot = "/v1/snapshot"
 // WriteSnapshot writes every record of every bucket but the shard's own
 // (its identity and the cluster map) to w in the backup package's
 // snapshot format, tombstones included, all read in one transaction: a
-// consistent view of the shard at one moment.
+// consistent view of the shard at one moment. DictBucket comes first,
+// the others in name order.
 //
 // The transaction stays open while w is written. BoltDB cannot grow its
 // memory map while a read transaction is open, so a slow w would stall
 // writers that need it to: Snapshot spools through a temporary file.
 func (s *Store) WriteSnapshot(ctx context.Context, w io.Writer) (int64, error) {
 	sw := backup.NewSnapshotWriter(w)
-	err := s.view(func(tx *bolt.Tx) error {
-		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
-			if string(name) == metaBucket || string(name) == ClusterBucket {
-				return nil
-			}
-			if err := sw.Bucket(string(name)); err != nil {
-				return err
-			}
-			c := b.Cursor()
-			n := 0
-			for k, raw := c.First(); k != nil; k, raw = c.Next() {
-				if n++; n%1024 == 0 {
-					if err := ctx.Err(); err != nil {
-						return err
-					}
-				}
-				v, tomb, val, err := parseStored(raw)
-				if err != nil {
-					return fmt.Errorf("bucket %s key %q: %w", name, k, err)
-				}
-				rec := backup.Record{Key: k, Version: v, Tombstone: tomb}
-				if !tomb {
-					rec.Value = val
-				}
-				if err := sw.Record(&rec); err != nil {
+	bucket := func(name []byte, b *bolt.Bucket) error {
+		if err := sw.Bucket(string(name)); err != nil {
+			return err
+		}
+		c := b.Cursor()
+		n := 0
+		for k, raw := c.First(); k != nil; k, raw = c.Next() {
+			if n++; n%1024 == 0 {
+				if err := ctx.Err(); err != nil {
 					return err
 				}
 			}
-			return nil
+			v, tomb, val, err := parseStored(raw)
+			if err != nil {
+				return fmt.Errorf("bucket %s key %q: %w", name, k, err)
+			}
+			rec := backup.Record{Key: k, Version: v, Tombstone: tomb}
+			if !tomb {
+				rec.Value = val
+			}
+			if err := sw.Record(&rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	err := s.view(func(tx *bolt.Tx) error {
+		if b := tx.Bucket([]byte(DictBucket)); b != nil {
+			if err := bucket([]byte(DictBucket), b); err != nil {
+				return err
+			}
+		}
+		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+			switch string(name) {
+			case metaBucket, ClusterBucket, DictBucket:
+				return nil
+			}
+			return bucket(name, b)
 		})
 	})
 	if err != nil {

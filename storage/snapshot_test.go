@@ -117,3 +117,26 @@ func TestSnapshotBrokenOff(t *testing.T) {
 		t.Errorf("Snapshot of a closed store = %v, want ErrClosed", err)
 	}
 }
+
+// TestSnapshotDictionariesFirst: the router's compression dictionaries
+// come before every other bucket, so a restore replays them before the
+// records compressed with them.
+func TestSnapshotDictionariesFirst(t *testing.T) {
+	s := openTestStore(t)
+	mustApply(t, s, "contexts", put("a", 1, "x"))
+	mustApply(t, s, "aardvarks", put("b", 2, "y"))
+	mustApply(t, s, DictBucket, put("40000", 3, "dictionary"), put("current", 4, `{"id":40000}`))
+	got := readSnapshot(t, s)
+	var order []string
+	for _, r := range got {
+		if len(order) == 0 || order[len(order)-1] != r.bucket {
+			order = append(order, r.bucket)
+		}
+	}
+	if want := []string{DictBucket, "aardvarks", "contexts"}; fmt.Sprint(order) != fmt.Sprint(want) {
+		t.Errorf("snapshot buckets in order %v, want %v", order, want)
+	}
+	if len(got) != 4 {
+		t.Errorf("snapshot holds %d records, want 4", len(got))
+	}
+}

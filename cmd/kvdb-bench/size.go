@@ -3,7 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"path/filepath"
 	"time"
 
@@ -26,6 +30,22 @@ type sizeResult struct {
 	embWith, embWithout int64 // stored value bytes of the same documents with and without embeddings
 	rawWith, rawWithout int64
 	routerRSS           int64
+
+	// With a trained dictionary: the same corpus stored through a router
+	// that first stored a training corpus (other conversations, another
+	// seed) and trained a dictionary on it.
+	dict dictResult
+}
+
+// dictResult is row 10's dictionary run.
+type dictResult struct {
+	skipped     string // why there is no figure, when there is none
+	trainDocs   int    // conversations of the training corpus
+	id          uint32
+	dictBytes   int     // the dictionary, stored once on every shard
+	ratioBefore float64 // as the training measured on its held-out bodies
+	ratioAfter  float64
+	record      int64 // key + stored value of the measured corpus
 }
 
 // measureSize stores a chat corpus, and then documents with and without a
@@ -61,6 +81,9 @@ func (s *suite) measureSize(ctx context.Context) (*sizeResult, error) {
 		return nil, err
 	}
 	res.routerRSS = rss
+	if err := s.measureDict(ctx, res, docs); err != nil {
+		return nil, err
+	}
 	err = readBolt(chatDB, func(b *bolt.Bucket) error {
 		st := b.Stats()
 		res.pages = int64(st.BranchAlloc + st.LeafAlloc)
@@ -111,6 +134,104 @@ func (s *suite) measureSize(ctx context.Context) (*sizeResult, error) {
 	})
 	return res, err
 }
+
+// trainMinSamples is the router's minimum of stored bodies to train on.
+const trainMinSamples = 50
+
+// measureDict stores a training corpus (as many conversations as the
+// measured one, made with other seeds, so nothing measured was trained
+// on) through a fresh single-node router, trains a dictionary, then stores
+// the measured documents and reads their records back.
+func (s *suite) measureDict(ctx context.Context, res *sizeResult, docs [][]byte) error {
+	d := &res.dict
+	d.trainDocs = len(docs)
+	if d.trainDocs < trainMinSamples {
+		d.skipped = fmt.Sprintf("a training corpus of %d conversations is below the router's minimum of %d", d.trainDocs, trainMinSamples)
+		s.logf("row 10: dictionary skipped: %s", d.skipped)
+		return nil
+	}
+	train := make([][]byte, d.trainDocs)
+	for i := range train {
+		doc := s.corpus.newChat(uint64(7_000_000+i), fmt.Sprintf("t%06d", i), 4+i%21)
+		train[i] = mustJSON(&doc)
+	}
+	db := filepath.Join(s.dir, "size", "chat-dict.db")
+	rss, err := s.withSingleNode(ctx, "router-size-dict", db, func(base string) error {
+		for _, t := range []string{"train", "chat"} {
+			if err := s.createTopic(ctx, base, t); err != nil {
+				return err
+			}
+		}
+		if err := s.putAll(ctx, base, "train", len(train), func(i int) string { return fmt.Sprintf("t%06d", i) }, func(i int) []byte { return train[i] }); err != nil {
+			return err
+		}
+		var answer struct {
+			ID              uint32  `json:"id"`
+			DictionaryBytes int     `json:"dictionary_bytes"`
+			RatioBefore     float64 `json:"ratio_before"`
+			RatioAfter      float64 `json:"ratio_after"`
+		}
+		start := time.Now()
+		if err := s.postJSON(ctx, base+"/api/v1/admin/compression/train", &answer); err != nil {
+			var se *statusError
+			if errors.As(err, &se) && se.status == http.StatusPreconditionFailed {
+				// The router found nothing worth a dictionary: a result, not a failure.
+				d.skipped = "the router refused to train: " + se.msg
+				s.logf("row 10: dictionary skipped: %s", d.skipped)
+				return nil
+			}
+			return fmt.Errorf("train a dictionary: %w", err)
+		}
+		d.id, d.dictBytes, d.ratioBefore, d.ratioAfter = answer.ID, answer.DictionaryBytes, answer.RatioBefore, answer.RatioAfter
+		s.logf("row 10: dictionary %d of %d bytes trained on %d conversations in %s (held-out bodies %.3f → %.3f)",
+			d.id, d.dictBytes, len(train), time.Since(start).Round(time.Millisecond), d.ratioBefore, d.ratioAfter)
+		return s.putAll(ctx, base, "chat", len(docs), func(i int) string { return fmt.Sprintf("c%06d", i) }, func(i int) []byte { return docs[i] })
+	})
+	if err != nil {
+		return err
+	}
+	res.routerRSS = max(res.routerRSS, rss)
+	if d.skipped != "" {
+		return nil
+	}
+	return readBolt(db, func(b *bolt.Bucket) error {
+		return b.ForEach(func(k, v []byte) error {
+			if bytes.HasPrefix(k, []byte("chat\x00")) {
+				d.record += int64(len(k) + len(v))
+			}
+			return nil
+		})
+	})
+}
+
+// postJSON posts an empty body and decodes a 200 answer into v.
+func (s *suite) postJSON(ctx context.Context, u string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return &statusError{status: resp.StatusCode, msg: string(bytes.TrimSpace(b)), url: u}
+	}
+	return json.Unmarshal(b, v)
+}
+
+// statusError is an answer other than 200.
+type statusError struct {
+	status   int
+	msg, url string
+}
+
+func (e *statusError) Error() string { return fmt.Sprintf("POST %s: %d %s", e.url, e.status, e.msg) }
 
 // withSingleNode runs fn against a router in single-node mode on a fresh
 // file, then stops it (SIGTERM: it closes the file) and returns its peak

@@ -356,3 +356,90 @@ func (x *cli) cluster(ctx context.Context, args []string) error {
 		return nil
 	})
 }
+
+// ---- compression ----
+
+func (x *cli) dictionaryFields(d *client.Dictionary) error {
+	if d == nil {
+		_, err := fmt.Fprintln(x.stdout, "current dictionary: none (plain zstd)")
+		return err
+	}
+	return x.fields("current dictionary", strconv.FormatUint(uint64(d.ID), 10),
+		"trained", when(d.TrainedAt),
+		"samples", strconv.Itoa(d.Samples),
+		"size", bytesOf(int64(d.DictionaryBytes)),
+		"ratio", fmt.Sprintf("%.3f without, %.3f with it (stored body bytes / JSON bytes)", d.RatioBefore, d.RatioAfter))
+}
+
+func (x *cli) rewriteLine(rw *client.RewriteResult) {
+	fmt.Fprintf(x.stdout, "rewrite: %d contexts scanned, %d re-encoded (%s → %s), %d current, %d changed meanwhile, %d failed\n",
+		rw.Scanned, rw.Rewritten, bytesOf(rw.BytesBefore), bytesOf(rw.BytesAfter), rw.Current, rw.Changed, rw.Failed)
+	for _, e := range rw.Errors {
+		fmt.Fprintf(x.stdout, "  error: %s\n", e)
+	}
+}
+
+func (x *cli) compressionStatus(ctx context.Context, args []string) error {
+	if _, err := x.parse(x.newFlags("compression status"), args, 0, 0, ""); err != nil {
+		return err
+	}
+	st, err := x.c.Compression(ctx)
+	if err != nil {
+		return err
+	}
+	return x.out(st, func() error {
+		if err := x.dictionaryFields(st.Current); err != nil {
+			return err
+		}
+		ids := make([]string, len(st.Dictionaries))
+		for i, id := range st.Dictionaries {
+			ids[i] = strconv.FormatUint(uint64(id), 10)
+		}
+		_, err := fmt.Fprintf(x.stdout, "dictionaries held: %s\n", dash(strings.Join(ids, ", ")))
+		return err
+	})
+}
+
+func (x *cli) compressionTrain(ctx context.Context, args []string) error {
+	fs := x.newFlags("compression train")
+	rewrite := fs.Bool("rewrite", false, "then re-encode the stored contexts with the new dictionary")
+	if _, err := x.parse(fs, args, 0, 0, ""); err != nil {
+		return err
+	}
+	res, err := x.c.TrainCompression(ctx, *rewrite)
+	if err != nil {
+		return err
+	}
+	return x.out(res, func() error {
+		fmt.Fprintf(x.stdout, "dictionary %d (%s) trained on %d stored bodies (%s) and made current\n",
+			res.ID, bytesOf(int64(res.DictionaryBytes)), res.Samples-res.Measured, bytesOf(res.SampleBytes))
+		fmt.Fprintf(x.stdout, "held-out bodies (%d): %.3f without it, %.3f with it (stored body bytes / JSON bytes)\n",
+			res.Measured, res.RatioBefore, res.RatioAfter)
+		if res.Rewrite != nil {
+			x.rewriteLine(res.Rewrite)
+		}
+		return nil
+	})
+}
+
+func (x *cli) compressionRewrite(ctx context.Context, args []string) error {
+	fs := x.newFlags("compression rewrite")
+	noWait := fs.Bool("no-wait", false, "start the pass in the router and return at once")
+	if _, err := x.parse(fs, args, 0, 0, ""); err != nil {
+		return err
+	}
+	res, err := x.c.RewriteCompression(ctx, !*noWait)
+	if err != nil {
+		return err
+	}
+	if res == nil {
+		return x.out(map[string]string{"status": "started"}, func() error {
+			_, err := fmt.Fprintln(x.stdout, "rewrite pass started in the router")
+			return err
+		})
+	}
+	return x.out(res, func() error {
+		x.rewriteLine(res)
+		return nil
+	})
+}

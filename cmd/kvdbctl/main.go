@@ -8,6 +8,7 @@
 //	search TOPIC QUERY                 chat TOPIC ID MESSAGE
 //	cluster                            backup -o FILE
 //	restore FILE [-dry-run]            verify FILE
+//	compression status|train|rewrite
 //
 // Output is a table for people, JSON with -o json. Exit status: 0 on
 // success, 1 when the router answers an error (or the work fails), 2 on a
@@ -87,6 +88,9 @@ Commands:
   backup -o FILE                          an online backup of the whole cluster, as one archive
   restore FILE [-dry-run]                 verifies FILE, then replays it (newer data is never overwritten)
   verify FILE                             checks an archive's checksums, without a cluster
+  compression status                      the current zstd dictionary and the ones the router holds
+  compression train [-rewrite]            trains a dictionary on stored contexts and makes it current
+  compression rewrite [-no-wait]          re-encodes stored contexts with the current dictionary
 
 Output: tables by default, JSON with -o json (backup's -o is its file).
 Exit status: 0 success, 1 an error answer or failure, 2 a usage error.
@@ -137,6 +141,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			return usagef("%s: which one? create, get, list or delete (contexts: put, get, list or delete)", cmd)
 		}
 		sub, rest = rest[0], rest[1:]
+	case "compression":
+		if len(rest) == 0 {
+			return usagef("compression: which one? status, train or rewrite")
+		}
+		sub, rest = rest[0], rest[1:]
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -171,6 +180,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		h = x.restore
 	case "verify ":
 		h = x.verify
+	case "compression status":
+		h = x.compressionStatus
+	case "compression train":
+		h = x.compressionTrain
+	case "compression rewrite":
+		h = x.compressionRewrite
 	default:
 		return usagef("unknown command %q", strings.TrimSpace(cmd+" "+sub))
 	}

@@ -1,0 +1,1039 @@
+package router
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/storage"
+	"github.com/klauspost/compress/dict"
+	"github.com/klauspost/compress/zstd"
+	"github.com/labstack/echo/v4"
+)
+
+// Trained compression dictionaries. Chat contexts repeat the same JSON
+// keys, roles, system prompts and phrases from one document to the next,
+// which zstd cannot exploit when it compresses each document alone. POST
+// /api/v1/admin/compression/train samples stored bodies, builds a zstd
+// dictionary from them (github.com/klauspost/compress/dict), stores it on
+// every shard and makes it current: new bodies are compressed with it
+// (codecZstdDict, see codec.go), older ones stay readable as they are and
+// POST /api/v1/admin/compression/rewrite re-encodes them in place.
+//
+// Records depend on their dictionary, so dictionaries are never lost and
+// never change:
+//   - each is written to every shard of the cluster (bucket
+//     storage.DictBucket, key: its id in decimal) before it can be used,
+//     with a create-only condition, so an id names one content for good;
+//     training answers 503 and adopts nothing unless every shard took it;
+//   - the bucket's key "current" names the dictionary new writes use (a
+//     JSON record, newest version wins); it is written to every shard after
+//     the dictionary itself;
+//   - repair and rebalance copy the whole bucket to every live shard (a
+//     shard that joins or comes back gets every dictionary: syncDicts);
+//   - a backup carries the bucket first in each shard's snapshot, and a
+//     restore writes its records to every shard before the batch's other
+//     records;
+//   - a router loads every dictionary and the current pointer when it
+//     starts and on reload, reads the pointer again every repair interval,
+//     and loads a dictionary it lacks the first time a record needs it.
+//
+// With encryption at rest, bodies are compressed and then sealed, and the
+// dictionary records are sealed too (they are made of stored text).
+//
+// A dictionary record's value is
+//
+//	version 1 (1) | SHA-256 of the dictionary (32) | dictionary (zstd's format)
+const (
+	bucketDicts    = storage.DictBucket
+	dictCurrentKey = "current"
+	dictRecordV1   = 1
+
+	// dictSize is the largest dictionary trained.
+	dictSize = 64 << 10
+	// trainMinSamples: fewer stored bodies than this make no dictionary
+	// worth having.
+	trainMinSamples = 50
+	// trainMaxSamples and trainMaxBytes bound what a training reads and
+	// feeds the builder; trainSampleMax cuts each body (the builder uses
+	// the beginning of samples).
+	trainMaxSamples = 2000
+	trainMaxBytes   = 8 << 20
+	trainSampleMax  = 16 << 10
+	// trainScanLimit bounds the records a training reads on one shard.
+	trainScanLimit = 50_000
+	// trainHoldOut: every trainHoldOut-th sample is kept out of training
+	// and measures the dictionary.
+	trainHoldOut = 10
+)
+
+// compression is the router's dictionary state beside the codec's.
+type compression struct {
+	training   sync.Mutex // held by the one training that may run
+	rewriting  sync.Mutex // held by the one rewrite pass that may run
+	adoptMu    sync.Mutex // serialises adoptions of a current pointer
+	pointer    atomic.Pointer[dictPointer]
+	refresh    chan struct{} // asks the compression loop to read the pointer again
+	fullReload atomic.Bool   // ... and every dictionary
+}
+
+// dictPointer is the "current" record: which dictionary new bodies use,
+// with what its training measured.
+type dictPointer struct {
+	ID              uint32    `json:"id"`
+	TrainedAt       time.Time `json:"trained_at"`
+	Samples         int       `json:"samples"`
+	DictionaryBytes int       `json:"dictionary_bytes"`
+	RatioBefore     float64   `json:"ratio_before"`
+	RatioAfter      float64   `json:"ratio_after"`
+
+	version uint64 // of the record
+}
+
+func dictKey(id uint32) []byte { return []byte(strconv.FormatUint(uint64(id), 10)) }
+
+// parseDictKey reads a dictionary key; ok is false for any other key.
+func parseDictKey(k []byte) (uint32, bool) {
+	if len(k) == 0 || len(k) > 10 || k[0] == '0' {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(string(k), 10, 32)
+	if err != nil || n < minDictID || n > maxDictID {
+		return 0, false
+	}
+	return uint32(n), true
+}
+
+func encodeDictRecord(raw []byte) []byte {
+	sum := sha256.Sum256(raw)
+	out := make([]byte, 0, 1+len(sum)+len(raw))
+	out = append(out, dictRecordV1)
+	out = append(out, sum[:]...)
+	return append(out, raw...)
+}
+
+// parseDictRecord checks a dictionary record read from a shard and
+// returns the dictionary.
+func parseDictRecord(id uint32, v []byte) ([]byte, error) {
+	if len(v) < 1+sha256.Size+8 || v[0] != dictRecordV1 {
+		return nil, fmt.Errorf("dictionary %d: not a dictionary record", id)
+	}
+	raw := v[1+sha256.Size:]
+	if sum := sha256.Sum256(raw); !bytes.Equal(sum[:], v[1:1+sha256.Size]) {
+		return nil, fmt.Errorf("dictionary %d: checksum mismatch: the record is corrupt", id)
+	}
+	got, err := dictID(raw)
+	if err != nil {
+		return nil, fmt.Errorf("dictionary %d: %w", id, err)
+	}
+	if got != id {
+		return nil, fmt.Errorf("dictionary %d: the record holds dictionary %d", id, got)
+	}
+	return raw, nil
+}
+
+func parsePointer(rec storage.Record) (*dictPointer, error) {
+	var p dictPointer
+	if err := json.Unmarshal(rec.Value, &p); err != nil {
+		return nil, fmt.Errorf("current dictionary record: %w", err)
+	}
+	if p.ID < minDictID || p.ID > maxDictID {
+		return nil, fmt.Errorf("current dictionary record names id %d", p.ID)
+	}
+	p.version = rec.Version
+	return &p, nil
+}
+
+// initCompression wires the codec to the shards; New calls it.
+func (r *Router) initCompression() {
+	r.comp = &compression{refresh: make(chan struct{}, 1)}
+	r.codec.fetch = r.fetchDict
+	r.m.DictionaryID.Set(0)
+}
+
+// compressionRoutes registers the dictionary endpoints.
+func (r *Router) compressionRoutes(v1 *echo.Group) {
+	v1.GET("/admin/compression", r.adminCompression)
+	v1.POST("/admin/compression/train", r.adminTrain)
+	v1.POST("/admin/compression/rewrite", r.adminRewrite)
+}
+
+// requestDictReload asks the compression loop to read the pointer again
+// (full: every dictionary too).
+func (r *Router) requestDictReload(full bool) {
+	if full {
+		r.comp.fullReload.Store(true)
+	}
+	select {
+	case r.comp.refresh <- struct{}{}:
+	default:
+	}
+}
+
+// compressionLoop loads the dictionaries once the cluster map is known
+// (retrying until a quorum of shards answers), then reads the current
+// pointer again every repair interval and whenever asked.
+func (r *Router) compressionLoop(ctx context.Context) {
+	for r.topo.Load().epoch == 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(r.cfg.ProbeInterval / 10):
+		}
+	}
+	for {
+		err := r.loadDicts(ctx, true)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, errNotAdopted) {
+			// The shards answered; retrying at once would not help. Reads
+			// of that dictionary's records fail and say why; the next
+			// refresh (repair interval, reload) tries again.
+			r.log.Error("compression dictionaries loaded, but the current one cannot be used", "err", err)
+			break
+		}
+		r.log.Warn("compression dictionaries not loaded yet; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(r.cfg.ProbeInterval):
+		}
+	}
+	tick := time.NewTicker(r.cfg.RepairInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-r.comp.refresh:
+		}
+		if err := r.loadDicts(ctx, r.comp.fullReload.Swap(false)); err != nil && ctx.Err() == nil {
+			r.log.Warn("compression dictionaries: reload failed", "err", err)
+		}
+	}
+}
+
+// loadDicts reads the current pointer from every live shard and adopts
+// the newest if it is newer than the router's; with full it also loads
+// every dictionary the shards hold. It fails when fewer than a majority of
+// the shards answer.
+func (r *Router) loadDicts(ctx context.Context, full bool) error {
+	t := r.topo.Load()
+	var best *dictPointer
+	answered := 0
+	var errs []error
+	for _, n := range t.all {
+		if !n.up() {
+			continue
+		}
+		p, err := r.loadDictsFrom(ctx, n, full)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("shard %s: %w", n.Name, err))
+			continue
+		}
+		answered++
+		if p != nil && (best == nil || p.version > best.version) {
+			best = p
+		}
+	}
+	if answered < quorum(len(t.all)) {
+		return fmt.Errorf("%d of %d shards answered: %w", answered, len(t.all), errors.Join(errs...))
+	}
+	if best != nil {
+		if err := r.adoptPointer(best); err != nil {
+			return fmt.Errorf("%w: %v", errNotAdopted, err)
+		}
+	}
+	return nil
+}
+
+// errNotAdopted: the shards name a current dictionary the router cannot
+// load.
+var errNotAdopted = errors.New("current compression dictionary not adopted")
+
+func (r *Router) loadDictsFrom(ctx context.Context, n *Node, full bool) (*dictPointer, error) {
+	if !full {
+		sctx, cancel := r.shardCtx(ctx)
+		rec, err := n.Shard.Get(sctx, bucketDicts, []byte(dictCurrentKey))
+		cancel()
+		if errors.Is(err, storage.ErrNotFound) || (err == nil && rec.Tombstone) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		return parsePointer(rec)
+	}
+	var p *dictPointer
+	var after []byte
+	for {
+		sctx, cancel := r.shardCtx(ctx)
+		page, err := n.Shard.Scan(sctx, bucketDicts, storage.ScanOptions{After: after, Limit: 64})
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		for _, rec := range page.Records {
+			if string(rec.Key) == dictCurrentKey {
+				if p, err = parsePointer(rec); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			id, ok := parseDictKey(rec.Key)
+			if !ok {
+				continue
+			}
+			if _, known := r.codec.dict(id); known {
+				continue
+			}
+			raw, err := parseDictRecord(id, rec.Value)
+			if err == nil {
+				err = r.codec.addDict(id, raw)
+			}
+			if err != nil {
+				// Another shard's copy may be sound: fetchDict tries them all.
+				r.log.Error("compression dictionary unreadable on a shard", "shard", n.Name, "err", err)
+			}
+		}
+		if !page.More || len(page.Records) == 0 {
+			return p, nil
+		}
+		after = page.Records[len(page.Records)-1].Key
+	}
+}
+
+// adoptPointer makes p's dictionary current if p is newer than the
+// pointer the router follows, loading the dictionary if needed.
+func (r *Router) adoptPointer(p *dictPointer) error {
+	r.comp.adoptMu.Lock()
+	defer r.comp.adoptMu.Unlock()
+	if cur := r.comp.pointer.Load(); cur != nil && cur.version >= p.version {
+		return nil
+	}
+	if _, err := r.codec.decoderFor(p.ID); err != nil {
+		return fmt.Errorf("current dictionary %d: %w", p.ID, err)
+	}
+	if err := r.codec.setCurrent(p.ID); err != nil {
+		return err
+	}
+	r.comp.pointer.Store(p)
+	r.m.DictionaryID.Set(float64(p.ID))
+	r.log.Info("compression dictionary adopted", "id", p.ID, "trained_at", p.TrainedAt)
+	return nil
+}
+
+// fetchDict loads dictionary id from the shards (the codec's fetch): any
+// shard's sound copy will do, dictionaries being immutable. A dictionary
+// the router did not know suggests a newer training: the pointer is read
+// again in the background.
+func (r *Router) fetchDict(id uint32) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(r.bgCtx, r.cfg.ShardTimeout)
+	defer cancel()
+	t := r.topo.Load()
+	nodes := slices.Clone(t.all)
+	slices.SortStableFunc(nodes, func(a, b *Node) int { // live shards first
+		switch {
+		case a.up() == b.up():
+			return 0
+		case a.up():
+			return -1
+		}
+		return 1
+	})
+	var problems []string
+	for _, n := range nodes {
+		rec, err := n.Shard.Get(ctx, bucketDicts, dictKey(id))
+		if errors.Is(err, storage.ErrNotFound) || (err == nil && rec.Tombstone) {
+			continue
+		}
+		if err != nil {
+			problems = append(problems, n.Name+": "+err.Error())
+			continue
+		}
+		raw, err := parseDictRecord(id, rec.Value)
+		if err != nil {
+			problems = append(problems, n.Name+": "+err.Error())
+			continue
+		}
+		r.requestDictReload(false)
+		return raw, nil
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("%w: the record is compressed with dictionary %d, which no shard could provide (%s)", errNoDict, id, strings.Join(problems, "; "))
+	}
+	return nil, fmt.Errorf("%w: the record is compressed with dictionary %d, which no shard holds (restore the dictionaries from a backup)", errNoDict, id)
+}
+
+// ---- status ----
+
+// compressionStatus is the answer of GET /api/v1/admin/compression.
+type compressionStatus struct {
+	Current      *dictPointer `json:"current"`
+	Dictionaries []uint32     `json:"dictionaries"`
+}
+
+func (r *Router) adminCompression(c echo.Context) error {
+	ids := r.codec.dictIDs()
+	slices.Sort(ids)
+	return c.JSON(http.StatusOK, compressionStatus{Current: r.comp.pointer.Load(), Dictionaries: ids})
+}
+
+// ---- training ----
+
+// TrainResult is the answer of a training.
+type TrainResult struct {
+	ID              uint32         `json:"id"`
+	Samples         int            `json:"samples"`          // bodies sampled
+	SampleBytes     int64          `json:"sample_bytes"`     // their size (each cut to 16 KiB)
+	Measured        int            `json:"measured"`         // held out of training, to measure with
+	DictionaryBytes int            `json:"dictionary_bytes"` // the dictionary's size
+	RatioBefore     float64        `json:"ratio_before"`     // stored body bytes / JSON bytes of the held-out bodies, plain zstd
+	RatioAfter      float64        `json:"ratio_after"`      // the same with the new dictionary
+	TrainedAt       time.Time      `json:"trained_at"`
+	Rewrite         *RewriteResult `json:"rewrite,omitempty"` // with ?rewrite=true
+}
+
+// adminTrain serves POST /api/v1/admin/compression/train[?rewrite=true].
+func (r *Router) adminTrain(c echo.Context) error {
+	rewrite, err := boolParam(c, "rewrite")
+	if err != nil {
+		return err
+	}
+	if !r.comp.training.TryLock() {
+		return errorf(CodeFailedPrecondition, "a training is running already")
+	}
+	defer r.comp.training.Unlock()
+	ctx := c.Request().Context()
+	res, err := r.train(ctx)
+	if err != nil {
+		return err
+	}
+	if rewrite {
+		if !r.comp.rewriting.TryLock() {
+			return errorf(CodeFailedPrecondition, "dictionary %d is current, but a rewrite pass is running already: run it again once that one ends", res.ID)
+		}
+		defer r.comp.rewriting.Unlock()
+		rw := r.rewrite(ctx)
+		res.Rewrite = &rw
+	}
+	return c.JSON(http.StatusOK, res)
+}
+
+// boolParam reads an optional true/false query parameter.
+func boolParam(c echo.Context, name string) (bool, error) {
+	switch v := c.QueryParam(name); v {
+	case "", "false":
+		return false, nil
+	case "true":
+		return true, nil
+	default:
+		return false, errorf(CodeInvalidArgument, "%s %q: want true or false", name, truncate(v))
+	}
+}
+
+// train samples, builds, checks, stores and adopts a dictionary.
+func (r *Router) train(ctx context.Context) (*TrainResult, error) {
+	t := r.topo.Load()
+	if err := allUp(t, "train a compression dictionary"); err != nil {
+		return nil, err
+	}
+	samples, err := r.sampleBodies(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	if len(samples) < trainMinSamples {
+		return nil, errorf(CodeFailedPrecondition, "only %d stored context bodies to learn from (at least %d are needed): store more contexts and train again", len(samples), trainMinSamples)
+	}
+	res := &TrainResult{Samples: len(samples), TrainedAt: time.Now().UTC()}
+	var learn, measure [][]byte
+	for i, s := range samples {
+		res.SampleBytes += int64(len(s))
+		if i%trainHoldOut == trainHoldOut-1 {
+			measure = append(measure, s)
+		} else {
+			learn = append(learn, s)
+		}
+	}
+	res.Measured = len(measure)
+	id, err := r.newDictID()
+	if err != nil {
+		return nil, err
+	}
+	// One dictionary per minimum match length tried; the held-out bodies
+	// pick the one that stores them in the fewest bytes.
+	var raw []byte
+	var buildErrs []string
+	for _, hashBytes := range dictHashBytes {
+		cand, err := buildDict(learn, id, hashBytes)
+		if err != nil {
+			buildErrs = append(buildErrs, err.Error())
+			continue
+		}
+		before, after, err := r.measureDict(cand, id, measure)
+		if err != nil {
+			return nil, &Error{Code: CodeInternal, Message: "check the new dictionary", Err: err}
+		}
+		if raw == nil || after < res.RatioAfter {
+			raw, res.RatioBefore, res.RatioAfter = cand, before, after
+		}
+	}
+	if raw == nil {
+		return nil, errorf(CodeFailedPrecondition, "no dictionary could be built from %d stored bodies: %s", len(learn), strings.Join(buildErrs, "; "))
+	}
+	res.ID, res.DictionaryBytes = id, len(raw)
+	if res.RatioAfter >= res.RatioBefore {
+		return nil, errorf(CodeFailedPrecondition, "the trained dictionary does not improve compression of the held-out bodies (%.3f with it, %.3f without): not adopted", res.RatioAfter, res.RatioBefore)
+	}
+	if err := r.storeDict(ctx, t, id, raw); err != nil {
+		return nil, err
+	}
+	if err := r.codec.addDict(id, raw); err != nil {
+		return nil, &Error{Code: CodeInternal, Message: "load the new dictionary", Err: err}
+	}
+	p := &dictPointer{ID: id, TrainedAt: res.TrainedAt, Samples: res.Samples, DictionaryBytes: res.DictionaryBytes,
+		RatioBefore: res.RatioBefore, RatioAfter: res.RatioAfter, version: r.clock.Next()}
+	if err := r.writeEverywhere(ctx, t, []byte(dictCurrentKey), p.version, mustJSON(p), storage.CondNone,
+		fmt.Sprintf("dictionary %d is stored on every shard but was not made current", id)); err != nil {
+		return nil, err
+	}
+	if err := r.adoptPointer(p); err != nil {
+		return nil, &Error{Code: CodeInternal, Message: "adopt the new dictionary", Err: err}
+	}
+	r.m.DictionaryTrainings.Inc()
+	r.log.Info("compression dictionary trained", "id", id, "samples", res.Samples, "bytes", res.DictionaryBytes,
+		"ratio_before", res.RatioBefore, "ratio_after", res.RatioAfter)
+	return res, nil
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// allUp fails (503) when a shard of t is down: dictionaries go to every
+// shard or nowhere.
+func allUp(t *topology, what string) error {
+	var down []string
+	for _, n := range t.all {
+		if !n.up() {
+			down = append(down, n.Name)
+		}
+	}
+	if len(down) > 0 {
+		return errorf(CodeUnavailable, "cannot %s while shards are down (%s): a dictionary must reach every shard", what, strings.Join(down, ", "))
+	}
+	return nil
+}
+
+// newDictID draws an unused id from zstd's user range.
+func (r *Router) newDictID() (uint32, error) {
+	for range 8 {
+		var b [4]byte
+		rand.Read(b[:])
+		id := minDictID + binary.LittleEndian.Uint32(b[:])%(maxDictID-minDictID+1)
+		if _, known := r.codec.dict(id); !known {
+			return id, nil
+		}
+	}
+	return 0, errorf(CodeInternal, "no unused dictionary id found")
+}
+
+// dictHashBytes are the minimum match lengths a training tries (the
+// builder's advice: 6 to 8 are usually best; which depends on the data).
+var dictHashBytes = []int{6, 8}
+
+// buildDict runs the builder, which may panic on inputs it cannot use.
+// The dictionary holds up to dictSize bytes of content, plus its header
+// and entropy tables.
+func buildDict(samples [][]byte, id uint32, hashBytes int) (raw []byte, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			raw, err = nil, fmt.Errorf("dictionary builder: %v", p)
+		}
+	}()
+	raw, err = dict.BuildZstdDict(samples, dict.Options{
+		MaxDictSize:    dictSize,
+		HashBytes:      hashBytes,
+		ZstdDictID:     id,
+		ZstdDictCompat: true,
+		ZstdLevel:      dictLevel, // the dictionary is tuned for the level it is used at
+	})
+	if err != nil {
+		return nil, err
+	}
+	if got, err := dictID(raw); err != nil || got != id {
+		return nil, fmt.Errorf("the builder made no dictionary %d (%v)", id, err)
+	}
+	return raw, nil
+}
+
+// measureDict compresses the held-out bodies as the codec stores them,
+// without and with the dictionary, checks that each comes back whole, and
+// returns stored bytes / JSON bytes for both.
+func (r *Router) measureDict(raw []byte, id uint32, bodies [][]byte) (before, after float64, err error) {
+	enc, err := zstd.NewWriter(nil, dictEncoderOptions(raw, zstd.WithEncoderConcurrency(1))...)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer enc.Close()
+	dec, err := zstd.NewReader(nil, decoderOptions(zstd.WithDecoderDicts(raw), zstd.WithDecoderConcurrency(1))...)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer dec.Close()
+	de := &dictEncoder{id: id, enc: enc}
+	var in, plain, with int64
+	for _, b := range bodies {
+		in += int64(len(b))
+		plain += int64(len(r.codec.appendBodyWith(nil, b, nil, nil)))
+		stored := r.codec.appendBodyWith(nil, b, de, nil)
+		with += int64(len(stored))
+		if stored[0] != codecZstdDict {
+			continue
+		}
+		z, _, _ := cutUvarint(stored[1:])
+		back, err := dec.DecodeAll(z, nil)
+		if err != nil || !bytes.Equal(back, b) {
+			return 0, 0, fmt.Errorf("a body does not come back whole through dictionary %d: %v", id, err)
+		}
+	}
+	if in == 0 {
+		return 0, 0, errors.New("nothing to measure")
+	}
+	return float64(plain) / float64(in), float64(with) / float64(in), nil
+}
+
+// sampleBodies reads up to trainMaxSamples context bodies (content JSON,
+// decompressed) from the shards of t: on each, a reservoir sample of the
+// live contexts, scanned from a random point of the key space (at most
+// trainScanLimit records a shard). A context held by several replicas
+// counts once.
+func (r *Router) sampleBodies(ctx context.Context, t *topology) ([][]byte, error) {
+	per := (trainMaxSamples + len(t.all) - 1) / len(t.all)
+	seen := map[string]bool{}
+	var out [][]byte
+	now := time.Now()
+	for _, n := range t.all {
+		var start [1]byte
+		rand.Read(start[:])
+		reservoir := make([][]byte, 0, per)
+		scanned, budget := 0, trainScanLimit
+		visit := func(rec storage.Record) error {
+			if rec.Tombstone || seen[string(rec.Key)] || storedExpired(rec.Value, now) {
+				return nil
+			}
+			seen[string(rec.Key)] = true
+			scanned++
+			slot := len(reservoir)
+			if slot >= per {
+				if slot = mrand.IntN(scanned); slot >= per {
+					return nil
+				}
+			}
+			s, err := splitStored(rec.Value)
+			if err != nil {
+				return nil // a corrupt record teaches nothing
+			}
+			body, err := r.codec.contentJSON(s)
+			if err != nil {
+				return nil
+			}
+			if len(body) > trainSampleMax {
+				body = body[:trainSampleMax]
+			}
+			body = bytes.Clone(body)
+			if slot == len(reservoir) {
+				reservoir = append(reservoir, body)
+			} else {
+				reservoir[slot] = body
+			}
+			return nil
+		}
+		// From the random point to the end, then from the start up to it.
+		if err := r.scanContexts(ctx, n, start[:], nil, &budget, visit); err != nil {
+			return nil, fromStorage("sample contexts on shard "+n.Name, err)
+		}
+		if err := r.scanContexts(ctx, n, nil, start[:], &budget, visit); err != nil {
+			return nil, fromStorage("sample contexts on shard "+n.Name, err)
+		}
+		out = append(out, reservoir...)
+	}
+	mrand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	total := 0
+	for i, b := range out {
+		if total += len(b); total > trainMaxBytes {
+			return out[:i], nil
+		}
+	}
+	return out, nil
+}
+
+// scanContexts visits the contexts of shard n after key after (nil: from
+// the start) up to key until (inclusive; nil: to the end), at most
+// *budget of them (it counts them off).
+func (r *Router) scanContexts(ctx context.Context, n *Node, after, until []byte, budget *int, visit func(storage.Record) error) error {
+	for *budget > 0 {
+		sctx, cancel := r.shardCtx(ctx)
+		p, err := n.Shard.Scan(sctx, bucketContexts, storage.ScanOptions{After: after, Limit: min(200, *budget)})
+		cancel()
+		if err != nil {
+			return err
+		}
+		for _, rec := range p.Records {
+			if until != nil && bytes.Compare(rec.Key, until) > 0 {
+				return nil
+			}
+			*budget--
+			if err := visit(rec); err != nil {
+				return err
+			}
+		}
+		if !p.More || len(p.Records) == 0 {
+			return nil
+		}
+		after = p.Records[len(p.Records)-1].Key
+	}
+	return nil
+}
+
+// storeDict writes a new dictionary to every shard, create-only.
+func (r *Router) storeDict(ctx context.Context, t *topology, id uint32, raw []byte) error {
+	return r.writeEverywhere(ctx, t, dictKey(id), r.clock.Next(), encodeDictRecord(raw), storage.CondAbsent,
+		fmt.Sprintf("dictionary %d could not be stored on every shard, so it was not made current", id))
+}
+
+// writeEverywhere writes one record of the dictionary bucket to every
+// shard of t, all at once, and fails (503, with what) unless every shard
+// stored it. Under CondAbsent a shard that holds the key already is a
+// conflict (500).
+func (r *Router) writeEverywhere(ctx context.Context, t *topology, key []byte, version uint64, value []byte, cond storage.Cond, what string) error {
+	if err := allUp(t, "write a compression dictionary"); err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	var failed []string
+	conflict := ""
+	var wg sync.WaitGroup
+	for _, n := range t.all {
+		wg.Go(func() {
+			wctx, cancel := r.shardCtx(ctx)
+			defer cancel()
+			res, err := n.Shard.Apply(wctx, bucketDicts, []storage.Write{{Record: storage.Record{Key: key, Version: version, Value: value}, Cond: cond}})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				failed = append(failed, n.Name+": "+err.Error())
+			case res[0].Outcome == storage.Conflict:
+				conflict = n.Name
+			}
+		})
+	}
+	wg.Wait()
+	if len(failed) > 0 {
+		slices.Sort(failed)
+		return errorf(CodeUnavailable, "%s: %s", what, strings.Join(failed, "; "))
+	}
+	if conflict != "" {
+		return errorf(CodeInternal, "%s: shard %s already holds a record %s in bucket %s", what, conflict, key, bucketDicts)
+	}
+	return nil
+}
+
+// ---- rewrite ----
+
+// RewriteResult is what a rewrite pass did.
+type RewriteResult struct {
+	Dictionary  uint32    `json:"dictionary"`   // the dictionary bodies are now compressed with
+	Scanned     int64     `json:"scanned"`      // live contexts read
+	Rewritten   int64     `json:"rewritten"`    // re-encoded in place
+	Current     int64     `json:"current"`      // already under the dictionary (or not worth changing)
+	Changed     int64     `json:"changed"`      // rewritten by a client meanwhile: left to that write
+	Failed      int64     `json:"failed"`       // unreadable (see errors)
+	BytesBefore int64     `json:"bytes_before"` // stored value bytes of the contexts rewritten, before
+	BytesAfter  int64     `json:"bytes_after"`  // ... and after
+	Errors      []string  `json:"errors,omitempty"`
+	Start       time.Time `json:"start"`
+	End         time.Time `json:"end"`
+}
+
+// adminRewrite serves POST /api/v1/admin/compression/rewrite: re-encode
+// every context not compressed with the current dictionary, in place at
+// the same version, on every live shard. 202 starts the pass in the
+// background; ?wait=true runs it and answers 200 with its outcome.
+func (r *Router) adminRewrite(c echo.Context) error {
+	wait, err := boolParam(c, "wait")
+	if err != nil {
+		return err
+	}
+	id := r.codec.current()
+	if id == 0 {
+		return errorf(CodeFailedPrecondition, "no compression dictionary is current: train one first (POST /api/v1/admin/compression/train)")
+	}
+	if wait {
+		if !r.comp.rewriting.TryLock() {
+			return errorf(CodeFailedPrecondition, "a rewrite pass is running already")
+		}
+		defer r.comp.rewriting.Unlock()
+		return c.JSON(http.StatusOK, r.rewrite(c.Request().Context()))
+	}
+	if !r.comp.rewriting.TryLock() {
+		return c.JSON(http.StatusAccepted, map[string]any{"status": "a rewrite pass is running already"})
+	}
+	r.background(func(ctx context.Context) {
+		defer r.comp.rewriting.Unlock()
+		res := r.rewrite(ctx)
+		r.log.Info("compression rewrite pass done", "dictionary", res.Dictionary, "scanned", res.Scanned,
+			"rewritten", res.Rewritten, "bytes_before", res.BytesBefore, "bytes_after", res.BytesAfter, "errors", len(res.Errors))
+	})
+	return c.JSON(http.StatusAccepted, map[string]any{"status": "started", "dictionary": id})
+}
+
+// rewrite walks the contexts of every live shard and re-encodes, with
+// storage.CondRewrite (same version, only if the record is still the one
+// read), each whose body is not under the current dictionary. The
+// document a context renders does not change by a byte: metadata and
+// embeddings are copied, the body decompressed and compressed again.
+func (r *Router) rewrite(ctx context.Context) RewriteResult {
+	res := RewriteResult{Dictionary: r.codec.current(), Start: time.Now().UTC()}
+	defer func() { res.End = time.Now().UTC() }()
+	for _, n := range r.topo.Load().all {
+		if !n.up() {
+			res.Errors = append(res.Errors, "shard "+n.Name+" is down: run the pass again when it is back")
+			continue
+		}
+		if err := r.rewriteShard(ctx, n, &res); err != nil {
+			res.Errors = append(res.Errors, fmt.Sprintf("shard %s: %v", n.Name, err))
+		}
+	}
+	res.End = time.Now().UTC()
+	return res
+}
+
+func (r *Router) rewriteShard(ctx context.Context, n *Node, res *RewriteResult) error {
+	kr := r.cfg.Security.Keyring
+	raw := rawShard(n) // read as stored; writes go through n.Shard, which seals
+	var after []byte
+	now := time.Now()
+	for {
+		sctx, cancel := r.shardCtx(ctx)
+		p, err := raw.Scan(sctx, bucketContexts, storage.ScanOptions{After: after, Limit: syncPage})
+		cancel()
+		if err != nil {
+			return err
+		}
+		var writes []storage.Write
+		var before, afterBytes []int
+		for _, rec := range p.Records {
+			if rec.Tombstone || len(rec.Value) == 0 {
+				continue
+			}
+			plain, err := kr.open(bucketContexts, rec.Key, rec.Value)
+			if err != nil {
+				res.Failed++
+				res.Errors = appendCapped(res.Errors, err.Error())
+				continue
+			}
+			if storedExpired(plain, now) {
+				continue
+			}
+			res.Scanned++
+			out, changed, err := r.codec.recompress(plain)
+			if err != nil {
+				res.Failed++
+				res.Errors = appendCapped(res.Errors, fmt.Sprintf("context %s: %v", printableKey(rec.Key), err))
+				continue
+			}
+			if !changed {
+				res.Current++
+				continue
+			}
+			writes = append(writes, storage.Write{Record: storage.Record{Key: rec.Key, Version: rec.Version, Value: out}, Cond: storage.CondRewrite})
+			before, afterBytes = append(before, len(plain)), append(afterBytes, len(out))
+		}
+		if len(writes) > 0 {
+			if r.syncLimit != nil {
+				if err := r.syncLimit.WaitN(ctx, min(len(writes), r.syncLimit.Burst())); err != nil {
+					return err
+				}
+			}
+			wctx, cancel := r.shardCtx(ctx)
+			results, err := n.Shard.Apply(wctx, bucketContexts, writes)
+			cancel()
+			if err != nil {
+				return err
+			}
+			for i, out := range results {
+				if out.Outcome == storage.Applied {
+					res.Rewritten++
+					res.BytesBefore += int64(before[i])
+					res.BytesAfter += int64(afterBytes[i])
+				} else {
+					res.Changed++
+				}
+			}
+		}
+		if !p.More || len(p.Records) == 0 {
+			return nil
+		}
+		after = p.Records[len(p.Records)-1].Key
+	}
+}
+
+// appendCapped keeps the first 20 error messages of a pass.
+func appendCapped(list []string, msg string) []string {
+	if len(list) >= 20 {
+		return list
+	}
+	return append(list, msg)
+}
+
+// ---- repair, rebalance and restore ----
+
+// syncDicts gives every live shard every record of the dictionary bucket
+// it lacks (or holds older), copied as stored from a shard that has the
+// newest: a shard that joins the cluster or comes back gets the
+// dictionaries before records compressed with them can reach it through
+// the pass. It returns how many records it copied.
+func (r *Router) syncDicts(ctx context.Context, live []*Node) (int64, error) {
+	type holding struct {
+		source  *Node
+		version uint64
+		held    map[*Node]uint64
+	}
+	keys := map[string]*holding{}
+	for _, n := range live {
+		var after []byte
+		for {
+			sctx, cancel := r.shardCtx(ctx)
+			p, err := n.Shard.Scan(sctx, bucketDicts, storage.ScanOptions{After: after, Limit: syncPage, Tombstones: true, KeysOnly: true})
+			cancel()
+			if err != nil {
+				return 0, fmt.Errorf("scan %s on shard %s: %w", bucketDicts, n.Name, err)
+			}
+			for _, rec := range p.Records {
+				h := keys[string(rec.Key)]
+				if h == nil {
+					h = &holding{held: map[*Node]uint64{}}
+					keys[string(rec.Key)] = h
+				}
+				h.held[n] = rec.Version
+				if rec.Version > h.version {
+					h.source, h.version = n, rec.Version
+				}
+			}
+			if !p.More || len(p.Records) == 0 {
+				break
+			}
+			after = p.Records[len(p.Records)-1].Key
+		}
+	}
+	var copied int64
+	for k, h := range keys {
+		var targets []*Node
+		for _, n := range live {
+			if h.held[n] < h.version {
+				targets = append(targets, n)
+			}
+		}
+		if len(targets) == 0 {
+			continue
+		}
+		gctx, cancel := r.shardCtx(ctx)
+		recs, err := h.source.Shard.MultiGet(gctx, bucketDicts, [][]byte{[]byte(k)})
+		cancel()
+		if err != nil {
+			return copied, fmt.Errorf("read %s/%s from shard %s: %w", bucketDicts, k, h.source.Name, err)
+		}
+		if len(recs) != 1 || recs[0].Version == 0 {
+			continue
+		}
+		for _, n := range targets {
+			wctx, cancel := r.shardCtx(ctx)
+			res, err := n.Shard.Apply(wctx, bucketDicts, []storage.Write{{Record: recs[0]}})
+			cancel()
+			if err != nil {
+				return copied, fmt.Errorf("copy %s/%s to shard %s: %w", bucketDicts, k, n.Name, err)
+			}
+			if res[0].Outcome == storage.Applied {
+				copied++
+			}
+		}
+	}
+	return copied, nil
+}
+
+// checkRestoredDict refuses a record of the dictionary bucket that is not
+// one the router writes.
+func checkRestoredDict(key []byte) error {
+	if string(key) == dictCurrentKey {
+		return nil
+	}
+	if _, ok := parseDictKey(key); !ok {
+		return errorf(CodeInvalidArgument, "bucket %s: key %q is neither a dictionary id nor %q", bucketDicts, truncate(string(key)), dictCurrentKey)
+	}
+	return nil
+}
+
+// restoreDicts writes restored dictionary records to every shard (put if
+// newer), or in a dry run compares them with what every shard holds. A
+// record counts as applied when some shard stored it (would store it).
+// Every shard must be up and answer, else 503: the records that need the
+// dictionaries may land anywhere.
+func (r *Router) restoreDicts(ctx context.Context, t *topology, recs []storage.Record, dry bool) ([]bool, error) {
+	applied := make([]bool, len(recs))
+	if len(recs) == 0 {
+		return applied, nil
+	}
+	if err := allUp(t, "restore compression dictionaries"); err != nil {
+		return nil, err
+	}
+	keys := make([][]byte, len(recs))
+	writes := make([]storage.Write, len(recs))
+	for i, rec := range recs {
+		keys[i], writes[i] = rec.Key, storage.Write{Record: rec}
+	}
+	for _, n := range t.all {
+		sctx, cancel := r.shardCtx(ctx)
+		var err error
+		if dry {
+			var got []storage.Record
+			if got, err = n.Shard.MultiGet(sctx, bucketDicts, keys); err == nil {
+				for i := range recs {
+					applied[i] = applied[i] || recs[i].Version > got[i].Version
+				}
+			}
+		} else {
+			var res []storage.Result
+			if res, err = n.Shard.Apply(sctx, bucketDicts, writes); err == nil {
+				for i := range recs {
+					applied[i] = applied[i] || res[i].Outcome == storage.Applied
+				}
+			}
+		}
+		cancel()
+		if err != nil {
+			return nil, fromStorage("restore compression dictionaries to shard "+n.Name+" (they must reach every shard; restoring again is safe)", err)
+		}
+	}
+	return applied, nil
+}

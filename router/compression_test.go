@@ -1,0 +1,790 @@
+package router
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/backup"
+	"github.com/go-kvdb/go-kvdb/storage"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+var chatWords = strings.Fields(`the cluster router shard replica context topic message assistant user
+model answer question refund invoice charge account password reset order delivery ticket support
+billing please thanks could would should customer twice monthly plan upgrade cancel receipt email
+address card declined payment pending warehouse courier tracking number weekend tomorrow`)
+
+// chatBody is a chat-like content object: a system prompt and a few turns
+// of sentences from a small vocabulary, different for every seed.
+func chatBody(seed int) map[string]any {
+	r := mrand.New(mrand.NewPCG(uint64(seed), 7))
+	sentence := func() string {
+		n := 6 + r.IntN(10)
+		w := make([]string, n)
+		for i := range w {
+			w[i] = chatWords[r.IntN(len(chatWords))]
+		}
+		return strings.ToUpper(w[0][:1]) + strings.Join(w, " ")[1:] + "."
+	}
+	msgs := []map[string]string{{"role": "system", "content": "You are a helpful support assistant. Answer briefly, politely, and cite the conversation when you can."}}
+	for i := range 4 + r.IntN(8) {
+		role := "user"
+		if i%2 == 1 {
+			role = "assistant"
+		}
+		var parts []string
+		for range 1 + r.IntN(3) {
+			parts = append(parts, sentence())
+		}
+		msgs = append(msgs, map[string]string{"role": role, "content": strings.Join(parts, " ")})
+	}
+	return map[string]any{"text": sentence(), "messages": msgs}
+}
+
+func chatDoc(seed int) map[string]any {
+	return map[string]any{"metadata": map[string]any{"model": "llama3", "tags": []string{"chat"}}, "content": chatBody(seed)}
+}
+
+// fillChats stores n chat contexts c<from>… in topic (created if absent).
+func fillChats(t testing.TB, tc *testCluster, topic string, from, n int) {
+	t.Helper()
+	if r := call(t, "POST", tc.URL+"/api/v1/topics", map[string]any{"name": topic}); r.Status != 201 && r.Status != 409 {
+		t.Fatalf("create topic %s = %d %s", topic, r.Status, r.Raw)
+	}
+	for i := from; i < from+n; i++ {
+		tc.putContext(t, topic, fmt.Sprintf("c%03d", i), chatDoc(i))
+	}
+}
+
+// trainDict posts a training and decodes its answer.
+func trainDict(t testing.TB, url, query string) (response, TrainResult) {
+	t.Helper()
+	r := call(t, "POST", url+"/api/v1/admin/compression/train"+query, nil)
+	var res TrainResult
+	if r.Status == 200 {
+		if err := json.Unmarshal(r.Raw, &res); err != nil {
+			t.Fatalf("train answer %s: %v", r.Raw, err)
+		}
+	}
+	return r, res
+}
+
+// storedContexts returns every context record of a store, by key.
+func storedContexts(t testing.TB, st *storage.Store) map[string]storage.Record {
+	t.Helper()
+	out := map[string]storage.Record{}
+	var after []byte
+	for {
+		p, err := st.Scan(context.Background(), bucketContexts, storage.ScanOptions{After: after, Limit: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rec := range p.Records {
+			out[string(rec.Key)] = rec
+		}
+		if !p.More || len(p.Records) == 0 {
+			return out
+		}
+		after = p.Records[len(p.Records)-1].Key
+	}
+}
+
+// contextBytes sums the stored context values of a cluster.
+func contextBytes(t testing.TB, tc *testCluster) int64 {
+	t.Helper()
+	var n int64
+	for _, st := range tc.stores {
+		for _, rec := range storedContexts(t, st) {
+			n += int64(len(rec.Value))
+		}
+	}
+	return n
+}
+
+// codecOf reports the codec byte of a stored (plaintext) context.
+func codecOf(t testing.TB, value []byte) byte {
+	t.Helper()
+	s, err := splitStored(value)
+	if err != nil {
+		t.Fatalf("stored context: %v", err)
+	}
+	return s.codec
+}
+
+// dictRecord reads a record of the dictionary bucket from a store.
+func dictRecord(st *storage.Store, key string) (storage.Record, bool) {
+	rec, err := st.Get(context.Background(), bucketDicts, []byte(key))
+	return rec, err == nil && !rec.Tombstone
+}
+
+// getAll reads every context of topic through url: body and ETag by id.
+func getAll(t testing.TB, url, topic string, ids []string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, id := range ids {
+		r := must(t, call(t, "GET", url+"/api/v1/topics/"+topic+"/contexts/"+id, nil), 200, "GET "+id)
+		out[id] = r.Header.Get("ETag") + " " + string(r.Raw)
+	}
+	return out
+}
+
+func ids(from, n int) []string {
+	var out []string
+	for i := from; i < from+n; i++ {
+		out = append(out, fmt.Sprintf("c%03d", i))
+	}
+	return out
+}
+
+// testDict builds a dictionary from chat bodies.
+func testDict(t testing.TB, id uint32) []byte {
+	t.Helper()
+	var samples [][]byte
+	for i := range 200 {
+		b, _ := json.Marshal(chatBody(10_000 + i))
+		samples = append(samples, b)
+	}
+	raw, err := buildDict(samples, id, 6)
+	if err != nil {
+		t.Fatalf("buildDict: %v", err)
+	}
+	return raw
+}
+
+func TestCodecDictionary(t *testing.T) {
+	const id = 1_234_567
+	raw := testDict(t, id)
+	c, err := newCodec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := &Document{Metadata: Metadata{ID: "d1", Model: "m"}, Content: Content{Text: "hello"}}
+	body, _ := json.Marshal(chatBody(1))
+	if err := json.Unmarshal(body, &doc.Content); err != nil {
+		t.Fatal(err)
+	}
+	doc.Content.Embeddings = []float32{0.5, -1, 3}
+	plain, err := c.encodeDocument(doc)
+	if err != nil || codecOf(t, plain) != codecZstd {
+		t.Fatalf("encode without a dictionary: codec %d, %v; want plain zstd", codecOf(t, plain), err)
+	}
+	want, err := c.appendDocumentJSON(nil, plain, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.setCurrent(id); !errors.Is(err, errNoDict) {
+		t.Errorf("setCurrent of an unknown dictionary = %v, want errNoDict", err)
+	}
+	if err := c.addDict(id+1, raw); err == nil {
+		t.Errorf("addDict under another id = nil, want an error")
+	}
+	if err := c.addDict(id, raw[:6]); err == nil {
+		t.Errorf("addDict of a cut dictionary header = nil, want an error")
+	}
+	if err := c.addDict(id, raw); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.setCurrent(id); err != nil || c.current() != id {
+		t.Fatalf("setCurrent = %v, current %d", err, c.current())
+	}
+	withDict, err := c.encodeDocument(doc)
+	if err != nil || codecOf(t, withDict) != codecZstdDict {
+		t.Fatalf("encode with a dictionary: codec %d, %v; want %d", codecOf(t, withDict), err, codecZstdDict)
+	}
+	s, _ := splitStored(withDict)
+	if got, _ := frameDictID(s.body); got != id {
+		t.Errorf("frame header names dictionary %d, want %d", got, id)
+	}
+	if len(withDict) >= len(plain) {
+		t.Errorf("stored with the dictionary: %d bytes, without: %d; want smaller", len(withDict), len(plain))
+	}
+	for name, v := range map[string][]byte{"plain": plain, "dictionary": withDict} {
+		got, err := c.appendDocumentJSON(nil, v, true)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("render of the %s record = %s, %v; want %s", name, got, err, want)
+		}
+		d, err := c.decodeDocument(v)
+		if err != nil || d.Content.Text != doc.Content.Text || len(d.Content.Messages) != len(doc.Content.Messages) || len(d.Content.Embeddings) != 3 {
+			t.Errorf("decode of the %s record = %+v, %v", name, d, err)
+		}
+	}
+
+	// Rewrite: same document, under the dictionary; nothing to do twice.
+	out, changed, err := c.recompress(plain)
+	if err != nil || !changed || codecOf(t, out) != codecZstdDict || len(out) >= len(plain) {
+		t.Fatalf("recompress(plain) = %d bytes codec %d, %v, %v", len(out), codecOf(t, out), changed, err)
+	}
+	if got, _ := c.appendDocumentJSON(nil, out, true); !bytes.Equal(got, want) {
+		t.Errorf("recompressed record renders %s, want %s", got, want)
+	}
+	if _, changed, err := c.recompress(out); changed || err != nil {
+		t.Errorf("recompress of a record under the current dictionary = %v, %v; want nothing to do", changed, err)
+	}
+
+	// A router that lacks the dictionary and cannot load it fails clearly.
+	other, _ := newCodec()
+	if _, err := other.appendDocumentJSON(nil, withDict, true); !errors.Is(err, errNoDict) || !strings.Contains(err.Error(), strconv.Itoa(id)) {
+		t.Errorf("render without the dictionary = %v, want errNoDict naming %d", err, id)
+	}
+	if got, err := other.appendDocumentJSON(nil, plain, true); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("plain record in a codec without dictionaries = %v", err)
+	}
+	// One that can load it does so once, and caches it.
+	var fetches atomic.Int32
+	other.fetch = func(got uint32) ([]byte, error) {
+		fetches.Add(1)
+		if got != id {
+			return nil, fmt.Errorf("%w: %d", errNoDict, got)
+		}
+		return raw, nil
+	}
+	for range 3 {
+		if got, err := other.appendDocumentJSON(nil, withDict, true); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("render with a fetched dictionary = %s, %v", got, err)
+		}
+	}
+	if n := fetches.Load(); n != 1 {
+		t.Errorf("dictionary fetched %d times, want once", n)
+	}
+	// A fetch that brings something else is refused, and not retried at once.
+	bad, _ := newCodec()
+	bad.fetch = func(uint32) ([]byte, error) { fetches.Add(1); return testDict(t, id+7), nil }
+	fetches.Store(0)
+	for range 2 {
+		if _, err := bad.appendDocumentJSON(nil, withDict, true); err == nil || !strings.Contains(err.Error(), "header says") {
+			t.Errorf("render with a wrong dictionary fetched = %v, want an error", err)
+		}
+	}
+	if n := fetches.Load(); n != 1 {
+		t.Errorf("a failed fetch was repeated %d times at once, want once", n)
+	}
+
+	// A dictionary frame that names no dictionary is corrupt.
+	z := c.enc.EncodeAll(body, nil)
+	noID := []byte{formatV1, 2, '{', '}', codecZstdDict}
+	noID = append(noID, appendUvarintBytes(z)...)
+	noID = append(noID, 0)
+	if _, err := c.appendDocumentJSON(nil, noID, true); !errors.Is(err, errCorrupt) {
+		t.Errorf("dictionary codec without a dictionary id = %v, want errCorrupt", err)
+	}
+}
+
+func appendUvarintBytes(b []byte) []byte {
+	var out []byte
+	n := uint64(len(b))
+	for n >= 0x80 {
+		out = append(out, byte(n)|0x80)
+		n >>= 7
+	}
+	return append(append(out, byte(n)), b...)
+}
+
+func TestTrainDictionary(t *testing.T) {
+	tc := newSecureCluster(t, 3, func(c *Config) { c.CacheBytes = 0 })
+	fillChats(t, tc, "chat", 0, 80)
+	before := getAll(t, tc.URL, "chat", ids(0, 80))
+
+	r, res := trainDict(t, tc.URL, "")
+	if r.Status != 200 {
+		t.Fatalf("train = %d %s", r.Status, r.Raw)
+	}
+	if res.ID < minDictID || res.ID > maxDictID || res.Samples != 80 || res.Measured != 8 || res.DictionaryBytes == 0 || res.DictionaryBytes > dictSize+4096 {
+		t.Errorf("train = %+v: want an id in zstd's user range, 80 samples, 8 measured, a dictionary of at most 64 KiB and its tables", res)
+	}
+	if !(res.RatioAfter < res.RatioBefore) || res.RatioBefore <= 0 {
+		t.Errorf("train ratios: %.3f before, %.3f after; want an improvement", res.RatioBefore, res.RatioAfter)
+	}
+	// Stored on every shard, with the pointer.
+	for i, st := range tc.stores {
+		rec, ok := dictRecord(st, strconv.FormatUint(uint64(res.ID), 10))
+		if !ok {
+			t.Fatalf("shard %d holds no dictionary %d", i+1, res.ID)
+		}
+		if _, err := parseDictRecord(res.ID, rec.Value); err != nil {
+			t.Errorf("shard %d: %v", i+1, err)
+		}
+		rec, ok = dictRecord(st, dictCurrentKey)
+		if p, err := parsePointer(rec); !ok || err != nil || p.ID != res.ID {
+			t.Errorf("shard %d current pointer = %+v, %v; want %d", i+1, p, err, res.ID)
+		}
+	}
+	st := must(t, call(t, "GET", tc.URL+"/api/v1/admin/compression", nil), 200, "compression status")
+	if cur, _ := st.JSON["current"].(map[string]any); cur == nil || cur["id"] != float64(res.ID) {
+		t.Errorf("compression status = %s, want current %d", st.Raw, res.ID)
+	}
+	if g := testutil.ToFloat64(tc.router.m.DictionaryID); g != float64(res.ID) {
+		t.Errorf("kvdb_codec_dictionary_id = %v, want %d", g, res.ID)
+	}
+	if n := testutil.ToFloat64(tc.router.m.DictionaryTrainings); n != 1 {
+		t.Errorf("kvdb_codec_dictionary_trainings_total = %v, want 1", n)
+	}
+
+	// Old records read as before; new ones are written with the dictionary.
+	if after := getAll(t, tc.URL, "chat", ids(0, 80)); !equalMaps(after, before) {
+		t.Errorf("plain zstd records read differently after training")
+	}
+	in0, out0 := testutil.ToFloat64(tc.router.m.CodecInputBytes), testutil.ToFloat64(tc.router.m.CodecOutputBytes)
+	fillChats(t, tc, "chat", 100, 20)
+	if in, out := testutil.ToFloat64(tc.router.m.CodecInputBytes)-in0, testutil.ToFloat64(tc.router.m.CodecOutputBytes)-out0; in == 0 || out >= in*res.RatioBefore {
+		t.Errorf("codec metrics after training: %v in, %v out; want counted, and better than %.3f", in, out, res.RatioBefore)
+	}
+	counts := map[byte]int{}
+	for _, st := range tc.stores {
+		for k, rec := range storedContexts(t, st) {
+			if strings.HasPrefix(k, "chat\x00c1") {
+				counts[codecOf(t, rec.Value)]++
+			}
+		}
+	}
+	if counts[codecZstdDict] != 20 {
+		t.Errorf("codecs of the contexts written after training = %v, want 20 × %d", counts, codecZstdDict)
+	}
+	for i := 100; i < 120; i++ {
+		got := documentOf(t, tc, "chat", fmt.Sprintf("c%03d", i))
+		wantBody, _ := json.Marshal(chatBody(i))
+		gotBody, _ := json.Marshal(map[string]any{"text": got.Content.Text, "messages": got.Content.Messages})
+		if !bytes.Equal(normJSON(t, gotBody), normJSON(t, wantBody)) {
+			t.Fatalf("c%03d read back %s, want %s", i, gotBody, wantBody)
+		}
+	}
+}
+
+func normJSON(t testing.TB, b []byte) []byte {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := json.Marshal(v)
+	return out
+}
+
+func equalMaps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// startRouter serves a router of tc's shards and returns its URL.
+func (tc *testCluster) startRouter(t testing.TB, mod func(*Config)) (*Router, string) {
+	t.Helper()
+	cfg := Config{Nodes: tc.want, RepairInterval: time.Hour, Registry: prometheus.NewRegistry()}
+	if mod != nil {
+		mod(&cfg)
+	}
+	rt := tc.newRouter(t, cfg)
+	srv := httptest.NewServer(rt.Handler())
+	t.Cleanup(srv.Close)
+	waitFor(t, "cluster map loaded", func() bool { return rt.topo.Load().epoch > 0 })
+	return rt, srv.URL
+}
+
+func TestOtherRoutersLearnTheDictionary(t *testing.T) {
+	tc := newSecureCluster(t, 3, func(c *Config) { c.CacheBytes = 0 })
+	// A second router, up before the training: it learns the dictionary
+	// only from the records that need it.
+	second, secondURL := tc.startRouter(t, nil)
+	fillChats(t, tc, "chat", 0, 60)
+	r, res := trainDict(t, tc.URL, "")
+	if r.Status != 200 {
+		t.Fatalf("train = %d %s", r.Status, r.Raw)
+	}
+	fillChats(t, tc, "chat", 100, 10)
+	want := getAll(t, tc.URL, "chat", append(ids(0, 60), ids(100, 10)...))
+	if _, known := second.codec.dict(res.ID); known || second.codec.current() != 0 {
+		t.Fatalf("the second router knew dictionary %d before reading a record that needs it", res.ID)
+	}
+	if got := getAll(t, secondURL, "chat", append(ids(0, 60), ids(100, 10)...)); !equalMaps(got, want) {
+		t.Errorf("the second router reads the contexts differently")
+	}
+	if _, known := second.codec.dict(res.ID); !known {
+		t.Errorf("the second router read records of dictionary %d without loading it", res.ID)
+	}
+	// Having met a new dictionary, it reads the pointer again and writes with it.
+	waitFor(t, "second router adopts the dictionary", func() bool { return second.codec.current() == res.ID })
+	call(t, "PUT", secondURL+"/api/v1/topics/chat/contexts/s1", chatDoc(500))
+	var found bool
+	for _, st := range tc.stores {
+		if rec, ok := storedContexts(t, st)["chat\x00s1"]; ok {
+			found = codecOf(t, rec.Value) == codecZstdDict
+		}
+	}
+	if !found {
+		t.Errorf("a context written through the second router is not compressed with the dictionary")
+	}
+
+	// A router started now (a restart) loads it at start.
+	restarted, restartedURL := tc.startRouter(t, nil)
+	waitFor(t, "restarted router loads the dictionary", func() bool { return restarted.codec.current() == res.ID })
+	if got := getAll(t, restartedURL, "chat", append(ids(0, 60), ids(100, 10)...)); !equalMaps(got, want) {
+		t.Errorf("the restarted router reads the contexts differently")
+	}
+	must(t, call(t, "PUT", restartedURL+"/api/v1/topics/chat/contexts/s2", chatDoc(501)), 201, "PUT through the restarted router")
+	if d := must(t, call(t, "GET", secondURL+"/api/v1/topics/chat/contexts/s2", nil), 200, "GET s2"); !strings.Contains(string(d.Raw), `"role":"system"`) {
+		t.Errorf("s2 through the second router = %s", d.Raw)
+	}
+}
+
+func TestTrainTooFewSamples(t *testing.T) {
+	tc := newTestCluster(t, clusterOpts{shards: 2})
+	fillChats(t, tc, "chat", 0, trainMinSamples-1)
+	r, _ := trainDict(t, tc.URL, "")
+	if r.Status != 412 || r.errCode() != string(CodeFailedPrecondition) || !strings.Contains(r.errMessage(), "at least 50") {
+		t.Errorf("train on %d contexts = %d %s, want 412 asking for at least 50", trainMinSamples-1, r.Status, r.Raw)
+	}
+	for _, bad := range []string{"?rewrite=yes", "?rewrite=1"} {
+		if r, _ := trainDict(t, tc.URL, bad); r.Status != 400 || r.errCode() != string(CodeInvalidArgument) {
+			t.Errorf("train%s = %d %s, want 400", bad, r.Status, r.Raw)
+		}
+	}
+	if got := totalRecords(t, tc); got[bucketDicts] != 0 {
+		t.Errorf("after refused trainings the shards hold %d dictionary records, want none", got[bucketDicts])
+	}
+	if tc.router.codec.current() != 0 || testutil.ToFloat64(tc.router.m.DictionaryTrainings) != 0 {
+		t.Errorf("a refused training changed the codec")
+	}
+	st := must(t, call(t, "GET", tc.URL+"/api/v1/admin/compression", nil), 200, "status")
+	if st.JSON["current"] != nil {
+		t.Errorf("status after refused trainings = %s, want no current dictionary", st.Raw)
+	}
+	if r := call(t, "POST", tc.URL+"/api/v1/admin/compression/rewrite?wait=true", nil); r.Status != 412 {
+		t.Errorf("rewrite without a dictionary = %d %s, want 412", r.Status, r.Raw)
+	}
+	if r := call(t, "POST", tc.URL+"/api/v1/admin/compression/rewrite?wait=soon", nil); r.Status != 400 {
+		t.Errorf("rewrite?wait=soon = %d %s, want 400", r.Status, r.Raw)
+	}
+}
+
+// dictFault fails writes to the dictionary bucket while armed.
+type dictFault struct {
+	Shard
+	armed atomic.Bool
+}
+
+func (f *dictFault) Apply(ctx context.Context, b string, w []storage.Write) ([]storage.Result, error) {
+	if b == bucketDicts && f.armed.Load() {
+		return nil, errDown
+	}
+	return f.Shard.Apply(ctx, b, w)
+}
+
+func TestTrainNeedsEveryShard(t *testing.T) {
+	tc := &testCluster{reg: prometheus.NewRegistry()}
+	var faults []*dictFault
+	for range 3 {
+		n := tc.addShard(t)
+		f := &dictFault{Shard: n.Shard}
+		n.Shard = f
+		faults = append(faults, f)
+		tc.want = append(tc.want, n)
+	}
+	tc.router, tc.URL = tc.startRouter(t, func(c *Config) { c.Registry = tc.reg })
+	fillChats(t, tc, "chat", 0, 60)
+
+	// A shard that does not take the dictionary: 503, nothing current.
+	faults[2].armed.Store(true)
+	r, _ := trainDict(t, tc.URL, "")
+	if r.Status != 503 || r.errCode() != string(CodeUnavailable) || !strings.Contains(r.errMessage(), "not made current") || !strings.Contains(r.errMessage(), "sh-3") {
+		t.Errorf("train with sh-3 refusing = %d %s, want 503 naming sh-3", r.Status, r.Raw)
+	}
+	for i, st := range tc.stores {
+		if _, ok := dictRecord(st, dictCurrentKey); ok {
+			t.Errorf("shard %d holds a current pointer after a failed training", i+1)
+		}
+	}
+	if tc.router.codec.current() != 0 {
+		t.Errorf("a failed training made dictionary %d current", tc.router.codec.current())
+	}
+	tc.putContext(t, "chat", "after", chatDoc(99))
+	for _, st := range tc.stores {
+		if rec, ok := storedContexts(t, st)["chat\x00after"]; ok && codecOf(t, rec.Value) != codecZstd {
+			t.Errorf("a write after a failed training used codec %d, want plain zstd", codecOf(t, rec.Value))
+		}
+	}
+
+	// A shard down: 503 before anything is built.
+	faults[2].armed.Store(false)
+	tc.faults[1].down.Store(true)
+	waitFor(t, "sh-2 marked down", func() bool { return !tc.router.topo.Load().all[1].up() })
+	if r, _ := trainDict(t, tc.URL, ""); r.Status != 503 || !strings.Contains(r.errMessage(), "sh-2") {
+		t.Errorf("train with sh-2 down = %d %s, want 503 naming sh-2", r.Status, r.Raw)
+	}
+	if tc.router.codec.current() != 0 {
+		t.Errorf("a training with a shard down made a dictionary current")
+	}
+
+	// All back: it works, and the dictionary of the failed attempt stays
+	// unused (ids are never reused).
+	tc.faults[1].down.Store(false)
+	waitFor(t, "sh-2 up", func() bool { return tc.router.topo.Load().all[1].up() })
+	if r, res := trainDict(t, tc.URL, ""); r.Status != 200 || tc.router.codec.current() != res.ID {
+		t.Fatalf("train with every shard = %d %s", r.Status, r.Raw)
+	}
+}
+
+func TestRewriteKeepsDocuments(t *testing.T) {
+	kr := keyring(t, newKey(t))
+	tc := newSecureCluster(t, 3, func(c *Config) { c.CacheBytes = 0; c.Security.Keyring = kr })
+	fillChats(t, tc, "chat", 0, 80)
+	must(t, call(t, "PUT", tc.URL+"/api/v1/topics/chat/contexts/tiny", map[string]any{"content": map[string]any{"text": "hi"}}), 201, "tiny")
+	all := append(ids(0, 80), "tiny")
+	want := getAll(t, tc.URL, "chat", all)
+	plainBytes := plaintextContextBytes(t, tc, kr)
+
+	r, res := trainDict(t, tc.URL, "?rewrite=true")
+	if r.Status != 200 || res.Rewrite == nil {
+		t.Fatalf("train?rewrite=true = %d %s", r.Status, r.Raw)
+	}
+	rw := res.Rewrite
+	if rw.Dictionary != res.ID || rw.Scanned != 81 || rw.Rewritten != 80 || rw.Current != 1 || rw.Failed != 0 || len(rw.Errors) > 0 {
+		t.Errorf("rewrite = %+v, want 80 of 81 rewritten under %d (the tiny one stays raw)", rw, res.ID)
+	}
+	if !(rw.BytesAfter < rw.BytesBefore) {
+		t.Errorf("rewrite bytes %d → %d, want fewer", rw.BytesBefore, rw.BytesAfter)
+	}
+	if after := plaintextContextBytes(t, tc, kr); after >= plainBytes {
+		t.Errorf("stored context bytes %d → %d after the rewrite, want fewer", plainBytes, after)
+	}
+	if got := getAll(t, tc.URL, "chat", all); !equalMaps(got, want) {
+		for id := range want {
+			if got[id] != want[id] {
+				t.Errorf("%s after the rewrite = %s, want %s", id, got[id], want[id])
+				break
+			}
+		}
+	}
+	// Still sealed on disk, the dictionary included (it is made of stored text).
+	for i, st := range tc.stores {
+		for k, rec := range storedContexts(t, st) {
+			if !isSealed(rec.Value) {
+				t.Fatalf("shard %d: context %q is not sealed after the rewrite", i+1, k)
+			}
+		}
+		if rec, ok := dictRecord(st, strconv.FormatUint(uint64(res.ID), 10)); !ok || !isSealed(rec.Value) {
+			t.Errorf("shard %d: the dictionary record is not sealed", i+1)
+		}
+	}
+	// Again: nothing left to do.
+	r = must(t, call(t, "POST", tc.URL+"/api/v1/admin/compression/rewrite?wait=true", nil), 200, "second rewrite")
+	var again RewriteResult
+	json.Unmarshal(r.Raw, &again)
+	if again.Rewritten != 0 || again.Current != 81 {
+		t.Errorf("second rewrite = %s, want nothing rewritten", r.Raw)
+	}
+	must(t, call(t, "POST", tc.URL+"/api/v1/admin/compression/rewrite", nil), 202, "background rewrite")
+}
+
+// plaintextContextBytes sums the stored contexts' values once opened.
+func plaintextContextBytes(t testing.TB, tc *testCluster, kr *Keyring) int64 {
+	t.Helper()
+	var n int64
+	for _, st := range tc.stores {
+		for _, rec := range storedContexts(t, st) {
+			v, err := kr.open(bucketContexts, rec.Key, rec.Value)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += int64(len(v))
+		}
+	}
+	return n
+}
+
+func TestRewriteLeavesConcurrentWritesAlone(t *testing.T) {
+	tc := newSecureCluster(t, 1, func(c *Config) { c.CacheBytes = 0 })
+	fillChats(t, tc, "chat", 0, 60)
+	if r, _ := trainDict(t, tc.URL, ""); r.Status != 200 {
+		t.Fatalf("train = %d %s", r.Status, r.Raw)
+	}
+	// The rewrite's condition: a record rewritten since it was read is not
+	// touched (the newer write already used the current dictionary).
+	st := tc.stores[0]
+	rec := storedContexts(t, st)["chat\x00c001"]
+	out, changed, err := tc.router.codec.recompress(rec.Value)
+	if err != nil || !changed {
+		t.Fatalf("recompress = %v, %v", changed, err)
+	}
+	tc.putContext(t, "chat", "c001", chatDoc(1001))
+	res, err := tc.router.topo.Load().all[0].Shard.Apply(context.Background(), bucketContexts,
+		[]storage.Write{{Record: storage.Record{Key: rec.Key, Version: rec.Version, Value: out}, Cond: storage.CondRewrite}})
+	if err != nil || res[0].Outcome != storage.Conflict {
+		t.Fatalf("a rewrite over a newer write = %+v, %v; want a conflict", res, err)
+	}
+	wantText := chatBody(1001)["text"]
+	if d := documentOf(t, tc, "chat", "c001"); d.Content.Text != wantText {
+		t.Errorf("c001 text = %q, want the concurrent write's %q", d.Content.Text, wantText)
+	}
+}
+
+func TestDictionariesSurviveBackupAndRestore(t *testing.T) {
+	src := newSecureCluster(t, 3, func(c *Config) { c.CacheBytes = 0 })
+	fillChats(t, src, "chat", 0, 60)
+	r, res := trainDict(t, src.URL, "?rewrite=true")
+	if r.Status != 200 {
+		t.Fatalf("train = %d %s", r.Status, r.Raw)
+	}
+	fillChats(t, src, "chat", 100, 10)
+	all := append(ids(0, 60), ids(100, 10)...)
+	want := getAll(t, src.URL, "chat", all)
+
+	info, sections := fetchBackup(t, src.URL)
+	var recs []bucketRecord
+	for _, name := range info.Shards {
+		sec := sections[name]
+		if len(sec) == 0 || sec[0].bucket != bucketDicts {
+			t.Errorf("section %s does not begin with the dictionaries", name)
+		}
+		recs = append(recs, sec...)
+	}
+
+	dst := newSecureCluster(t, 2, func(c *Config) { c.CacheBytes = 0; c.Replicas = 2 })
+	body := restoreBody(t, recs)
+	// Every shard's section carries the dictionary and the pointer: 3 × 2.
+	if r, dry := postRestore(t, dst.URL, body, true); r.Status != 200 || dry.Buckets[bucketDicts] == nil || dry.Buckets[bucketDicts].Applied != 6 {
+		t.Errorf("dry run = %d %s, want the 6 dictionary records to apply", r.Status, r.Raw)
+	}
+	if got := totalRecords(t, dst); got[bucketDicts] != 0 {
+		t.Errorf("a dry run wrote %d dictionary records", got[bucketDicts])
+	}
+	r, rep := postRestore(t, dst.URL, body, false)
+	if r.Status != 200 || rep.Buckets[bucketDicts].Applied != 2 || rep.Buckets[bucketDicts].Skipped != 4 || rep.Buckets[bucketContexts].Applied != int64(len(all)) {
+		t.Fatalf("restore = %d %s", r.Status, r.Raw)
+	}
+	for i, st := range dst.stores {
+		if _, ok := dictRecord(st, strconv.FormatUint(uint64(res.ID), 10)); !ok {
+			t.Errorf("restored shard %d lacks dictionary %d", i+1, res.ID)
+		}
+	}
+	if dst.router.codec.current() != res.ID {
+		t.Errorf("after the restore the router's dictionary is %d, want %d", dst.router.codec.current(), res.ID)
+	}
+	if got := getAll(t, dst.URL, "chat", all); !equalMaps(got, want) {
+		t.Errorf("restored contexts read differently")
+	}
+
+	// A restore body naming a key the router never writes is refused whole.
+	bad := restoreBody(t, []bucketRecord{{bucketDicts, backup.Record{Key: []byte("nope"), Version: 5, Value: []byte("x")}}})
+	if r := call(t, "POST", dst.URL+"/api/v1/admin/restore", bad, "Content-Type", "application/x-kvdb-records"); r.Status != 400 {
+		t.Errorf("restore of a stray dictionary key = %d %s, want 400", r.Status, r.Raw)
+	}
+}
+
+func TestDictionariesReachEveryShard(t *testing.T) {
+	tc := newTestCluster(t, clusterOpts{shards: 3})
+	fillChats(t, tc, "chat", 0, 60)
+	r, res := trainDict(t, tc.URL, "")
+	if r.Status != 200 {
+		t.Fatalf("train = %d %s", r.Status, r.Raw)
+	}
+	key := strconv.FormatUint(uint64(res.ID), 10)
+
+	// A shard that lost them (say, restored from an old file) gets them back by repair.
+	for _, k := range []string{key, dictCurrentKey} {
+		rec, _ := dictRecord(tc.stores[1], k)
+		if _, err := tc.stores[1].Purge(context.Background(), bucketDicts, []storage.Record{{Key: []byte(k), Version: rec.Version}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, ok := dictRecord(tc.stores[1], key); ok {
+		t.Fatal("purge left the dictionary")
+	}
+	must(t, call(t, "POST", tc.URL+"/api/v1/admin/repair?wait=true", nil), 200, "repair")
+	for _, k := range []string{key, dictCurrentKey} {
+		if _, ok := dictRecord(tc.stores[1], k); !ok {
+			t.Errorf("after repair shard 2 lacks %s", k)
+		}
+	}
+
+	// A shard that joins gets them in the rebalance.
+	tc.setShape(append(tc.want, tc.addShard(t)), 1)
+	must(t, call(t, "POST", tc.URL+"/api/v1/admin/reload", nil), 202, "reload")
+	waitFor(t, "rebalance onto sh-4", func() bool {
+		top := tc.router.topo.Load()
+		return top.state == stateStable && len(top.cur.ring.nodes) == 4
+	})
+	for _, k := range []string{key, dictCurrentKey} {
+		if _, ok := dictRecord(tc.stores[3], k); !ok {
+			t.Errorf("the joining shard lacks %s", k)
+		}
+	}
+	// Records moved to it read back.
+	for _, id := range ids(0, 60) {
+		must(t, call(t, "GET", tc.URL+"/api/v1/topics/chat/contexts/"+id, nil), 200, "GET "+id)
+	}
+}
+
+func TestUnknownOrCorruptDictionary(t *testing.T) {
+	tc := newSecureCluster(t, 2, func(c *Config) { c.CacheBytes = 0 })
+	tc.createTopic(t, "chat")
+	// A record compressed with a dictionary the cluster never had.
+	const ghost = 987_654
+	c, _ := newCodec()
+	ghostDict := testDict(t, ghost) // the builder is not deterministic: one copy
+	if err := c.addDict(ghost, ghostDict); err != nil {
+		t.Fatal(err)
+	}
+	c.setCurrent(ghost)
+	doc := &Document{Metadata: Metadata{ID: "x", CreatedAt: "2024-01-01T00:00:00Z"}}
+	body, _ := json.Marshal(chatBody(3))
+	json.Unmarshal(body, &doc.Content)
+	value, err := c.encodeDocument(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := []byte(contextKey("chat", "x"))
+	write := func(bucket string, key []byte, v []byte) {
+		t.Helper()
+		for _, n := range tc.router.topo.Load().all {
+			if _, err := n.Shard.Apply(context.Background(), bucket, []storage.Write{{Record: storage.Record{Key: key, Version: tc.router.clock.Next(), Value: v}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write(bucketContexts, key, value)
+	r := call(t, "GET", tc.URL+"/api/v1/topics/chat/contexts/x", nil)
+	if r.Status != 500 || r.errCode() != string(CodeInternal) {
+		t.Errorf("GET of a context of an unknown dictionary = %d %s, want 500 internal", r.Status, r.Raw)
+	}
+	if _, err := tc.router.codec.appendDocumentJSON(nil, value, true); !errors.Is(err, errNoDict) || !strings.Contains(err.Error(), "no shard holds") {
+		t.Errorf("render = %v, want errNoDict saying no shard holds it", err)
+	}
+	// The same dictionary, stored corrupt on every shard: still an error
+	// that says so, never garbage.
+	rec := encodeDictRecord(ghostDict)
+	rec[len(rec)-10] ^= 0x55
+	write(bucketDicts, dictKey(ghost), rec)
+	time.Sleep(dictRetry) // the failed load above is remembered this long
+	if _, err := tc.router.codec.appendDocumentJSON(nil, value, true); !errors.Is(err, errNoDict) || !strings.Contains(err.Error(), "checksum mismatch") {
+		t.Errorf("render with a corrupt dictionary = %v, want an error naming the checksum", err)
+	}
+	if r := call(t, "GET", tc.URL+"/api/v1/topics/chat/contexts/x", nil); r.Status != 500 {
+		t.Errorf("GET with a corrupt dictionary = %d %s, want 500", r.Status, r.Raw)
+	}
+	// A sound copy on the shards: the record reads.
+	write(bucketDicts, dictKey(ghost), encodeDictRecord(ghostDict))
+	time.Sleep(dictRetry)
+	if _, err := tc.router.codec.appendDocumentJSON(nil, value, true); err != nil {
+		t.Errorf("render with the sound dictionary = %v", err)
+	}
+	d := documentOf(t, tc, "chat", "x")
+	if d.Content.Text != chatBody(3)["text"] {
+		t.Errorf("context read with the sound dictionary = %+v", d)
+	}
+}
