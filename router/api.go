@@ -490,7 +490,7 @@ func (r *Router) storeContext(c echo.Context, topic string, doc *Document, cond 
 	}
 	applyTopicTTL(doc, tbody, time.Now())
 	r.embedForWrite(c.Request().Context(), doc)
-	value, err := r.codec.encodeDocument(doc)
+	value, body, err := r.codec.encodeRendered(doc)
 	if err != nil {
 		return &Error{Code: CodeInternal, Message: "encode context", Err: err}
 	}
@@ -507,10 +507,6 @@ func (r *Router) storeContext(c echo.Context, topic string, doc *Document, cond 
 		return onConflict(res)
 	}
 	r.afterContextWrite(c.Request().Context(), topic, doc, v, res.PrevLive())
-	body, err := r.codec.appendDocumentJSON(nil, value, true)
-	if err != nil {
-		return &Error{Code: CodeInternal, Message: "render context", Err: err}
-	}
 	r.cache.put(contextCacheKey(key), v, false, body)
 	status := http.StatusOK
 	if !res.PrevLive() {

@@ -309,15 +309,28 @@ func frameDictID(frame []byte) (uint32, error) {
 
 // encodeDocument turns a validated document into its stored form.
 func (c *codec) encodeDocument(d *Document) ([]byte, error) {
+	value, _, err := c.encode(d, false)
+	return value, err
+}
+
+// encodeRendered is encodeDocument that also returns the document as
+// appendDocumentJSON renders the stored form, built from the JSON already
+// in hand rather than by decompressing what was just compressed: the
+// answer to a write.
+func (c *codec) encodeRendered(d *Document) (value, rendered []byte, err error) {
+	return c.encode(d, true)
+}
+
+func (c *codec) encode(d *Document, render bool) (value, rendered []byte, err error) {
 	meta, err := json.Marshal(&d.Metadata)
 	if err != nil {
-		return nil, fmt.Errorf("marshal metadata: %w", err)
+		return nil, nil, fmt.Errorf("marshal metadata: %w", err)
 	}
 	content := d.Content
 	content.Embeddings = nil
 	body, err := json.Marshal(&content)
 	if err != nil {
-		return nil, fmt.Errorf("marshal content: %w", err)
+		return nil, nil, fmt.Errorf("marshal content: %w", err)
 	}
 	n := len(d.Content.Embeddings)
 	out := make([]byte, 0, 1+binary.MaxVarintLen64*3+len(meta)+1+len(body)+4*n)
@@ -326,10 +339,14 @@ func (c *codec) encodeDocument(d *Document) ([]byte, error) {
 	out = append(out, meta...)
 	out = c.appendBody(out, body)
 	out = binary.AppendUvarint(out, uint64(n))
+	emb := len(out)
 	for _, f := range d.Content.Embeddings {
 		out = binary.LittleEndian.AppendUint32(out, math.Float32bits(f))
 	}
-	return out, nil
+	if render {
+		rendered, err = appendRendered(make([]byte, 0, 32+len(meta)+len(body)+12*n), meta, body, out[emb:])
+	}
+	return out, rendered, err
 }
 
 func (c *codec) appendBody(dst, body []byte) []byte {
@@ -495,33 +512,38 @@ func (c *codec) appendDocumentJSON(dst []byte, stored []byte, withContent bool) 
 	if err != nil {
 		return nil, err
 	}
+	content, err := c.contentJSON(s)
+	if err != nil {
+		return nil, err
+	}
+	return appendRendered(dst, s.meta, content, s.emb)
+}
+
+// appendRendered appends a document as the API renders it: metadata JSON,
+// content JSON (without embeddings), and the embeddings as float32
+// little-endian bytes, spliced into the content as json.Marshal would.
+func appendRendered(dst, meta, content, emb []byte) ([]byte, error) {
+	if len(content) < 2 || content[0] != '{' || content[len(content)-1] != '}' {
+		return nil, fmt.Errorf("%w: content is not an object", errCorrupt)
+	}
 	dst = append(dst, `{"metadata":`...)
-	dst = append(dst, s.meta...)
-	if withContent {
-		content, err := c.contentJSON(s)
-		if err != nil {
-			return nil, err
+	dst = append(dst, meta...)
+	dst = append(dst, `,"content":`...)
+	if len(emb) == 0 {
+		dst = append(dst, content...)
+	} else {
+		dst = append(dst, content[:len(content)-1]...)
+		if len(content) > 2 {
+			dst = append(dst, ',')
 		}
-		if len(content) < 2 || content[0] != '{' || content[len(content)-1] != '}' {
-			return nil, fmt.Errorf("%w: content is not an object", errCorrupt)
-		}
-		dst = append(dst, `,"content":`...)
-		if len(s.emb) == 0 {
-			dst = append(dst, content...)
-		} else {
-			dst = append(dst, content[:len(content)-1]...)
-			if len(content) > 2 {
+		dst = append(dst, `"embeddings":[`...)
+		for i := 0; i+4 <= len(emb); i += 4 {
+			if i > 0 {
 				dst = append(dst, ',')
 			}
-			dst = append(dst, `"embeddings":[`...)
-			for i := 0; i+4 <= len(s.emb); i += 4 {
-				if i > 0 {
-					dst = append(dst, ',')
-				}
-				dst = appendFloat32(dst, math.Float32frombits(binary.LittleEndian.Uint32(s.emb[i:])))
-			}
-			dst = append(dst, "]}"...)
+			dst = appendFloat32(dst, math.Float32frombits(binary.LittleEndian.Uint32(emb[i:])))
 		}
+		dst = append(dst, "]}"...)
 	}
 	return append(dst, '}'), nil
 }

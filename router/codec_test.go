@@ -75,6 +75,15 @@ func TestCodecRoundTrip(t *testing.T) {
 		if err != nil || !reflect.DeepEqual(back, d) {
 			t.Fatalf("decode #%d = %+v, %v; want %+v", i, back, err, d)
 		}
+		// The answer to a write is rendered from the JSON in hand; it
+		// must be what a later read renders from the stored form.
+		value, rendered, err := c.encodeRendered(d)
+		if err != nil || !bytes.Equal(rendered, got) {
+			t.Fatalf("encodeRendered #%d = %s, %v; want %s", i, rendered, err, got)
+		}
+		if again, err := c.appendDocumentJSON(nil, value, true); err != nil || !bytes.Equal(again, got) {
+			t.Fatalf("render of encodeRendered's value #%d = %s, %v; want %s", i, again, err, got)
+		}
 	}
 }
 

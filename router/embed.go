@@ -154,7 +154,7 @@ func (r *Router) embedPending(ctx context.Context, mark storage.Record) error {
 	if doc.Metadata.EmbeddingPending {
 		return errorf(CodeUnavailable, "Ollama at %s still cannot embed", r.ollamaURL())
 	}
-	value, err := r.codec.encodeDocument(doc)
+	value, body, err := r.codec.encodeRendered(doc)
 	if err != nil {
 		return err
 	}
@@ -165,9 +165,7 @@ func (r *Router) embedPending(ctx context.Context, mark storage.Record) error {
 	if res.Outcome == storage.Conflict {
 		return nil // rewritten meanwhile: that write embedded it or marked it again
 	}
-	if body, err := r.codec.appendDocumentJSON(nil, value, true); err == nil {
-		r.cache.put(contextCacheKey(string(mark.Key)), v, false, body)
-	}
+	r.cache.put(contextCacheKey(string(mark.Key)), v, false, body)
 	r.afterContextWrite(ctx, topic, doc, v, true)
 	return r.clearMark(ctx, topic, id, mark)
 }

@@ -87,7 +87,7 @@ func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []Me
 			return appendResult{}, err
 		}
 		r.embedForWrite(ctx, doc)
-		value, err := r.codec.encodeDocument(doc)
+		value, body, err := r.codec.encodeRendered(doc)
 		if err != nil {
 			return appendResult{}, &Error{Code: CodeInternal, Message: "encode context", Err: err}
 		}
@@ -101,9 +101,7 @@ func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []Me
 			}
 			continue // someone wrote in between: read again
 		}
-		if body, err := r.codec.appendDocumentJSON(nil, value, true); err == nil {
-			r.cache.put(contextCacheKey(string(key)), v, false, body)
-		}
+		r.cache.put(contextCacheKey(string(key)), v, false, body)
 		r.afterContextWrite(ctx, topic, doc, v, res.PrevLive())
 		return appendResult{version: v, doc: doc}, nil
 	}
