@@ -100,18 +100,6 @@ func storedContexts(t testing.TB, st *storage.Store) map[string]storage.Record {
 	}
 }
 
-// contextBytes sums the stored context values of a cluster.
-func contextBytes(t testing.TB, tc *testCluster) int64 {
-	t.Helper()
-	var n int64
-	for _, st := range tc.stores {
-		for _, rec := range storedContexts(t, st) {
-			n += int64(len(rec.Value))
-		}
-	}
-	return n
-}
-
 // codecOf reports the codec byte of a stored (plaintext) context.
 func codecOf(t testing.TB, value []byte) byte {
 	t.Helper()

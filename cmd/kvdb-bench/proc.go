@@ -87,7 +87,7 @@ func (p *proc) stop() {
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(12 * time.Second): // the daemons' shutdown grace is 10 s
 		p.cmd.Process.Kill()
 		<-p.done
 	}

@@ -3,10 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"path/filepath"
 	"time"
@@ -172,7 +170,7 @@ func (s *suite) measureDict(ctx context.Context, res *sizeResult, docs [][]byte)
 			RatioAfter      float64 `json:"ratio_after"`
 		}
 		start := time.Now()
-		if err := s.postJSON(ctx, base+"/api/v1/admin/compression/train", &answer); err != nil {
+		if err := s.callJSON(ctx, http.MethodPost, base+"/api/v1/admin/compression/train", &answer); err != nil {
 			var se *statusError
 			if errors.As(err, &se) && se.status == http.StatusPreconditionFailed {
 				// The router found nothing worth a dictionary: a result, not a failure.
@@ -204,34 +202,15 @@ func (s *suite) measureDict(ctx context.Context, res *sizeResult, docs [][]byte)
 	})
 }
 
-// postJSON posts an empty body and decodes a 200 answer into v.
-func (s *suite) postJSON(ctx context.Context, u string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := s.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return &statusError{status: resp.StatusCode, msg: string(bytes.TrimSpace(b)), url: u}
-	}
-	return json.Unmarshal(b, v)
-}
-
 // statusError is an answer other than 200.
 type statusError struct {
-	status   int
-	msg, url string
+	status           int
+	method, msg, url string
 }
 
-func (e *statusError) Error() string { return fmt.Sprintf("POST %s: %d %s", e.url, e.status, e.msg) }
+func (e *statusError) Error() string {
+	return fmt.Sprintf("%s %s: %d %s", e.method, e.url, e.status, e.msg)
+}
 
 // withSingleNode runs fn against a router in single-node mode on a fresh
 // file, then stops it (SIGTERM: it closes the file) and returns its peak
@@ -253,6 +232,10 @@ func (s *suite) withSingleNode(ctx context.Context, name, db string, fn func(bas
 		return 0, err
 	}
 	rss := peakRSS(p.pid())
+	// A keep-alive connection the client dialled but never used is a new
+	// connection to the server, and net/http's Shutdown waits 5 s for one
+	// before it counts as idle: close ours, so the router stops at once.
+	s.hc.CloseIdleConnections()
 	p.stop()
 	if p.err != nil {
 		return 0, fmt.Errorf("%s did not stop cleanly: %v", name, p.err)

@@ -494,7 +494,7 @@ func (s *suite) stepList(ctx context.Context, n int) error {
 		var page struct {
 			Contexts []struct{} `json:"contexts"`
 		}
-		if err := s.getJSON(ctx, "http://"+s.routerHit.addr+paths[1], &page); err != nil {
+		if err := s.callJSON(ctx, http.MethodGet, "http://"+s.routerHit.addr+paths[1], &page); err != nil {
 			return err
 		}
 		if len(page.Contexts) != listPage {
@@ -685,8 +685,10 @@ func (s *suite) do(ctx context.Context, method, u string, body []byte) (int, str
 	return resp.StatusCode, "", err
 }
 
-func (s *suite) getJSON(ctx context.Context, u string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+// callJSON sends a request without a body and decodes a 200 answer into v;
+// another status is a *statusError.
+func (s *suite) callJSON(ctx context.Context, method, u string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, method, u, nil)
 	if err != nil {
 		return err
 	}
@@ -700,7 +702,7 @@ func (s *suite) getJSON(ctx context.Context, u string, v any) error {
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %d %s", u, resp.StatusCode, b)
+		return &statusError{status: resp.StatusCode, method: method, msg: string(bytes.TrimSpace(b)), url: u}
 	}
 	return json.Unmarshal(b, v)
 }

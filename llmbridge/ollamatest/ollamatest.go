@@ -364,7 +364,7 @@ func (s *Server) show(w http.ResponseWriter, body []byte) {
 	}
 	name := req.Model
 	if name == "" {
-		name = req.Name
+		name = req.Name //lint:ignore SA1019 older clients send the model as "name"; the real server accepts it too
 	}
 	s.mu.Lock()
 	dim, ok := s.models[strings.TrimSuffix(name, ":latest")]
