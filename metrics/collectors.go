@@ -15,6 +15,7 @@ type Router struct {
 	// ShardRequestDuration is the latency of router-to-shard calls by shard
 	// and operation (get, apply, scan, delete_prefix, ping).
 	ShardRequestDuration *prometheus.HistogramVec
+	ShardBatchCalls      *prometheus.HistogramVec // calls per request to a shard (hop batching)
 	// ShardRequestErrors counts failed shard calls by shard and operation.
 	ShardRequestErrors *prometheus.CounterVec
 	// ShardUp is 1 while a shard answers its health probe, else 0.
@@ -95,6 +96,11 @@ func NewRouter(reg prometheus.Registerer) *Router {
 		Namespace: namespace, Subsystem: "codec", Name: "dictionary_id",
 		Help: "Id of the trained zstd dictionary new context bodies are compressed with (0: none, plain zstd).",
 	})
+	m.ShardBatchCalls = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Subsystem: "shard", Name: "batch_calls",
+		Help:    "Calls carried by one request to a shard: concurrent Gets leave together as one MultiGet, concurrent Applies as one Apply (1: a call on its own), by operation.",
+		Buckets: []float64{1, 2, 4, 8, 16, 32, 64},
+	}, []string{"op"})
 	m.DictionaryTrainings = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Subsystem: "codec", Name: "dictionary_trainings_total",
 		Help: "Compression dictionaries this router trained, stored on every shard and made current.",
@@ -102,7 +108,8 @@ func NewRouter(reg prometheus.Registerer) *Router {
 	reg.MustRegister(m.CacheHits, m.CacheMisses, m.CacheEvictions,
 		m.ShardRequestDuration, m.ShardRequestErrors, m.ShardUp,
 		m.QuorumFailures, m.ReadRepairs, m.ClusterEpoch,
-		m.CodecInputBytes, m.CodecOutputBytes, m.DictionaryID, m.DictionaryTrainings)
+		m.CodecInputBytes, m.CodecOutputBytes, m.DictionaryID, m.DictionaryTrainings,
+		m.ShardBatchCalls)
 	return m
 }
 

@@ -148,6 +148,13 @@ type faultyShard struct {
 
 var errDown = fmt.Errorf("connection refused (test fault): %w", storage.ErrUnavailable)
 
+// ObserveBatches passes the router's batch observer to the client inside.
+func (f *faultyShard) ObserveBatches(fn func(op string, calls int)) {
+	if b, ok := f.Shard.(batchObservable); ok {
+		b.ObserveBatches(fn)
+	}
+}
+
 func (f *faultyShard) Get(ctx context.Context, b string, k []byte) (storage.Record, error) {
 	if f.down.Load() {
 		return storage.Record{}, errDown

@@ -44,7 +44,7 @@ func TestMetricsLintAfterRebalance(t *testing.T) {
 		"kvdb_cluster_epoch", "kvdb_cache_hits_total", "kvdb_cache_misses_total", "kvdb_cache_entries",
 		"kvdb_shard_up", "kvdb_shard_request_duration_seconds", "kvdb_replication_read_repairs_total",
 		"kvdb_codec_input_bytes_total", "kvdb_codec_output_bytes_total",
-		"kvdb_codec_dictionary_id", "kvdb_codec_dictionary_trainings_total",
+		"kvdb_codec_dictionary_id", "kvdb_codec_dictionary_trainings_total", "kvdb_shard_batch_calls",
 	} {
 		if n, err := testutil.GatherAndCount(tc.reg, name); err != nil || n == 0 {
 			t.Errorf("GatherAndCount(%s) = %d, %v; want series", name, n, err)

@@ -245,6 +245,9 @@ func (r *Router) register(name, address string, sh Shard) *Node {
 		}
 		sh = r.cfg.NewShard(name, address)
 	}
+	if b, ok := sh.(batchObservable); ok {
+		b.ObserveBatches(r.observeBatch)
+	}
 	n := &Node{Name: name, Address: address, Shard: &instrumented{Shard: r.sealShard(sh), name: name, m: r.m}, health: &nodeHealth{}}
 	n.health.nodeID.Store("")
 	n.health.lastErr.Store("")
@@ -288,6 +291,17 @@ func (r *Router) shardCtx(ctx context.Context) (context.Context, context.CancelF
 }
 
 // instrumented records latency and errors of every call to a shard.
+// batchObservable is a shard that batches concurrent calls into one
+// request (storage.Client) and can say how many each request carried.
+type batchObservable interface {
+	ObserveBatches(func(op string, calls int))
+}
+
+// observeBatch records how many calls one request to a shard carried.
+func (r *Router) observeBatch(op string, calls int) {
+	r.m.ShardBatchCalls.WithLabelValues(op).Observe(float64(calls))
+}
+
 type instrumented struct {
 	Shard
 	name string

@@ -128,6 +128,17 @@ func release[Req, Res any](b *batcher[Req, Res], many func(context.Context, []*p
 	}()
 }
 
+// ObserveBatches makes the client report, for each Get or Apply request it
+// sends, how many calls the request carries (op "get" or "apply"; 1 for a
+// call sent on its own). Set it before first use.
+func (c *Client) ObserveBatches(fn func(op string, calls int)) { c.onBatch = fn }
+
+func (c *Client) observe(op string, calls int) {
+	if c.onBatch != nil {
+		c.onBatch(op, calls)
+	}
+}
+
 // Get returns the record held for key, tombstones included, or ErrNotFound.
 func (c *Client) Get(ctx context.Context, bucket string, key []byte) (Record, error) {
 	if err := c.checkBucket(bucket); err != nil {
@@ -144,6 +155,7 @@ func (c *Client) Get(ctx context.Context, bucket string, key []byte) (Record, er
 
 // getOne reads one key in its own request.
 func (c *Client) getOne(ctx context.Context, bucket string, key []byte) (Record, error) {
+	c.observe("get", 1)
 	body, err := c.do(ctx, http.MethodGet, pathGet+bucket+"?k="+queryEscape(key), nil)
 	if err != nil {
 		return Record{}, err
@@ -172,6 +184,7 @@ func (c *Client) getMany(ctx context.Context, batch []*pending[[]byte, Record]) 
 	for i, p := range batch {
 		keys[i] = p.req
 	}
+	c.observe("get", len(batch))
 	recs, err := c.MultiGet(ctx, bucket, keys)
 	for i, p := range batch {
 		switch {
@@ -215,6 +228,12 @@ func (c *Client) Apply(ctx context.Context, bucket string, writes []Write) ([]Re
 
 // applyOne sends the writes of one call in one request.
 func (c *Client) applyOne(ctx context.Context, bucket string, writes []Write) ([]Result, error) {
+	c.observe("apply", 1)
+	return c.send(ctx, bucket, writes)
+}
+
+// send posts writes to the shard in one request.
+func (c *Client) send(ctx context.Context, bucket string, writes []Write) ([]Result, error) {
 	buf := getBuf()
 	defer putBuf(buf)
 	buf.Write(appendWrites(buf.AvailableBuffer(), writes))
@@ -242,7 +261,8 @@ func (c *Client) applyMany(ctx context.Context, batch []*pending[[]Write, []Resu
 	for _, p := range batch {
 		all = append(all, p.req...)
 	}
-	res, err := c.applyOne(ctx, bucket, all)
+	c.observe("apply", len(batch))
+	res, err := c.send(ctx, bucket, all)
 	for _, p := range batch {
 		if err != nil {
 			p.done <- outcome[[]Result]{err: err}

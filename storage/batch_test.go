@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,9 @@ type gatedShard struct {
 	multiGets atomic.Int64
 	applies   atomic.Int64
 	first     sync.Once
+
+	mu      sync.Mutex
+	batches []string // "op:calls" per request the client sent, as observed
 }
 
 func newGatedShard(t *testing.T, inFlight int) *gatedShard {
@@ -52,6 +56,11 @@ func newGatedShard(t *testing.T, inFlight int) *gatedShard {
 	t.Cleanup(srv.Close)
 	g.client = NewClient("sh-gated", srv.URL, nil)
 	g.client.InFlight = inFlight
+	g.client.ObserveBatches(func(op string, calls int) {
+		g.mu.Lock()
+		g.batches = append(g.batches, fmt.Sprintf("%s:%d", op, calls))
+		g.mu.Unlock()
+	})
 	t.Cleanup(g.client.hc.CloseIdleConnections)
 	return g
 }
@@ -143,6 +152,10 @@ func TestClientGetBatching(t *testing.T) {
 	// and one for bucket b.
 	if g.gets.Load() != 1 || g.multiGets.Load() != 2 {
 		t.Errorf("shard saw %d Gets and %d MultiGets, want 1 and 2", g.gets.Load(), g.multiGets.Load())
+	}
+	slices.Sort(g.batches[1:]) // the queue leaves bucket by bucket, whichever came first
+	if got := strings.Join(g.batches, " "); got != "get:1 get:2 get:41" {
+		t.Errorf("observed requests %q, want the held Get, then 41 Gets of bucket a and 2 of b", got)
 	}
 }
 
@@ -288,6 +301,9 @@ func TestClientApplyBatching(t *testing.T) {
 	// one for bucket a without an epoch, one for bucket b.
 	if n := g.applies.Load(); n != 4 {
 		t.Errorf("shard saw %d Apply requests, want 4", n)
+	}
+	if got := strings.Join(g.batches, " "); got != "apply:1 apply:3 apply:1 apply:1" {
+		t.Errorf("observed requests %q, want the held Apply, 3 calls under epoch 0, then 1 and 1", got)
 	}
 }
 

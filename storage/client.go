@@ -43,6 +43,7 @@ type Client struct {
 	InFlight int
 	gets     batcher[[]byte, Record]
 	applies  batcher[[]Write, []Result]
+	onBatch  func(op string, calls int)
 }
 
 // NewClient returns a client for the shard called name at addr

@@ -114,7 +114,7 @@ var rowDefs = []rowDef{
 		if err := s.stepRouterMiss(ctx); err != nil {
 			return nil, err
 		}
-		return s.wrkTarget(wrkJob{base: "http://" + s.routerMiss.addr, mode: "get", paths: s.routerPaths}, []*proc{s.routerMiss}, s.shards, nil, 0), nil
+		return s.withBatchStats(s.wrkTarget(wrkJob{base: "http://" + s.routerMiss.addr, mode: "get", paths: s.routerPaths}, []*proc{s.routerMiss}, s.shards, nil, 0), s.routerMiss, "get"), nil
 	}},
 	{"6", 6, "ours: GET directly on storaged (binary wire format)", func(s *suite, ctx context.Context) (*target, error) {
 		if err := s.stepShardPaths(ctx); err != nil {
@@ -143,7 +143,7 @@ var rowDefs = []rowDef{
 		if err := s.stepPut(ctx); err != nil {
 			return nil, err
 		}
-		return s.withCommitStats(s.wrkTarget(wrkJob{base: "http://" + s.routerHit.addr, mode: "put", paths: s.putPaths, bodies: s.bodiesFile}, []*proc{s.routerHit}, s.shards, nil, s.o.cacheSize)), nil
+		return s.withBatchStats(s.withCommitStats(s.wrkTarget(wrkJob{base: "http://" + s.routerHit.addr, mode: "put", paths: s.putPaths, bodies: s.bodiesFile}, []*proc{s.routerHit}, s.shards, nil, s.o.cacheSize)), s.routerHit, "apply"), nil
 	}},
 	{"7c", 7, "ours: durable PUT through the router, replicas = 3", func(s *suite, ctx context.Context) (*target, error) {
 		if err := s.stepRouterR3(ctx); err != nil {
@@ -160,7 +160,7 @@ var rowDefs = []rowDef{
 		if err := s.createTopic(ctx, "http://"+s.routerR3.addr, putTopic+"3"); err != nil {
 			return nil, err
 		}
-		return s.withCommitStats(s.wrkTarget(wrkJob{base: "http://" + s.routerR3.addr, mode: "put", paths: paths, bodies: s.bodiesFile}, []*proc{s.routerR3}, s.shardsR3, nil, s.o.cacheSize)), nil
+		return s.withBatchStats(s.withCommitStats(s.wrkTarget(wrkJob{base: "http://" + s.routerR3.addr, mode: "put", paths: paths, bodies: s.bodiesFile}, []*proc{s.routerR3}, s.shardsR3, nil, s.o.cacheSize)), s.routerR3, "apply"), nil
 	}},
 	{"8a", 8, "", func(s *suite, ctx context.Context) (*target, error) {
 		return s.listTarget(ctx, s.o.listSmall)
@@ -204,6 +204,40 @@ func (s *suite) withCommitStats(t *target) *target {
 		}
 		return fmt.Sprintf("storaged commits: %.0f/s per daemon, %.1f writes and %.2f ms each;",
 			commits/wall/float64(len(t.shards)), writes/commits, 1000*secs/commits)
+	}
+	return t
+}
+
+// withBatchStats makes a row report, from the router's own metrics, how
+// many calls (Gets or Applies, by op) each of its requests to a shard
+// carried: the hop's batching.
+func (s *suite) withBatchStats(t *target, router *proc, op string) *target {
+	var requests, calls float64
+	base := "http://" + router.addr
+	count := func(ctx context.Context) (n, c float64, err error) {
+		n, err1 := s.metricOrZero(ctx, base, `kvdb_shard_batch_calls_count{op="`+op+`"}`)
+		c, err2 := s.metricOrZero(ctx, base, `kvdb_shard_batch_calls_sum{op="`+op+`"}`)
+		return n, c, errors.Join(err1, err2)
+	}
+	inner, note := t.measure, t.note
+	t.measure = func(ctx context.Context) (sample, error) {
+		n0, c0, err0 := count(ctx)
+		smp, err := inner(ctx)
+		n1, c1, err1 := count(ctx)
+		if err == nil && err0 == nil && err1 == nil {
+			requests, calls = requests+n1-n0, calls+c1-c0
+		}
+		return smp, err
+	}
+	t.note = func() string {
+		out := ""
+		if note != nil {
+			out = note()
+		}
+		if requests > 0 {
+			out += fmt.Sprintf(" router to shards: %.1f %s a request;", calls/requests, map[string]string{"get": "Gets", "apply": "Applies"}[op])
+		}
+		return strings.TrimSpace(out)
 	}
 	return t
 }

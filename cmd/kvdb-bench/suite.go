@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -707,6 +708,8 @@ func (s *suite) callJSON(ctx context.Context, method, u string, v any) error {
 	return json.Unmarshal(b, v)
 }
 
+var errNoMetric = errors.New("metric not found")
+
 // metricValue reads one sample of a counter from a Prometheus text page.
 func (s *suite) metricValue(ctx context.Context, base, name string) (float64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
@@ -729,7 +732,17 @@ func (s *suite) metricValue(ctx context.Context, base, name string) (float64, er
 			return v, err
 		}
 	}
-	return 0, fmt.Errorf("metric %s not found at %s/metrics", name, base)
+	return 0, fmt.Errorf("%w: %s at %s/metrics", errNoMetric, name, base)
+}
+
+// metricOrZero is metricValue for a series that exists only once something
+// was observed: missing, it is 0.
+func (s *suite) metricOrZero(ctx context.Context, base, name string) (float64, error) {
+	v, err := s.metricValue(ctx, base, name)
+	if errors.Is(err, errNoMetric) {
+		return 0, nil
+	}
+	return v, err
 }
 
 // naError marks a row that cannot be measured yet (a feature not landed).
