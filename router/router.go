@@ -95,17 +95,19 @@ type Shard interface {
 // on the ring, replication, the hot cache and fan-out. Everything it holds
 // can be rebuilt from the configuration and the shards.
 type Router struct {
-	cfg   Config
-	log   *slog.Logger
-	m     *metrics.Router
-	topo  atomic.Pointer[topology] // swapped whole on a membership change
-	clock clock
-	codec *codec
-	cache *hotCache
-	echo  *echo.Echo
-	llm   *llmState    // the Ollama bridge; set by llmRoutes
-	sec   *security    // keys, limits, audit; set by secure
-	comp  *compression // trained dictionaries (compression.go)
+	cfg Config
+	log *slog.Logger
+	m   *metrics.Router
+	// batchCalls is m.ShardBatchCalls by op, resolved once (read only).
+	batchCalls map[string]prometheus.Observer
+	topo       atomic.Pointer[topology] // swapped whole on a membership change
+	clock      clock
+	codec      *codec
+	cache      *hotCache
+	echo       *echo.Echo
+	llm        *llmState    // the Ollama bridge; set by llmRoutes
+	sec        *security    // keys, limits, audit; set by secure
+	comp       *compression // trained dictionaries (compression.go)
 
 	// nodesMu guards nodes, the registry of every shard the router has
 	// known: topologies share its *Node values, so health outlives them.
@@ -184,6 +186,10 @@ func New(cfg Config) (*Router, error) {
 		m:       metrics.NewRouter(cfg.Registry),
 		nodes:   map[string]*Node{},
 		repairs: make(chan struct{}, 1),
+	}
+	r.batchCalls = map[string]prometheus.Observer{
+		"get":   r.m.ShardBatchCalls.WithLabelValues("get"),
+		"apply": r.m.ShardBatchCalls.WithLabelValues("apply"),
 	}
 	if cfg.SyncRate > 0 {
 		r.syncLimit = rate.NewLimiter(rate.Limit(cfg.SyncRate), max(cfg.SyncRate, syncPage))
@@ -297,9 +303,12 @@ type batchObservable interface {
 	ObserveBatches(func(op string, calls int))
 }
 
-// observeBatch records how many calls one request to a shard carried.
+// observeBatch records how many calls one request to a shard carried. It
+// runs on every such request: the two series are resolved once, in New.
 func (r *Router) observeBatch(op string, calls int) {
-	r.m.ShardBatchCalls.WithLabelValues(op).Observe(float64(calls))
+	if o := r.batchCalls[op]; o != nil {
+		o.Observe(float64(calls))
+	}
 }
 
 type instrumented struct {
