@@ -130,12 +130,13 @@ func release[Req, Res any](b *batcher[Req, Res], many func(context.Context, []*p
 
 // ObserveBatches makes the client report, for each Get or Apply request it
 // sends, how many calls the request carries (op "get" or "apply"; 1 for a
-// call sent on its own). Set it before first use.
-func (c *Client) ObserveBatches(fn func(op string, calls int)) { c.onBatch = fn }
+// call sent on its own). It may be set while the client is in use (a
+// client can be shared, and a later caller's observer replaces the first).
+func (c *Client) ObserveBatches(fn func(op string, calls int)) { c.onBatch.Store(&fn) }
 
 func (c *Client) observe(op string, calls int) {
-	if c.onBatch != nil {
-		c.onBatch(op, calls)
+	if fn := c.onBatch.Load(); fn != nil && *fn != nil {
+		(*fn)(op, calls)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -43,7 +44,7 @@ type Client struct {
 	InFlight int
 	gets     batcher[[]byte, Record]
 	applies  batcher[[]Write, []Result]
-	onBatch  func(op string, calls int)
+	onBatch  atomic.Pointer[func(op string, calls int)]
 }
 
 // NewClient returns a client for the shard called name at addr
