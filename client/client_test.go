@@ -28,6 +28,8 @@ func newClient(t testing.TB) *client.Client {
 func TestErrorsMatchCodes(t *testing.T) {
 	ctx := context.Background()
 	c := newClient(t)
+	// The server is shared by the package's tests (and by -count runs).
+	t.Cleanup(func() { c.DeleteTopic(context.Background(), "errs") })
 	if _, err := c.CreateTopic(ctx, client.Topic{Name: "errs"}); err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +127,9 @@ func TestTopicsAndMessages(t *testing.T) {
 	ctx := context.Background()
 	c := newClient(t)
 	for i := range 7 {
-		if _, err := c.CreateTopic(ctx, client.Topic{Name: fmt.Sprintf("iter-%d", i), DefaultTTLSeconds: 60}); err != nil {
+		name := fmt.Sprintf("iter-%d", i)
+		t.Cleanup(func() { c.DeleteTopic(context.Background(), name) }) // the server is shared
+		if _, err := c.CreateTopic(ctx, client.Topic{Name: name, DefaultTTLSeconds: 60}); err != nil {
 			t.Fatal(err)
 		}
 	}
