@@ -815,7 +815,6 @@ func (r *Router) adminRewrite(c echo.Context) error {
 // embeddings are copied, the body decompressed and compressed again.
 func (r *Router) rewrite(ctx context.Context) RewriteResult {
 	res := RewriteResult{Dictionary: r.codec.current(), Start: time.Now().UTC()}
-	defer func() { res.End = time.Now().UTC() }()
 	for _, n := range r.topo.Load().all {
 		if !n.up() {
 			res.Errors = append(res.Errors, "shard "+n.Name+" is down: run the pass again when it is back")
@@ -831,72 +830,40 @@ func (r *Router) rewrite(ctx context.Context) RewriteResult {
 
 func (r *Router) rewriteShard(ctx context.Context, n *Node, res *RewriteResult) error {
 	kr := r.cfg.Security.Keyring
-	raw := rawShard(n) // read as stored; writes go through n.Shard, which seals
-	var after []byte
 	now := time.Now()
-	for {
-		sctx, cancel := r.shardCtx(ctx)
-		p, err := raw.Scan(sctx, bucketContexts, storage.ScanOptions{After: after, Limit: syncPage})
-		cancel()
+	type sizes struct{ before, after int }
+	// Read as stored; write through n.Shard, which seals.
+	return rewritePass(ctx, r, rawShard(n), n.Shard, bucketContexts, func(rec storage.Record) ([]byte, sizes, bool) {
+		plain, err := kr.open(bucketContexts, rec.Key, rec.Value)
 		if err != nil {
-			return err
+			res.Failed++
+			res.Errors = appendCapped(res.Errors, err.Error())
+			return nil, sizes{}, false
 		}
-		var writes []storage.Write
-		var before, afterBytes []int
-		for _, rec := range p.Records {
-			if rec.Tombstone || len(rec.Value) == 0 {
-				continue
-			}
-			plain, err := kr.open(bucketContexts, rec.Key, rec.Value)
-			if err != nil {
-				res.Failed++
-				res.Errors = appendCapped(res.Errors, err.Error())
-				continue
-			}
-			if storedExpired(plain, now) {
-				continue
-			}
-			res.Scanned++
-			out, changed, err := r.codec.recompress(plain)
-			if err != nil {
-				res.Failed++
-				res.Errors = appendCapped(res.Errors, fmt.Sprintf("context %s: %v", printableKey(rec.Key), err))
-				continue
-			}
-			if !changed {
-				res.Current++
-				continue
-			}
-			writes = append(writes, storage.Write{Record: storage.Record{Key: rec.Key, Version: rec.Version, Value: out}, Cond: storage.CondRewrite})
-			before, afterBytes = append(before, len(plain)), append(afterBytes, len(out))
+		if storedExpired(plain, now) {
+			return nil, sizes{}, false
 		}
-		if len(writes) > 0 {
-			if r.syncLimit != nil {
-				if err := r.syncLimit.WaitN(ctx, min(len(writes), r.syncLimit.Burst())); err != nil {
-					return err
-				}
-			}
-			wctx, cancel := r.shardCtx(ctx)
-			results, err := n.Shard.Apply(wctx, bucketContexts, writes)
-			cancel()
-			if err != nil {
-				return err
-			}
-			for i, out := range results {
-				if out.Outcome == storage.Applied {
-					res.Rewritten++
-					res.BytesBefore += int64(before[i])
-					res.BytesAfter += int64(afterBytes[i])
-				} else {
-					res.Changed++
-				}
-			}
+		res.Scanned++
+		out, changed, err := r.codec.recompress(plain)
+		if err != nil {
+			res.Failed++
+			res.Errors = appendCapped(res.Errors, fmt.Sprintf("context %s: %v", printableKey(rec.Key), err))
+			return nil, sizes{}, false
 		}
-		if !p.More || len(p.Records) == 0 {
-			return nil
+		if !changed {
+			res.Current++
+			return nil, sizes{}, false
 		}
-		after = p.Records[len(p.Records)-1].Key
-	}
+		return out, sizes{len(plain), len(out)}, true
+	}, func(s sizes, applied bool) {
+		if !applied {
+			res.Changed++
+			return
+		}
+		res.Rewritten++
+		res.BytesBefore += int64(s.before)
+		res.BytesAfter += int64(s.after)
+	})
 }
 
 // appendCapped keeps the first 20 error messages of a pass.

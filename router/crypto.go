@@ -359,7 +359,6 @@ func (r *Router) adminReencrypt(c echo.Context) error {
 // new write was sealed with the current key.
 func (r *Router) reencrypt(ctx context.Context, kr *Keyring) ReencryptResult {
 	res := ReencryptResult{Key: kr.CurrentID(), Start: time.Now().UTC()}
-	defer func() { res.End = time.Now().UTC() }()
 	for _, n := range r.topo.Load().all {
 		if !n.up() {
 			res.Errors = append(res.Errors, "shard "+n.Name+" is down: run the pass again when it is back")
@@ -377,33 +376,56 @@ func (r *Router) reencrypt(ctx context.Context, kr *Keyring) ReencryptResult {
 }
 
 func (r *Router) reencryptBucket(ctx context.Context, kr *Keyring, sh Shard, bucket string, res *ReencryptResult) error {
+	return rewritePass(ctx, r, sh, sh, bucket, func(rec storage.Record) ([]byte, struct{}, bool) {
+		res.Scanned++
+		if isSealed(rec.Value) && sealedKeyID(rec.Value) == kr.current.id {
+			res.Current++
+			return nil, struct{}{}, false
+		}
+		plain, err := kr.open(bucket, rec.Key, rec.Value)
+		if err != nil {
+			res.MissingKey++
+			return nil, struct{}{}, false
+		}
+		return kr.seal(bucket, rec.Key, plain), struct{}{}, true
+	}, func(_ struct{}, applied bool) {
+		if applied {
+			res.Resealed++
+		} else {
+			res.Changed++
+		}
+	})
+}
+
+// rewritePass rewrites records of bucket on one shard in place, at the
+// same version: it reads pages through read (records as stored), asks fix
+// for each live record's new value (ok false: leave it; tag is passed on
+// to done), and writes through write with storage.CondRewrite, so a record
+// written meanwhile keeps that write; done hears whether each write
+// applied. Writes are throttled by -sync-rate like repair's. The
+// re-encrypt and compression-rewrite passes are both this walk.
+func rewritePass[T any](ctx context.Context, r *Router, read, write Shard, bucket string,
+	fix func(rec storage.Record) (value []byte, tag T, ok bool), done func(tag T, applied bool)) error {
 	var after []byte
 	for {
 		sctx, cancel := r.shardCtx(ctx)
-		p, err := sh.Scan(sctx, bucket, storage.ScanOptions{After: after, Limit: syncPage})
+		p, err := read.Scan(sctx, bucket, storage.ScanOptions{After: after, Limit: syncPage})
 		cancel()
 		if err != nil {
 			return err
 		}
 		var writes []storage.Write
+		var tags []T
 		for _, rec := range p.Records {
 			if rec.Tombstone || len(rec.Value) == 0 {
 				continue
 			}
-			res.Scanned++
-			if isSealed(rec.Value) && sealedKeyID(rec.Value) == kr.current.id {
-				res.Current++
+			value, tag, ok := fix(rec)
+			if !ok {
 				continue
 			}
-			plain, err := kr.open(bucket, rec.Key, rec.Value)
-			if err != nil {
-				res.MissingKey++
-				continue
-			}
-			writes = append(writes, storage.Write{
-				Record: storage.Record{Key: rec.Key, Version: rec.Version, Value: kr.seal(bucket, rec.Key, plain)},
-				Cond:   storage.CondRewrite,
-			})
+			writes = append(writes, storage.Write{Record: storage.Record{Key: rec.Key, Version: rec.Version, Value: value}, Cond: storage.CondRewrite})
+			tags = append(tags, tag)
 		}
 		if len(writes) > 0 {
 			if r.syncLimit != nil {
@@ -412,17 +434,13 @@ func (r *Router) reencryptBucket(ctx context.Context, kr *Keyring, sh Shard, buc
 				}
 			}
 			wctx, cancel := r.shardCtx(ctx)
-			results, err := sh.Apply(wctx, bucket, writes)
+			results, err := write.Apply(wctx, bucket, writes)
 			cancel()
 			if err != nil {
 				return err
 			}
-			for _, out := range results {
-				if out.Outcome == storage.Applied {
-					res.Resealed++
-				} else {
-					res.Changed++
-				}
+			for i, out := range results {
+				done(tags[i], out.Outcome == storage.Applied)
 			}
 		}
 		if !p.More || len(p.Records) == 0 {
