@@ -49,7 +49,7 @@ type batcher[Req, Res any] struct {
 
 // call runs req through b: at once in a free slot with one, else queued for
 // the next batch of its group, sent with many. Errors name the shard.
-func call[Req, Res any](c *Client, b *batcher[Req, Res], ctx context.Context, bucket, group string, req Req, size int,
+func call[Req, Res any](ctx context.Context, c *Client, b *batcher[Req, Res], bucket, group string, req Req, size int,
 	one func(context.Context, Req) (Res, error), many func(context.Context, []*pending[Req, Res])) (Res, error) {
 	b.mu.Lock()
 	if c.InFlight <= 0 || b.inflight < c.InFlight {
@@ -150,7 +150,7 @@ func (c *Client) Get(ctx context.Context, bucket string, key []byte) (Record, er
 	if err := checkKey(key); err != nil {
 		return Record{}, fmt.Errorf("shard %s: %w", c.name, err)
 	}
-	return call(c, &c.gets, ctx, bucket, bucket, key, 1,
+	return call(ctx, c, &c.gets, bucket, bucket, key, 1,
 		func(ctx context.Context, key []byte) (Record, error) { return c.getOne(ctx, bucket, key) }, c.getMany)
 }
 
@@ -223,7 +223,7 @@ func (c *Client) Apply(ctx context.Context, bucket string, writes []Write) ([]Re
 	if e, ok := EpochFrom(ctx); ok {
 		group += "\x00" + strconv.FormatUint(e, 10)
 	}
-	return call(c, &c.applies, ctx, bucket, group, writes, len(writes),
+	return call(ctx, c, &c.applies, bucket, group, writes, len(writes),
 		func(ctx context.Context, writes []Write) ([]Result, error) { return c.applyOne(ctx, bucket, writes) }, c.applyMany)
 }
 

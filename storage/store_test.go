@@ -747,30 +747,7 @@ func BenchmarkStorePut(b *testing.B) {
 }
 
 func BenchmarkStorePutParallel(b *testing.B) {
-	var commits atomic.Int64
-	s := openTestStoreAt(b, filepath.Join(b.TempDir(), "shard.db"), Options{
-		Observer: func(time.Duration, int) { commits.Add(1) },
-	})
-	ctx := context.Background()
-	val := bytes.Repeat([]byte("v"), 128)
-	var next atomic.Int64
-	b.SetParallelism(16) // many writers even on few CPUs, as behind a router
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		writes := make([]Write, 1)
-		for pb.Next() {
-			writes[0] = Write{Record: Record{Key: fmt.Appendf(nil, "key%09d", next.Add(1)), Version: 1, Value: val}}
-			if _, err := s.Apply(ctx, "bench", writes); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	b.StopTimer()
-	if n := commits.Load(); n > 0 {
-		b.ReportMetric(float64(b.N)/float64(n), "writes/commit")
-	}
+	benchWriters(b, bytes.Repeat([]byte("v"), 128), false, func(n int64) []byte { return fmt.Appendf(nil, "key%09d", n) })
 }
 
 // benchKeys fills bucket "bench" with n keys of valueSize bytes in one batch
@@ -793,36 +770,43 @@ func benchKeys(b *testing.B, sh shard, n, valueSize int) [][]byte {
 // connection, which lets a commit wait for the writers of the commits before
 // it to come back; "anonymous" does not. Compare writes/commit and ns/op.
 func BenchmarkStorePut4KWriters(b *testing.B) {
-	for _, named := range []bool{false, true} {
-		b.Run(map[bool]string{false: "anonymous", true: "callers"}[named], func(b *testing.B) {
-			var commits atomic.Int64
-			s := openTestStoreAt(b, filepath.Join(b.TempDir(), "shard.db"), Options{
-				Observer: func(time.Duration, int) { commits.Add(1) },
-			})
-			val := bytes.Repeat([]byte("0123456789abcdef"), 256)
-			var next, writer atomic.Int64
-			b.SetParallelism(16) // 32 writers on two CPUs
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				ctx := context.Background()
-				if named {
-					ctx = WithCaller(ctx, fmt.Sprint(writer.Add(1)))
-				}
-				writes := make([]Write, 1)
-				for pb.Next() {
-					n := next.Add(1)
-					writes[0] = Write{Record: Record{Key: fmt.Appendf(nil, "key%05d", n%10000), Version: uint64(n), Value: val}}
-					if _, err := s.Apply(ctx, "bench", writes); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-			b.StopTimer()
-			if n := commits.Load(); n > 0 {
-				b.ReportMetric(float64(b.N)/float64(n), "writes/commit")
+	val := bytes.Repeat([]byte("0123456789abcdef"), 256)
+	overwrite := func(n int64) []byte { return fmt.Appendf(nil, "key%05d", n%10000) }
+	b.Run("anonymous", func(b *testing.B) { benchWriters(b, val, false, overwrite) })
+	b.Run("callers", func(b *testing.B) { benchWriters(b, val, true, overwrite) })
+}
+
+// benchWriters runs 32 writers (16 per CPU on two, as behind a router),
+// each applying one write of val at a time under key(n) at version n, and
+// reports writes per commit. named marks each writer as a caller, as the
+// HTTP handler marks a connection.
+func benchWriters(b *testing.B, val []byte, named bool, key func(n int64) []byte) {
+	var commits atomic.Int64
+	s := openTestStoreAt(b, filepath.Join(b.TempDir(), "shard.db"), Options{
+		Observer: func(time.Duration, int) { commits.Add(1) },
+	})
+	var next, writer atomic.Int64
+	b.SetParallelism(16)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		ctx := context.Background()
+		if named {
+			ctx = WithCaller(ctx, fmt.Sprint(writer.Add(1)))
+		}
+		writes := make([]Write, 1)
+		for pb.Next() {
+			n := next.Add(1)
+			writes[0] = Write{Record: Record{Key: key(n), Version: uint64(n), Value: val}}
+			if _, err := s.Apply(ctx, "bench", writes); err != nil {
+				b.Error(err)
+				return
 			}
-		})
+		}
+	})
+	b.StopTimer()
+	if n := commits.Load(); n > 0 {
+		b.ReportMetric(float64(b.N)/float64(n), "writes/commit")
 	}
 }
 
