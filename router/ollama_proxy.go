@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -86,8 +87,19 @@ var proxyOps = map[string]bool{
 	"/api/embed": true, "/api/embeddings": true, "/api/ps": true, "/api/pull": true,
 }
 
-// forwardHeaders are the request headers relayed to Ollama.
-var forwardHeaders = []string{"Content-Type", "Accept", "Authorization", "User-Agent"}
+// forwardHeaders are the only request headers relayed to the model
+// server: what it needs to read the body and pick the answer's format.
+// Everything else stays behind, and above all the client's credentials:
+// Authorization carries the client's Go-KVDB key, Cookie and
+// Proxy-Authorization are credentials for the router or a proxy in front
+// of it, never for the model server. A provider that needs a key gets the
+// router's own, set by its client, never the caller's. Hop-by-hop headers
+// (RFC 9110 §7.6.1) are not on the list either, so they are never relayed.
+var forwardHeaders = []string{"Content-Type", "Accept", "User-Agent"}
+
+// answerHeaders are the only headers of the model server's answer relayed
+// to the client (Content-Length only when the body is relayed unchanged).
+var answerHeaders = []string{"Content-Type", "Content-Length"}
 
 // ollamaForward relays a request to Ollama and its answer back, flushing
 // as the answer arrives so streams stay streams.
@@ -105,7 +117,7 @@ func (r *Router) ollamaForward(c echo.Context) error {
 	}
 	req := c.Request()
 	start := time.Now()
-	resp, err := r.llm.cfg.Client.Do(req.Context(), req.Method, path, pickHeaders(req.Header), http.MaxBytesReader(c.Response(), req.Body, r.cfg.MaxBodyBytes))
+	resp, err := r.llm.cfg.Client.Do(req.Context(), req.Method, path, relayHeaders(c), http.MaxBytesReader(c.Response(), req.Body, r.cfg.MaxBodyBytes))
 	if err != nil {
 		r.llm.m.Observe(op, "", start, err)
 		return r.ollamaFail(c, r.llmError(req.Method+" "+path, err))
@@ -119,14 +131,41 @@ func (r *Router) ollamaForward(c echo.Context) error {
 	return nil
 }
 
-func pickHeaders(h http.Header) http.Header {
-	out := http.Header{}
-	for _, k := range forwardHeaders {
-		if v := h.Values(k); len(v) > 0 {
-			out[k] = v
+// pickHeaders returns the headers of h named in allow, less any that h's
+// Connection header names (a sender marks hop-by-hop headers so, and a
+// proxy must not relay them: RFC 9110 §7.6.1), and less any whose value
+// holds secret (the caller's Go-KVDB key, "" when it sent none), should a
+// client have put it somewhere unexpected.
+func pickHeaders(h http.Header, allow []string, secret string) http.Header {
+	out := make(http.Header, len(allow))
+	for _, k := range allow {
+		v := h.Values(k)
+		if len(v) == 0 || connectionNames(h, k) || secret != "" && slices.ContainsFunc(v, func(s string) bool { return strings.Contains(s, secret) }) {
+			continue
 		}
+		out[k] = v
 	}
 	return out
+}
+
+// connectionNames reports whether h's Connection header lists name.
+func connectionNames(h http.Header, name string) bool {
+	for _, v := range h.Values("Connection") {
+		for f := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(f), name) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// relayHeaders are the headers of c's request to relay to the model
+// server (see forwardHeaders).
+func relayHeaders(c echo.Context) http.Header {
+	h := c.Request().Header
+	secret, _ := bearer(h.Get(echo.HeaderAuthorization))
+	return pickHeaders(h, forwardHeaders, secret)
 }
 
 // relay copies an answer from Ollama to the client. With onLine set, an
@@ -135,9 +174,9 @@ func pickHeaders(h http.Header) http.Header {
 // which the line is not written).
 func relay(c echo.Context, resp *http.Response, onLine func([]byte) error) error {
 	w := c.Response()
-	for _, k := range []string{"Content-Type", "Content-Length"} {
-		if v := resp.Header.Get(k); v != "" && (k != "Content-Length" || onLine == nil) {
-			w.Header().Set(k, v)
+	for k, v := range pickHeaders(resp.Header, answerHeaders, "") {
+		if k != "Content-Length" || onLine == nil {
+			w.Header()[k] = v
 		}
 	}
 	w.WriteHeader(resp.StatusCode)
@@ -275,7 +314,7 @@ func (r *Router) ollamaChat(c echo.Context) error {
 	}
 
 	start := time.Now()
-	resp, err := r.llm.cfg.Client.Do(ctx, http.MethodPost, "/api/chat", pickHeaders(c.Request().Header), bytes.NewReader(marshal(body)))
+	resp, err := r.llm.cfg.Client.Do(ctx, http.MethodPost, "/api/chat", relayHeaders(c), bytes.NewReader(marshal(body)))
 	if err != nil {
 		r.llm.m.Observe("proxy_chat", "", start, err)
 		return r.ollamaFail(c, r.llmError("chat with "+model, err))

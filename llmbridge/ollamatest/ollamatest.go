@@ -44,7 +44,10 @@ var DefaultModels = map[string]int{
 // Request is one request the server received.
 type Request struct {
 	Method, Path string
-	Body         []byte
+	// Query is the raw query string, Header what arrived with the request.
+	Query  string
+	Header http.Header
+	Body   []byte
 	// Ended is set when the server is done with the request; Finished
 	// then says whether its answer ran to the end (false: the client went
 	// away first).
@@ -221,7 +224,7 @@ func Embed(text string, dim int) []float32 {
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
-	rec := &Request{Method: r.Method, Path: r.URL.Path, Body: body}
+	rec := &Request{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Header: r.Header.Clone(), Body: body}
 	s.mu.Lock()
 	s.requests = append(s.requests, rec)
 	down, delay := s.down, s.delay
