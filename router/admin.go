@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"slices"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/labstack/echo/v4"
 )
 
@@ -37,10 +38,10 @@ func (r *Router) adminRemove(c echo.Context) error {
 		name = param(c, "shard")
 	}
 	if name == "" {
-		return errorf(CodeInvalidArgument, "shard: required (?shard=NAME)")
+		return apierr.Errorf(apierr.CodeInvalidArgument, "shard: required (?shard=NAME)")
 	}
 	if !r.cfg.Discovery {
-		return errorf(CodeFailedPrecondition, "shards come from the config file: delete the entry of %q and reload", name)
+		return apierr.Errorf(apierr.CodeFailedPrecondition, "shards come from the config file: delete the entry of %q and reload", name)
 	}
 	t := r.topo.Load()
 	r.desiredMu.Lock()
@@ -48,11 +49,11 @@ func (r *Router) adminRemove(c echo.Context) error {
 		members := r.membersLocked(t)
 		if !slices.Contains(members, name) {
 			r.desiredMu.Unlock()
-			return errorf(CodeNotFound, "shard %q is not in the cluster", name)
+			return apierr.Errorf(apierr.CodeNotFound, "shard %q is not in the cluster", name)
 		}
 		if left := len(members) - 1; left < r.wantReplicas {
 			r.desiredMu.Unlock()
-			return errorf(CodeFailedPrecondition, "removing shard %q would leave %d shards for replicas = %d", name, left, r.wantReplicas)
+			return apierr.Errorf(apierr.CodeFailedPrecondition, "removing shard %q would leave %d shards for replicas = %d", name, left, r.wantReplicas)
 		}
 		if r.removed == nil {
 			r.removed = map[string]bool{}

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/hlc"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 )
@@ -77,8 +79,8 @@ func (r *Router) routes() *echo.Echo {
 // errorBody is the API's one error shape.
 type errorBody struct {
 	Error struct {
-		Code    Code   `json:"code"`
-		Message string `json:"message"`
+		Code    apierr.Code `json:"code"`
+		Message string      `json:"message"`
 	} `json:"error"`
 }
 
@@ -88,14 +90,14 @@ func (r *Router) handleError(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
 	}
-	var apiErr *Error
+	var apiErr *apierr.Error
 	var httpErr *echo.HTTPError
 	switch {
 	case errors.As(err, &apiErr):
 	case errors.As(err, &httpErr):
 		apiErr = fromEcho(httpErr)
 	default:
-		apiErr = &Error{Code: CodeInternal, Message: "internal error", Err: err}
+		apiErr = &apierr.Error{Code: apierr.CodeInternal, Message: "internal error", Err: err}
 	}
 	status := apiErr.Status()
 	switch {
@@ -116,25 +118,25 @@ func (r *Router) handleError(err error, c echo.Context) {
 }
 
 // fromEcho maps echo's own errors (no route, wrong method) to API errors.
-func fromEcho(e *echo.HTTPError) *Error {
+func fromEcho(e *echo.HTTPError) *apierr.Error {
 	msg := http.StatusText(e.Code)
 	if m, ok := e.Message.(string); ok {
 		msg = m
 	}
 	switch e.Code {
 	case http.StatusNotFound:
-		return errorf(CodeNotFound, "no such route")
+		return apierr.Errorf(apierr.CodeNotFound, "no such route")
 	case http.StatusMethodNotAllowed:
-		return errorf(CodeMethodNotAllowed, "method not allowed on this route")
+		return apierr.Errorf(apierr.CodeMethodNotAllowed, "method not allowed on this route")
 	case http.StatusRequestEntityTooLarge:
-		return errorf(CodePayloadTooLarge, "%s", msg)
+		return apierr.Errorf(apierr.CodePayloadTooLarge, "%s", msg)
 	case http.StatusUnsupportedMediaType:
-		return errorf(CodeUnsupportedMediaType, "%s", msg)
+		return apierr.Errorf(apierr.CodeUnsupportedMediaType, "%s", msg)
 	}
 	if e.Code >= 400 && e.Code < 500 {
-		return errorf(CodeInvalidArgument, "%s", msg)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "%s", msg)
 	}
-	return &Error{Code: CodeInternal, Message: "internal error", Err: e}
+	return &apierr.Error{Code: apierr.CodeInternal, Message: "internal error", Err: e}
 }
 
 // param returns a path parameter, unescaped.
@@ -170,18 +172,18 @@ func (r *Router) readJSON(c echo.Context, buf *bytes.Buffer) error {
 	ct := req.Header.Get(echo.HeaderContentType)
 	mt, _, err := mime.ParseMediaType(ct)
 	if ct == "" || err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-		return errorf(CodeUnsupportedMediaType, "Content-Type must be application/json, got %q", truncate(ct))
+		return apierr.Errorf(apierr.CodeUnsupportedMediaType, "Content-Type must be application/json, got %q", truncate(ct))
 	}
 	if req.ContentLength > r.cfg.MaxBodyBytes {
-		return errorf(CodePayloadTooLarge, "request body of %d bytes exceeds the limit of %d", req.ContentLength, r.cfg.MaxBodyBytes)
+		return apierr.Errorf(apierr.CodePayloadTooLarge, "request body of %d bytes exceeds the limit of %d", req.ContentLength, r.cfg.MaxBodyBytes)
 	}
 	_, err = buf.ReadFrom(http.MaxBytesReader(c.Response(), req.Body, r.cfg.MaxBodyBytes))
 	var tooLarge *http.MaxBytesError
 	if errors.As(err, &tooLarge) {
-		return errorf(CodePayloadTooLarge, "request body exceeds the limit of %d bytes", r.cfg.MaxBodyBytes)
+		return apierr.Errorf(apierr.CodePayloadTooLarge, "request body exceeds the limit of %d bytes", r.cfg.MaxBodyBytes)
 	}
 	if err != nil {
-		return errorf(CodeInvalidArgument, "read request body: %v", err)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "read request body: %v", err)
 	}
 	return nil
 }
@@ -219,13 +221,13 @@ func precondition(req *http.Request, def storage.Cond) (storage.Cond, uint64, er
 		}
 		v, ok := parseETag(m)
 		if !ok {
-			return 0, 0, errorf(CodeInvalidArgument, "If-Match %q is not an entity tag of this API", truncate(m))
+			return 0, 0, apierr.Errorf(apierr.CodeInvalidArgument, "If-Match %q is not an entity tag of this API", truncate(m))
 		}
 		return storage.CondVersion, v, nil
 	}
 	if m := req.Header.Get("If-None-Match"); m != "" {
 		if strings.TrimSpace(m) != "*" {
-			return 0, 0, errorf(CodeInvalidArgument, "If-None-Match supports only *")
+			return 0, 0, apierr.Errorf(apierr.CodeInvalidArgument, "If-None-Match supports only *")
 		}
 		return storage.CondAbsent, 0, nil
 	}
@@ -255,9 +257,9 @@ func (r *Router) createTopic(c echo.Context) error {
 		return err
 	}
 	if res.Outcome == storage.Conflict {
-		return errorf(CodeAlreadyExists, "topic %q already exists", t.Name)
+		return apierr.Errorf(apierr.CodeAlreadyExists, "topic %q already exists", t.Name)
 	}
-	r.cache.put(topicCacheKey(t.Name), v, false, body)
+	r.cache.Put(topicCacheKey(t.Name), v, false, body)
 	c.Response().Header().Set(echo.HeaderLocation, "/api/v1/topics/"+t.Name)
 	return c.JSONBlob(http.StatusCreated, body)
 }
@@ -266,22 +268,22 @@ func (r *Router) createTopic(c echo.Context) error {
 // it holds it. A missing or deleted topic is a not_found error.
 func (r *Router) readTopic(c echo.Context, name string) ([]byte, uint64, error) {
 	ck := topicCacheKey(name)
-	if v, tomb, body, ok := r.cache.get(ck); ok {
+	if v, tomb, body, ok := r.cache.Get(ck); ok {
 		if tomb {
-			return nil, v, errorf(CodeNotFound, "topic %q not found", name)
+			return nil, v, apierr.Errorf(apierr.CodeNotFound, "topic %q not found", name)
 		}
 		return body, v, nil
 	}
 	rec, err := r.get(c.Request().Context(), name, bucketTopics, []byte(name))
 	if errors.Is(err, storage.ErrNotFound) {
-		return nil, 0, errorf(CodeNotFound, "topic %q not found", name)
+		return nil, 0, apierr.Errorf(apierr.CodeNotFound, "topic %q not found", name)
 	}
 	if err != nil {
 		return nil, 0, err
 	}
-	r.cache.put(ck, rec.Version, rec.Tombstone, rec.Value)
+	r.cache.Put(ck, rec.Version, rec.Tombstone, rec.Value)
 	if rec.Tombstone {
-		return nil, rec.Version, errorf(CodeNotFound, "topic %q not found", name)
+		return nil, rec.Version, apierr.Errorf(apierr.CodeNotFound, "topic %q not found", name)
 	}
 	return rec.Value, rec.Version, nil
 }
@@ -309,7 +311,7 @@ func (r *Router) deleteTopic(c echo.Context) error {
 	ctx := c.Request().Context()
 	rec, err := r.get(ctx, name, bucketTopics, []byte(name))
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && rec.Tombstone) {
-		return errorf(CodeNotFound, "topic %q not found", name)
+		return apierr.Errorf(apierr.CodeNotFound, "topic %q not found", name)
 	}
 	if err != nil {
 		return err
@@ -320,7 +322,7 @@ func (r *Router) deleteTopic(c echo.Context) error {
 		// A topic's contexts, their vectors and their pending embeddings.
 		for _, bucket := range []string{bucketContexts, bucketVectors, bucketEmbedPending} {
 			if _, err := n.Shard.DeletePrefix(ctx, bucket, prefix, v); err != nil {
-				return fromStorage("delete "+bucket+" on shard "+n.Name, err)
+				return apierr.FromStorage("delete "+bucket+" on shard "+n.Name, err)
 			}
 		}
 		return nil
@@ -332,10 +334,10 @@ func (r *Router) deleteTopic(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	r.cache.put(topicCacheKey(name), tv, true, nil)
+	r.cache.Put(topicCacheKey(name), tv, true, nil)
 	r.pruneDeletedTopics()
 	if res.Outcome == storage.Conflict {
-		return errorf(CodeNotFound, "topic %q not found", name)
+		return apierr.Errorf(apierr.CodeNotFound, "topic %q not found", name)
 	}
 	return c.NoContent(http.StatusNoContent)
 }
@@ -345,7 +347,7 @@ func (r *Router) deleteTopic(c echo.Context) error {
 func (r *Router) pruneDeletedTopics() {
 	horizon := time.Now().Add(-2 * r.cfg.CacheTTL)
 	r.deletedTopics.Range(func(k, v any) bool {
-		if versionTime(v.(uint64)).Before(horizon) {
+		if hlc.Time(v.(uint64)).Before(horizon) {
 			r.deletedTopics.Delete(k)
 		}
 		return true
@@ -368,35 +370,35 @@ func (r *Router) getContext(c echo.Context) error {
 	}
 	key := contextKey(topic, id)
 	ck := contextCacheKey(key)
-	if v, tomb, body, ok := r.cache.get(ck); ok && !r.maskedByTopicDelete(topic, v) {
+	if v, tomb, body, ok := r.cache.Get(ck); ok && !r.maskedByTopicDelete(topic, v) {
 		r.m.CacheHits.Inc()
 		if tomb || renderedExpired(body) {
-			return errorf(CodeNotFound, "context %q not found in topic %q", id, topic)
+			return apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
 		}
 		return writeDocument(c, http.StatusOK, v, "hit", body)
 	}
 	r.m.CacheMisses.Inc()
 	rec, err := r.get(c.Request().Context(), placement(topic, id), bucketContexts, []byte(key))
 	if errors.Is(err, storage.ErrNotFound) {
-		return errorf(CodeNotFound, "context %q not found in topic %q", id, topic)
+		return apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
 	}
 	if err != nil {
 		return err
 	}
 	if rec.Tombstone {
-		r.cache.put(ck, rec.Version, true, nil)
-		return errorf(CodeNotFound, "context %q not found in topic %q", id, topic)
+		r.cache.Put(ck, rec.Version, true, nil)
+		return apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
 	}
 	if storedExpired(rec.Value, time.Now()) {
 		// Expired for good at this version: cached as deleted.
-		r.cache.put(ck, rec.Version, true, nil)
-		return errorf(CodeNotFound, "context %q not found in topic %q", id, topic)
+		r.cache.Put(ck, rec.Version, true, nil)
+		return apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
 	}
 	body, err := r.codec.appendDocumentJSON(nil, rec.Value, true)
 	if err != nil {
-		return &Error{Code: CodeInternal, Message: fmt.Sprintf("context %q in topic %q cannot be decoded", id, topic), Err: err}
+		return &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf("context %q in topic %q cannot be decoded", id, topic), Err: err}
 	}
-	r.cache.put(ck, rec.Version, false, body)
+	r.cache.Put(ck, rec.Version, false, body)
 	return writeDocument(c, http.StatusOK, rec.Version, "miss", body)
 }
 
@@ -440,7 +442,7 @@ func (r *Router) createContext(c echo.Context) error {
 	hasPrecondition := cond != storage.CondAbsent || c.Request().Header.Get("If-None-Match") != ""
 	return r.storeContext(c, topic, doc, cond, match, func(res storage.Result) error {
 		if !hasPrecondition {
-			return errorf(CodeAlreadyExists, "context %q already exists in topic %q", doc.Metadata.ID, topic)
+			return apierr.Errorf(apierr.CodeAlreadyExists, "context %q already exists in topic %q", doc.Metadata.ID, topic)
 		}
 		return preconditionFailed(topic, doc.Metadata.ID, cond, match, res)
 	})
@@ -456,7 +458,7 @@ func (r *Router) putContext(c echo.Context) error {
 		return err
 	}
 	if doc.Metadata.ID != "" && doc.Metadata.ID != id {
-		return errorf(CodeInvalidArgument, "field \"metadata.id\": %q differs from the id %q in the path", truncate(doc.Metadata.ID), id)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"metadata.id\": %q differs from the id %q in the path", truncate(doc.Metadata.ID), id)
 	}
 	doc.Metadata.ID = id
 	cond, match, err := precondition(c.Request(), storage.CondNone)
@@ -472,11 +474,11 @@ func (r *Router) putContext(c echo.Context) error {
 func preconditionFailed(topic, id string, cond storage.Cond, match uint64, res storage.Result) error {
 	switch {
 	case cond == storage.CondAbsent:
-		return errorf(CodeFailedPrecondition, "context %q already exists in topic %q", id, topic)
+		return apierr.Errorf(apierr.CodeFailedPrecondition, "context %q already exists in topic %q", id, topic)
 	case !res.PrevLive():
-		return errorf(CodeFailedPrecondition, "context %q does not exist in topic %q", id, topic)
+		return apierr.Errorf(apierr.CodeFailedPrecondition, "context %q does not exist in topic %q", id, topic)
 	default:
-		return errorf(CodeFailedPrecondition, "context %q is at version %s, not %s", id, etag(res.PrevVersion), etag(match))
+		return apierr.Errorf(apierr.CodeFailedPrecondition, "context %q is at version %s, not %s", id, etag(res.PrevVersion), etag(match))
 	}
 }
 
@@ -492,7 +494,7 @@ func (r *Router) storeContext(c echo.Context, topic string, doc *Document, cond 
 	r.embedForWrite(c.Request().Context(), doc)
 	value, body, err := r.codec.encodeRendered(doc)
 	if err != nil {
-		return &Error{Code: CodeInternal, Message: "encode context", Err: err}
+		return &apierr.Error{Code: apierr.CodeInternal, Message: "encode context", Err: err}
 	}
 	id := doc.Metadata.ID
 	key := contextKey(topic, id)
@@ -507,7 +509,7 @@ func (r *Router) storeContext(c echo.Context, topic string, doc *Document, cond 
 		return onConflict(res)
 	}
 	r.afterContextWrite(c.Request().Context(), topic, doc, v, res.PrevLive())
-	r.cache.put(contextCacheKey(key), v, false, body)
+	r.cache.Put(contextCacheKey(key), v, false, body)
 	status := http.StatusOK
 	if !res.PrevLive() {
 		status = http.StatusCreated
@@ -526,7 +528,7 @@ func (r *Router) deleteContext(c echo.Context) error {
 		return err
 	}
 	if cond == storage.CondAbsent {
-		return errorf(CodeInvalidArgument, "If-None-Match makes no sense on DELETE")
+		return apierr.Errorf(apierr.CodeInvalidArgument, "If-None-Match makes no sense on DELETE")
 	}
 	key := contextKey(topic, id)
 	res, v, err := r.write(c.Request().Context(), placement(topic, id), bucketContexts, []byte(key), true, nil, cond, match)
@@ -535,11 +537,11 @@ func (r *Router) deleteContext(c echo.Context) error {
 	}
 	if res.Outcome == storage.Conflict {
 		if !res.PrevLive() {
-			return errorf(CodeNotFound, "context %q not found in topic %q", id, topic)
+			return apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
 		}
 		return preconditionFailed(topic, id, cond, match, res)
 	}
-	r.cache.put(contextCacheKey(key), v, true, nil)
+	r.cache.Put(contextCacheKey(key), v, true, nil)
 	r.afterContextDelete(c.Request().Context(), topic, id, v)
 	return c.NoContent(http.StatusNoContent)
 }

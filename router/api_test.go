@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/go-kvdb/go-kvdb/router/hotcache"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -261,8 +262,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 		t.Errorf("GET after bad writes = %s %s, want %s %s", g.Raw, g.Header.Get("ETag"), orig.Raw, orig.Header.Get("ETag"))
 	}
 	// Bypass the cache: the shard must hold the original too.
-	tc.router.cache.close()
-	tc.router.cache = &hotCache{}
+	tc.router.cache.Close()
+	tc.router.cache = &hotcache.Cache{}
 	if g := must(t, call(t, "GET", base+"/doc", nil), 200, "GET from shard"); string(g.Raw) != string(orig.Raw) {
 		t.Errorf("shard holds %s, want %s", g.Raw, orig.Raw)
 	}
@@ -378,8 +379,8 @@ func TestShardDownAnswers503(t *testing.T) {
 	for i := range 30 {
 		tc.putContext(t, "t", fmt.Sprintf("c%d", i), `{"content":{"text":"x"}}`)
 	}
-	tc.router.cache.close()
-	tc.router.cache = &hotCache{} // reads must reach the shards
+	tc.router.cache.Close()
+	tc.router.cache = &hotcache.Cache{} // reads must reach the shards
 	tc.faults[1].down.Store(true)
 	var ok, unavailable int
 	for i := range 30 {

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -163,7 +164,7 @@ func bearer(h string) (string, bool) {
 
 // authenticate finds the request's key. It returns an unauthenticated
 // error naming what is wrong, never the secret.
-func (s *security) authenticate(c echo.Context, ri *reqInfo) *Error {
+func (s *security) authenticate(c echo.Context, ri *reqInfo) *apierr.Error {
 	a := s.auth.Load()
 	if a == nil {
 		return nil // running open
@@ -171,35 +172,35 @@ func (s *security) authenticate(c echo.Context, ri *reqInfo) *Error {
 	h := c.Request().Header.Get(echo.HeaderAuthorization)
 	if h == "" {
 		s.authFailures.WithLabelValues("missing").Inc()
-		return errorf(CodeUnauthenticated, "this API needs a key: send Authorization: Bearer <secret>")
+		return apierr.Errorf(apierr.CodeUnauthenticated, "this API needs a key: send Authorization: Bearer <secret>")
 	}
 	tok, ok := bearer(h)
 	if !ok {
 		s.authFailures.WithLabelValues("malformed").Inc()
-		return errorf(CodeUnauthenticated, "the Authorization header must read Bearer <secret>")
+		return apierr.Errorf(apierr.CodeUnauthenticated, "the Authorization header must read Bearer <secret>")
 	}
 	k := a.lookup(tok)
 	if k == nil {
 		s.authFailures.WithLabelValues("unknown").Inc()
-		return errorf(CodeUnauthenticated, "unknown or revoked API key")
+		return apierr.Errorf(apierr.CodeUnauthenticated, "unknown or revoked API key")
 	}
 	ri.key = k
 	return nil
 }
 
 // authorize checks the key's role and topic patterns against the route.
-func (s *security) authorize(ri *reqInfo) *Error {
+func (s *security) authorize(ri *reqInfo) *apierr.Error {
 	if s.auth.Load() == nil {
 		return nil
 	}
 	k := ri.key
 	if !k.role.allows(ri.need) {
 		s.authFailures.WithLabelValues("role").Inc()
-		return errorf(CodePermissionDenied, "key %q (role %s) may not %s here", k.name, k.role, ri.need)
+		return apierr.Errorf(apierr.CodePermissionDenied, "key %q (role %s) may not %s here", k.name, k.role, ri.need)
 	}
 	if ri.scoped && !k.topicAllowed(ri.topic) {
 		s.authFailures.WithLabelValues("topic").Inc()
-		return errorf(CodePermissionDenied, "key %q may not use topic %q", k.name, truncate(ri.topic))
+		return apierr.Errorf(apierr.CodePermissionDenied, "key %q may not use topic %q", k.name, truncate(ri.topic))
 	}
 	return nil
 }
@@ -212,7 +213,7 @@ func (r *Router) allowTopic(c echo.Context, topic string) error {
 		return nil
 	}
 	r.sec.authFailures.WithLabelValues("topic").Inc()
-	return errorf(CodePermissionDenied, "key %q may not use topic %q", ri.key.name, truncate(topic))
+	return apierr.Errorf(apierr.CodePermissionDenied, "key %q may not use topic %q", ri.key.name, truncate(topic))
 }
 
 // topicFilter returns the predicate a topic list keeps records by: only

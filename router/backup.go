@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/backup"
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 	"golang.org/x/sync/errgroup"
@@ -99,11 +100,11 @@ func (r *Router) adminBackup(c echo.Context) error {
 		g.Go(func() error {
 			ss, ok := snapshotOf(n.Shard)
 			if !ok {
-				return errorf(CodeUnavailable, "snapshot of shard %s: %v", n.Name, errNoSnapshot)
+				return apierr.Errorf(apierr.CodeUnavailable, "snapshot of shard %s: %v", n.Name, errNoSnapshot)
 			}
 			rc, err := ss.Snapshot(ctx)
 			if err != nil {
-				return fromStorage("snapshot of shard "+n.Name, err)
+				return apierr.FromStorage("snapshot of shard "+n.Name, err)
 			}
 			rcs[i] = rc
 			return nil
@@ -175,20 +176,20 @@ func (r *Router) adminRestore(c echo.Context) error {
 	case "true":
 		dry = true
 	default:
-		return errorf(CodeInvalidArgument, "dry_run %q: want true or false", truncate(v))
+		return apierr.Errorf(apierr.CodeInvalidArgument, "dry_run %q: want true or false", truncate(v))
 	}
 	req := c.Request()
 	ct := req.Header.Get(echo.HeaderContentType)
 	if mt, _, err := mime.ParseMediaType(ct); err != nil || (mt != backup.RecordsContentType && mt != echo.MIMEOctetStream) {
-		return errorf(CodeUnsupportedMediaType, "Content-Type must be %s, got %q", backup.RecordsContentType, truncate(ct))
+		return apierr.Errorf(apierr.CodeUnsupportedMediaType, "Content-Type must be %s, got %q", backup.RecordsContentType, truncate(ct))
 	}
 	if req.ContentLength > maxRestoreBody {
-		return errorf(CodePayloadTooLarge, "restore body of %d bytes exceeds the limit of %d: send the records in batches", req.ContentLength, maxRestoreBody)
+		return apierr.Errorf(apierr.CodePayloadTooLarge, "restore body of %d bytes exceeds the limit of %d: send the records in batches", req.ContentLength, maxRestoreBody)
 	}
 	var recs []restoreRec
 	_, err := backup.ReadSnapshot(http.MaxBytesReader(c.Response(), req.Body, maxRestoreBody), "restore body", func(bucket string, rec backup.Record) error {
 		if bucket == storage.ClusterBucket {
-			return errorf(CodeInvalidArgument, "bucket %q cannot be restored: the cluster map belongs to the cluster", bucket)
+			return apierr.Errorf(apierr.CodeInvalidArgument, "bucket %q cannot be restored: the cluster map belongs to the cluster", bucket)
 		}
 		if bucket == bucketDicts {
 			if err := checkRestoredDict(rec.Key); err != nil {
@@ -198,18 +199,18 @@ func (r *Router) adminRestore(c echo.Context) error {
 		recs = append(recs, restoreRec{bucket: bucket, rec: storage.Record{Key: rec.Key, Version: rec.Version, Tombstone: rec.Tombstone, Value: rec.Value}})
 		return nil
 	})
-	var apiErr *Error
+	var apiErr *apierr.Error
 	var tooLarge *http.MaxBytesError
 	switch {
 	case err == nil:
 	case errors.As(err, &apiErr):
 		return apiErr
 	case errors.As(err, &tooLarge):
-		return errorf(CodePayloadTooLarge, "restore body exceeds the limit of %d bytes: send the records in batches", maxRestoreBody)
+		return apierr.Errorf(apierr.CodePayloadTooLarge, "restore body exceeds the limit of %d bytes: send the records in batches", maxRestoreBody)
 	case errors.Is(err, backup.ErrTruncated), errors.Is(err, backup.ErrCorrupt):
-		return errorf(CodeInvalidArgument, "%v; nothing was restored", err)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "%v; nothing was restored", err)
 	default:
-		return errorf(CodeInvalidArgument, "read the restore body: %v; nothing was restored", err)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "read the restore body: %v; nothing was restored", err)
 	}
 	rep, err := r.restore(req.Context(), recs, dry)
 	if err != nil {
@@ -256,7 +257,7 @@ func (r *Router) restore(ctx context.Context, recs []restoreRec, dry bool) (*res
 		}
 		return rep, err
 	}
-	return nil, errorf(CodeUnavailable, "restore did not settle after %d attempts; retry (restoring is idempotent)", maxWriteRetries)
+	return nil, apierr.Errorf(apierr.CodeUnavailable, "restore did not settle after %d attempts; retry (restoring is idempotent)", maxWriteRetries)
 }
 
 // addRestored counts records of bucket restored outside restoreOn.
@@ -396,9 +397,9 @@ func (r *Router) restoreOn(ctx context.Context, t *topology, recs []restoreRec, 
 			// The cache may hold what the restored record superseded.
 			switch rr.bucket {
 			case bucketTopics:
-				r.cache.drop(topicCacheKey(string(rr.rec.Key)), rr.rec.Version)
+				r.cache.Drop(topicCacheKey(string(rr.rec.Key)), rr.rec.Version)
 			case bucketContexts:
-				r.cache.drop(contextCacheKey(string(rr.rec.Key)), rr.rec.Version)
+				r.cache.Drop(contextCacheKey(string(rr.rec.Key)), rr.rec.Version)
 			}
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/go-kvdb/go-kvdb/llmbridge"
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/labstack/echo/v4"
 )
 
@@ -170,7 +171,7 @@ func (r *Router) buildWindow(ctx context.Context, model string, doc *Document, n
 func (r *Router) summarize(ctx context.Context, old string, turns []Message, maxTokens int) (string, error) {
 	model := r.llm.cfg.SummaryModel
 	if model == "" {
-		return "", errorf(CodeInvalidArgument, "the conversation exceeds its token budget and no summary model is configured (-summary-model or -chat-model)")
+		return "", apierr.Errorf(apierr.CodeInvalidArgument, "the conversation exceeds its token budget and no summary model is configured (-summary-model or -chat-model)")
 	}
 	var b strings.Builder
 	b.WriteString("Summary so far:\n")
@@ -229,11 +230,11 @@ func (r *Router) chatHandler(c echo.Context) error {
 		}
 		switch {
 		case strings.TrimSpace(q.Message) == "":
-			return q, errorf(CodeInvalidArgument, "field \"message\": required")
+			return q, apierr.Errorf(apierr.CodeInvalidArgument, "field \"message\": required")
 		case q.MaxTokens < 0 || q.MaxTokens > maxTokenBudget:
-			return q, errorf(CodeInvalidArgument, "field \"max_tokens\": %d is not in 0..%d", q.MaxTokens, maxTokenBudget)
+			return q, apierr.Errorf(apierr.CodeInvalidArgument, "field \"max_tokens\": %d is not in 0..%d", q.MaxTokens, maxTokenBudget)
 		case len(q.Model) > maxModelLen:
-			return q, errorf(CodeInvalidArgument, "field \"model\": longer than %d bytes", maxModelLen)
+			return q, apierr.Errorf(apierr.CodeInvalidArgument, "field \"model\": longer than %d bytes", maxModelLen)
 		}
 		return q, nil
 	})
@@ -245,7 +246,7 @@ func (r *Router) chatHandler(c echo.Context) error {
 		model = r.llm.cfg.ChatModel
 	}
 	if model == "" {
-		return errorf(CodeInvalidArgument, "field \"model\": required, since the router has no default chat model (-chat-model)")
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"model\": required, since the router has no default chat model (-chat-model)")
 	}
 	if err := r.needLLM(); err != nil {
 		return err
@@ -262,8 +263,8 @@ func (r *Router) chatHandler(c echo.Context) error {
 	}
 	ctx := c.Request().Context()
 	doc, _, err := r.readContext(ctx, topic, id)
-	var notFound *Error
-	if errors.As(err, &notFound) && notFound.Code == CodeNotFound {
+	var notFound *apierr.Error
+	if errors.As(err, &notFound) && notFound.Code == apierr.CodeNotFound {
 		doc, err = &Document{}, nil
 	}
 	if err != nil {
@@ -325,9 +326,9 @@ func (r *Router) chatHandler(c echo.Context) error {
 			return nil
 		}
 		if started {
-			var apiErr *Error
+			var apiErr *apierr.Error
 			if !errors.As(err, &apiErr) {
-				apiErr = &Error{Code: CodeInternal, Message: "internal error", Err: err}
+				apiErr = &apierr.Error{Code: apierr.CodeInternal, Message: "internal error", Err: err}
 			}
 			if apiErr.Status() >= 500 {
 				r.log.Error("chat failed mid-stream", "topic", topic, "id", id, "err", apiErr.Error())

@@ -151,26 +151,6 @@ func TestAppendFloat32MatchesJSON(t *testing.T) {
 	}
 }
 
-func TestClock(t *testing.T) {
-	now := time.UnixMilli(1_700_000_000_000)
-	c := clock{now: func() time.Time { return now }}
-	a, b := c.Next(), c.Next()
-	if b <= a {
-		t.Errorf("Next() = %d then %d, want increasing within one millisecond", a, b)
-	}
-	if got := versionTime(a); !got.Equal(now) {
-		t.Errorf("versionTime(%d) = %v, want %v", a, got, now)
-	}
-	c.Observe(b + 1000)
-	if n := c.Next(); n <= b+1000 {
-		t.Errorf("Next() after Observe(%d) = %d, want greater", b+1000, n)
-	}
-	now = now.Add(time.Second)
-	if n := c.Next(); versionTime(n) != now.UTC() {
-		t.Errorf("Next() after the clock moved = %v, want %v", versionTime(n), now)
-	}
-}
-
 func TestMergePages(t *testing.T) {
 	rec := func(k string, v uint64, tomb bool) storage.Record {
 		return storage.Record{Key: []byte(k), Version: v, Tombstone: tomb}

@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/klauspost/compress/dict"
 	"github.com/klauspost/compress/zstd"
@@ -416,7 +417,7 @@ func (r *Router) adminTrain(c echo.Context) error {
 		return err
 	}
 	if !r.comp.training.TryLock() {
-		return errorf(CodeFailedPrecondition, "a training is running already")
+		return apierr.Errorf(apierr.CodeFailedPrecondition, "a training is running already")
 	}
 	defer r.comp.training.Unlock()
 	ctx := c.Request().Context()
@@ -426,7 +427,7 @@ func (r *Router) adminTrain(c echo.Context) error {
 	}
 	if rewrite {
 		if !r.comp.rewriting.TryLock() {
-			return errorf(CodeFailedPrecondition, "dictionary %d is current, but a rewrite pass is running already: run it again once that one ends", res.ID)
+			return apierr.Errorf(apierr.CodeFailedPrecondition, "dictionary %d is current, but a rewrite pass is running already: run it again once that one ends", res.ID)
 		}
 		defer r.comp.rewriting.Unlock()
 		rw := r.rewrite(ctx)
@@ -443,7 +444,7 @@ func boolParam(c echo.Context, name string) (bool, error) {
 	case "true":
 		return true, nil
 	default:
-		return false, errorf(CodeInvalidArgument, "%s %q: want true or false", name, truncate(v))
+		return false, apierr.Errorf(apierr.CodeInvalidArgument, "%s %q: want true or false", name, truncate(v))
 	}
 }
 
@@ -458,7 +459,7 @@ func (r *Router) train(ctx context.Context) (*TrainResult, error) {
 		return nil, err
 	}
 	if len(samples) < trainMinSamples {
-		return nil, errorf(CodeFailedPrecondition, "only %d stored context bodies to learn from (at least %d are needed): store more contexts and train again", len(samples), trainMinSamples)
+		return nil, apierr.Errorf(apierr.CodeFailedPrecondition, "only %d stored context bodies to learn from (at least %d are needed): store more contexts and train again", len(samples), trainMinSamples)
 	}
 	res := &TrainResult{Samples: len(samples), TrainedAt: time.Now().UTC()}
 	var learn, measure [][]byte
@@ -487,24 +488,24 @@ func (r *Router) train(ctx context.Context) (*TrainResult, error) {
 		}
 		before, after, err := r.measureDict(cand, id, measure)
 		if err != nil {
-			return nil, &Error{Code: CodeInternal, Message: "check the new dictionary", Err: err}
+			return nil, &apierr.Error{Code: apierr.CodeInternal, Message: "check the new dictionary", Err: err}
 		}
 		if raw == nil || after < res.RatioAfter {
 			raw, res.RatioBefore, res.RatioAfter = cand, before, after
 		}
 	}
 	if raw == nil {
-		return nil, errorf(CodeFailedPrecondition, "no dictionary could be built from %d stored bodies: %s", len(learn), strings.Join(buildErrs, "; "))
+		return nil, apierr.Errorf(apierr.CodeFailedPrecondition, "no dictionary could be built from %d stored bodies: %s", len(learn), strings.Join(buildErrs, "; "))
 	}
 	res.ID, res.DictionaryBytes = id, len(raw)
 	if res.RatioAfter >= res.RatioBefore {
-		return nil, errorf(CodeFailedPrecondition, "the trained dictionary does not improve compression of the held-out bodies (%.3f with it, %.3f without): not adopted", res.RatioAfter, res.RatioBefore)
+		return nil, apierr.Errorf(apierr.CodeFailedPrecondition, "the trained dictionary does not improve compression of the held-out bodies (%.3f with it, %.3f without): not adopted", res.RatioAfter, res.RatioBefore)
 	}
 	if err := r.storeDict(ctx, t, id, raw); err != nil {
 		return nil, err
 	}
 	if err := r.codec.addDict(id, raw); err != nil {
-		return nil, &Error{Code: CodeInternal, Message: "load the new dictionary", Err: err}
+		return nil, &apierr.Error{Code: apierr.CodeInternal, Message: "load the new dictionary", Err: err}
 	}
 	p := &dictPointer{ID: id, TrainedAt: res.TrainedAt, Samples: res.Samples, DictionaryBytes: res.DictionaryBytes,
 		RatioBefore: res.RatioBefore, RatioAfter: res.RatioAfter, version: r.clock.Next()}
@@ -513,7 +514,7 @@ func (r *Router) train(ctx context.Context) (*TrainResult, error) {
 		return nil, err
 	}
 	if err := r.adoptPointer(p); err != nil {
-		return nil, &Error{Code: CodeInternal, Message: "adopt the new dictionary", Err: err}
+		return nil, &apierr.Error{Code: apierr.CodeInternal, Message: "adopt the new dictionary", Err: err}
 	}
 	r.m.DictionaryTrainings.Inc()
 	r.log.Info("compression dictionary trained", "id", id, "samples", res.Samples, "bytes", res.DictionaryBytes,
@@ -539,7 +540,7 @@ func allUp(t *topology, what string) error {
 		}
 	}
 	if len(down) > 0 {
-		return errorf(CodeUnavailable, "cannot %s while shards are down (%s): a dictionary must reach every shard", what, strings.Join(down, ", "))
+		return apierr.Errorf(apierr.CodeUnavailable, "cannot %s while shards are down (%s): a dictionary must reach every shard", what, strings.Join(down, ", "))
 	}
 	return nil
 }
@@ -554,7 +555,7 @@ func (r *Router) newDictID() (uint32, error) {
 			return id, nil
 		}
 	}
-	return 0, errorf(CodeInternal, "no unused dictionary id found")
+	return 0, apierr.Errorf(apierr.CodeInternal, "no unused dictionary id found")
 }
 
 // dictHashBytes are the minimum match lengths a training tries (the
@@ -670,10 +671,10 @@ func (r *Router) sampleBodies(ctx context.Context, t *topology) ([][]byte, error
 		}
 		// From the random point to the end, then from the start up to it.
 		if err := r.scanContexts(ctx, n, start[:], nil, &budget, visit); err != nil {
-			return nil, fromStorage("sample contexts on shard "+n.Name, err)
+			return nil, apierr.FromStorage("sample contexts on shard "+n.Name, err)
 		}
 		if err := r.scanContexts(ctx, n, nil, start[:], &budget, visit); err != nil {
-			return nil, fromStorage("sample contexts on shard "+n.Name, err)
+			return nil, apierr.FromStorage("sample contexts on shard "+n.Name, err)
 		}
 		out = append(out, reservoir...)
 	}
@@ -751,10 +752,10 @@ func (r *Router) writeEverywhere(ctx context.Context, t *topology, key []byte, v
 	wg.Wait()
 	if len(failed) > 0 {
 		slices.Sort(failed)
-		return errorf(CodeUnavailable, "%s: %s", what, strings.Join(failed, "; "))
+		return apierr.Errorf(apierr.CodeUnavailable, "%s: %s", what, strings.Join(failed, "; "))
 	}
 	if conflict != "" {
-		return errorf(CodeInternal, "%s: shard %s already holds a record %s in bucket %s", what, conflict, key, bucketDicts)
+		return apierr.Errorf(apierr.CodeInternal, "%s: shard %s already holds a record %s in bucket %s", what, conflict, key, bucketDicts)
 	}
 	return nil
 }
@@ -787,11 +788,11 @@ func (r *Router) adminRewrite(c echo.Context) error {
 	}
 	id := r.codec.current()
 	if id == 0 {
-		return errorf(CodeFailedPrecondition, "no compression dictionary is current: train one first (POST /api/v1/admin/compression/train)")
+		return apierr.Errorf(apierr.CodeFailedPrecondition, "no compression dictionary is current: train one first (POST /api/v1/admin/compression/train)")
 	}
 	if wait {
 		if !r.comp.rewriting.TryLock() {
-			return errorf(CodeFailedPrecondition, "a rewrite pass is running already")
+			return apierr.Errorf(apierr.CodeFailedPrecondition, "a rewrite pass is running already")
 		}
 		defer r.comp.rewriting.Unlock()
 		return c.JSON(http.StatusOK, r.rewrite(c.Request().Context()))
@@ -956,7 +957,7 @@ func checkRestoredDict(key []byte) error {
 		return nil
 	}
 	if _, ok := parseDictKey(key); !ok {
-		return errorf(CodeInvalidArgument, "bucket %s: key %q is neither a dictionary id nor %q", bucketDicts, truncate(string(key)), dictCurrentKey)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "bucket %s: key %q is neither a dictionary id nor %q", bucketDicts, truncate(string(key)), dictCurrentKey)
 	}
 	return nil
 }
@@ -999,7 +1000,7 @@ func (r *Router) restoreDicts(ctx context.Context, t *topology, recs []storage.R
 		}
 		cancel()
 		if err != nil {
-			return nil, fromStorage("restore compression dictionaries to shard "+n.Name+" (they must reach every shard; restoring again is safe)", err)
+			return nil, apierr.FromStorage("restore compression dictionaries to shard "+n.Name+" (they must reach every shard; restoring again is safe)", err)
 		}
 	}
 	return applied, nil

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/backup"
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -434,11 +435,11 @@ func TestTrainTooFewSamples(t *testing.T) {
 	tc := newTestCluster(t, clusterOpts{shards: 2})
 	fillChats(t, tc, "chat", 0, trainMinSamples-1)
 	r, _ := trainDict(t, tc.URL, "")
-	if r.Status != 412 || r.errCode() != string(CodeFailedPrecondition) || !strings.Contains(r.errMessage(), "at least 50") {
+	if r.Status != 412 || r.errCode() != string(apierr.CodeFailedPrecondition) || !strings.Contains(r.errMessage(), "at least 50") {
 		t.Errorf("train on %d contexts = %d %s, want 412 asking for at least 50", trainMinSamples-1, r.Status, r.Raw)
 	}
 	for _, bad := range []string{"?rewrite=yes", "?rewrite=1"} {
-		if r, _ := trainDict(t, tc.URL, bad); r.Status != 400 || r.errCode() != string(CodeInvalidArgument) {
+		if r, _ := trainDict(t, tc.URL, bad); r.Status != 400 || r.errCode() != string(apierr.CodeInvalidArgument) {
 			t.Errorf("train%s = %d %s, want 400", bad, r.Status, r.Raw)
 		}
 	}
@@ -489,7 +490,7 @@ func TestTrainNeedsEveryShard(t *testing.T) {
 	// A shard that does not take the dictionary: 503, nothing current.
 	faults[2].armed.Store(true)
 	r, _ := trainDict(t, tc.URL, "")
-	if r.Status != 503 || r.errCode() != string(CodeUnavailable) || !strings.Contains(r.errMessage(), "not made current") || !strings.Contains(r.errMessage(), "sh-3") {
+	if r.Status != 503 || r.errCode() != string(apierr.CodeUnavailable) || !strings.Contains(r.errMessage(), "not made current") || !strings.Contains(r.errMessage(), "sh-3") {
 		t.Errorf("train with sh-3 refusing = %d %s, want 503 naming sh-3", r.Status, r.Raw)
 	}
 	for i, st := range tc.stores {
@@ -747,7 +748,7 @@ func TestUnknownOrCorruptDictionary(t *testing.T) {
 	}
 	write(bucketContexts, key, value)
 	r := call(t, "GET", tc.URL+"/api/v1/topics/chat/contexts/x", nil)
-	if r.Status != 500 || r.errCode() != string(CodeInternal) {
+	if r.Status != 500 || r.errCode() != string(apierr.CodeInternal) {
 		t.Errorf("GET of a context of an unknown dictionary = %d %s, want 500 internal", r.Status, r.Raw)
 	}
 	if _, err := tc.router.codec.appendDocumentJSON(nil, value, true); !errors.Is(err, errNoDict) || !strings.Contains(err.Error(), "no shard holds") {

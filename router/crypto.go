@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 )
@@ -171,18 +172,18 @@ func (kr *Keyring) open(bucket string, key, v []byte) ([]byte, error) {
 	}
 	id := sealedKeyID(v)
 	if kr == nil {
-		return nil, &Error{Code: CodeInternal, Message: fmt.Sprintf(
+		return nil, &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf(
 			"record %s/%s is encrypted with key %x, but this router has no -encryption-key-file", bucket, printableKey(key), id)}
 	}
 	k, ok := kr.byID[id]
 	if !ok {
-		return nil, &Error{Code: CodeInternal, Message: fmt.Sprintf(
+		return nil, &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf(
 			"record %s/%s is encrypted with key %x, which is missing from -encryption-key-file", bucket, printableKey(key), id)}
 	}
 	nonce := v[2+keyIDLen : 2+keyIDLen+12]
 	plain, err := k.aead.Open(nil, nonce, v[2+keyIDLen+12:], aad(bucket, key))
 	if err != nil {
-		return nil, &Error{Code: CodeInternal, Message: fmt.Sprintf(
+		return nil, &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf(
 			"record %s/%s fails authentication under key %x: it was tampered with or is corrupt", bucket, printableKey(key), id), Err: err}
 	}
 	return plain, nil
@@ -331,11 +332,11 @@ type ReencryptResult struct {
 func (r *Router) adminReencrypt(c echo.Context) error {
 	kr := r.cfg.Security.Keyring
 	if kr == nil {
-		return errorf(CodeFailedPrecondition, "this router has no -encryption-key-file: nothing to re-encrypt with")
+		return apierr.Errorf(apierr.CodeFailedPrecondition, "this router has no -encryption-key-file: nothing to re-encrypt with")
 	}
 	if c.QueryParam("wait") == "true" {
 		if !r.sec.reencrypting.TryLock() {
-			return errorf(CodeFailedPrecondition, "a re-encrypt pass is running already")
+			return apierr.Errorf(apierr.CodeFailedPrecondition, "a re-encrypt pass is running already")
 		}
 		defer r.sec.reencrypting.Unlock()
 		res := r.reencrypt(c.Request().Context(), kr)

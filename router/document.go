@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 )
 
 // Limits on a context document, checked before anything is stored.
@@ -117,14 +119,14 @@ func validToken(s string, max int, colon bool) bool {
 
 func checkName(s string) error {
 	if !validName(s) {
-		return errorf(CodeInvalidArgument, "topic name %q must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", truncate(s))
+		return apierr.Errorf(apierr.CodeInvalidArgument, "topic name %q must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", truncate(s))
 	}
 	return nil
 }
 
 func checkID(s string) error {
 	if !validID(s) {
-		return errorf(CodeInvalidArgument, "context id %q must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$", truncate(s))
+		return apierr.Errorf(apierr.CodeInvalidArgument, "context id %q must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$", truncate(s))
 	}
 	return nil
 }
@@ -142,7 +144,7 @@ func truncate(s string) string {
 // trailing data, and names the offending field in its error.
 func decodeJSON(body []byte, v any) error {
 	if !utf8.Valid(body) {
-		return errorf(CodeInvalidArgument, "request body is not valid UTF-8")
+		return apierr.Errorf(apierr.CodeInvalidArgument, "request body is not valid UTF-8")
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -150,10 +152,10 @@ func decodeJSON(body []byte, v any) error {
 		return jsonError(err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errorf(CodeInvalidArgument, "invalid JSON: data after the top-level object")
+		return apierr.Errorf(apierr.CodeInvalidArgument, "invalid JSON: data after the top-level object")
 	}
 	if key, dup := duplicateKey(body); dup {
-		return errorf(CodeInvalidArgument, "invalid JSON: key %q appears twice in one object", truncate(key))
+		return apierr.Errorf(apierr.CodeInvalidArgument, "invalid JSON: key %q appears twice in one object", truncate(key))
 	}
 	return nil
 }
@@ -165,19 +167,19 @@ func jsonError(err error) error {
 	case errors.As(err, &typeErr):
 		field := typeErr.Field
 		if field == "" {
-			return errorf(CodeInvalidArgument, "invalid JSON: body must be an object, got %s", typeErr.Value)
+			return apierr.Errorf(apierr.CodeInvalidArgument, "invalid JSON: body must be an object, got %s", typeErr.Value)
 		}
-		return errorf(CodeInvalidArgument, "field %q: got %s, want %s", field, typeErr.Value, jsonType(typeErr.Type.Kind().String()))
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field %q: got %s, want %s", field, typeErr.Value, jsonType(typeErr.Type.Kind().String()))
 	case errors.As(err, &syntaxErr):
-		return errorf(CodeInvalidArgument, "invalid JSON at byte %d: %v", syntaxErr.Offset, syntaxErr)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "invalid JSON at byte %d: %v", syntaxErr.Offset, syntaxErr)
 	case errors.Is(err, io.EOF):
-		return errorf(CodeInvalidArgument, "request body is empty, want a JSON object")
+		return apierr.Errorf(apierr.CodeInvalidArgument, "request body is empty, want a JSON object")
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		return errorf(CodeInvalidArgument, "invalid JSON: body ends early")
+		return apierr.Errorf(apierr.CodeInvalidArgument, "invalid JSON: body ends early")
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return errorf(CodeInvalidArgument, "unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+		return apierr.Errorf(apierr.CodeInvalidArgument, "unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
 	}
-	return errorf(CodeInvalidArgument, "invalid JSON: %v", err)
+	return apierr.Errorf(apierr.CodeInvalidArgument, "invalid JSON: %v", err)
 }
 
 func jsonType(kind string) string {
@@ -206,13 +208,13 @@ func (r *topicRequest) validate() error {
 		return err
 	}
 	if len(r.Description) > maxDescLen {
-		return errorf(CodeInvalidArgument, "field \"description\": longer than %d bytes", maxDescLen)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"description\": longer than %d bytes", maxDescLen)
 	}
 	if r.MaxTokens < 0 || r.MaxTokens > maxTokenBudget {
-		return errorf(CodeInvalidArgument, "field \"max_tokens\": %d is not in 0..%d", r.MaxTokens, maxTokenBudget)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"max_tokens\": %d is not in 0..%d", r.MaxTokens, maxTokenBudget)
 	}
 	if r.DefaultTTLSeconds < 0 || r.DefaultTTLSeconds > maxTTLSeconds {
-		return errorf(CodeInvalidArgument, "field \"default_ttl_seconds\": %d is not in 0..%d", r.DefaultTTLSeconds, maxTTLSeconds)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"default_ttl_seconds\": %d is not in 0..%d", r.DefaultTTLSeconds, maxTTLSeconds)
 	}
 	return nil
 }
@@ -231,33 +233,33 @@ func (d *Document) normalize(now time.Time) error {
 	if m.CreatedAt == "" {
 		m.CreatedAt = now.Format(time.RFC3339Nano)
 	} else if _, err := time.Parse(time.RFC3339Nano, m.CreatedAt); err != nil {
-		return errorf(CodeInvalidArgument, "field \"metadata.created_at\": %q is not an RFC 3339 time", truncate(m.CreatedAt))
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"metadata.created_at\": %q is not an RFC 3339 time", truncate(m.CreatedAt))
 	}
 	m.UpdatedAt = now.Format(time.RFC3339Nano)
 	if len(m.Model) > maxModelLen {
-		return errorf(CodeInvalidArgument, "field \"metadata.model\": longer than %d bytes", maxModelLen)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"metadata.model\": longer than %d bytes", maxModelLen)
 	}
 	if len(m.Tags) > maxTags {
-		return errorf(CodeInvalidArgument, "field \"metadata.tags\": %d tags, at most %d allowed", len(m.Tags), maxTags)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"metadata.tags\": %d tags, at most %d allowed", len(m.Tags), maxTags)
 	}
 	for i, t := range m.Tags {
 		if t == "" || len(t) > maxTagLen {
-			return errorf(CodeInvalidArgument, "field \"metadata.tags[%d]\": a tag has 1 to %d bytes", i, maxTagLen)
+			return apierr.Errorf(apierr.CodeInvalidArgument, "field \"metadata.tags[%d]\": a tag has 1 to %d bytes", i, maxTagLen)
 		}
 	}
 	if len(d.Content.Embeddings) > maxEmbeddings {
-		return errorf(CodeInvalidArgument, "field \"content.embeddings\": %d values, at most %d allowed", len(d.Content.Embeddings), maxEmbeddings)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"content.embeddings\": %d values, at most %d allowed", len(d.Content.Embeddings), maxEmbeddings)
 	}
 	if len(d.Content.Messages) > maxMessages {
-		return errorf(CodeInvalidArgument, "field \"content.messages\": %d messages, at most %d allowed", len(d.Content.Messages), maxMessages)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"content.messages\": %d messages, at most %d allowed", len(d.Content.Messages), maxMessages)
 	}
 	for i, msg := range d.Content.Messages {
 		if !validRoles[msg.Role] {
-			return errorf(CodeInvalidArgument, "field \"content.messages[%d].role\": %q is not one of system, user, assistant, tool", i, truncate(msg.Role))
+			return apierr.Errorf(apierr.CodeInvalidArgument, "field \"content.messages[%d].role\": %q is not one of system, user, assistant, tool", i, truncate(msg.Role))
 		}
 	}
 	if s := d.Content.Summary; s != nil && (s.Messages < 0 || s.Messages > len(d.Content.Messages)) {
-		return errorf(CodeInvalidArgument, "field \"content.summary.messages\": %d is not in 0..%d (the number of messages)", s.Messages, len(d.Content.Messages))
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"content.summary.messages\": %d is not in 0..%d (the number of messages)", s.Messages, len(d.Content.Messages))
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"golang.org/x/sync/errgroup"
 )
@@ -80,7 +81,7 @@ func (r *Router) pendingMarks(ctx context.Context) ([]storage.Record, error) {
 				p, err := n.Shard.Scan(sctx, bucketEmbedPending, storage.ScanOptions{After: after, Limit: 1000})
 				cancel()
 				if err != nil {
-					return fromStorage("scan pending embeddings on shard "+n.Name, err)
+					return apierr.FromStorage("scan pending embeddings on shard "+n.Name, err)
 				}
 				pages[i] = append(pages[i], p.Records...)
 				if !p.More || len(p.Records) == 0 {
@@ -152,7 +153,7 @@ func (r *Router) embedPending(ctx context.Context, mark storage.Record) error {
 	}
 	r.embedForWrite(ctx, doc)
 	if doc.Metadata.EmbeddingPending {
-		return errorf(CodeUnavailable, "Ollama at %s still cannot embed", r.ollamaURL())
+		return apierr.Errorf(apierr.CodeUnavailable, "Ollama at %s still cannot embed", r.ollamaURL())
 	}
 	value, body, err := r.codec.encodeRendered(doc)
 	if err != nil {
@@ -165,7 +166,7 @@ func (r *Router) embedPending(ctx context.Context, mark storage.Record) error {
 	if res.Outcome == storage.Conflict {
 		return nil // rewritten meanwhile: that write embedded it or marked it again
 	}
-	r.cache.put(contextCacheKey(string(mark.Key)), v, false, body)
+	r.cache.Put(contextCacheKey(string(mark.Key)), v, false, body)
 	r.afterContextWrite(ctx, topic, doc, v, true)
 	return r.clearMark(ctx, topic, id, mark)
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 )
 
 // Fuzz targets for everything that reads bytes a client (or a shard) chose.
@@ -46,8 +48,8 @@ func FuzzDecodeDocument(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		d, err := decodeDocument(body, fuzzNow)
 		if err != nil {
-			var apiErr *Error
-			if !errors.As(err, &apiErr) || apiErr.Code != CodeInvalidArgument {
+			var apiErr *apierr.Error
+			if !errors.As(err, &apiErr) || apiErr.Code != apierr.CodeInvalidArgument {
 				t.Fatalf("decodeDocument(%q) = %v, want an invalid_argument error", body, err)
 			}
 			return
@@ -121,8 +123,8 @@ func FuzzDecodeCursor(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		last, err := decodeCursor(s, validID)
 		if err != nil {
-			var apiErr *Error
-			if !errors.As(err, &apiErr) || apiErr.Code != CodeInvalidArgument {
+			var apiErr *apierr.Error
+			if !errors.As(err, &apiErr) || apiErr.Code != apierr.CodeInvalidArgument {
 				t.Fatalf("decodeCursor(%q) = %v, want invalid_argument", s, err)
 			}
 			return

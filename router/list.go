@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 	"golang.org/x/sync/errgroup"
@@ -55,7 +56,7 @@ func (r *Router) liveReadNodes(t *topology) ([]*Node, error) {
 			}
 		}
 		if len(down) > sh.replicas-quorum(sh.replicas) {
-			return nil, errorf(CodeUnavailable, "shards down: %s (replicas = %d)", strings.Join(down, ", "), sh.replicas)
+			return nil, apierr.Errorf(apierr.CodeUnavailable, "shards down: %s (replicas = %d)", strings.Join(down, ", "), sh.replicas)
 		}
 	}
 	for _, n := range t.readNodes() {
@@ -118,7 +119,7 @@ func (r *Router) page(ctx context.Context, q pageQuery) (recs []storage.Record, 
 					err = completeMeta(sctx, n, q.bucket, p.Records)
 				}
 				if err != nil {
-					return fromStorage("list on shard "+n.Name, err)
+					return apierr.FromStorage("list on shard "+n.Name, err)
 				}
 				pages[i] = p
 				return nil
@@ -240,7 +241,7 @@ func encodeCursor(last string) string { return base64.RawURLEncoding.EncodeToStr
 func decodeCursor(s string, valid func(string) bool) (string, error) {
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil || !valid(string(b)) {
-		return "", errorf(CodeInvalidArgument, "cursor %q is malformed: pass back a next_cursor unchanged", truncate(s))
+		return "", apierr.Errorf(apierr.CodeInvalidArgument, "cursor %q is malformed: pass back a next_cursor unchanged", truncate(s))
 	}
 	return string(b), nil
 }
@@ -252,7 +253,7 @@ func pageLimit(c echo.Context) (int, error) {
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 1 || n > maxPageLimit {
-		return 0, errorf(CodeInvalidArgument, "limit %q must be an integer from 1 to %d", truncate(s), maxPageLimit)
+		return 0, apierr.Errorf(apierr.CodeInvalidArgument, "limit %q must be an integer from 1 to %d", truncate(s), maxPageLimit)
 	}
 	return n, nil
 }
@@ -265,7 +266,7 @@ func includeContent(c echo.Context) (bool, error) {
 	case "content":
 		return true, nil
 	default:
-		return false, errorf(CodeInvalidArgument, "include %q: the only choice is \"content\"", truncate(inc))
+		return false, apierr.Errorf(apierr.CodeInvalidArgument, "include %q: the only choice is \"content\"", truncate(inc))
 	}
 }
 
@@ -279,7 +280,7 @@ func (r *Router) listTopics(c echo.Context) error {
 	}
 	prefix := c.QueryParam("prefix")
 	if !validPrefix(prefix) {
-		return errorf(CodeInvalidArgument, "prefix %q cannot begin a topic name", truncate(prefix))
+		return apierr.Errorf(apierr.CodeInvalidArgument, "prefix %q cannot begin a topic name", truncate(prefix))
 	}
 	q := pageQuery{bucket: bucketTopics, prefix: []byte(prefix), limit: limit, keep: r.topicFilter(c)}
 	if cur := c.QueryParam("cursor"); cur != "" {
@@ -329,11 +330,11 @@ func (r *Router) listContexts(c echo.Context) error {
 	tags, model := params["tag"], c.QueryParam("model")
 	for _, t := range tags {
 		if t == "" || len(t) > maxTagLen {
-			return errorf(CodeInvalidArgument, "tag %q: a tag has 1 to %d bytes", truncate(t), maxTagLen)
+			return apierr.Errorf(apierr.CodeInvalidArgument, "tag %q: a tag has 1 to %d bytes", truncate(t), maxTagLen)
 		}
 	}
 	if len(model) > maxModelLen {
-		return errorf(CodeInvalidArgument, "model: longer than %d bytes", maxModelLen)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "model: longer than %d bytes", maxModelLen)
 	}
 	prefix := []byte(topic + keySep)
 	q := pageQuery{bucket: bucketContexts, prefix: prefix, limit: limit, metaOnly: !withContent}
@@ -375,7 +376,7 @@ func (r *Router) listContexts(c echo.Context) error {
 			out = append(out, ',')
 		}
 		if out, err = r.codec.appendDocumentJSON(out, rec.Value, withContent); err != nil {
-			return &Error{Code: CodeInternal, Message: "a stored context cannot be decoded", Err: err}
+			return &apierr.Error{Code: apierr.CodeInternal, Message: "a stored context cannot be decoded", Err: err}
 		}
 	}
 	out = appendNextCursor(out, next, prefix)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/llmbridge"
 	"github.com/go-kvdb/go-kvdb/metrics"
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/labstack/echo/v4"
 )
 
@@ -141,29 +142,29 @@ func (r *Router) ollamaURL() string {
 // needLLM answers 503 when no Ollama is configured.
 func (r *Router) needLLM() error {
 	if r.llm.cfg.Client == nil {
-		return errorf(CodeUnavailable, "no Ollama is configured: start the router with -ollama-url")
+		return apierr.Errorf(apierr.CodeUnavailable, "no Ollama is configured: start the router with -ollama-url")
 	}
 	return nil
 }
 
 // llmError turns an error from Ollama into an API error naming the server.
 func (r *Router) llmError(what string, err error) error {
-	var apiErr *Error
+	var apiErr *apierr.Error
 	switch {
 	case errors.As(err, &apiErr):
 		return apiErr
 	case errors.Is(err, llmbridge.ErrModelNotFound):
-		return &Error{Code: CodeNotFound, Message: fmt.Sprintf("%s: the model is not available on Ollama at %s (pull it first): %v", what, r.ollamaURL(), err), Err: err}
+		return &apierr.Error{Code: apierr.CodeNotFound, Message: fmt.Sprintf("%s: the model is not available on Ollama at %s (pull it first): %v", what, r.ollamaURL(), err), Err: err}
 	case errors.Is(err, llmbridge.ErrInvalid):
-		return &Error{Code: CodeInvalidArgument, Message: fmt.Sprintf("%s: Ollama at %s refused the request: %v", what, r.ollamaURL(), err), Err: err}
+		return &apierr.Error{Code: apierr.CodeInvalidArgument, Message: fmt.Sprintf("%s: Ollama at %s refused the request: %v", what, r.ollamaURL(), err), Err: err}
 	case errors.Is(err, llmbridge.ErrUpstream):
-		return &Error{Code: CodeUnavailable, Message: fmt.Sprintf("%s: Ollama at %s failed: %v", what, r.ollamaURL(), err), Err: err}
+		return &apierr.Error{Code: apierr.CodeUnavailable, Message: fmt.Sprintf("%s: Ollama at %s failed: %v", what, r.ollamaURL(), err), Err: err}
 	case errors.Is(err, context.DeadlineExceeded):
-		return &Error{Code: CodeUnavailable, Message: fmt.Sprintf("%s: Ollama at %s did not answer in time", what, r.ollamaURL()), Err: err}
+		return &apierr.Error{Code: apierr.CodeUnavailable, Message: fmt.Sprintf("%s: Ollama at %s did not answer in time", what, r.ollamaURL()), Err: err}
 	}
 	// The cause is logged (Err), not sent: the client needs to know that
 	// Ollama is down and where, not the dialer's words.
-	return &Error{Code: CodeUnavailable, Message: fmt.Sprintf("%s: Ollama at %s is unavailable", what, r.ollamaURL()), Err: err}
+	return &apierr.Error{Code: apierr.CodeUnavailable, Message: fmt.Sprintf("%s: Ollama at %s is unavailable", what, r.ollamaURL()), Err: err}
 }
 
 // modelLabel keeps the metrics' model label bounded: a failed call is

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
@@ -37,7 +38,7 @@ func (r *Router) writeAt(ctx context.Context, pk, bucket string, key []byte, v u
 		}
 		return err
 	}
-	return errorf(CodeUnavailable, "write of %q did not settle after %d attempts; retry", truncate(string(key)), maxWriteRetries)
+	return apierr.Errorf(apierr.CodeUnavailable, "write of %q did not settle after %d attempts; retry", truncate(string(key)), maxWriteRetries)
 }
 
 // searchNodes are the shards a fan-out over vectors must ask: every owner

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 )
@@ -58,15 +59,15 @@ func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []Me
 		cond, want := storage.CondAbsent, uint64(0)
 		if err == nil && liveRecord(rec, now) {
 			if match != 0 && rec.Version != match {
-				return appendResult{}, errorf(CodeFailedPrecondition, "context %q is at version %s, not %s", id, etag(rec.Version), etag(match))
+				return appendResult{}, apierr.Errorf(apierr.CodeFailedPrecondition, "context %q is at version %s, not %s", id, etag(rec.Version), etag(match))
 			}
 			if doc, err = r.codec.decodeDocument(rec.Value); err != nil {
-				return appendResult{}, &Error{Code: CodeInternal, Message: fmt.Sprintf("context %q in topic %q cannot be decoded", id, topic), Err: err}
+				return appendResult{}, &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf("context %q in topic %q cannot be decoded", id, topic), Err: err}
 			}
 			cond, want = storage.CondVersion, rec.Version
 		} else {
 			if match != 0 {
-				return appendResult{}, errorf(CodeFailedPrecondition, "context %q does not exist in topic %q", id, topic)
+				return appendResult{}, apierr.Errorf(apierr.CodeFailedPrecondition, "context %q does not exist in topic %q", id, topic)
 			}
 			doc = &Document{Metadata: Metadata{ID: id}}
 			if ttl := r.topicTTL(ctx, topic); ttl > 0 {
@@ -89,7 +90,7 @@ func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []Me
 		r.embedForWrite(ctx, doc)
 		value, body, err := r.codec.encodeRendered(doc)
 		if err != nil {
-			return appendResult{}, &Error{Code: CodeInternal, Message: "encode context", Err: err}
+			return appendResult{}, &apierr.Error{Code: apierr.CodeInternal, Message: "encode context", Err: err}
 		}
 		res, v, err := r.writeRecord(ctx, pk, bucketContexts, key, false, value, cond, want)
 		if err != nil {
@@ -101,11 +102,11 @@ func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []Me
 			}
 			continue // someone wrote in between: read again
 		}
-		r.cache.put(contextCacheKey(string(key)), v, false, body)
+		r.cache.Put(contextCacheKey(string(key)), v, false, body)
 		r.afterContextWrite(ctx, topic, doc, v, res.PrevLive())
 		return appendResult{version: v, doc: doc}, nil
 	}
-	return appendResult{}, errorf(CodeUnavailable, "context %q in topic %q: %d concurrent writers kept colliding; retry", id, topic, maxAppendAttempts)
+	return appendResult{}, apierr.Errorf(apierr.CodeUnavailable, "context %q in topic %q: %d concurrent writers kept colliding; retry", id, topic, maxAppendAttempts)
 }
 
 // appendMessagesHandler serves POST …/contexts/{id}/messages.
@@ -120,11 +121,11 @@ func (r *Router) appendMessagesHandler(c echo.Context) error {
 			return m, err
 		}
 		if len(m.Messages) == 0 {
-			return m, errorf(CodeInvalidArgument, "field \"messages\": at least one message is required")
+			return m, apierr.Errorf(apierr.CodeInvalidArgument, "field \"messages\": at least one message is required")
 		}
 		for i, msg := range m.Messages {
 			if !validRoles[msg.Role] {
-				return m, errorf(CodeInvalidArgument, "field \"messages[%d].role\": %q is not one of system, user, assistant, tool", i, truncate(msg.Role))
+				return m, apierr.Errorf(apierr.CodeInvalidArgument, "field \"messages[%d].role\": %q is not one of system, user, assistant, tool", i, truncate(msg.Role))
 			}
 		}
 		return m, nil
@@ -136,7 +137,7 @@ func (r *Router) appendMessagesHandler(c echo.Context) error {
 	if m := c.Request().Header.Get("If-Match"); m != "" {
 		v, ok := parseETag(m)
 		if !ok {
-			return errorf(CodeInvalidArgument, "If-Match %q is not an entity tag of this API", truncate(m))
+			return apierr.Errorf(apierr.CodeInvalidArgument, "If-Match %q is not an entity tag of this API", truncate(m))
 		}
 		match = v
 	}
@@ -162,7 +163,7 @@ func (r *Router) getMessages(c echo.Context) error {
 	if s := c.QueryParam("last"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 0 || n > maxMessages {
-			return errorf(CodeInvalidArgument, "last %q must be an integer from 0 to %d", truncate(s), maxMessages)
+			return apierr.Errorf(apierr.CodeInvalidArgument, "last %q must be an integer from 0 to %d", truncate(s), maxMessages)
 		}
 		last = n
 	}
@@ -186,14 +187,14 @@ func (r *Router) getMessages(c echo.Context) error {
 func (r *Router) readContext(ctx context.Context, topic, id string) (*Document, uint64, error) {
 	rec, err := r.readRecord(ctx, placement(topic, id), bucketContexts, []byte(contextKey(topic, id)))
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && !liveRecord(rec, time.Now())) {
-		return nil, 0, errorf(CodeNotFound, "context %q not found in topic %q", id, topic)
+		return nil, 0, apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
 	}
 	if err != nil {
 		return nil, 0, err
 	}
 	doc, err := r.codec.decodeDocument(rec.Value)
 	if err != nil {
-		return nil, 0, &Error{Code: CodeInternal, Message: fmt.Sprintf("context %q in topic %q cannot be decoded", id, topic), Err: err}
+		return nil, 0, &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf("context %q in topic %q cannot be decoded", id, topic), Err: err}
 	}
 	return doc, rec.Version, nil
 }

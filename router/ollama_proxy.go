@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 )
@@ -48,9 +49,9 @@ func ollamaError(c echo.Context, status int, msg string) error {
 
 // ollamaFail writes an API error in Ollama's shape.
 func (r *Router) ollamaFail(c echo.Context, err error) error {
-	var apiErr *Error
+	var apiErr *apierr.Error
 	if !errors.As(err, &apiErr) {
-		apiErr = &Error{Code: CodeInternal, Message: "internal error", Err: err}
+		apiErr = &apierr.Error{Code: apierr.CodeInternal, Message: "internal error", Err: err}
 	}
 	if apiErr.Status() >= 500 {
 		r.log.Error("ollama endpoint failed", "path", c.Request().URL.Path, "err", apiErr.Error())
@@ -292,8 +293,8 @@ func (r *Router) ollamaChat(c echo.Context) error {
 	}
 	budget := r.memoryBudget(r.topicMaxTokens(c, topic))
 	doc, _, err := r.readContext(ctx, topic, id)
-	var apiErr *Error
-	if errors.As(err, &apiErr) && apiErr.Code == CodeNotFound {
+	var apiErr *apierr.Error
+	if errors.As(err, &apiErr) && apiErr.Code == apierr.CodeNotFound {
 		doc, err = &Document{}, nil
 	}
 	if err != nil {
@@ -381,8 +382,8 @@ func (r *Router) ollamaChat(c echo.Context) error {
 // ensureTopic creates a topic on first use.
 func (r *Router) ensureTopic(c echo.Context, name string) error {
 	_, _, err := r.readTopic(c, name)
-	var apiErr *Error
-	if !errors.As(err, &apiErr) || apiErr.Code != CodeNotFound {
+	var apiErr *apierr.Error
+	if !errors.As(err, &apiErr) || apiErr.Code != apierr.CodeNotFound {
 		return err
 	}
 	t := Topic{Name: name, Description: "created by the drop-in Ollama endpoint", CreatedAt: time.Now().UTC().Format(time.RFC3339Nano)}
@@ -392,7 +393,7 @@ func (r *Router) ensureTopic(c echo.Context, name string) error {
 		return err
 	}
 	if res.Outcome == storage.Applied {
-		r.cache.put(topicCacheKey(name), v, false, body)
+		r.cache.Put(topicCacheKey(name), v, false, body)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
@@ -55,7 +56,7 @@ func (r *Router) readSet(ctx context.Context, t *topology, set replicaSet, bucke
 			return storage.Record{Key: key}, nil
 		}
 		if err != nil {
-			return rec, fromStorage("read from shard "+n.Name, err)
+			return rec, apierr.FromStorage("read from shard "+n.Name, err)
 		}
 		return rec, nil
 	}
@@ -78,7 +79,7 @@ func (r *Router) readSet(ctx context.Context, t *topology, set replicaSet, bucke
 	}
 	var got []readAnswer
 	var failed []string
-	var unreadable *Error // a record held but not opened (see crypto.go)
+	var unreadable *apierr.Error // a record held but not opened (see crypto.go)
 	for range asked {
 		a := <-answers
 		if a.err != nil {
@@ -133,7 +134,7 @@ func quorate(set replicaSet, ok func(*Node) bool) bool {
 	return true
 }
 
-func (r *Router) noQuorum(op string, set replicaSet, got int, failed []string) *Error {
+func (r *Router) noQuorum(op string, set replicaSet, got int, failed []string) *apierr.Error {
 	var down []string
 	for _, n := range set.union {
 		if !n.up() {
@@ -148,7 +149,7 @@ func (r *Router) noQuorum(op string, set replicaSet, got int, failed []string) *
 	if len(down)+len(failed) > 0 {
 		msg += ": " + strings.Join(append(down, failed...), "; ")
 	}
-	return &Error{Code: CodeUnavailable, Message: msg}
+	return &apierr.Error{Code: apierr.CodeUnavailable, Message: msg}
 }
 
 // readRepair writes the newest record to a replica found behind. It runs in
@@ -198,7 +199,7 @@ func (r *Router) write(ctx context.Context, pk, bucket string, key []byte, tombs
 		}
 		return res, v, err
 	}
-	return storage.Result{}, 0, errorf(CodeUnavailable, "write of %q did not settle after %d attempts; retry", truncate(string(key)), maxWriteRetries)
+	return storage.Result{}, 0, apierr.Errorf(apierr.CodeUnavailable, "write of %q did not settle after %d attempts; retry", truncate(string(key)), maxWriteRetries)
 }
 
 // errRetry asks write to plan the write again.
@@ -228,7 +229,7 @@ func (r *Router) writeOne(ctx context.Context, t *topology, n *Node, bucket stri
 		return storage.Result{}, 0, err
 	}
 	if err != nil {
-		return storage.Result{}, 0, fromStorage("write to shard "+n.Name, err)
+		return storage.Result{}, 0, apierr.FromStorage("write to shard "+n.Name, err)
 	}
 	if res[0].Outcome == storage.Stale {
 		r.clock.Observe(res[0].PrevVersion)
@@ -272,7 +273,7 @@ func (r *Router) writeReplicated(ctx context.Context, t *topology, set replicaSe
 			avoid[primary] = true
 			return storage.Result{}, 0, errRetry
 		case err != nil:
-			return storage.Result{}, 0, fromStorage("write to primary "+primary.Name, err)
+			return storage.Result{}, 0, apierr.FromStorage("write to primary "+primary.Name, err)
 		case res[0].Outcome == storage.Conflict && res[0].PrevVersion < cur.Version:
 			// The primary is behind the quorum: bring it up to date, retry.
 			rctx, cancel := r.shardCtx(epochCtx(ctx, t))
@@ -373,7 +374,7 @@ func (r *Router) replicate(ctx context.Context, t *topology, set replicaSet, buc
 		select {
 		case a = <-answers:
 		case <-ctx.Done():
-			return 0, errorf(CodeUnavailable, "write abandoned: %v", ctx.Err())
+			return 0, apierr.Errorf(apierr.CodeUnavailable, "write abandoned: %v", ctx.Err())
 		}
 		switch {
 		case errors.Is(a.err, storage.ErrStaleEpoch):

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/metrics"
+	"github.com/go-kvdb/go-kvdb/router/hlc"
+	"github.com/go-kvdb/go-kvdb/router/hotcache"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -101,9 +103,9 @@ type Router struct {
 	// batchCalls is m.ShardBatchCalls by op, resolved once (read only).
 	batchCalls map[string]prometheus.Observer
 	topo       atomic.Pointer[topology] // swapped whole on a membership change
-	clock      clock
+	clock      hlc.Clock
 	codec      *codec
-	cache      *hotCache
+	cache      *hotcache.Cache
 	echo       *echo.Echo
 	llm        *llmState    // the Ollama bridge; set by llmRoutes
 	sec        *security    // keys, limits, audit; set by secure
@@ -208,10 +210,10 @@ func New(cfg Config) (*Router, error) {
 		r.m.CodecOutputBytes.Add(float64(out))
 	}
 	r.initCompression()
-	if r.cache, err = newHotCache(cfg.CacheBytes, cfg.CacheTTL, r.m.CacheEvictions.Inc); err != nil {
+	if r.cache, err = hotcache.New(cfg.CacheBytes, cfg.CacheTTL, r.m.CacheEvictions.Inc); err != nil {
 		return nil, err
 	}
-	metrics.RegisterCache(cfg.Registry, r.cache.stats)
+	metrics.RegisterCache(cfg.Registry, r.cache.Stats)
 	r.registerStatusMetrics(cfg.Registry)
 	r.echo = r.routes()
 
@@ -270,7 +272,7 @@ func (r *Router) Close() {
 	r.closeLLM()
 	r.bgCancel()
 	r.bgWG.Wait()
-	r.cache.close()
+	r.cache.Close()
 }
 
 // loop runs fn in the background until Close.

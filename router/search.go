@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 	"golang.org/x/sync/errgroup"
@@ -35,21 +36,21 @@ type searchRequest struct {
 func (s *searchRequest) validate() error {
 	switch {
 	case s.Query == "" && len(s.Embedding) == 0:
-		return errorf(CodeInvalidArgument, "one of \"query\" and \"embedding\" is required")
+		return apierr.Errorf(apierr.CodeInvalidArgument, "one of \"query\" and \"embedding\" is required")
 	case s.Query != "" && len(s.Embedding) > 0:
-		return errorf(CodeInvalidArgument, "\"query\" and \"embedding\" exclude each other")
+		return apierr.Errorf(apierr.CodeInvalidArgument, "\"query\" and \"embedding\" exclude each other")
 	case len(s.Embedding) > maxEmbeddings:
-		return errorf(CodeInvalidArgument, "field \"embedding\": %d values, at most %d allowed", len(s.Embedding), maxEmbeddings)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"embedding\": %d values, at most %d allowed", len(s.Embedding), maxEmbeddings)
 	case s.K < 0 || s.K > maxSearchK:
-		return errorf(CodeInvalidArgument, "field \"k\": %d is not in 1..%d", s.K, maxSearchK)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"k\": %d is not in 1..%d", s.K, maxSearchK)
 	case len(s.Tags) > maxTags:
-		return errorf(CodeInvalidArgument, "field \"tags\": %d tags, at most %d allowed", len(s.Tags), maxTags)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"tags\": %d tags, at most %d allowed", len(s.Tags), maxTags)
 	case len(s.Model) > maxModelLen:
-		return errorf(CodeInvalidArgument, "field \"model\": longer than %d bytes", maxModelLen)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"model\": longer than %d bytes", maxModelLen)
 	}
 	for i, t := range s.Tags {
 		if t == "" || len(t) > maxTagLen {
-			return errorf(CodeInvalidArgument, "field \"tags[%d]\": a tag has 1 to %d bytes", i, maxTagLen)
+			return apierr.Errorf(apierr.CodeInvalidArgument, "field \"tags[%d]\": a tag has 1 to %d bytes", i, maxTagLen)
 		}
 	}
 	if s.K == 0 {
@@ -97,7 +98,7 @@ func (r *Router) search(c echo.Context) error {
 			model = r.llm.cfg.EmbedModel
 		}
 		if model == "" {
-			return errorf(CodeInvalidArgument, "field \"model\": no embedding model is configured on this router, so a \"query\" must name one")
+			return apierr.Errorf(apierr.CodeInvalidArgument, "field \"model\": no embedding model is configured on this router, so a \"query\" must name one")
 		}
 		if err := r.needLLM(); err != nil {
 			return err
@@ -121,7 +122,7 @@ func (r *Router) search(c echo.Context) error {
 		return err
 	}
 	if n == 0 && otherDim > 0 {
-		return errorf(CodeInvalidArgument, "the query has %d dimensions but the %d contexts embedded by model %q in topic %q have another: vectors of different dimensions are never compared", len(query), otherDim, model, topic)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "the query has %d dimensions but the %d contexts embedded by model %q in topic %q have another: vectors of different dimensions are never compared", len(query), otherDim, model, topic)
 	}
 	out = append(out, "]}"...)
 	return c.JSONBlob(http.StatusOK, out)
@@ -137,13 +138,13 @@ func (r *Router) topK(ctx context.Context, q storage.TopKQuery) ([]storage.Match
 		g.Go(func() error {
 			vs, ok := n.Shard.(vectorShard)
 			if !ok {
-				return errorf(CodeUnavailable, "search on shard %s: %v", n.Name, errNoTopK)
+				return apierr.Errorf(apierr.CodeUnavailable, "search on shard %s: %v", n.Name, errNoTopK)
 			}
 			sctx, cancel := r.shardCtx(gctx)
 			defer cancel()
 			res, err := vs.TopK(sctx, bucketVectors, q)
 			if err != nil {
-				return fromStorage("search on shard "+n.Name, err)
+				return apierr.FromStorage("search on shard "+n.Name, err)
 			}
 			results[i] = res
 			return nil
@@ -216,7 +217,7 @@ func (r *Router) appendResults(ctx context.Context, out *[]byte, topic string, m
 		}
 		doc, err := r.codec.appendDocumentJSON(nil, rec.Value, withContent)
 		if err != nil || !bytes.HasSuffix(doc, []byte("}")) {
-			return 0, &Error{Code: CodeInternal, Message: fmt.Sprintf("context %q cannot be decoded", truncate(string(m.Key))), Err: err}
+			return 0, &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf("context %q cannot be decoded", truncate(string(m.Key))), Err: err}
 		}
 		if n > 0 {
 			*out = append(*out, ',')

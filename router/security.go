@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -131,7 +132,7 @@ func (s *security) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 			default:
 				s.rejected.WithLabelValues("concurrency").Inc()
 				c.Response().Header().Set("Retry-After", "1")
-				return s.fail(c, ri, errorf(CodeUnavailable, "the router is serving its limit of %d concurrent requests; retry", cap(s.sem)))
+				return s.fail(c, ri, apierr.Errorf(apierr.CodeUnavailable, "the router is serving its limit of %d concurrent requests; retry", cap(s.sem)))
 			}
 		}
 		if err := s.authenticate(c, ri); err != nil {
@@ -148,7 +149,7 @@ func (s *security) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 		if ok, wait := s.limits.allow(who, n, time.Now()); !ok {
 			s.rejected.WithLabelValues("rate_limited").Inc()
 			c.Response().Header().Set("Retry-After", retryAfter(wait))
-			return s.fail(c, ri, errorf(CodeRateLimited, "more than %d requests per second; retry after %s", n, wait.Round(time.Millisecond)))
+			return s.fail(c, ri, apierr.Errorf(apierr.CodeRateLimited, "more than %d requests per second; retry after %s", n, wait.Round(time.Millisecond)))
 		}
 		s.limitBody(c)
 		return next(c)
@@ -157,7 +158,7 @@ func (s *security) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 
 // fail answers an error from the middleware, in Ollama's shape on the
 // drop-in endpoint.
-func (s *security) fail(c echo.Context, ri *reqInfo, err *Error) error {
+func (s *security) fail(c echo.Context, ri *reqInfo, err *apierr.Error) error {
 	if ri.ollama {
 		return ollamaError(c, err.Status(), err.Message)
 	}

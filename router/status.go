@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -244,7 +245,7 @@ func (r *Router) adminRepair(c echo.Context) error {
 	if c.QueryParam("wait") == "true" {
 		st, err := r.repair(c.Request().Context())
 		if err != nil {
-			return &Error{Code: CodeUnavailable, Message: "repair failed: " + err.Error(), Err: err}
+			return &apierr.Error{Code: apierr.CodeUnavailable, Message: "repair failed: " + err.Error(), Err: err}
 		}
 		return c.JSON(http.StatusOK, map[string]any{"repair": st})
 	}
@@ -256,7 +257,7 @@ func (r *Router) adminRepair(c echo.Context) error {
 // shape changed.
 func (r *Router) adminReload(c echo.Context) error {
 	if err := r.Reload(); err != nil {
-		return errorf(CodeFailedPrecondition, "%v", err)
+		return apierr.Errorf(apierr.CodeFailedPrecondition, "%v", err)
 	}
 	return c.JSON(http.StatusAccepted, r.clusterInfo())
 }
@@ -273,7 +274,7 @@ func (r *Router) ready(c echo.Context) error {
 			}
 		}
 		if down > sh.replicas-quorum(sh.replicas) {
-			return errorf(CodeUnavailable, "shards unreachable: %v", names)
+			return apierr.Errorf(apierr.CodeUnavailable, "shards unreachable: %v", names)
 		}
 	}
 	return c.JSONBlob(http.StatusOK, []byte(`{"status":"ready"}`))

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/hlc"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"golang.org/x/sync/errgroup"
 )
@@ -198,7 +199,7 @@ func (r *Router) syncKeys(ctx context.Context, t *topology, bucket string, keys 
 		}
 		// A tombstone every owner holds, older than the repair interval and
 		// with every node up (none can bring back an older copy): collect it.
-		if newest.tombstone && t.state == stateStable && !anyDown && versionTime(newest.version).Before(gcBefore) {
+		if newest.tombstone && t.state == stateStable && !anyDown && hlc.Time(newest.version).Before(gcBefore) {
 			for _, h := range hs {
 				if containsNode(owners, h.node) {
 					purges[h.node] = append(purges[h.node], storage.Record{Key: []byte(k), Version: newest.version})

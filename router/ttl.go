@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
@@ -60,18 +61,18 @@ func (m *Metadata) resolveExpiry(now time.Time) error {
 	if m.ExpiresAt != "" {
 		t, err := time.Parse(time.RFC3339Nano, m.ExpiresAt)
 		if err != nil {
-			return errorf(CodeInvalidArgument, "field \"metadata.expires_at\": %q is not an RFC 3339 time", truncate(m.ExpiresAt))
+			return apierr.Errorf(apierr.CodeInvalidArgument, "field \"metadata.expires_at\": %q is not an RFC 3339 time", truncate(m.ExpiresAt))
 		}
 		exp = t
 	}
 	if m.TTLSeconds != 0 {
 		if m.TTLSeconds < 0 || m.TTLSeconds > maxTTLSeconds {
-			return errorf(CodeInvalidArgument, "field \"metadata.ttl_seconds\": %d is not in 1..%d", m.TTLSeconds, maxTTLSeconds)
+			return apierr.Errorf(apierr.CodeInvalidArgument, "field \"metadata.ttl_seconds\": %d is not in 1..%d", m.TTLSeconds, maxTTLSeconds)
 		}
 		byTTL := now.Add(time.Duration(m.TTLSeconds) * time.Second)
 		if !exp.IsZero() {
 			if d := exp.Sub(byTTL); d > ttlTolerance || d < -ttlTolerance {
-				return errorf(CodeInvalidArgument, "fields \"metadata.expires_at\" and \"metadata.ttl_seconds\" disagree: %s is not now + %d s (give one, or both within %s)",
+				return apierr.Errorf(apierr.CodeInvalidArgument, "fields \"metadata.expires_at\" and \"metadata.ttl_seconds\" disagree: %s is not now + %d s (give one, or both within %s)",
 					m.ExpiresAt, m.TTLSeconds, ttlTolerance)
 			}
 		} else {
@@ -84,10 +85,10 @@ func (m *Metadata) resolveExpiry(now time.Time) error {
 		return nil
 	}
 	if !exp.After(now) {
-		return errorf(CodeInvalidArgument, "field \"metadata.expires_at\": %s is not in the future", m.ExpiresAt)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"metadata.expires_at\": %s is not in the future", m.ExpiresAt)
 	}
 	if exp.Sub(now) > maxTTLSeconds*time.Second {
-		return errorf(CodeInvalidArgument, "field \"metadata.expires_at\": %s is more than %d seconds ahead", m.ExpiresAt, maxTTLSeconds)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"metadata.expires_at\": %s is more than %d seconds ahead", m.ExpiresAt, maxTTLSeconds)
 	}
 	m.ExpiresAt = exp.UTC().Format(time.RFC3339Nano)
 	return nil
@@ -121,7 +122,7 @@ func topicDefaultTTL(topic []byte) int64 {
 // topicTTL returns the default TTL of a topic, from the cache when it
 // holds the topic (it does right after the write path checked the topic).
 func (r *Router) topicTTL(ctx context.Context, topic string) int64 {
-	if _, tomb, body, ok := r.cache.get(topicCacheKey(topic)); ok {
+	if _, tomb, body, ok := r.cache.Get(topicCacheKey(topic)); ok {
 		if tomb {
 			return 0
 		}
@@ -332,7 +333,7 @@ func (r *Router) dueExpiries(ctx context.Context, now time.Time) ([]storage.Reco
 				p, err := n.Shard.Scan(sctx, bucketExpiry, storage.ScanOptions{After: after, Limit: 1000, KeysOnly: true})
 				cancel()
 				if err != nil {
-					return fromStorage("scan expiries on shard "+n.Name, err)
+					return apierr.FromStorage("scan expiries on shard "+n.Name, err)
 				}
 				for _, rec := range p.Records {
 					if bytes.Compare(rec.Key, limit) >= 0 {
@@ -382,7 +383,7 @@ func (r *Router) purgeOne(ctx context.Context, entry storage.Record, now time.Ti
 			return false, err
 		}
 		if res.Outcome == storage.Applied {
-			r.cache.put(contextCacheKey(string(ck)), v, true, nil)
+			r.cache.Put(contextCacheKey(string(ck)), v, true, nil)
 			r.afterContextDelete(ctx, topic, id, v)
 			deleted = true
 		}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
@@ -41,8 +42,8 @@ func TestResolveExpiry(t *testing.T) {
 			m := Metadata{ExpiresAt: tt.expiresAt, TTLSeconds: tt.ttl}
 			err := m.resolveExpiry(now)
 			if tt.wantErr != "" {
-				var apiErr *Error
-				if !errors.As(err, &apiErr) || apiErr.Code != CodeInvalidArgument || !strings.Contains(apiErr.Message, tt.wantErr) {
+				var apiErr *apierr.Error
+				if !errors.As(err, &apiErr) || apiErr.Code != apierr.CodeInvalidArgument || !strings.Contains(apiErr.Message, tt.wantErr) {
 					t.Fatalf("resolveExpiry(%q, %d) = %v, want invalid_argument about %q", tt.expiresAt, tt.ttl, err, tt.wantErr)
 				}
 				return
@@ -130,7 +131,7 @@ func expireNow(t testing.TB, tc *testCluster, topic, id string) uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt.cache.put(contextCacheKey(string(key)), v, false, body)
+	rt.cache.Put(contextCacheKey(string(key)), v, false, body)
 	return v
 }
 
@@ -229,7 +230,7 @@ func TestExpiredContextDisappears(t *testing.T) {
 	}
 	// "cached" is read from the cache, "gone" from the shards.
 	v := expireNow(t, tc, "t", "gone")
-	tc.router.cache.drop(contextCacheKey(contextKey("t", "gone")), v+1)
+	tc.router.cache.Drop(contextCacheKey(contextKey("t", "gone")), v+1)
 	expireNow(t, tc, "t", "cached")
 
 	for _, id := range []string{"gone", "cached"} {

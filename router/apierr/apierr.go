@@ -1,4 +1,4 @@
-package router
+package apierr
 
 import (
 	"errors"
@@ -11,7 +11,7 @@ import (
 // Code is an API error code, as it appears in {"error":{"code":…}}.
 type Code string
 
-// The API's error codes. Each has one HTTP status (see codeStatus).
+// The API's error codes. Each has one HTTP status (see statusOf).
 const (
 	CodeInvalidArgument      Code = "invalid_argument"
 	CodeNotFound             Code = "not_found"
@@ -27,8 +27,8 @@ const (
 	CodeInternal             Code = "internal"
 )
 
-// codeStatus is the one table from error code to HTTP status.
-var codeStatus = map[Code]int{
+// statusOf is the one table from error code to HTTP status.
+var statusOf = map[Code]int{
 	CodeInvalidArgument:      http.StatusBadRequest,
 	CodeNotFound:             http.StatusNotFound,
 	CodeAlreadyExists:        http.StatusConflict,
@@ -61,19 +61,19 @@ func (e *Error) Unwrap() error { return e.Err }
 
 // Status is the HTTP status for the error's code.
 func (e *Error) Status() int {
-	if s, ok := codeStatus[e.Code]; ok {
+	if s, ok := statusOf[e.Code]; ok {
 		return s
 	}
 	return http.StatusInternalServerError
 }
 
-func errorf(code Code, format string, args ...any) *Error {
+func Errorf(code Code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
-// fromStorage turns an error from a shard into an API error: an unreachable
+// FromStorage turns an error from a shard into an API error: an unreachable
 // shard is 503 naming the shard, never a 404 or a silent gap.
-func fromStorage(what string, err error) *Error {
+func FromStorage(what string, err error) *Error {
 	var apiErr *Error
 	switch {
 	case errors.As(err, &apiErr):

@@ -1,4 +1,4 @@
-package router
+package hotcache
 
 import (
 	"context"
@@ -12,14 +12,14 @@ import (
 	"github.com/allegro/bigcache/v3"
 )
 
-// hotCache is the router's hot set: rendered API bodies by key, each with
+// Cache is the router's hot set: rendered API bodies by key, each with
 // the version it was rendered from. Tombstones are cached too, so a deleted
 // key answers 404 without a shard hop and an older read cannot bring it back.
 //
 // An entry is only ever replaced by a newer version: put checks and sets
 // under a striped lock, so a slow read that fetched an old version cannot
 // overwrite the value the router itself has just written.
-type hotCache struct {
+type Cache struct {
 	bc       *bigcache.BigCache // nil when the cache is off
 	maxEntry int                // larger values are not cached
 	seed     maphash.Seed
@@ -29,9 +29,9 @@ type hotCache struct {
 
 const cacheHeader = 9 // version (8) | flags (1)
 
-// newHotCache sizes a cache of about size bytes; below 1 MiB it is off.
-func newHotCache(size int64, lifeWindow time.Duration, onEvict func()) (*hotCache, error) {
-	c := &hotCache{seed: maphash.MakeSeed(), onEvict: onEvict}
+// New sizes a cache of about size bytes; below 1 MiB it is off.
+func New(size int64, lifeWindow time.Duration, onEvict func()) (*Cache, error) {
+	c := &Cache{seed: maphash.MakeSeed(), onEvict: onEvict}
 	mb := int(size >> 20)
 	if mb < 1 {
 		return c, nil
@@ -68,7 +68,7 @@ func newHotCache(size int64, lifeWindow time.Duration, onEvict func()) (*hotCach
 }
 
 // get returns the cached version, tombstone flag and body for key.
-func (c *hotCache) get(key string) (version uint64, tombstone bool, body []byte, ok bool) {
+func (c *Cache) Get(key string) (version uint64, tombstone bool, body []byte, ok bool) {
 	if c.bc == nil {
 		return 0, false, nil, false
 	}
@@ -80,18 +80,18 @@ func (c *hotCache) get(key string) (version uint64, tombstone bool, body []byte,
 }
 
 // put stores body for key at version unless a newer version is cached.
-func (c *hotCache) put(key string, version uint64, tombstone bool, body []byte) {
+func (c *Cache) Put(key string, version uint64, tombstone bool, body []byte) {
 	if c.bc == nil || cacheHeader+len(key)+len(body) > c.maxEntry {
 		if c.bc != nil {
 			// Too large to cache: make sure no older copy stays behind.
-			c.drop(key, version)
+			c.Drop(key, version)
 		}
 		return
 	}
 	mu := &c.stripes[maphash.String(c.seed, key)%uint64(len(c.stripes))]
 	mu.Lock()
 	defer mu.Unlock()
-	if v, _, _, ok := c.get(key); ok && v >= version {
+	if v, _, _, ok := c.Get(key); ok && v >= version {
 		return
 	}
 	e := make([]byte, cacheHeader+len(body))
@@ -104,27 +104,27 @@ func (c *hotCache) put(key string, version uint64, tombstone bool, body []byte) 
 }
 
 // drop removes key if the cached version is older than version.
-func (c *hotCache) drop(key string, version uint64) {
+func (c *Cache) Drop(key string, version uint64) {
 	if c.bc == nil {
 		return
 	}
 	mu := &c.stripes[maphash.String(c.seed, key)%uint64(len(c.stripes))]
 	mu.Lock()
 	defer mu.Unlock()
-	if v, _, _, ok := c.get(key); ok && v < version {
+	if v, _, _, ok := c.Get(key); ok && v < version {
 		c.bc.Delete(key)
 	}
 }
 
 // stats reports entries and bytes held.
-func (c *hotCache) stats() (entries int, bytes int) {
+func (c *Cache) Stats() (entries int, bytes int) {
 	if c.bc == nil {
 		return 0, 0
 	}
 	return c.bc.Len(), c.bc.Capacity()
 }
 
-func (c *hotCache) close() {
+func (c *Cache) Close() {
 	if c.bc != nil {
 		c.bc.Close()
 	}
