@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -76,7 +77,7 @@ func TestAdminRemove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := info.Keys[bucketContexts]; n != 0 {
+	if n := info.Keys[schema.BucketContexts]; n != 0 {
 		t.Errorf("sh-3 holds %d contexts after removal, want 0", n)
 	}
 	// Idempotent; and two shards for two replicas cannot lose one more.

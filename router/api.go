@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"mime"
@@ -18,24 +17,10 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/hlc"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 )
-
-// Buckets on the shards, and the separator between a topic and a context id
-// in a context's key: names and ids cannot contain it, so one topic's
-// contexts are one ordered prefix on every shard.
-const (
-	bucketTopics   = "topics"
-	bucketContexts = "contexts"
-	keySep         = "\x00"
-)
-
-func contextKey(topic, id string) string { return topic + keySep + id }
-
-// placement is the ring key of a context: a topic's contexts spread over
-// all shards.
-func placement(topic, id string) string { return topic + "/" + id }
 
 // Cache keys: one letter for the kind, then the storage key.
 func topicCacheKey(topic string) string        { return "t" + topic }
@@ -153,7 +138,7 @@ func param(c echo.Context, name string) string {
 
 func topicParam(c echo.Context) (string, error) {
 	t := param(c, "topic")
-	return t, checkName(t)
+	return t, schema.CheckName(t)
 }
 
 func contextParams(c echo.Context) (topic, id string, err error) {
@@ -161,7 +146,7 @@ func contextParams(c echo.Context) (topic, id string, err error) {
 		return "", "", err
 	}
 	id = param(c, "id")
-	return topic, id, checkID(id)
+	return topic, id, schema.CheckID(id)
 }
 
 var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
@@ -172,7 +157,7 @@ func (r *Router) readJSON(c echo.Context, buf *bytes.Buffer) error {
 	ct := req.Header.Get(echo.HeaderContentType)
 	mt, _, err := mime.ParseMediaType(ct)
 	if ct == "" || err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-		return apierr.Errorf(apierr.CodeUnsupportedMediaType, "Content-Type must be application/json, got %q", truncate(ct))
+		return apierr.Errorf(apierr.CodeUnsupportedMediaType, "Content-Type must be application/json, got %q", schema.Truncate(ct))
 	}
 	if req.ContentLength > r.cfg.MaxBodyBytes {
 		return apierr.Errorf(apierr.CodePayloadTooLarge, "request body of %d bytes exceeds the limit of %d", req.ContentLength, r.cfg.MaxBodyBytes)
@@ -221,7 +206,7 @@ func precondition(req *http.Request, def storage.Cond) (storage.Cond, uint64, er
 		}
 		v, ok := parseETag(m)
 		if !ok {
-			return 0, 0, apierr.Errorf(apierr.CodeInvalidArgument, "If-Match %q is not an entity tag of this API", truncate(m))
+			return 0, 0, apierr.Errorf(apierr.CodeInvalidArgument, "If-Match %q is not an entity tag of this API", schema.Truncate(m))
 		}
 		return storage.CondVersion, v, nil
 	}
@@ -237,12 +222,12 @@ func precondition(req *http.Request, def storage.Cond) (storage.Cond, uint64, er
 // ---- topics ----
 
 func (r *Router) createTopic(c echo.Context) error {
-	req, err := withBody(r, c, func(b []byte) (topicRequest, error) {
-		var t topicRequest
-		if err := decodeJSON(b, &t); err != nil {
+	req, err := withBody(r, c, func(b []byte) (schema.TopicRequest, error) {
+		var t schema.TopicRequest
+		if err := schema.DecodeJSON(b, &t); err != nil {
 			return t, err
 		}
-		return t, t.validate()
+		return t, t.Validate()
 	})
 	if err != nil {
 		return err
@@ -250,9 +235,9 @@ func (r *Router) createTopic(c echo.Context) error {
 	if err := r.allowTopic(c, req.Name); err != nil {
 		return err
 	}
-	t := Topic{Name: req.Name, Description: req.Description, MaxTokens: req.MaxTokens, CreatedAt: time.Now().UTC().Format(time.RFC3339Nano), DefaultTTLSeconds: req.DefaultTTLSeconds}
-	body := topicJSON(&t)
-	res, v, err := r.write(c.Request().Context(), t.Name, bucketTopics, []byte(t.Name), false, body, storage.CondAbsent, 0)
+	t := schema.Topic{Name: req.Name, Description: req.Description, MaxTokens: req.MaxTokens, CreatedAt: time.Now().UTC().Format(time.RFC3339Nano), DefaultTTLSeconds: req.DefaultTTLSeconds}
+	body := schema.TopicJSON(&t)
+	res, v, err := r.write(c.Request().Context(), t.Name, schema.BucketTopics, []byte(t.Name), false, body, storage.CondAbsent, 0)
 	if err != nil {
 		return err
 	}
@@ -274,7 +259,7 @@ func (r *Router) readTopic(c echo.Context, name string) ([]byte, uint64, error) 
 		}
 		return body, v, nil
 	}
-	rec, err := r.get(c.Request().Context(), name, bucketTopics, []byte(name))
+	rec, err := r.get(c.Request().Context(), name, schema.BucketTopics, []byte(name))
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, 0, apierr.Errorf(apierr.CodeNotFound, "topic %q not found", name)
 	}
@@ -309,7 +294,7 @@ func (r *Router) deleteTopic(c echo.Context) error {
 		return err
 	}
 	ctx := c.Request().Context()
-	rec, err := r.get(ctx, name, bucketTopics, []byte(name))
+	rec, err := r.get(ctx, name, schema.BucketTopics, []byte(name))
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && rec.Tombstone) {
 		return apierr.Errorf(apierr.CodeNotFound, "topic %q not found", name)
 	}
@@ -317,10 +302,10 @@ func (r *Router) deleteTopic(c echo.Context) error {
 		return err
 	}
 	v := r.clock.Next()
-	prefix := []byte(name + keySep)
+	prefix := []byte(name + schema.KeySep)
 	if err := r.fanOutAll(ctx, 10*r.cfg.ShardTimeout, func(ctx context.Context, n *Node) error {
 		// A topic's contexts, their vectors and their pending embeddings.
-		for _, bucket := range []string{bucketContexts, bucketVectors, bucketEmbedPending} {
+		for _, bucket := range []string{schema.BucketContexts, schema.BucketVectors, schema.BucketEmbedPending} {
 			if _, err := n.Shard.DeletePrefix(ctx, bucket, prefix, v); err != nil {
 				return apierr.FromStorage("delete "+bucket+" on shard "+n.Name, err)
 			}
@@ -330,7 +315,7 @@ func (r *Router) deleteTopic(c echo.Context) error {
 		return err
 	}
 	r.deletedTopics.Store(name, v)
-	res, tv, err := r.write(ctx, name, bucketTopics, []byte(name), true, nil, storage.CondExists, 0)
+	res, tv, err := r.write(ctx, name, schema.BucketTopics, []byte(name), true, nil, storage.CondExists, 0)
 	if err != nil {
 		return err
 	}
@@ -368,7 +353,7 @@ func (r *Router) getContext(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	key := contextKey(topic, id)
+	key := schema.ContextKey(topic, id)
 	ck := contextCacheKey(key)
 	if v, tomb, body, ok := r.cache.Get(ck); ok && !r.maskedByTopicDelete(topic, v) {
 		r.m.CacheHits.Inc()
@@ -378,7 +363,7 @@ func (r *Router) getContext(c echo.Context) error {
 		return writeDocument(c, http.StatusOK, v, "hit", body)
 	}
 	r.m.CacheMisses.Inc()
-	rec, err := r.get(c.Request().Context(), placement(topic, id), bucketContexts, []byte(key))
+	rec, err := r.get(c.Request().Context(), schema.Placement(topic, id), schema.BucketContexts, []byte(key))
 	if errors.Is(err, storage.ErrNotFound) {
 		return apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
 	}
@@ -428,7 +413,7 @@ func (r *Router) createContext(c echo.Context) error {
 		return err
 	}
 	now := time.Now().UTC()
-	doc, err := withBody(r, c, func(b []byte) (*Document, error) { return decodeDocument(b, now) })
+	doc, err := withBody(r, c, func(b []byte) (*schema.Document, error) { return schema.DecodeDocument(b, now) })
 	if err != nil {
 		return err
 	}
@@ -453,12 +438,12 @@ func (r *Router) putContext(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	doc, err := withBody(r, c, func(b []byte) (*Document, error) { return decodeDocument(b, time.Now().UTC()) })
+	doc, err := withBody(r, c, func(b []byte) (*schema.Document, error) { return schema.DecodeDocument(b, time.Now().UTC()) })
 	if err != nil {
 		return err
 	}
 	if doc.Metadata.ID != "" && doc.Metadata.ID != id {
-		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"metadata.id\": %q differs from the id %q in the path", truncate(doc.Metadata.ID), id)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"metadata.id\": %q differs from the id %q in the path", schema.Truncate(doc.Metadata.ID), id)
 	}
 	doc.Metadata.ID = id
 	cond, match, err := precondition(c.Request(), storage.CondNone)
@@ -485,20 +470,20 @@ func preconditionFailed(topic, id string, cond storage.Cond, match uint64, res s
 // storeContext writes a validated document under cond and answers 201 for
 // a new context, 200 for a replaced one; a failed condition answers what
 // onConflict returns.
-func (r *Router) storeContext(c echo.Context, topic string, doc *Document, cond storage.Cond, match uint64, onConflict func(storage.Result) error) error {
+func (r *Router) storeContext(c echo.Context, topic string, doc *schema.Document, cond storage.Cond, match uint64, onConflict func(storage.Result) error) error {
 	tbody, _, err := r.readTopic(c, topic)
 	if err != nil {
 		return err
 	}
-	applyTopicTTL(doc, tbody, time.Now())
+	schema.ApplyTopicTTL(doc, tbody, time.Now())
 	r.embedForWrite(c.Request().Context(), doc)
 	value, body, err := r.codec.encodeRendered(doc)
 	if err != nil {
 		return &apierr.Error{Code: apierr.CodeInternal, Message: "encode context", Err: err}
 	}
 	id := doc.Metadata.ID
-	key := contextKey(topic, id)
-	res, v, err := r.write(c.Request().Context(), placement(topic, id), bucketContexts, []byte(key), false, value, cond, match)
+	key := schema.ContextKey(topic, id)
+	res, v, err := r.write(c.Request().Context(), schema.Placement(topic, id), schema.BucketContexts, []byte(key), false, value, cond, match)
 	if err == nil && res.Outcome == storage.Conflict && cond == storage.CondAbsent {
 		res, v, err = r.replaceExpired(c.Request().Context(), topic, id, value, res)
 	}
@@ -530,8 +515,8 @@ func (r *Router) deleteContext(c echo.Context) error {
 	if cond == storage.CondAbsent {
 		return apierr.Errorf(apierr.CodeInvalidArgument, "If-None-Match makes no sense on DELETE")
 	}
-	key := contextKey(topic, id)
-	res, v, err := r.write(c.Request().Context(), placement(topic, id), bucketContexts, []byte(key), true, nil, cond, match)
+	key := schema.ContextKey(topic, id)
+	res, v, err := r.write(c.Request().Context(), schema.Placement(topic, id), schema.BucketContexts, []byte(key), true, nil, cond, match)
 	if err != nil {
 		return err
 	}
@@ -544,13 +529,4 @@ func (r *Router) deleteContext(c echo.Context) error {
 	r.cache.Put(contextCacheKey(key), v, true, nil)
 	r.afterContextDelete(c.Request().Context(), topic, id, v)
 	return c.NoContent(http.StatusNoContent)
-}
-
-// marshal is json.Marshal for values that cannot fail to marshal.
-func marshal(v any) []byte {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(fmt.Sprintf("marshal %T: %v", v, err))
-	}
-	return b
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/go-kvdb/go-kvdb/router/hotcache"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -165,7 +166,7 @@ func TestContextWrites(t *testing.T) {
 
 	r := must(t, call(t, "POST", base, `{"content":{"text":"no id"}}`), 201, "POST without id")
 	id := r.JSON["metadata"].(map[string]any)["id"].(string)
-	if !validID(id) {
+	if !schema.ValidID(id) {
 		t.Errorf("generated id %q is not a valid id", id)
 	}
 	must(t, call(t, "GET", base+"/"+id, nil), 200, "GET generated id")
@@ -250,7 +251,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 			}
 		})
 	}
-	tooMany := make([]float32, maxEmbeddings+1)
+	tooMany := make([]float32, schema.MaxEmbeddings+1)
 	body, _ := json.Marshal(map[string]any{"content": map[string]any{"embeddings": tooMany}})
 	tc2 := newTestCluster(t, clusterOpts{})
 	tc2.createTopic(t, "t")
@@ -329,7 +330,7 @@ func countRecords(t testing.TB, tc *testCluster, shard int) int {
 	if err != nil {
 		t.Fatalf("Info: %v", err)
 	}
-	return int(info.Keys[bucketContexts])
+	return int(info.Keys[schema.BucketContexts])
 }
 
 // TestListCostPerPage checks that a page reads at most shards × limit
@@ -523,7 +524,7 @@ func TestListReadsMetadataOnly(t *testing.T) {
 	}
 	// The shards really were asked for a prefix: a scan with the limit cuts
 	// the big context's value.
-	p, err := tc.stores[0].Scan(t.Context(), bucketContexts, storage.ScanOptions{Prefix: []byte("t" + keySep), Limit: 10, ValueLimit: metaPrefix})
+	p, err := tc.stores[0].Scan(t.Context(), schema.BucketContexts, storage.ScanOptions{Prefix: []byte("t" + schema.KeySep), Limit: 10, ValueLimit: metaPrefix})
 	if err != nil {
 		t.Fatal(err)
 	}

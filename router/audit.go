@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/labstack/echo/v4"
 )
 
@@ -81,9 +82,9 @@ func (a *auditLog) record(c echo.Context, ri *reqInfo, status int) {
 		ClientIP:  ri.ip,
 		Method:    req.Method,
 		Route:     route,
-		Path:      truncate(req.URL.EscapedPath()),
-		Topic:     truncate(ri.topic),
-		Context:   truncate(ri.id),
+		Path:      schema.Truncate(req.URL.EscapedPath()),
+		Topic:     schema.Truncate(ri.topic),
+		Context:   schema.Truncate(ri.id),
 		Status:    status,
 		RequestID: ri.reqID,
 	})

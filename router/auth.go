@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -200,7 +201,7 @@ func (s *security) authorize(ri *reqInfo) *apierr.Error {
 	}
 	if ri.scoped && !k.topicAllowed(ri.topic) {
 		s.authFailures.WithLabelValues("topic").Inc()
-		return apierr.Errorf(apierr.CodePermissionDenied, "key %q may not use topic %q", k.name, truncate(ri.topic))
+		return apierr.Errorf(apierr.CodePermissionDenied, "key %q may not use topic %q", k.name, schema.Truncate(ri.topic))
 	}
 	return nil
 }
@@ -213,7 +214,7 @@ func (r *Router) allowTopic(c echo.Context, topic string) error {
 		return nil
 	}
 	r.sec.authFailures.WithLabelValues("topic").Inc()
-	return apierr.Errorf(apierr.CodePermissionDenied, "key %q may not use topic %q", ri.key.name, truncate(topic))
+	return apierr.Errorf(apierr.CodePermissionDenied, "key %q may not use topic %q", ri.key.name, schema.Truncate(topic))
 }
 
 // topicFilter returns the predicate a topic list keeps records by: only

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 )
 
 // The auth file (-auth-file) is TOML written by `router keygen` and read
@@ -201,7 +202,7 @@ func parseAuth(raw []byte) (*Auth, error) {
 
 // checkKeyName accepts names that read well in logs and audit lines.
 func checkKeyName(name string) error {
-	if !validToken(name, 64, false) {
+	if !schema.ValidToken(name, 64, false) {
 		return fmt.Errorf("name %q must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", name)
 	}
 	return nil

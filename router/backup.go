@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/backup"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 	"golang.org/x/sync/errgroup"
@@ -22,7 +23,7 @@ import (
 // snapshot of every shard (each taken in one read transaction on its
 // shard; see storage.Store.Snapshot) in the backup package's stream
 // format, while writes go on. POST /api/v1/admin/restore replays records
-// with their own versions to their owners under the current placement,
+// with their own versions to their owners under the current Placement,
 // put-if-newer like every write a shard applies: restoring twice, or into
 // a cluster that holds newer data, never overwrites anything newer. The
 // archive file around the stream, with its manifest and checksums, is the
@@ -176,12 +177,12 @@ func (r *Router) adminRestore(c echo.Context) error {
 	case "true":
 		dry = true
 	default:
-		return apierr.Errorf(apierr.CodeInvalidArgument, "dry_run %q: want true or false", truncate(v))
+		return apierr.Errorf(apierr.CodeInvalidArgument, "dry_run %q: want true or false", schema.Truncate(v))
 	}
 	req := c.Request()
 	ct := req.Header.Get(echo.HeaderContentType)
 	if mt, _, err := mime.ParseMediaType(ct); err != nil || (mt != backup.RecordsContentType && mt != echo.MIMEOctetStream) {
-		return apierr.Errorf(apierr.CodeUnsupportedMediaType, "Content-Type must be %s, got %q", backup.RecordsContentType, truncate(ct))
+		return apierr.Errorf(apierr.CodeUnsupportedMediaType, "Content-Type must be %s, got %q", backup.RecordsContentType, schema.Truncate(ct))
 	}
 	if req.ContentLength > maxRestoreBody {
 		return apierr.Errorf(apierr.CodePayloadTooLarge, "restore body of %d bytes exceeds the limit of %d: send the records in batches", req.ContentLength, maxRestoreBody)
@@ -191,7 +192,7 @@ func (r *Router) adminRestore(c echo.Context) error {
 		if bucket == storage.ClusterBucket {
 			return apierr.Errorf(apierr.CodeInvalidArgument, "bucket %q cannot be restored: the cluster map belongs to the cluster", bucket)
 		}
-		if bucket == bucketDicts {
+		if bucket == schema.BucketDicts {
 			if err := checkRestoredDict(rec.Key); err != nil {
 				return err
 			}
@@ -220,13 +221,13 @@ func (r *Router) adminRestore(c echo.Context) error {
 }
 
 // restore writes recs (or, in a dry run, compares them) under the current
-// placement, planning again when the cluster map moved on meanwhile.
+// Placement, planning again when the cluster map moved on meanwhile.
 // Compression dictionaries go first, to every shard (see restoreDicts).
 func (r *Router) restore(ctx context.Context, recs []restoreRec, dry bool) (*restoreReport, error) {
 	var dicts []storage.Record
 	others := recs[:0:0]
 	for _, rr := range recs {
-		if rr.bucket == bucketDicts {
+		if rr.bucket == schema.BucketDicts {
 			dicts = append(dicts, rr.rec)
 		} else {
 			others = append(others, rr)
@@ -253,7 +254,7 @@ func (r *Router) restore(ctx context.Context, recs []restoreRec, dry bool) (*res
 			continue
 		}
 		if err == nil {
-			addRestored(rep, bucketDicts, dicts, dictApplied)
+			addRestored(rep, schema.BucketDicts, dicts, dictApplied)
 		}
 		return rep, err
 	}
@@ -292,7 +293,7 @@ func (r *Router) restoreOn(ctx context.Context, t *topology, recs []restoreRec, 
 	sets := make([]replicaSet, len(recs))
 	work := map[*Node]map[string][]int{} // node → bucket → indexes into recs
 	for i, rr := range recs {
-		sets[i] = t.replicaSet(placementOf(rr.rec.Key))
+		sets[i] = t.replicaSet(schema.PlacementOf(rr.rec.Key))
 		for _, n := range sets[i].union {
 			if !n.up() {
 				continue
@@ -367,7 +368,7 @@ func (r *Router) restoreOn(ctx context.Context, t *topology, recs []restoreRec, 
 	for i := range recs {
 		if !quorate(sets[i], func(n *Node) bool { return slices.Contains(answered[i], n) }) {
 			r.m.QuorumFailures.WithLabelValues("write").Inc()
-			e := r.noQuorum("restore of "+recs[i].bucket+" "+truncate(strings.ToValidUTF8(string(recs[i].rec.Key), "?")), sets[i], len(answered[i]), failed)
+			e := r.noQuorum("restore of "+recs[i].bucket+" "+schema.Truncate(strings.ToValidUTF8(string(recs[i].rec.Key), "?")), sets[i], len(answered[i]), failed)
 			e.Message += "; records already written stay (restoring again is safe)"
 			return nil, e
 		}
@@ -396,9 +397,9 @@ func (r *Router) restoreOn(ctx context.Context, t *topology, recs []restoreRec, 
 			newestSeen = max(newestSeen, rr.rec.Version)
 			// The cache may hold what the restored record superseded.
 			switch rr.bucket {
-			case bucketTopics:
+			case schema.BucketTopics:
 				r.cache.Drop(topicCacheKey(string(rr.rec.Key)), rr.rec.Version)
-			case bucketContexts:
+			case schema.BucketContexts:
 				r.cache.Drop(contextCacheKey(string(rr.rec.Key)), rr.rec.Version)
 			}
 		}

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/go-kvdb/go-kvdb/backup"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
@@ -155,7 +156,7 @@ func TestBackupAndRestore(t *testing.T) {
 		}
 	}
 	// 1 topic; 40 contexts (one a tombstone); 40 vectors (one a tombstone).
-	if n[bucketTopics] != 1 || n[bucketContexts] != 40 || n[bucketVectors] != 40 {
+	if n[schema.BucketTopics] != 1 || n[schema.BucketContexts] != 40 || n[schema.BucketVectors] != 40 {
 		t.Errorf("backup records per bucket = %v, want 1 topic, 40 contexts, 40 vectors", n)
 	}
 
@@ -166,11 +167,11 @@ func TestBackupAndRestore(t *testing.T) {
 	if r.Status != 200 || !dry.DryRun || dry.Applied != int64(len(all)) || dry.Skipped != 0 {
 		t.Fatalf("dry run = %d %s, want all %d to apply", r.Status, r.Raw, len(all))
 	}
-	if got := totalRecords(t, dst); got[bucketContexts] != 0 {
+	if got := totalRecords(t, dst); got[schema.BucketContexts] != 0 {
 		t.Fatalf("after a dry run the target holds %v, want nothing", got)
 	}
 	r, rep := postRestore(t, dst.URL, body, false)
-	if r.Status != 200 || rep.Applied != int64(len(all)) || rep.Buckets[bucketContexts].Applied != 40 {
+	if r.Status != 200 || rep.Applied != int64(len(all)) || rep.Buckets[schema.BucketContexts].Applied != 40 {
 		t.Fatalf("restore = %d %s, want all %d applied", r.Status, r.Raw, len(all))
 	}
 	for i := range 40 {
@@ -203,8 +204,8 @@ func TestBackupAndRestore(t *testing.T) {
 func TestRestoreRefusesBadBodies(t *testing.T) {
 	tc := newTestCluster(t, clusterOpts{shards: 2})
 	recs := []bucketRecord{
-		{bucketTopics, backup.Record{Key: []byte("t"), Version: 1 << 40, Value: []byte(`{"name":"t","created_at":"2024-01-01T00:00:00Z"}`)}},
-		{bucketTopics, backup.Record{Key: []byte("u"), Version: 1 << 40, Value: []byte(`{"name":"u","created_at":"2024-01-01T00:00:00Z"}`)}},
+		{schema.BucketTopics, backup.Record{Key: []byte("t"), Version: 1 << 40, Value: []byte(`{"name":"t","created_at":"2024-01-01T00:00:00Z"}`)}},
+		{schema.BucketTopics, backup.Record{Key: []byte("u"), Version: 1 << 40, Value: []byte(`{"name":"u","created_at":"2024-01-01T00:00:00Z"}`)}},
 	}
 	good := restoreBody(t, recs)
 	for _, tt := range []struct {
@@ -224,7 +225,7 @@ func TestRestoreRefusesBadBodies(t *testing.T) {
 			t.Errorf("%s: restore = %d %s, want %d about %q", tt.name, r.Status, r.Raw, tt.status, tt.msg)
 		}
 	}
-	if got := totalRecords(t, tc); got[bucketTopics] != 0 {
+	if got := totalRecords(t, tc); got[schema.BucketTopics] != 0 {
 		t.Errorf("after refused restores the cluster holds %v, want no topic", got)
 	}
 	if r := call(t, "POST", tc.URL+"/api/v1/admin/restore?dry_run=maybe", good, "Content-Type", backup.RecordsContentType); r.Status != 400 {

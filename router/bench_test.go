@@ -10,15 +10,16 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
 // doc4K is a context document of about 4 KB of JSON, like the benchmark
 // suite's.
-func doc4K(id string) *Document {
-	return &Document{
-		Metadata: Metadata{ID: id, CreatedAt: "2024-03-20T10:00:00Z", Model: "llama2", Tags: []string{"chat", "support"}},
-		Content:  Content{Text: strings.Repeat("User asked how to rotate the keys of the cluster; assistant explained the steps. ", 50)[:3900]},
+func doc4K(id string) *schema.Document {
+	return &schema.Document{
+		Metadata: schema.Metadata{ID: id, CreatedAt: "2024-03-20T10:00:00Z", Model: "llama2", Tags: []string{"chat", "support"}},
+		Content:  schema.Content{Text: strings.Repeat("User asked how to rotate the keys of the cluster; assistant explained the steps. ", 50)[:3900]},
 	}
 }
 
@@ -47,11 +48,11 @@ func BenchmarkCodecRender(b *testing.B) {
 
 // chatDoc4K is a chat context of about 4 KB of JSON made of chatBody
 // turns, the kind a trained dictionary is for.
-func chatDoc4K() *Document {
-	d := &Document{Metadata: Metadata{ID: "bench", CreatedAt: "2024-03-20T10:00:00Z", Model: "llama3", Tags: []string{"chat"}}}
+func chatDoc4K() *schema.Document {
+	d := &schema.Document{Metadata: schema.Metadata{ID: "bench", CreatedAt: "2024-03-20T10:00:00Z", Model: "llama3", Tags: []string{"chat"}}}
 	for seed := 0; len(d.Content.Messages) < 30; seed++ {
 		raw, _ := json.Marshal(chatBody(seed))
-		var c Content
+		var c schema.Content
 		json.Unmarshal(raw, &c)
 		d.Content.Messages = append(d.Content.Messages, c.Messages[1:]...)
 	}
@@ -133,7 +134,7 @@ func BenchmarkRingOwner(b *testing.B) {
 	r, _ := newRing(nodes)
 	keys := make([]string, 1024)
 	for i := range keys {
-		keys[i] = placement("topic", fmt.Sprintf("ctx-%d", i))
+		keys[i] = schema.Placement("topic", fmt.Sprintf("ctx-%d", i))
 	}
 	b.ReportAllocs()
 	i := 0

@@ -11,11 +11,9 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/llmbridge"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/labstack/echo/v4"
 )
-
-// maxTokenBudget bounds max_tokens, of a request or a topic.
-const maxTokenBudget = 10_000_000
 
 // chatRequest is the body of POST …/chat.
 type chatRequest struct {
@@ -29,14 +27,14 @@ type chatRequest struct {
 // chatAnswer is the answer of a non-streamed chat, and (without the
 // content) the last line of a streamed one.
 type chatAnswer struct {
-	Message          Message `json:"message"`
-	Model            string  `json:"model"`
-	Done             bool    `json:"done"`
-	DoneReason       string  `json:"done_reason,omitempty"`
-	PromptTokens     int     `json:"prompt_tokens"`
-	CompletionTokens int     `json:"completion_tokens"`
-	MessagesCount    int     `json:"messages_count"`
-	ETag             string  `json:"etag,omitempty"`
+	Message          schema.Message `json:"message"`
+	Model            string         `json:"model"`
+	Done             bool           `json:"done"`
+	DoneReason       string         `json:"done_reason,omitempty"`
+	PromptTokens     int            `json:"prompt_tokens"`
+	CompletionTokens int            `json:"completion_tokens"`
+	MessagesCount    int            `json:"messages_count"`
+	ETag             string         `json:"etag,omitempty"`
 }
 
 // ---- token counting ----
@@ -86,8 +84,8 @@ func (r *Router) calibrate(model string, msgs []llmbridge.Message, counted int) 
 // window is what a chat sends to the model.
 type window struct {
 	prompt  []llmbridge.Message
-	summary *Summary // a new running summary to store; nil when unchanged
-	tokens  int      // estimated tokens of prompt
+	summary *schema.Summary // a new running summary to store; nil when unchanged
+	tokens  int             // estimated tokens of prompt
 }
 
 // summaryHeader introduces the running summary in the system message.
@@ -96,7 +94,7 @@ const summaryHeader = "Summary of the earlier conversation:\n"
 // composeWindow builds the prompt: one system message (the context's
 // system messages, then the summary), the turns the summary does not
 // cover, and next.
-func composeWindow(hist []Message, summary string, covered int, next []Message) []llmbridge.Message {
+func composeWindow(hist []schema.Message, summary string, covered int, next []schema.Message) []llmbridge.Message {
 	var sys []string
 	for _, m := range hist {
 		if m.Role == "system" {
@@ -129,7 +127,7 @@ const maxFoldRounds = 3
 // summary model. System messages are never folded; the newest messages
 // are. If even the new message alone does not fit, the window is sent as
 // small as it gets: the model's own context limit then applies.
-func (r *Router) buildWindow(ctx context.Context, model string, doc *Document, next []Message, budget int) (window, error) {
+func (r *Router) buildWindow(ctx context.Context, model string, doc *schema.Document, next []schema.Message, budget int) (window, error) {
 	hist := doc.Content.Messages
 	var sumText string
 	covered := 0
@@ -141,7 +139,7 @@ func (r *Router) buildWindow(ctx context.Context, model string, doc *Document, n
 	room := budget / 4 // what the summary may take
 	for round := 0; budget > 0 && w.tokens > budget && round < maxFoldRounds; round++ {
 		need := w.tokens - budget + room
-		var fold []Message
+		var fold []schema.Message
 		end := covered
 		for i := covered; i < len(hist) && need > 0; i++ {
 			end = i + 1
@@ -159,7 +157,7 @@ func (r *Router) buildWindow(ctx context.Context, model string, doc *Document, n
 			return window{}, err
 		}
 		sumText, covered = s, end
-		w.summary = &Summary{Text: sumText, Messages: covered}
+		w.summary = &schema.Summary{Text: sumText, Messages: covered}
 		w.prompt = composeWindow(hist, sumText, covered, next)
 		w.tokens = r.countTokens(model, w.prompt)
 	}
@@ -168,7 +166,7 @@ func (r *Router) buildWindow(ctx context.Context, model string, doc *Document, n
 
 // summarize asks the summary model to merge turns into the summary so far,
 // and bounds its answer to about maxTokens.
-func (r *Router) summarize(ctx context.Context, old string, turns []Message, maxTokens int) (string, error) {
+func (r *Router) summarize(ctx context.Context, old string, turns []schema.Message, maxTokens int) (string, error) {
 	model := r.llm.cfg.SummaryModel
 	if model == "" {
 		return "", apierr.Errorf(apierr.CodeInvalidArgument, "the conversation exceeds its token budget and no summary model is configured (-summary-model or -chat-model)")
@@ -225,16 +223,16 @@ func (r *Router) chatHandler(c echo.Context) error {
 	}
 	req, err := withBody(r, c, func(b []byte) (chatRequest, error) {
 		var q chatRequest
-		if err := decodeJSON(b, &q); err != nil {
+		if err := schema.DecodeJSON(b, &q); err != nil {
 			return q, err
 		}
 		switch {
 		case strings.TrimSpace(q.Message) == "":
 			return q, apierr.Errorf(apierr.CodeInvalidArgument, "field \"message\": required")
-		case q.MaxTokens < 0 || q.MaxTokens > maxTokenBudget:
-			return q, apierr.Errorf(apierr.CodeInvalidArgument, "field \"max_tokens\": %d is not in 0..%d", q.MaxTokens, maxTokenBudget)
-		case len(q.Model) > maxModelLen:
-			return q, apierr.Errorf(apierr.CodeInvalidArgument, "field \"model\": longer than %d bytes", maxModelLen)
+		case q.MaxTokens < 0 || q.MaxTokens > schema.MaxTokenBudget:
+			return q, apierr.Errorf(apierr.CodeInvalidArgument, "field \"max_tokens\": %d is not in 0..%d", q.MaxTokens, schema.MaxTokenBudget)
+		case len(q.Model) > schema.MaxModelLen:
+			return q, apierr.Errorf(apierr.CodeInvalidArgument, "field \"model\": longer than %d bytes", schema.MaxModelLen)
 		}
 		return q, nil
 	})
@@ -265,13 +263,13 @@ func (r *Router) chatHandler(c echo.Context) error {
 	doc, _, err := r.readContext(ctx, topic, id)
 	var notFound *apierr.Error
 	if errors.As(err, &notFound) && notFound.Code == apierr.CodeNotFound {
-		doc, err = &Document{}, nil
+		doc, err = &schema.Document{}, nil
 	}
 	if err != nil {
 		return err
 	}
-	turn := Message{Role: "user", Content: req.Message}
-	win, err := r.buildWindow(ctx, model, doc, []Message{turn}, budget)
+	turn := schema.Message{Role: "user", Content: req.Message}
+	win, err := r.buildWindow(ctx, model, doc, []schema.Message{turn}, budget)
 	if err != nil {
 		return err
 	}
@@ -287,7 +285,7 @@ func (r *Router) chatHandler(c echo.Context) error {
 	}
 	line := func(v any) error {
 		start()
-		if _, err := resp.Write(append(marshal(v), '\n')); err != nil {
+		if _, err := resp.Write(append(schema.MustJSON(v), '\n')); err != nil {
 			return err
 		}
 		resp.Flush()
@@ -302,7 +300,7 @@ func (r *Router) chatHandler(c echo.Context) error {
 			return nil
 		}
 		if req.Stream && ch.Content != "" {
-			return line(map[string]any{"message": Message{Role: "assistant", Content: ch.Content}, "done": false})
+			return line(map[string]any{"message": schema.Message{Role: "assistant", Content: ch.Content}, "done": false})
 		}
 		return nil
 	})
@@ -311,8 +309,8 @@ func (r *Router) chatHandler(c echo.Context) error {
 	}
 	var stored appendResult
 	if err == nil {
-		turns := []Message{turn, {Role: "assistant", Content: answer.String()}}
-		stored, err = r.appendMessages(ctx, topic, id, turns, 0, func(d *Document) {
+		turns := []schema.Message{turn, {Role: "assistant", Content: answer.String()}}
+		stored, err = r.appendMessages(ctx, topic, id, turns, 0, func(d *schema.Document) {
 			if win.summary != nil && (d.Content.Summary == nil || d.Content.Summary.Messages < win.summary.Messages) {
 				d.Content.Summary = win.summary
 			}
@@ -341,7 +339,7 @@ func (r *Router) chatHandler(c echo.Context) error {
 		return err
 	}
 	out := chatAnswer{
-		Message:          Message{Role: "assistant", Content: answer.String()},
+		Message:          schema.Message{Role: "assistant", Content: answer.String()},
 		Model:            model,
 		Done:             true,
 		DoneReason:       last.DoneReason,
@@ -357,7 +355,7 @@ func (r *Router) chatHandler(c echo.Context) error {
 	}
 	if !req.Stream {
 		resp.Header().Set("ETag", etag(stored.version))
-		return c.JSONBlob(http.StatusOK, marshal(out))
+		return c.JSONBlob(http.StatusOK, schema.MustJSON(out))
 	}
 	out.Message.Content = ""
 	out.ETag = etag(stored.version)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/llmbridge"
 	"github.com/go-kvdb/go-kvdb/llmbridge/ollamatest"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -20,13 +21,13 @@ func TestChat(t *testing.T) {
 
 	r := must(t, call(t, "POST", url, `{"message":"hello there"}`), 200, "chat")
 	var a struct {
-		Message Message
+		Message schema.Message
 		Model   string
 	}
 	if err := json.Unmarshal(r.Raw, &a); err != nil {
 		t.Fatalf("chat answer %s: %v", r.Raw, err)
 	}
-	if a.Message != (Message{"assistant", "You said: hello there"}) || a.Model != "chat-model" {
+	if a.Message != (schema.Message{Role: "assistant", Content: "You said: hello there"}) || a.Model != "chat-model" {
 		t.Errorf("chat = %s", r.Raw)
 	}
 	if r.JSON["prompt_tokens"] != float64(4+2) || r.JSON["completion_tokens"] != 4.0 || r.Header.Get("ETag") == "" {
@@ -34,7 +35,7 @@ func TestChat(t *testing.T) {
 	}
 	must(t, call(t, "POST", url, `{"message":"and again","model":"chat-model"}`), 200, "second chat")
 	got := messagesOf(t, tc, "t", "c")
-	want := []Message{{"user", "hello there"}, {"assistant", "You said: hello there"}, {"user", "and again"}, {"assistant", "You said: and again"}}
+	want := []schema.Message{{Role: "user", Content: "hello there"}, {Role: "assistant", Content: "You said: hello there"}, {Role: "user", Content: "and again"}, {Role: "assistant", Content: "You said: and again"}}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("stored = %v, want %v", got, want)
 	}

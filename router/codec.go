@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -316,7 +317,7 @@ func frameDictID(frame []byte) (uint32, error) {
 }
 
 // encodeDocument turns a validated document into its stored form.
-func (c *codec) encodeDocument(d *Document) ([]byte, error) {
+func (c *codec) encodeDocument(d *schema.Document) ([]byte, error) {
 	value, _, err := c.encode(d, false)
 	return value, err
 }
@@ -325,11 +326,11 @@ func (c *codec) encodeDocument(d *Document) ([]byte, error) {
 // appendDocumentJSON renders the stored form, built from the JSON already
 // in hand rather than by decompressing what was just compressed: the
 // answer to a write.
-func (c *codec) encodeRendered(d *Document) (value, rendered []byte, err error) {
+func (c *codec) encodeRendered(d *schema.Document) (value, rendered []byte, err error) {
 	return c.encode(d, true)
 }
 
-func (c *codec) encode(d *Document, render bool) (value, rendered []byte, err error) {
+func (c *codec) encode(d *schema.Document, render bool) (value, rendered []byte, err error) {
 	meta, err := json.Marshal(&d.Metadata)
 	if err != nil {
 		return nil, nil, fmt.Errorf("marshal metadata: %w", err)
@@ -463,7 +464,7 @@ func splitStored(v []byte) (storedDoc, error) {
 		return s, fmt.Errorf("%w: body", errCorrupt)
 	}
 	n, k := binary.Uvarint(v)
-	if k <= 0 || n > maxEmbeddings || uint64(len(v)-k) != 4*n {
+	if k <= 0 || n > schema.MaxEmbeddings || uint64(len(v)-k) != 4*n {
 		return s, fmt.Errorf("%w: embeddings", errCorrupt)
 	}
 	s.emb = v[k:]
@@ -577,8 +578,8 @@ func appendFloat32(dst []byte, f float32) []byte {
 }
 
 // decodeMetadata reads only the metadata of a stored context.
-func decodeMetadata(stored []byte) (Metadata, []byte, error) {
-	var m Metadata
+func decodeMetadata(stored []byte) (schema.Metadata, []byte, error) {
+	var m schema.Metadata
 	meta, _, err := storedMeta(stored)
 	if err != nil {
 		return m, nil, err
@@ -589,13 +590,13 @@ func decodeMetadata(stored []byte) (Metadata, []byte, error) {
 	return m, meta, nil
 }
 
-// decodeDocument reads a whole stored context.
-func (c *codec) decodeDocument(stored []byte) (*Document, error) {
+// DecodeDocument reads a whole stored context.
+func (c *codec) decodeDocument(stored []byte) (*schema.Document, error) {
 	s, err := splitStored(stored)
 	if err != nil {
 		return nil, err
 	}
-	var d Document
+	var d schema.Document
 	if err := json.Unmarshal(s.meta, &d.Metadata); err != nil {
 		return nil, fmt.Errorf("%w: metadata: %v", errCorrupt, err)
 	}

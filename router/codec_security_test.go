@@ -20,7 +20,7 @@ func TestCodecRefusesDecompressionBomb(t *testing.T) {
 		t.Errorf("appendDocumentJSON(bomb) = nil, want an error")
 	}
 	if _, err := c.decodeDocument(bomb); err == nil {
-		t.Errorf("decodeDocument(bomb) = nil, want an error")
+		t.Errorf("DecodeDocument(bomb) = nil, want an error")
 	}
 	// Metadata alone never inflates anything.
 	if m, _, err := decodeMetadata(bomb); err != nil || m.ID != "bomb" {

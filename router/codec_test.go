@@ -12,11 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
-func randomDoc(rng *rand.Rand) *Document {
-	d := &Document{Metadata: Metadata{
+func randomDoc(rng *rand.Rand) *schema.Document {
+	d := &schema.Document{Metadata: schema.Metadata{
 		ID:        fmt.Sprintf("id-%d", rng.IntN(1e6)),
 		CreatedAt: "2024-03-20T10:00:00Z",
 		UpdatedAt: time.Unix(rng.Int64N(1e9), 0).UTC().Format(time.RFC3339Nano),
@@ -31,7 +32,7 @@ func randomDoc(rng *rand.Rand) *Document {
 		d.Content.Text = strings.Repeat("the quick brown fox \"quoted\" \n ünïcode ", rng.IntN(200))
 	}
 	for range rng.IntN(3) {
-		d.Content.Messages = append(d.Content.Messages, Message{Role: "user", Content: "hello <b>&</b>"})
+		d.Content.Messages = append(d.Content.Messages, schema.Message{Role: "user", Content: "hello <b>&</b>"})
 	}
 	if n := rng.IntN(3) * 384; n > 0 {
 		d.Content.Embeddings = make([]float32, n)
@@ -66,7 +67,7 @@ func TestCodecRoundTrip(t *testing.T) {
 		}
 		meta, err := c.appendDocumentJSON(nil, stored, false)
 		wantMeta, _ := json.Marshal(struct {
-			Metadata Metadata `json:"metadata"`
+			Metadata schema.Metadata `json:"metadata"`
 		}{d.Metadata})
 		if err != nil || !bytes.Equal(meta, wantMeta) {
 			t.Fatalf("render metadata #%d = %s, %v; want %s", i, meta, err, wantMeta)
@@ -89,18 +90,18 @@ func TestCodecRoundTrip(t *testing.T) {
 
 func TestCodecCompresses(t *testing.T) {
 	c, _ := newCodec()
-	d := &Document{Content: Content{Text: strings.Repeat("a conversation about databases and caches. ", 100)}}
+	d := &schema.Document{Content: schema.Content{Text: strings.Repeat("a conversation about databases and caches. ", 100)}}
 	raw, _ := json.Marshal(d)
 	stored, _ := c.encodeDocument(d)
 	if len(stored) >= len(raw)/2 {
 		t.Errorf("stored %d bytes for %d bytes of JSON, want compression", len(stored), len(raw))
 	}
-	small := &Document{Content: Content{Text: "hi"}}
+	small := &schema.Document{Content: schema.Content{Text: "hi"}}
 	stored, _ = c.encodeDocument(small)
 	if s, _ := splitStored(stored); s.codec != codecRaw {
 		t.Errorf("small body codec = %d, want raw", s.codec)
 	}
-	emb := &Document{Content: Content{Embeddings: make([]float32, 768)}}
+	emb := &schema.Document{Content: schema.Content{Embeddings: make([]float32, 768)}}
 	stored, _ = c.encodeDocument(emb)
 	if perDim := float64(len(stored)) / 768; perDim > 4.1 {
 		t.Errorf("embedding costs %.2f bytes a dimension, want at most 4.1", perDim)
@@ -109,9 +110,9 @@ func TestCodecCompresses(t *testing.T) {
 
 func TestCodecRejectsCorruptRecords(t *testing.T) {
 	c, _ := newCodec()
-	stored, _ := c.encodeDocument(&Document{
-		Metadata: Metadata{ID: "a"},
-		Content:  Content{Text: strings.Repeat("compressible ", 50), Embeddings: []float32{1, 2, 3}},
+	stored, _ := c.encodeDocument(&schema.Document{
+		Metadata: schema.Metadata{ID: "a"},
+		Content:  schema.Content{Text: strings.Repeat("compressible ", 50), Embeddings: []float32{1, 2, 3}},
 	})
 	for n := range len(stored) {
 		if _, err := c.appendDocumentJSON(nil, stored[:n], true); !errors.Is(err, errCorrupt) {
@@ -175,13 +176,13 @@ func TestValidToken(t *testing.T) {
 		"a": true, "my-topic": true, "A.b_c-9": true, "-a": false, ".a": false, "a/b": false, "a b": false,
 		"": false, strings.Repeat("x", 128): true, strings.Repeat("x", 129): false, "a:b": false, "é": false,
 	} {
-		if got := validName(s); got != want {
-			t.Errorf("validName(%q) = %v, want %v", s, got, want)
+		if got := schema.ValidName(s); got != want {
+			t.Errorf("ValidName(%q) = %v, want %v", s, got, want)
 		}
 	}
 	for s, want := range map[string]bool{"a:b": true, ":a": false, strings.Repeat("x", 256): true, strings.Repeat("x", 257): false} {
-		if got := validID(s); got != want {
-			t.Errorf("validID(%q) = %v, want %v", s, got, want)
+		if got := schema.ValidID(s); got != want {
+			t.Errorf("ValidID(%q) = %v, want %v", s, got, want)
 		}
 	}
 }

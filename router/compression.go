@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/klauspost/compress/dict"
 	"github.com/klauspost/compress/zstd"
@@ -59,7 +60,6 @@ import (
 //
 //	version 1 (1) | SHA-256 of the dictionary (32) | dictionary (zstd's format)
 const (
-	bucketDicts    = storage.DictBucket
 	dictCurrentKey = "current"
 	dictRecordV1   = 1
 
@@ -270,7 +270,7 @@ var errNotAdopted = errors.New("current compression dictionary not adopted")
 func (r *Router) loadDictsFrom(ctx context.Context, n *Node, full bool) (*dictPointer, error) {
 	if !full {
 		sctx, cancel := r.shardCtx(ctx)
-		rec, err := n.Shard.Get(sctx, bucketDicts, []byte(dictCurrentKey))
+		rec, err := n.Shard.Get(sctx, schema.BucketDicts, []byte(dictCurrentKey))
 		cancel()
 		if errors.Is(err, storage.ErrNotFound) || (err == nil && rec.Tombstone) {
 			return nil, nil
@@ -284,7 +284,7 @@ func (r *Router) loadDictsFrom(ctx context.Context, n *Node, full bool) (*dictPo
 	var after []byte
 	for {
 		sctx, cancel := r.shardCtx(ctx)
-		page, err := n.Shard.Scan(sctx, bucketDicts, storage.ScanOptions{After: after, Limit: 64})
+		page, err := n.Shard.Scan(sctx, schema.BucketDicts, storage.ScanOptions{After: after, Limit: 64})
 		cancel()
 		if err != nil {
 			return nil, err
@@ -359,7 +359,7 @@ func (r *Router) fetchDict(id uint32) ([]byte, error) {
 	})
 	var problems []string
 	for _, n := range nodes {
-		rec, err := n.Shard.Get(ctx, bucketDicts, dictKey(id))
+		rec, err := n.Shard.Get(ctx, schema.BucketDicts, dictKey(id))
 		if errors.Is(err, storage.ErrNotFound) || (err == nil && rec.Tombstone) {
 			continue
 		}
@@ -444,7 +444,7 @@ func boolParam(c echo.Context, name string) (bool, error) {
 	case "true":
 		return true, nil
 	default:
-		return false, apierr.Errorf(apierr.CodeInvalidArgument, "%s %q: want true or false", name, truncate(v))
+		return false, apierr.Errorf(apierr.CodeInvalidArgument, "%s %q: want true or false", name, schema.Truncate(v))
 	}
 }
 
@@ -509,7 +509,7 @@ func (r *Router) train(ctx context.Context) (*TrainResult, error) {
 	}
 	p := &dictPointer{ID: id, TrainedAt: res.TrainedAt, Samples: res.Samples, DictionaryBytes: res.DictionaryBytes,
 		RatioBefore: res.RatioBefore, RatioAfter: res.RatioAfter, version: r.clock.Next()}
-	if err := r.writeEverywhere(ctx, t, []byte(dictCurrentKey), p.version, mustJSON(p), storage.CondNone,
+	if err := r.writeEverywhere(ctx, t, []byte(dictCurrentKey), p.version, schema.MustJSON(p), storage.CondNone,
 		fmt.Sprintf("dictionary %d is stored on every shard but was not made current", id)); err != nil {
 		return nil, err
 	}
@@ -520,14 +520,6 @@ func (r *Router) train(ctx context.Context) (*TrainResult, error) {
 	r.log.Info("compression dictionary trained", "id", id, "samples", res.Samples, "bytes", res.DictionaryBytes,
 		"ratio_before", res.RatioBefore, "ratio_after", res.RatioAfter)
 	return res, nil
-}
-
-func mustJSON(v any) []byte {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err)
-	}
-	return b
 }
 
 // allUp fails (503) when a shard of t is down: dictionaries go to every
@@ -694,7 +686,7 @@ func (r *Router) sampleBodies(ctx context.Context, t *topology) ([][]byte, error
 func (r *Router) scanContexts(ctx context.Context, n *Node, after, until []byte, budget *int, visit func(storage.Record) error) error {
 	for *budget > 0 {
 		sctx, cancel := r.shardCtx(ctx)
-		p, err := n.Shard.Scan(sctx, bucketContexts, storage.ScanOptions{After: after, Limit: min(200, *budget)})
+		p, err := n.Shard.Scan(sctx, schema.BucketContexts, storage.ScanOptions{After: after, Limit: min(200, *budget)})
 		cancel()
 		if err != nil {
 			return err
@@ -738,7 +730,7 @@ func (r *Router) writeEverywhere(ctx context.Context, t *topology, key []byte, v
 		wg.Go(func() {
 			wctx, cancel := r.shardCtx(ctx)
 			defer cancel()
-			res, err := n.Shard.Apply(wctx, bucketDicts, []storage.Write{{Record: storage.Record{Key: key, Version: version, Value: value}, Cond: cond}})
+			res, err := n.Shard.Apply(wctx, schema.BucketDicts, []storage.Write{{Record: storage.Record{Key: key, Version: version, Value: value}, Cond: cond}})
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -755,7 +747,7 @@ func (r *Router) writeEverywhere(ctx context.Context, t *topology, key []byte, v
 		return apierr.Errorf(apierr.CodeUnavailable, "%s: %s", what, strings.Join(failed, "; "))
 	}
 	if conflict != "" {
-		return apierr.Errorf(apierr.CodeInternal, "%s: shard %s already holds a record %s in bucket %s", what, conflict, key, bucketDicts)
+		return apierr.Errorf(apierr.CodeInternal, "%s: shard %s already holds a record %s in bucket %s", what, conflict, key, schema.BucketDicts)
 	}
 	return nil
 }
@@ -834,8 +826,8 @@ func (r *Router) rewriteShard(ctx context.Context, n *Node, res *RewriteResult) 
 	now := time.Now()
 	type sizes struct{ before, after int }
 	// Read as stored; write through n.Shard, which seals.
-	return rewritePass(ctx, r, rawShard(n), n.Shard, bucketContexts, func(rec storage.Record) ([]byte, sizes, bool) {
-		plain, err := kr.open(bucketContexts, rec.Key, rec.Value)
+	return rewritePass(ctx, r, rawShard(n), n.Shard, schema.BucketContexts, func(rec storage.Record) ([]byte, sizes, bool) {
+		plain, err := kr.open(schema.BucketContexts, rec.Key, rec.Value)
 		if err != nil {
 			res.Failed++
 			res.Errors = appendCapped(res.Errors, err.Error())
@@ -893,10 +885,10 @@ func (r *Router) syncDicts(ctx context.Context, live []*Node) (int64, error) {
 		var after []byte
 		for {
 			sctx, cancel := r.shardCtx(ctx)
-			p, err := n.Shard.Scan(sctx, bucketDicts, storage.ScanOptions{After: after, Limit: syncPage, Tombstones: true, KeysOnly: true})
+			p, err := n.Shard.Scan(sctx, schema.BucketDicts, storage.ScanOptions{After: after, Limit: syncPage, Tombstones: true, KeysOnly: true})
 			cancel()
 			if err != nil {
-				return 0, fmt.Errorf("scan %s on shard %s: %w", bucketDicts, n.Name, err)
+				return 0, fmt.Errorf("scan %s on shard %s: %w", schema.BucketDicts, n.Name, err)
 			}
 			for _, rec := range p.Records {
 				h := keys[string(rec.Key)]
@@ -927,20 +919,20 @@ func (r *Router) syncDicts(ctx context.Context, live []*Node) (int64, error) {
 			continue
 		}
 		gctx, cancel := r.shardCtx(ctx)
-		recs, err := h.source.Shard.MultiGet(gctx, bucketDicts, [][]byte{[]byte(k)})
+		recs, err := h.source.Shard.MultiGet(gctx, schema.BucketDicts, [][]byte{[]byte(k)})
 		cancel()
 		if err != nil {
-			return copied, fmt.Errorf("read %s/%s from shard %s: %w", bucketDicts, k, h.source.Name, err)
+			return copied, fmt.Errorf("read %s/%s from shard %s: %w", schema.BucketDicts, k, h.source.Name, err)
 		}
 		if len(recs) != 1 || recs[0].Version == 0 {
 			continue
 		}
 		for _, n := range targets {
 			wctx, cancel := r.shardCtx(ctx)
-			res, err := n.Shard.Apply(wctx, bucketDicts, []storage.Write{{Record: recs[0]}})
+			res, err := n.Shard.Apply(wctx, schema.BucketDicts, []storage.Write{{Record: recs[0]}})
 			cancel()
 			if err != nil {
-				return copied, fmt.Errorf("copy %s/%s to shard %s: %w", bucketDicts, k, n.Name, err)
+				return copied, fmt.Errorf("copy %s/%s to shard %s: %w", schema.BucketDicts, k, n.Name, err)
 			}
 			if res[0].Outcome == storage.Applied {
 				copied++
@@ -957,7 +949,7 @@ func checkRestoredDict(key []byte) error {
 		return nil
 	}
 	if _, ok := parseDictKey(key); !ok {
-		return apierr.Errorf(apierr.CodeInvalidArgument, "bucket %s: key %q is neither a dictionary id nor %q", bucketDicts, truncate(string(key)), dictCurrentKey)
+		return apierr.Errorf(apierr.CodeInvalidArgument, "bucket %s: key %q is neither a dictionary id nor %q", schema.BucketDicts, schema.Truncate(string(key)), dictCurrentKey)
 	}
 	return nil
 }
@@ -985,14 +977,14 @@ func (r *Router) restoreDicts(ctx context.Context, t *topology, recs []storage.R
 		var err error
 		if dry {
 			var got []storage.Record
-			if got, err = n.Shard.MultiGet(sctx, bucketDicts, keys); err == nil {
+			if got, err = n.Shard.MultiGet(sctx, schema.BucketDicts, keys); err == nil {
 				for i := range recs {
 					applied[i] = applied[i] || recs[i].Version > got[i].Version
 				}
 			}
 		} else {
 			var res []storage.Result
-			if res, err = n.Shard.Apply(sctx, bucketDicts, writes); err == nil {
+			if res, err = n.Shard.Apply(sctx, schema.BucketDicts, writes); err == nil {
 				for i := range recs {
 					applied[i] = applied[i] || res[i].Outcome == storage.Applied
 				}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/backup"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -87,7 +88,7 @@ func storedContexts(t testing.TB, st *storage.Store) map[string]storage.Record {
 	out := map[string]storage.Record{}
 	var after []byte
 	for {
-		p, err := st.Scan(context.Background(), bucketContexts, storage.ScanOptions{After: after, Limit: 1000})
+		p, err := st.Scan(context.Background(), schema.BucketContexts, storage.ScanOptions{After: after, Limit: 1000})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -113,7 +114,7 @@ func codecOf(t testing.TB, value []byte) byte {
 
 // dictRecord reads a record of the dictionary bucket from a store.
 func dictRecord(st *storage.Store, key string) (storage.Record, bool) {
-	rec, err := st.Get(context.Background(), bucketDicts, []byte(key))
+	rec, err := st.Get(context.Background(), schema.BucketDicts, []byte(key))
 	return rec, err == nil && !rec.Tombstone
 }
 
@@ -158,7 +159,7 @@ func TestCodecDictionary(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	doc := &Document{Metadata: Metadata{ID: "d1", Model: "m"}, Content: Content{Text: "hello"}}
+	doc := &schema.Document{Metadata: schema.Metadata{ID: "d1", Model: "m"}, Content: schema.Content{Text: "hello"}}
 	body, _ := json.Marshal(chatBody(1))
 	if err := json.Unmarshal(body, &doc.Content); err != nil {
 		t.Fatal(err)
@@ -443,8 +444,8 @@ func TestTrainTooFewSamples(t *testing.T) {
 			t.Errorf("train%s = %d %s, want 400", bad, r.Status, r.Raw)
 		}
 	}
-	if got := totalRecords(t, tc); got[bucketDicts] != 0 {
-		t.Errorf("after refused trainings the shards hold %d dictionary records, want none", got[bucketDicts])
+	if got := totalRecords(t, tc); got[schema.BucketDicts] != 0 {
+		t.Errorf("after refused trainings the shards hold %d dictionary records, want none", got[schema.BucketDicts])
 	}
 	if tc.router.codec.current() != 0 || testutil.ToFloat64(tc.router.m.DictionaryTrainings) != 0 {
 		t.Errorf("a refused training changed the codec")
@@ -468,7 +469,7 @@ type dictFault struct {
 }
 
 func (f *dictFault) Apply(ctx context.Context, b string, w []storage.Write) ([]storage.Result, error) {
-	if b == bucketDicts && f.armed.Load() {
+	if b == schema.BucketDicts && f.armed.Load() {
 		return nil, errDown
 	}
 	return f.Shard.Apply(ctx, b, w)
@@ -586,7 +587,7 @@ func plaintextContextBytes(t testing.TB, tc *testCluster, kr *Keyring) int64 {
 	var n int64
 	for _, st := range tc.stores {
 		for _, rec := range storedContexts(t, st) {
-			v, err := kr.open(bucketContexts, rec.Key, rec.Value)
+			v, err := kr.open(schema.BucketContexts, rec.Key, rec.Value)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -611,7 +612,7 @@ func TestRewriteLeavesConcurrentWritesAlone(t *testing.T) {
 		t.Fatalf("recompress = %v, %v", changed, err)
 	}
 	tc.putContext(t, "chat", "c001", chatDoc(1001))
-	res, err := tc.router.topo.Load().all[0].Shard.Apply(context.Background(), bucketContexts,
+	res, err := tc.router.topo.Load().all[0].Shard.Apply(context.Background(), schema.BucketContexts,
 		[]storage.Write{{Record: storage.Record{Key: rec.Key, Version: rec.Version, Value: out}, Cond: storage.CondRewrite}})
 	if err != nil || res[0].Outcome != storage.Conflict {
 		t.Fatalf("a rewrite over a newer write = %+v, %v; want a conflict", res, err)
@@ -637,7 +638,7 @@ func TestDictionariesSurviveBackupAndRestore(t *testing.T) {
 	var recs []bucketRecord
 	for _, name := range info.Shards {
 		sec := sections[name]
-		if len(sec) == 0 || sec[0].bucket != bucketDicts {
+		if len(sec) == 0 || sec[0].bucket != schema.BucketDicts {
 			t.Errorf("section %s does not begin with the dictionaries", name)
 		}
 		recs = append(recs, sec...)
@@ -646,14 +647,14 @@ func TestDictionariesSurviveBackupAndRestore(t *testing.T) {
 	dst := newSecureCluster(t, 2, func(c *Config) { c.CacheBytes = 0; c.Replicas = 2 })
 	body := restoreBody(t, recs)
 	// Every shard's section carries the dictionary and the pointer: 3 × 2.
-	if r, dry := postRestore(t, dst.URL, body, true); r.Status != 200 || dry.Buckets[bucketDicts] == nil || dry.Buckets[bucketDicts].Applied != 6 {
+	if r, dry := postRestore(t, dst.URL, body, true); r.Status != 200 || dry.Buckets[schema.BucketDicts] == nil || dry.Buckets[schema.BucketDicts].Applied != 6 {
 		t.Errorf("dry run = %d %s, want the 6 dictionary records to apply", r.Status, r.Raw)
 	}
-	if got := totalRecords(t, dst); got[bucketDicts] != 0 {
-		t.Errorf("a dry run wrote %d dictionary records", got[bucketDicts])
+	if got := totalRecords(t, dst); got[schema.BucketDicts] != 0 {
+		t.Errorf("a dry run wrote %d dictionary records", got[schema.BucketDicts])
 	}
 	r, rep := postRestore(t, dst.URL, body, false)
-	if r.Status != 200 || rep.Buckets[bucketDicts].Applied != 2 || rep.Buckets[bucketDicts].Skipped != 4 || rep.Buckets[bucketContexts].Applied != int64(len(all)) {
+	if r.Status != 200 || rep.Buckets[schema.BucketDicts].Applied != 2 || rep.Buckets[schema.BucketDicts].Skipped != 4 || rep.Buckets[schema.BucketContexts].Applied != int64(len(all)) {
 		t.Fatalf("restore = %d %s", r.Status, r.Raw)
 	}
 	for i, st := range dst.stores {
@@ -669,7 +670,7 @@ func TestDictionariesSurviveBackupAndRestore(t *testing.T) {
 	}
 
 	// A restore body naming a key the router never writes is refused whole.
-	bad := restoreBody(t, []bucketRecord{{bucketDicts, backup.Record{Key: []byte("nope"), Version: 5, Value: []byte("x")}}})
+	bad := restoreBody(t, []bucketRecord{{schema.BucketDicts, backup.Record{Key: []byte("nope"), Version: 5, Value: []byte("x")}}})
 	if r := call(t, "POST", dst.URL+"/api/v1/admin/restore", bad, "Content-Type", "application/x-kvdb-records"); r.Status != 400 {
 		t.Errorf("restore of a stray dictionary key = %d %s, want 400", r.Status, r.Raw)
 	}
@@ -687,7 +688,7 @@ func TestDictionariesReachEveryShard(t *testing.T) {
 	// A shard that lost them (say, restored from an old file) gets them back by repair.
 	for _, k := range []string{key, dictCurrentKey} {
 		rec, _ := dictRecord(tc.stores[1], k)
-		if _, err := tc.stores[1].Purge(context.Background(), bucketDicts, []storage.Record{{Key: []byte(k), Version: rec.Version}}); err != nil {
+		if _, err := tc.stores[1].Purge(context.Background(), schema.BucketDicts, []storage.Record{{Key: []byte(k), Version: rec.Version}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -730,14 +731,14 @@ func TestUnknownOrCorruptDictionary(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.setCurrent(ghost)
-	doc := &Document{Metadata: Metadata{ID: "x", CreatedAt: "2024-01-01T00:00:00Z"}}
+	doc := &schema.Document{Metadata: schema.Metadata{ID: "x", CreatedAt: "2024-01-01T00:00:00Z"}}
 	body, _ := json.Marshal(chatBody(3))
 	json.Unmarshal(body, &doc.Content)
 	value, err := c.encodeDocument(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := []byte(contextKey("chat", "x"))
+	key := []byte(schema.ContextKey("chat", "x"))
 	write := func(bucket string, key []byte, v []byte) {
 		t.Helper()
 		for _, n := range tc.router.topo.Load().all {
@@ -746,7 +747,7 @@ func TestUnknownOrCorruptDictionary(t *testing.T) {
 			}
 		}
 	}
-	write(bucketContexts, key, value)
+	write(schema.BucketContexts, key, value)
 	r := call(t, "GET", tc.URL+"/api/v1/topics/chat/contexts/x", nil)
 	if r.Status != 500 || r.errCode() != string(apierr.CodeInternal) {
 		t.Errorf("GET of a context of an unknown dictionary = %d %s, want 500 internal", r.Status, r.Raw)
@@ -758,7 +759,7 @@ func TestUnknownOrCorruptDictionary(t *testing.T) {
 	// that says so, never garbage.
 	rec := encodeDictRecord(ghostDict)
 	rec[len(rec)-10] ^= 0x55
-	write(bucketDicts, dictKey(ghost), rec)
+	write(schema.BucketDicts, dictKey(ghost), rec)
 	time.Sleep(dictRetry) // the failed load above is remembered this long
 	if _, err := tc.router.codec.appendDocumentJSON(nil, value, true); !errors.Is(err, errNoDict) || !strings.Contains(err.Error(), "checksum mismatch") {
 		t.Errorf("render with a corrupt dictionary = %v, want an error naming the checksum", err)
@@ -767,7 +768,7 @@ func TestUnknownOrCorruptDictionary(t *testing.T) {
 		t.Errorf("GET with a corrupt dictionary = %d %s, want 500", r.Status, r.Raw)
 	}
 	// A sound copy on the shards: the record reads.
-	write(bucketDicts, dictKey(ghost), encodeDictRecord(ghostDict))
+	write(schema.BucketDicts, dictKey(ghost), encodeDictRecord(ghostDict))
 	time.Sleep(dictRetry)
 	if _, err := tc.router.codec.appendDocumentJSON(nil, value, true); err != nil {
 		t.Errorf("render with the sound dictionary = %v", err)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 )
@@ -191,7 +192,7 @@ func (kr *Keyring) open(bucket string, key, v []byte) ([]byte, error) {
 
 // printableKey renders a storage key for a message: topic/id.
 func printableKey(k []byte) string {
-	return truncate(strings.ReplaceAll(fmt.Sprintf("%q", k), `\x00`, "/"))
+	return schema.Truncate(strings.ReplaceAll(fmt.Sprintf("%q", k), `\x00`, "/"))
 }
 
 // sealedShard seals values on their way to a shard and opens them on the
@@ -366,7 +367,7 @@ func (r *Router) reencrypt(ctx context.Context, kr *Keyring) ReencryptResult {
 			continue
 		}
 		raw := rawShard(n)
-		for _, bucket := range append([]string{bucketDicts}, syncBuckets...) {
+		for _, bucket := range append([]string{schema.BucketDicts}, syncBuckets...) {
 			if err := r.reencryptBucket(ctx, kr, raw, bucket, &res); err != nil {
 				res.Errors = append(res.Errors, fmt.Sprintf("shard %s, bucket %s: %v", n.Name, bucket, err))
 			}

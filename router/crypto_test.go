@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
@@ -96,12 +97,12 @@ func TestPlaintextNeverLooksSealed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	doc, err := c.encodeDocument(&Document{Metadata: Metadata{ID: "x"}, Content: Content{Text: strings.Repeat("é", 500)}})
+	doc, err := c.encodeDocument(&schema.Document{Metadata: schema.Metadata{ID: "x"}, Content: schema.Content{Text: strings.Repeat("é", 500)}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for name, v := range map[string][]byte{
-		"topic":   topicJSON(&Topic{Name: "t"}),
+		"topic":   schema.TopicJSON(&schema.Topic{Name: "t"}),
 		"context": doc,
 		"vector":  storage.EncodeVector(storage.Vector{Model: "m", Values: []float32{1}}),
 	} {
@@ -297,14 +298,14 @@ func TestTamperedCiphertextIsReported(t *testing.T) {
 	fillSealed(t, tc, "tamper", 1)
 	st := tc.stores[0]
 	ctx := context.Background()
-	key := []byte(contextKey("tamper", "c00"))
-	rec, err := st.Get(ctx, bucketContexts, key)
+	key := []byte(schema.ContextKey("tamper", "c00"))
+	rec, err := st.Get(ctx, schema.BucketContexts, key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	bad := bytes.Clone(rec.Value)
 	bad[len(bad)/2] ^= 1
-	if _, err := st.Apply(ctx, bucketContexts, []storage.Write{{Record: storage.Record{Key: key, Version: rec.Version, Value: bad}, Cond: storage.CondRewrite}}); err != nil {
+	if _, err := st.Apply(ctx, schema.BucketContexts, []storage.Write{{Record: storage.Record{Key: key, Version: rec.Version, Value: bad}, Cond: storage.CondRewrite}}); err != nil {
 		t.Fatal(err)
 	}
 	r := call(t, "GET", tc.URL+"/api/v1/topics/tamper/contexts/c00", nil)
@@ -312,8 +313,8 @@ func TestTamperedCiphertextIsReported(t *testing.T) {
 		t.Errorf("tampered record = %d %s, want 500 internal saying it was tampered with", r.Status, r.Raw)
 	}
 	// A value moved to another key is caught too.
-	other := []byte(contextKey("tamper", "moved"))
-	if _, err := st.Apply(ctx, bucketContexts, []storage.Write{{Record: storage.Record{Key: other, Version: rec.Version, Value: rec.Value}}}); err != nil {
+	other := []byte(schema.ContextKey("tamper", "moved"))
+	if _, err := st.Apply(ctx, schema.BucketContexts, []storage.Write{{Record: storage.Record{Key: other, Version: rec.Version, Value: rec.Value}}}); err != nil {
 		t.Fatal(err)
 	}
 	r = call(t, "GET", tc.URL+"/api/v1/topics/tamper/contexts/moved", nil)
@@ -374,7 +375,7 @@ func TestRepairCopiesSealedRecords(t *testing.T) {
 	tc.faults[2].down.Store(false)
 	waitFor(t, "shard 3 up", func() bool { return tc.router.topo.Load().all[2].up() })
 	must(t, call(t, "POST", tc.URL+"/api/v1/admin/repair?wait=true", nil), 200, "repair")
-	recs, err := tc.stores[2].Scan(context.Background(), bucketContexts, storage.ScanOptions{Limit: 100})
+	recs, err := tc.stores[2].Scan(context.Background(), schema.BucketContexts, storage.ScanOptions{Limit: 100})
 	if err != nil || len(recs.Records) != 5 {
 		t.Fatalf("shard 3 after repair holds %d contexts (%v), want 5", len(recs.Records), err)
 	}
@@ -382,7 +383,7 @@ func TestRepairCopiesSealedRecords(t *testing.T) {
 		if !isSealed(rec.Value) {
 			t.Errorf("repaired %q is not sealed", rec.Key)
 		}
-		if _, err := kr.open(bucketContexts, rec.Key, rec.Value); err != nil {
+		if _, err := kr.open(schema.BucketContexts, rec.Key, rec.Value); err != nil {
 			t.Errorf("repaired %q does not open: %v", rec.Key, err)
 		}
 	}

@@ -6,13 +6,14 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"golang.org/x/sync/errgroup"
 )
 
 // encodeVector renders a context's embeddings for the vectors bucket, with
 // what search filters by.
-func encodeVector(d *Document) []byte {
+func encodeVector(d *schema.Document) []byte {
 	return storage.EncodeVector(storage.Vector{Model: d.Metadata.EmbeddingModel, Tags: d.Metadata.Tags, Values: d.Content.Embeddings})
 }
 
@@ -78,7 +79,7 @@ func (r *Router) pendingMarks(ctx context.Context) ([]storage.Record, error) {
 			var after []byte
 			for {
 				sctx, cancel := r.shardCtx(gctx)
-				p, err := n.Shard.Scan(sctx, bucketEmbedPending, storage.ScanOptions{After: after, Limit: 1000})
+				p, err := n.Shard.Scan(sctx, schema.BucketEmbedPending, storage.ScanOptions{After: after, Limit: 1000})
 				cancel()
 				if err != nil {
 					return apierr.FromStorage("scan pending embeddings on shard "+n.Name, err)
@@ -115,25 +116,15 @@ func (r *Router) pendingMarks(ctx context.Context) ([]storage.Record, error) {
 	return out, nil
 }
 
-// splitContextKey is the inverse of contextKey.
-func splitContextKey(key []byte) (topic, id string, ok bool) {
-	for i, b := range key {
-		if b == keySep[0] {
-			return string(key[:i]), string(key[i+1:]), i > 0 && i < len(key)-1
-		}
-	}
-	return "", "", false
-}
-
 // embedPending embeds one pending context and clears its mark. A context
 // deleted, rewritten or already embedded meanwhile only loses its mark.
 func (r *Router) embedPending(ctx context.Context, mark storage.Record) error {
-	topic, id, ok := splitContextKey(mark.Key)
+	topic, id, ok := schema.SplitContextKey(mark.Key)
 	if !ok {
 		return r.clearMark(ctx, topic, id, mark)
 	}
-	pk := placement(topic, id)
-	rec, err := r.readRecord(ctx, pk, bucketContexts, mark.Key)
+	pk := schema.Placement(topic, id)
+	rec, err := r.readRecord(ctx, pk, schema.BucketContexts, mark.Key)
 	if errors.Is(err, storage.ErrNotFound) {
 		return r.clearMark(ctx, topic, id, mark)
 	}
@@ -159,7 +150,7 @@ func (r *Router) embedPending(ctx context.Context, mark storage.Record) error {
 	if err != nil {
 		return err
 	}
-	res, v, err := r.writeRecord(ctx, pk, bucketContexts, mark.Key, false, value, storage.CondVersion, rec.Version)
+	res, v, err := r.writeRecord(ctx, pk, schema.BucketContexts, mark.Key, false, value, storage.CondVersion, rec.Version)
 	if err != nil {
 		return err
 	}
@@ -174,5 +165,5 @@ func (r *Router) embedPending(ctx context.Context, mark storage.Record) error {
 // clearMark deletes a pending mark just above its own version, so a newer
 // mark (a later write that could not be embedded either) survives.
 func (r *Router) clearMark(ctx context.Context, topic, id string, mark storage.Record) error {
-	return r.writeAt(ctx, placement(topic, id), bucketEmbedPending, mark.Key, mark.Version+1, true, nil)
+	return r.writeAt(ctx, schema.Placement(topic, id), schema.BucketEmbedPending, mark.Key, mark.Version+1, true, nil)
 }

@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 )
 
 // Fuzz targets for everything that reads bytes a client (or a shard) chose.
@@ -46,22 +46,22 @@ func FuzzDecodeDocument(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		d, err := decodeDocument(body, fuzzNow)
+		d, err := schema.DecodeDocument(body, fuzzNow)
 		if err != nil {
 			var apiErr *apierr.Error
 			if !errors.As(err, &apiErr) || apiErr.Code != apierr.CodeInvalidArgument {
-				t.Fatalf("decodeDocument(%q) = %v, want an invalid_argument error", body, err)
+				t.Fatalf("DecodeDocument(%q) = %v, want an invalid_argument error", body, err)
 			}
 			return
 		}
 		if !utf8.Valid(body) {
-			t.Fatalf("decodeDocument accepted invalid UTF-8 %q", body)
+			t.Fatalf("DecodeDocument accepted invalid UTF-8 %q", body)
 		}
-		if _, dup := duplicateKey(body); dup {
-			t.Fatalf("decodeDocument accepted a duplicate key in %q", body)
+		if _, dup := schema.DuplicateKey(body); dup {
+			t.Fatalf("DecodeDocument accepted a duplicate key in %q", body)
 		}
-		if d.Metadata.ID != "" && !validID(d.Metadata.ID) {
-			t.Fatalf("decodeDocument accepted id %q", d.Metadata.ID)
+		if d.Metadata.ID != "" && !schema.ValidID(d.Metadata.ID) {
+			t.Fatalf("DecodeDocument accepted id %q", d.Metadata.ID)
 		}
 		stored, err := c.encodeDocument(d)
 		if err != nil {
@@ -73,44 +73,7 @@ func FuzzDecodeDocument(f *testing.F) {
 		}
 		back, err := c.decodeDocument(stored)
 		if err != nil || back.Metadata.ID != d.Metadata.ID || len(back.Content.Messages) != len(d.Content.Messages) || len(back.Content.Embeddings) != len(d.Content.Embeddings) {
-			t.Fatalf("decodeDocument(encodeDocument(%q)) = %+v, %v", body, back, err)
-		}
-	})
-}
-
-// FuzzNames: names and ids accepted by validation hold only the characters
-// of their pattern, so nothing that reaches a key or a path can traverse,
-// hide a separator or a NUL.
-func FuzzNames(f *testing.F) {
-	for _, s := range []string{"t", "a.b-c_d", "..", "a/b", "a%2Fb", "a\x00b", "-a", "a:b", strings.Repeat("a", 129), strings.Repeat("a", 257), "é", ""} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		for _, c := range []struct {
-			valid bool
-			check error
-			max   int
-			colon bool
-		}{
-			{validName(s), checkName(s), maxNameLen, false},
-			{validID(s), checkID(s), maxIDLen, true},
-		} {
-			if c.valid != (c.check == nil) {
-				t.Fatalf("valid and check disagree on %q", s)
-			}
-			if !c.valid {
-				continue
-			}
-			if len(s) == 0 || len(s) > c.max || s[0] == '.' || s[0] == '-' || s[0] == '_' || s[0] == ':' {
-				t.Fatalf("accepted %q", s)
-			}
-			for i := 0; i < len(s); i++ {
-				ch := s[i]
-				ok := ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch == '.' || ch == '_' || ch == '-' || (c.colon && ch == ':')
-				if !ok {
-					t.Fatalf("accepted %q with byte %q", s, ch)
-				}
-			}
+			t.Fatalf("DecodeDocument(encodeDocument(%q)) = %+v, %v", body, back, err)
 		}
 	})
 }
@@ -121,7 +84,7 @@ func FuzzDecodeCursor(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		last, err := decodeCursor(s, validID)
+		last, err := decodeCursor(s, schema.ValidID)
 		if err != nil {
 			var apiErr *apierr.Error
 			if !errors.As(err, &apiErr) || apiErr.Code != apierr.CodeInvalidArgument {
@@ -129,7 +92,7 @@ func FuzzDecodeCursor(f *testing.F) {
 			}
 			return
 		}
-		if !validID(last) {
+		if !schema.ValidID(last) {
 			t.Fatalf("decodeCursor(%q) = %q, not an id", s, last)
 		}
 	})
@@ -145,7 +108,7 @@ func FuzzStoredDocument(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	good, _ := c.encodeDocument(&Document{Metadata: Metadata{ID: "c"}, Content: Content{Text: strings.Repeat("compress me ", 40), Embeddings: []float32{1, 2}}})
+	good, _ := c.encodeDocument(&schema.Document{Metadata: schema.Metadata{ID: "c"}, Content: schema.Content{Text: strings.Repeat("compress me ", 40), Embeddings: []float32{1, 2}}})
 	f.Add(good)
 	f.Add(good[:len(good)/2])
 	f.Add([]byte{})
@@ -158,16 +121,16 @@ func FuzzStoredDocument(f *testing.F) {
 	c.setCurrent(fuzzDictID)
 	c.fetch = func(id uint32) ([]byte, error) { return nil, fmt.Errorf("%w: %d", errNoDict, id) }
 	body, _ := json.Marshal(chatBody(1))
-	var content Content
+	var content schema.Content
 	json.Unmarshal(body, &content)
-	withDict, _ := c.encodeDocument(&Document{Metadata: Metadata{ID: "d"}, Content: content})
+	withDict, _ := c.encodeDocument(&schema.Document{Metadata: schema.Metadata{ID: "d"}, Content: content})
 	f.Add(withDict)
 	f.Add(withDict[:len(withDict)-3])
 	// A record of a dictionary the codec does not hold.
 	oc, _ := newCodec()
 	oc.addDict(fuzzDictID+1, testDict(f, fuzzDictID+1))
 	oc.setCurrent(fuzzDictID + 1)
-	other, _ := oc.encodeDocument(&Document{Metadata: Metadata{ID: "o"}, Content: content})
+	other, _ := oc.encodeDocument(&schema.Document{Metadata: schema.Metadata{ID: "o"}, Content: content})
 	if _, err := c.appendDocumentJSON(nil, other, true); !errors.Is(err, errNoDict) {
 		f.Fatalf("a record of an unknown dictionary rendered: %v", err)
 	}
@@ -175,7 +138,7 @@ func FuzzStoredDocument(f *testing.F) {
 	f.Add([]byte{formatV1, 0, codecZstdDict, 4, 0x28, 0xb5, 0x2f, 0xfd, 0})
 	f.Fuzz(func(t *testing.T, stored []byte) {
 		for _, withContent := range []bool{false, true} {
-			if out, err := c.appendDocumentJSON(nil, stored, withContent); err == nil && len(out) > len(stored)+maxDecoded+16*maxEmbeddings+64 {
+			if out, err := c.appendDocumentJSON(nil, stored, withContent); err == nil && len(out) > len(stored)+maxDecoded+16*schema.MaxEmbeddings+64 {
 				t.Fatalf("appendDocumentJSON rendered %d bytes from %d", len(out), len(stored))
 			}
 		}
@@ -224,79 +187,4 @@ func FuzzAuthFile(f *testing.F) {
 			t.Fatalf("a secret whose hash nobody knows matched a key")
 		}
 	})
-}
-
-// FuzzDuplicateKey checks duplicateKey against encoding/json's tokenizer
-// on valid JSON in valid UTF-8, which is all decodeJSON hands it (it
-// refuses other bodies first). encoding/json reads every invalid byte of a
-// key as U+FFFD, so two different invalid keys would count as one there.
-func FuzzDuplicateKey(f *testing.F) {
-	for _, s := range []string{`{}`, `{"a":1,"a":2}`, `{"a":{"a":1},"b":[{"a":1,"a":2}]}`, `{"a":1,"\u0061":2}`, `{"a\"b":1,"a\"b":2}`, `["a","a"]`, `{"x":"{\"a\":1}","y":"\"a\""}`, `{"a":[],"b":{},"a":null}`} {
-		f.Add([]byte(s))
-	}
-	f.Add([]byte("{\"\xbc\":0,\"\xcd\":0}")) // invalid UTF-8: outside the contract, skipped
-	f.Fuzz(func(t *testing.T, body []byte) {
-		if !json.Valid(body) || !utf8.Valid(body) {
-			return
-		}
-		got, dup := duplicateKey(body)
-		want, wantDup := refDuplicateKey(body)
-		if dup != wantDup || (dup && got != want) {
-			t.Fatalf("duplicateKey(%q) = %q, %v; want %q, %v", body, got, dup, want, wantDup)
-		}
-	})
-}
-
-// refDuplicateKey is duplicateKey written the slow, obvious way.
-func refDuplicateKey(body []byte) (string, bool) {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	type frame struct {
-		object bool
-		keys   map[string]bool
-		key    bool // the next string is a key
-	}
-	var stack []*frame
-	for {
-		tok, err := dec.Token()
-		if errors.Is(err, io.EOF) || err != nil {
-			return "", false
-		}
-		var top *frame
-		if len(stack) > 0 {
-			top = stack[len(stack)-1]
-		}
-		switch v := tok.(type) {
-		case json.Delim:
-			switch v {
-			case '{':
-				if top != nil && top.object {
-					top.key = true
-				}
-				stack = append(stack, &frame{object: true, keys: map[string]bool{}, key: true})
-			case '[':
-				if top != nil && top.object {
-					top.key = true
-				}
-				stack = append(stack, &frame{})
-			default:
-				stack = stack[:len(stack)-1]
-			}
-		case string:
-			if top != nil && top.object && top.key {
-				if top.keys[v] {
-					return v, true
-				}
-				top.keys[v] = true
-				top.key = false
-				continue
-			}
-			if top != nil && top.object {
-				top.key = true
-			}
-		default:
-			if top != nil && top.object {
-				top.key = true
-			}
-		}
-	}
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
@@ -112,10 +113,10 @@ func TestHostileInputs(t *testing.T) {
 		{name: "deep arrays", method: "PUT", path: "/api/v1/topics/t/contexts/c1", body: strings.Repeat("[", 100000)},
 		{name: "deep objects", method: "PUT", path: "/api/v1/topics/t/contexts/c1", body: strings.Repeat(`{"a":`, 20000) + "1" + strings.Repeat("}", 20000)},
 		{name: "deep in content", method: "PUT", path: "/api/v1/topics/t/contexts/c1", body: `{"content":{"text":` + strings.Repeat("[", 50000) + `}}`},
-		{name: "too many embeddings", method: "PUT", path: "/api/v1/topics/t/contexts/c1", body: `{"content":{"embeddings":[` + nums(maxEmbeddings+1) + `]}}`},
+		{name: "too many embeddings", method: "PUT", path: "/api/v1/topics/t/contexts/c1", body: `{"content":{"embeddings":[` + nums(schema.MaxEmbeddings+1) + `]}}`},
 		{name: "too many tags", method: "PUT", path: "/api/v1/topics/t/contexts/c1", body: `{"metadata":{"tags":[` + strings.TrimSuffix(strings.Repeat(`"x",`, 1000), ",") + `]}}`},
 		{name: "body over the limit", method: "PUT", path: "/api/v1/topics/t/contexts/c1", body: `{"content":{"text":"` + strings.Repeat("x", 2<<20) + `"}}`, want: 413},
-		{name: "huge search", method: "POST", path: "/api/v1/topics/t/search", body: `{"embedding":[` + nums(maxEmbeddings+1) + `]}`},
+		{name: "huge search", method: "POST", path: "/api/v1/topics/t/search", body: `{"embedding":[` + nums(schema.MaxEmbeddings+1) + `]}`},
 		// wrong types
 		{name: "metadata a string", method: "PUT", path: "/api/v1/topics/t/contexts/c1", body: `{"metadata":"x"}`},
 		{name: "embeddings a string", method: "PUT", path: "/api/v1/topics/t/contexts/c1", body: `{"content":{"embeddings":"x"}}`},

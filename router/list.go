@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 	"golang.org/x/sync/errgroup"
@@ -241,7 +242,7 @@ func encodeCursor(last string) string { return base64.RawURLEncoding.EncodeToStr
 func decodeCursor(s string, valid func(string) bool) (string, error) {
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil || !valid(string(b)) {
-		return "", apierr.Errorf(apierr.CodeInvalidArgument, "cursor %q is malformed: pass back a next_cursor unchanged", truncate(s))
+		return "", apierr.Errorf(apierr.CodeInvalidArgument, "cursor %q is malformed: pass back a next_cursor unchanged", schema.Truncate(s))
 	}
 	return string(b), nil
 }
@@ -253,7 +254,7 @@ func pageLimit(c echo.Context) (int, error) {
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 1 || n > maxPageLimit {
-		return 0, apierr.Errorf(apierr.CodeInvalidArgument, "limit %q must be an integer from 1 to %d", truncate(s), maxPageLimit)
+		return 0, apierr.Errorf(apierr.CodeInvalidArgument, "limit %q must be an integer from 1 to %d", schema.Truncate(s), maxPageLimit)
 	}
 	return n, nil
 }
@@ -266,12 +267,12 @@ func includeContent(c echo.Context) (bool, error) {
 	case "content":
 		return true, nil
 	default:
-		return false, apierr.Errorf(apierr.CodeInvalidArgument, "include %q: the only choice is \"content\"", truncate(inc))
+		return false, apierr.Errorf(apierr.CodeInvalidArgument, "include %q: the only choice is \"content\"", schema.Truncate(inc))
 	}
 }
 
 // validPrefix accepts what can begin a topic name (or nothing).
-func validPrefix(s string) bool { return s == "" || validName(s) }
+func validPrefix(s string) bool { return s == "" || schema.ValidName(s) }
 
 func (r *Router) listTopics(c echo.Context) error {
 	limit, err := pageLimit(c)
@@ -280,11 +281,11 @@ func (r *Router) listTopics(c echo.Context) error {
 	}
 	prefix := c.QueryParam("prefix")
 	if !validPrefix(prefix) {
-		return apierr.Errorf(apierr.CodeInvalidArgument, "prefix %q cannot begin a topic name", truncate(prefix))
+		return apierr.Errorf(apierr.CodeInvalidArgument, "prefix %q cannot begin a topic name", schema.Truncate(prefix))
 	}
-	q := pageQuery{bucket: bucketTopics, prefix: []byte(prefix), limit: limit, keep: r.topicFilter(c)}
+	q := pageQuery{bucket: schema.BucketTopics, prefix: []byte(prefix), limit: limit, keep: r.topicFilter(c)}
 	if cur := c.QueryParam("cursor"); cur != "" {
-		last, err := decodeCursor(cur, validName)
+		last, err := decodeCursor(cur, schema.ValidName)
 		if err != nil {
 			return err
 		}
@@ -329,17 +330,17 @@ func (r *Router) listContexts(c echo.Context) error {
 	params := c.QueryParams()
 	tags, model := params["tag"], c.QueryParam("model")
 	for _, t := range tags {
-		if t == "" || len(t) > maxTagLen {
-			return apierr.Errorf(apierr.CodeInvalidArgument, "tag %q: a tag has 1 to %d bytes", truncate(t), maxTagLen)
+		if t == "" || len(t) > schema.MaxTagLen {
+			return apierr.Errorf(apierr.CodeInvalidArgument, "tag %q: a tag has 1 to %d bytes", schema.Truncate(t), schema.MaxTagLen)
 		}
 	}
-	if len(model) > maxModelLen {
-		return apierr.Errorf(apierr.CodeInvalidArgument, "model: longer than %d bytes", maxModelLen)
+	if len(model) > schema.MaxModelLen {
+		return apierr.Errorf(apierr.CodeInvalidArgument, "model: longer than %d bytes", schema.MaxModelLen)
 	}
-	prefix := []byte(topic + keySep)
-	q := pageQuery{bucket: bucketContexts, prefix: prefix, limit: limit, metaOnly: !withContent}
+	prefix := []byte(topic + schema.KeySep)
+	q := pageQuery{bucket: schema.BucketContexts, prefix: prefix, limit: limit, metaOnly: !withContent}
 	if cur := c.QueryParam("cursor"); cur != "" {
-		last, err := decodeCursor(cur, validID)
+		last, err := decodeCursor(cur, schema.ValidID)
 		if err != nil {
 			return err
 		}

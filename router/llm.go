@@ -13,6 +13,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/llmbridge"
 	"github.com/go-kvdb/go-kvdb/metrics"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/labstack/echo/v4"
 )
 
@@ -66,17 +67,6 @@ type LLMConfig struct {
 	// 5 seconds and 5 minutes.
 	RetryInterval, RetryMax time.Duration
 }
-
-// Buckets of the LLM features, beside the contexts. Both are keyed by the
-// context's key and placed with the context.
-const (
-	// bucketVectors holds each embedded context's vector in the storage
-	// vector format, at the context's version.
-	bucketVectors = "vectors"
-	// bucketEmbedPending marks contexts stored without the embedding Ollama
-	// could not make; the retry loop scans it.
-	bucketEmbedPending = "embed_pending"
-)
 
 // llmState is the router's Ollama bridge: configuration, metrics, the
 // token-count calibration, and the embedding retry loop.
@@ -212,7 +202,7 @@ const maxEmbedText = 32 << 10
 
 // embedText is what a context is embedded from: its text, then its
 // messages as "role: content" lines, newest kept when it is too long.
-func embedText(d *Document) string {
+func embedText(d *schema.Document) string {
 	text := d.Content.Text
 	if len(text) > maxEmbedText/4 && len(d.Content.Messages) > 0 {
 		text = text[:maxEmbedText/4]
@@ -248,7 +238,7 @@ func embedText(d *Document) string {
 
 // autoEmbedded reports whether a stored context's embeddings were made by
 // the router (so they follow its content) rather than sent by a client.
-func (r *Router) autoEmbedded(d *Document) bool {
+func (r *Router) autoEmbedded(d *schema.Document) bool {
 	em := r.llm.cfg.EmbedModel
 	return em != "" && (d.Metadata.EmbeddingPending || (len(d.Content.Embeddings) > 0 && d.Metadata.EmbeddingModel == em))
 }
@@ -257,7 +247,7 @@ func (r *Router) autoEmbedded(d *Document) bool {
 // an embedding model is configured and the client sent none. It never
 // fails the write: if Ollama cannot embed in time, the context is marked
 // embedding_pending and the retry loop embeds it later.
-func (r *Router) embedForWrite(ctx context.Context, d *Document) {
+func (r *Router) embedForWrite(ctx context.Context, d *schema.Document) {
 	m := &d.Metadata
 	m.EmbeddingPending = false // the router's to set
 	if len(d.Content.Embeddings) > 0 {
@@ -272,8 +262,8 @@ func (r *Router) embedForWrite(ctx context.Context, d *Document) {
 	ctx, cancel := context.WithTimeout(ctx, r.llm.cfg.EmbedTimeout)
 	defer cancel()
 	vecs, err := r.embed(ctx, "embed", model, []string{text})
-	if err == nil && (len(vecs) != 1 || len(vecs[0]) == 0 || len(vecs[0]) > maxEmbeddings) {
-		err = fmt.Errorf("embed with %s: %d vectors, want one of 1..%d values", model, len(vecs), maxEmbeddings)
+	if err == nil && (len(vecs) != 1 || len(vecs[0]) == 0 || len(vecs[0]) > schema.MaxEmbeddings) {
+		err = fmt.Errorf("embed with %s: %d vectors, want one of 1..%d values", model, len(vecs), schema.MaxEmbeddings)
 	}
 	if err != nil {
 		r.log.Warn("context stored without its embedding; it will be retried", "id", m.ID, "model", model, "err", err)
@@ -289,14 +279,14 @@ func (r *Router) embedForWrite(ctx context.Context, d *Document) {
 // at the same version, so a search can tell a vector from a stale one. A
 // failure here is logged, not returned: the context is stored, search
 // checks versions, and the next write or the retry loop repairs it.
-func (r *Router) afterContextWrite(ctx context.Context, topic string, d *Document, v uint64, prevLive bool) {
+func (r *Router) afterContextWrite(ctx context.Context, topic string, d *schema.Document, v uint64, prevLive bool) {
 	// The context is stored: finish even if its client has gone.
 	ctx = context.WithoutCancel(ctx)
-	pk := placement(topic, d.Metadata.ID)
-	key := []byte(contextKey(topic, d.Metadata.ID))
+	pk := schema.Placement(topic, d.Metadata.ID)
+	key := []byte(schema.ContextKey(topic, d.Metadata.ID))
 	if len(d.Content.Embeddings) > 0 {
 		val := encodeVector(d)
-		if err := r.writeAt(ctx, pk, bucketVectors, key, v, false, val); err != nil {
+		if err := r.writeAt(ctx, pk, schema.BucketVectors, key, v, false, val); err != nil {
 			r.log.Warn("vector not stored", "topic", topic, "id", d.Metadata.ID, "err", err)
 		}
 	}
@@ -304,7 +294,7 @@ func (r *Router) afterContextWrite(ctx context.Context, topic string, d *Documen
 	// vector older than its context and purges it when it meets it, which
 	// keeps a second durable write off every replace.
 	if d.Metadata.EmbeddingPending {
-		if err := r.writeAt(ctx, pk, bucketEmbedPending, key, v, false, []byte{}); err != nil {
+		if err := r.writeAt(ctx, pk, schema.BucketEmbedPending, key, v, false, []byte{}); err != nil {
 			r.log.Warn("pending embedding not recorded", "topic", topic, "id", d.Metadata.ID, "err", err)
 		}
 	}
@@ -316,7 +306,7 @@ func (r *Router) afterContextWrite(ctx context.Context, topic string, d *Documen
 // request's path.
 func (r *Router) afterContextDelete(_ context.Context, topic, id string, v uint64) {
 	r.background(func(bg context.Context) {
-		if err := r.writeAt(bg, placement(topic, id), bucketVectors, []byte(contextKey(topic, id)), v, true, nil); err != nil {
+		if err := r.writeAt(bg, schema.Placement(topic, id), schema.BucketVectors, []byte(schema.ContextKey(topic, id)), v, true, nil); err != nil {
 			r.log.Warn("vector of a deleted context not deleted", "topic", topic, "id", id, "err", err)
 		}
 	})

@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/llmbridge"
 	"github.com/go-kvdb/go-kvdb/llmbridge/ollamatest"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
@@ -55,10 +56,10 @@ func newLLMCluster(t testing.TB, shards int, tweak func(*LLMConfig)) (*testClust
 }
 
 // messagesOf returns the stored messages of a context.
-func messagesOf(t testing.TB, tc *testCluster, topic, id string) []Message {
+func messagesOf(t testing.TB, tc *testCluster, topic, id string) []schema.Message {
 	t.Helper()
 	r := must(t, call(t, "GET", tc.URL+"/api/v1/topics/"+topic+"/contexts/"+id+"/messages", nil), 200, "GET messages")
-	var out struct{ Messages []Message }
+	var out struct{ Messages []schema.Message }
 	if err := json.Unmarshal(r.Raw, &out); err != nil {
 		t.Fatalf("messages answer %s: %v", r.Raw, err)
 	}
@@ -66,10 +67,10 @@ func messagesOf(t testing.TB, tc *testCluster, topic, id string) []Message {
 }
 
 // documentOf reads a context through the API.
-func documentOf(t testing.TB, tc *testCluster, topic, id string) Document {
+func documentOf(t testing.TB, tc *testCluster, topic, id string) schema.Document {
 	t.Helper()
 	r := must(t, call(t, "GET", tc.URL+"/api/v1/topics/"+topic+"/contexts/"+id, nil), 200, "GET context "+id)
-	var d Document
+	var d schema.Document
 	if err := json.Unmarshal(r.Raw, &d); err != nil {
 		t.Fatalf("context %s: %v", r.Raw, err)
 	}

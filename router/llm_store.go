@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
@@ -38,11 +39,11 @@ func (r *Router) writeAt(ctx context.Context, pk, bucket string, key []byte, v u
 		}
 		return err
 	}
-	return apierr.Errorf(apierr.CodeUnavailable, "write of %q did not settle after %d attempts; retry", truncate(string(key)), maxWriteRetries)
+	return apierr.Errorf(apierr.CodeUnavailable, "write of %q did not settle after %d attempts; retry", schema.Truncate(string(key)), maxWriteRetries)
 }
 
 // searchNodes are the shards a fan-out over vectors must ask: every owner
-// of every serving placement (replicas answer the same keys; callers keep
+// of every serving Placement (replicas answer the same keys; callers keep
 // the newest version of each).
 func (r *Router) searchNodes() []*Node { return r.topo.Load().readNodes() }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 )
@@ -22,13 +23,13 @@ const maxAppendAttempts = 64
 
 // messagesRequest is the body of POST …/messages.
 type messagesRequest struct {
-	Messages []Message `json:"messages"`
+	Messages []schema.Message `json:"messages"`
 }
 
 // appendResult is what an append stored.
 type appendResult struct {
 	version uint64
-	doc     *Document
+	doc     *schema.Document
 }
 
 // appendMessages appends msgs to the context topic/id, creating it when it
@@ -37,9 +38,9 @@ type appendResult struct {
 // mutate, when set, changes the document further in the same write (a chat
 // updates the running summary). The write is atomic: concurrent appends
 // all land, in some order, and a failed one stores nothing.
-func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []Message, match uint64, mutate func(*Document)) (appendResult, error) {
-	pk := placement(topic, id)
-	key := []byte(contextKey(topic, id))
+func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []schema.Message, match uint64, mutate func(*schema.Document)) (appendResult, error) {
+	pk := schema.Placement(topic, id)
+	key := []byte(schema.ContextKey(topic, id))
 	for attempt := range maxAppendAttempts {
 		if attempt > 0 {
 			// Jitter, so appenders that collided do not collide again.
@@ -50,12 +51,12 @@ func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []Me
 				return appendResult{}, ctx.Err()
 			}
 		}
-		rec, err := r.readRecord(ctx, pk, bucketContexts, key)
+		rec, err := r.readRecord(ctx, pk, schema.BucketContexts, key)
 		if err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return appendResult{}, err
 		}
 		now := time.Now().UTC()
-		var doc *Document
+		var doc *schema.Document
 		cond, want := storage.CondAbsent, uint64(0)
 		if err == nil && liveRecord(rec, now) {
 			if match != 0 && rec.Version != match {
@@ -69,7 +70,7 @@ func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []Me
 			if match != 0 {
 				return appendResult{}, apierr.Errorf(apierr.CodeFailedPrecondition, "context %q does not exist in topic %q", id, topic)
 			}
-			doc = &Document{Metadata: Metadata{ID: id}}
+			doc = &schema.Document{Metadata: schema.Metadata{ID: id}}
 			if ttl := r.topicTTL(ctx, topic); ttl > 0 {
 				doc.Metadata.ExpiresAt = now.Add(time.Duration(ttl) * time.Second).Format(time.RFC3339Nano)
 			}
@@ -84,7 +85,7 @@ func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []Me
 		if r.autoEmbedded(doc) {
 			doc.Content.Embeddings = nil // the content changed: embed it again
 		}
-		if err := doc.normalize(now); err != nil {
+		if err := doc.Normalize(now); err != nil {
 			return appendResult{}, err
 		}
 		r.embedForWrite(ctx, doc)
@@ -92,7 +93,7 @@ func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []Me
 		if err != nil {
 			return appendResult{}, &apierr.Error{Code: apierr.CodeInternal, Message: "encode context", Err: err}
 		}
-		res, v, err := r.writeRecord(ctx, pk, bucketContexts, key, false, value, cond, want)
+		res, v, err := r.writeRecord(ctx, pk, schema.BucketContexts, key, false, value, cond, want)
 		if err != nil {
 			return appendResult{}, err
 		}
@@ -117,15 +118,15 @@ func (r *Router) appendMessagesHandler(c echo.Context) error {
 	}
 	req, err := withBody(r, c, func(b []byte) (messagesRequest, error) {
 		var m messagesRequest
-		if err := decodeJSON(b, &m); err != nil {
+		if err := schema.DecodeJSON(b, &m); err != nil {
 			return m, err
 		}
 		if len(m.Messages) == 0 {
 			return m, apierr.Errorf(apierr.CodeInvalidArgument, "field \"messages\": at least one message is required")
 		}
 		for i, msg := range m.Messages {
-			if !validRoles[msg.Role] {
-				return m, apierr.Errorf(apierr.CodeInvalidArgument, "field \"messages[%d].role\": %q is not one of system, user, assistant, tool", i, truncate(msg.Role))
+			if !schema.ValidRoles[msg.Role] {
+				return m, apierr.Errorf(apierr.CodeInvalidArgument, "field \"messages[%d].role\": %q is not one of system, user, assistant, tool", i, schema.Truncate(msg.Role))
 			}
 		}
 		return m, nil
@@ -137,7 +138,7 @@ func (r *Router) appendMessagesHandler(c echo.Context) error {
 	if m := c.Request().Header.Get("If-Match"); m != "" {
 		v, ok := parseETag(m)
 		if !ok {
-			return apierr.Errorf(apierr.CodeInvalidArgument, "If-Match %q is not an entity tag of this API", truncate(m))
+			return apierr.Errorf(apierr.CodeInvalidArgument, "If-Match %q is not an entity tag of this API", schema.Truncate(m))
 		}
 		match = v
 	}
@@ -162,8 +163,8 @@ func (r *Router) getMessages(c echo.Context) error {
 	last := -1
 	if s := c.QueryParam("last"); s != "" {
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 0 || n > maxMessages {
-			return apierr.Errorf(apierr.CodeInvalidArgument, "last %q must be an integer from 0 to %d", truncate(s), maxMessages)
+		if err != nil || n < 0 || n > schema.MaxMessages {
+			return apierr.Errorf(apierr.CodeInvalidArgument, "last %q must be an integer from 0 to %d", schema.Truncate(s), schema.MaxMessages)
 		}
 		last = n
 	}
@@ -176,16 +177,16 @@ func (r *Router) getMessages(c echo.Context) error {
 		msgs = msgs[len(msgs)-last:]
 	}
 	if msgs == nil {
-		msgs = []Message{}
+		msgs = []schema.Message{}
 	}
 	c.Response().Header().Set("ETag", etag(v))
-	return c.JSONBlob(http.StatusOK, marshal(map[string]any{"messages": msgs}))
+	return c.JSONBlob(http.StatusOK, schema.MustJSON(map[string]any{"messages": msgs}))
 }
 
 // readContext reads and decodes a context from its shard (not the cache:
 // callers go on to write it, and need its newest version).
-func (r *Router) readContext(ctx context.Context, topic, id string) (*Document, uint64, error) {
-	rec, err := r.readRecord(ctx, placement(topic, id), bucketContexts, []byte(contextKey(topic, id)))
+func (r *Router) readContext(ctx context.Context, topic, id string) (*schema.Document, uint64, error) {
+	rec, err := r.readRecord(ctx, schema.Placement(topic, id), schema.BucketContexts, []byte(schema.ContextKey(topic, id)))
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && !liveRecord(rec, time.Now())) {
 		return nil, 0, apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
 	}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+
+	"github.com/go-kvdb/go-kvdb/router/schema"
 )
 
 func TestAppendMessages(t *testing.T) {
@@ -56,14 +58,14 @@ func TestAppendMessages(t *testing.T) {
 	}
 
 	got := messagesOf(t, tc, "chats", "conv-1")
-	want := []Message{{"user", "hello"}, {"assistant", "hi"}, {"user", "how are you"}}
+	want := []schema.Message{{Role: "user", Content: "hello"}, {Role: "assistant", Content: "hi"}, {Role: "user", Content: "how are you"}}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("messages = %v, want %v", got, want)
 	}
 	for _, tt := range []struct {
 		last string
-		want []Message
-	}{{"1", want[2:]}, {"2", want[1:]}, {"10", want}, {"0", []Message{}}} {
+		want []schema.Message
+	}{{"1", want[2:]}, {"2", want[1:]}, {"10", want}, {"0", []schema.Message{}}} {
 		r := must(t, call(t, "GET", url+"?last="+tt.last, nil), 200, "GET last="+tt.last)
 		if r.Header.Get("ETag") != second {
 			t.Errorf("GET last=%s ETag = %q, want %q", tt.last, r.Header.Get("ETag"), second)

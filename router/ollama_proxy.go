@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 )
@@ -295,7 +296,7 @@ func (r *Router) ollamaChat(c echo.Context) error {
 	doc, _, err := r.readContext(ctx, topic, id)
 	var apiErr *apierr.Error
 	if errors.As(err, &apiErr) && apiErr.Code == apierr.CodeNotFound {
-		doc, err = &Document{}, nil
+		doc, err = &schema.Document{}, nil
 	}
 	if err != nil {
 		return r.ollamaFail(c, err)
@@ -311,11 +312,11 @@ func (r *Router) ollamaChat(c echo.Context) error {
 		for i, m := range msgs {
 			out[i] = m.raw
 		}
-		body["messages"] = marshal(out)
+		body["messages"] = schema.MustJSON(out)
 	}
 
 	start := time.Now()
-	resp, err := r.llm.cfg.Client.Do(ctx, http.MethodPost, "/api/chat", relayHeaders(c), bytes.NewReader(marshal(body)))
+	resp, err := r.llm.cfg.Client.Do(ctx, http.MethodPost, "/api/chat", relayHeaders(c), bytes.NewReader(schema.MustJSON(body)))
 	if err != nil {
 		r.llm.m.Observe("proxy_chat", "", start, err)
 		return r.ollamaFail(c, r.llmError("chat with "+model, err))
@@ -325,8 +326,8 @@ func (r *Router) ollamaChat(c echo.Context) error {
 	var last chatLine
 	finished := false
 	store := func() error {
-		turns := append(fresh, Message{Role: "assistant", Content: answer.String()})
-		_, err := r.appendMessages(ctx, topic, id, turns, 0, func(d *Document) {
+		turns := append(fresh, schema.Message{Role: "assistant", Content: answer.String()})
+		_, err := r.appendMessages(ctx, topic, id, turns, 0, func(d *schema.Document) {
 			if folded != nil && (d.Content.Summary == nil || d.Content.Summary.Messages < folded.Messages) {
 				d.Content.Summary = folded
 			}
@@ -386,9 +387,9 @@ func (r *Router) ensureTopic(c echo.Context, name string) error {
 	if !errors.As(err, &apiErr) || apiErr.Code != apierr.CodeNotFound {
 		return err
 	}
-	t := Topic{Name: name, Description: "created by the drop-in Ollama endpoint", CreatedAt: time.Now().UTC().Format(time.RFC3339Nano)}
-	body := topicJSON(&t)
-	res, v, err := r.writeRecord(c.Request().Context(), name, bucketTopics, []byte(name), false, body, storage.CondAbsent, 0)
+	t := schema.Topic{Name: name, Description: "created by the drop-in Ollama endpoint", CreatedAt: time.Now().UTC().Format(time.RFC3339Nano)}
+	body := schema.TopicJSON(&t)
+	res, v, err := r.writeRecord(c.Request().Context(), name, schema.BucketTopics, []byte(name), false, body, storage.CondAbsent, 0)
 	if err != nil {
 		return err
 	}
@@ -406,17 +407,17 @@ func (r *Router) ensureTopic(c echo.Context, name string) error {
 // restart, say) shares no tail: all it sends is new, and all that is
 // stored is missing from its view. System messages are the client's
 // setup, neither stored nor compared.
-func splitNew(stored []Message, sent []proxyMessage) (fresh []Message, missing []Message) {
-	var s []Message
+func splitNew(stored []schema.Message, sent []proxyMessage) (fresh []schema.Message, missing []schema.Message) {
+	var s []schema.Message
 	for _, m := range stored {
 		if m.Role != "system" {
 			s = append(s, m)
 		}
 	}
-	var cn []Message
+	var cn []schema.Message
 	for _, m := range sent {
-		if m.Role != "system" && validRoles[m.Role] {
-			cn = append(cn, Message{Role: m.Role, Content: m.Content})
+		if m.Role != "system" && schema.ValidRoles[m.Role] {
+			cn = append(cn, schema.Message{Role: m.Role, Content: m.Content})
 		}
 	}
 	k := 0
@@ -434,7 +435,7 @@ func splitNew(stored []Message, sent []proxyMessage) (fresh []Message, missing [
 	return cn[k:], s[:len(s)-overlap]
 }
 
-func equalMessages(a, b []Message) bool {
+func equalMessages(a, b []schema.Message) bool {
 	if len(a) != len(b) {
 		return false
 	}
@@ -463,7 +464,7 @@ func (r *Router) memoryBudget(topicMax int) int {
 // read.
 func (r *Router) topicMaxTokens(c echo.Context, topic string) int {
 	body, _, err := r.readTopic(c, topic)
-	var t Topic
+	var t schema.Topic
 	if err != nil || json.Unmarshal(body, &t) != nil {
 		return 0
 	}
@@ -476,7 +477,7 @@ func (r *Router) topicMaxTokens(c echo.Context, topic string) int {
 // the summary (by the summary model) until the rest fit in half of it. It
 // returns the new summary, or nil when none is needed or the summary model
 // fails (the memory then holds the most recent turns only).
-func (r *Router) foldMemory(ctx context.Context, doc *Document, missing []Message, budget int) *Summary {
+func (r *Router) foldMemory(ctx context.Context, doc *schema.Document, missing []schema.Message, budget int) *schema.Summary {
 	if r.llm.cfg.SummaryModel == "" {
 		return nil
 	}
@@ -515,13 +516,13 @@ func (r *Router) foldMemory(ctx context.Context, doc *Document, missing []Messag
 			turns++
 		}
 	}
-	return &Summary{Text: text, Messages: idx}
+	return &schema.Summary{Text: text, Messages: idx}
 }
 
 // memory renders what a drop-in client should know and did not send: the
 // running summary and the most recent of the missing turns, within the
 // memory budget.
-func (r *Router) memory(doc *Document, missing []Message, budget int) string {
+func (r *Router) memory(doc *schema.Document, missing []schema.Message, budget int) string {
 	var b strings.Builder
 	summary := ""
 	if s := doc.Content.Summary; s != nil && s.Text != "" {
@@ -583,11 +584,11 @@ func injectMemory(msgs *[]proxyMessage, memory string) {
 			content += "\n\n"
 		}
 		content += memory
-		obj["content"] = marshal(content)
-		(*msgs)[i].Content, (*msgs)[i].raw = content, marshal(obj)
+		obj["content"] = schema.MustJSON(content)
+		(*msgs)[i].Content, (*msgs)[i].raw = content, schema.MustJSON(obj)
 		return
 	}
 	sys := proxyMessage{Role: "system", Content: memory}
-	sys.raw = marshal(map[string]string{"role": "system", "content": memory})
+	sys.raw = schema.MustJSON(map[string]string{"role": "system", "content": memory})
 	*msgs = append([]proxyMessage{sys}, *msgs...)
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/go-kvdb/go-kvdb/llmbridge/ollamatest"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/ollama/ollama/api"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -89,7 +90,7 @@ func TestDropInOllama(t *testing.T) {
 	u2 := api.Message{Role: "user", Content: "what is my name"}
 	a2text, _ := chatWith(t, c, false, api.Message{Role: "system", Content: "be kind"}, u1, a1, u2)
 	got := messagesOf(t, tc, "cli", "session")
-	want := []Message{{"user", u1.Content}, {"assistant", a1text}, {"user", u2.Content}, {"assistant", a2text}}
+	want := []schema.Message{{Role: "user", Content: u1.Content}, {Role: "assistant", Content: a1text}, {Role: "user", Content: u2.Content}, {Role: "assistant", Content: a2text}}
 	if len(got) != 4 || got[2] != want[2] || got[3] != want[3] {
 		t.Errorf("after two turns stored %v, want %v", got, want)
 	}
@@ -150,9 +151,9 @@ func TestDropInOllama(t *testing.T) {
 }
 
 func TestDropInSplitNew(t *testing.T) {
-	u := func(s string) Message { return Message{"user", s} }
-	a := func(s string) Message { return Message{"assistant", s} }
-	pm := func(ms ...Message) []proxyMessage {
+	u := func(s string) schema.Message { return schema.Message{Role: "user", Content: s} }
+	a := func(s string) schema.Message { return schema.Message{Role: "assistant", Content: s} }
+	pm := func(ms ...schema.Message) []proxyMessage {
 		var out []proxyMessage
 		for _, m := range ms {
 			out = append(out, proxyMessage{Role: m.Role, Content: m.Content})
@@ -161,16 +162,16 @@ func TestDropInSplitNew(t *testing.T) {
 	}
 	for _, tt := range []struct {
 		name           string
-		stored         []Message
+		stored         []schema.Message
 		sent           []proxyMessage
 		fresh, missing int
 	}{
 		{"first turn", nil, pm(u("1")), 1, 0},
-		{"continuing", []Message{u("1"), a("1")}, pm(u("1"), a("1"), u("2")), 1, 0},
-		{"restarted", []Message{u("1"), a("1")}, pm(u("2")), 1, 2},
-		{"client had more", []Message{u("1"), a("1")}, pm(u("0"), a("0"), u("1"), a("1"), u("2")), 1, 0},
-		{"restarted, second turn", []Message{u("1"), a("1"), u("2"), a("2")}, pm(u("2"), a("2"), u("3")), 1, 2},
-		{"system ignored", []Message{{"system", "s"}, u("1"), a("1")}, pm(Message{"system", "t"}, u("1"), a("1"), u("2")), 1, 0},
+		{"continuing", []schema.Message{u("1"), a("1")}, pm(u("1"), a("1"), u("2")), 1, 0},
+		{"restarted", []schema.Message{u("1"), a("1")}, pm(u("2")), 1, 2},
+		{"client had more", []schema.Message{u("1"), a("1")}, pm(u("0"), a("0"), u("1"), a("1"), u("2")), 1, 0},
+		{"restarted, second turn", []schema.Message{u("1"), a("1"), u("2"), a("2")}, pm(u("2"), a("2"), u("3")), 1, 2},
+		{"system ignored", []schema.Message{{Role: "system", Content: "s"}, u("1"), a("1")}, pm(schema.Message{Role: "system", Content: "t"}, u("1"), a("1"), u("2")), 1, 0},
 	} {
 		fresh, missing := splitNew(tt.stored, tt.sent)
 		if len(fresh) != tt.fresh || len(missing) != tt.missing {
@@ -217,11 +218,11 @@ func TestDropInMemoryFolding(t *testing.T) {
 // allow list, the Connection header's hop-by-hop names, and the secret.
 func TestPickHeaders(t *testing.T) {
 	h := http.Header{
-		"Content-Type":  {"application/json"},
-		"Accept":        {"application/x-ndjson"},
-		"User-Agent":    {"ollama/0.17 (carrying kvdb_abc_secret)"},
-		"Authorization": {"Bearer kvdb_abc_secret"},
-		"Connection":    {"keep-alive, Accept"},
+		"Content-Type": {"application/json"},
+		"Accept":              {"application/x-ndjson"},
+		"User-Agent":          {"ollama/0.17 (carrying kvdb_abc_secret)"},
+		"Authorization":       {"Bearer kvdb_abc_secret"},
+		"Connection":          {"keep-alive, Accept"},
 	}
 	for _, tc := range []struct {
 		name   string

@@ -20,6 +20,7 @@ import (
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/go-kvdb/go-kvdb/backup"
 	"github.com/go-kvdb/go-kvdb/metrics"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 )
 
 var registerDecoders sync.Once
@@ -124,7 +125,7 @@ func (s *specChecker) call(method, path string, body any, validReq bool, header 
 	rin := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: resp.StatusCode, Header: resp.Header, Options: opts}
 	rin.SetBodyBytes(out)
 	if err := openapi3filter.ValidateResponse(context.Background(), rin); err != nil {
-		s.t.Errorf("%s %s = %d %s: the answer does not match openapi.yaml: %v", method, path, resp.StatusCode, truncate(string(out)), err)
+		s.t.Errorf("%s %s = %d %s: the answer does not match openapi.yaml: %v", method, path, resp.StatusCode, schema.Truncate(string(out)), err)
 	}
 	op := method + " " + route.Path
 	if s.seen[op] == nil {
@@ -142,7 +143,7 @@ func (s *specChecker) call(method, path string, body any, validReq bool, header 
 func (s *specChecker) want(r response, status int, what string) response {
 	s.t.Helper()
 	if r.Status != status {
-		s.t.Errorf("%s = %d %s, want %d", what, r.Status, truncate(string(r.Raw)), status)
+		s.t.Errorf("%s = %d %s, want %d", what, r.Status, schema.Truncate(string(r.Raw)), status)
 	}
 	return r
 }
@@ -214,7 +215,7 @@ func TestOpenAPI(t *testing.T) {
 	// Contexts.
 	doc := map[string]any{
 		"metadata": map[string]any{"model": "llama3", "tags": []string{"a", "b"}, "ttl_seconds": 600},
-		"content":  map[string]any{"text": "rivers flow to the sea", "messages": []Message{{Role: "user", Content: "hi"}}},
+		"content":  map[string]any{"text": "rivers flow to the sea", "messages": []schema.Message{{Role: "user", Content: "hi"}}},
 	}
 	r = s.want(s.call("POST", "/api/v1/topics/kb/contexts", doc, true), 201, "create context")
 	s.want(s.call("PUT", "/api/v1/topics/kb/contexts/c1", doc, true), 201, "put new context")

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
@@ -199,7 +200,7 @@ func (r *Router) write(ctx context.Context, pk, bucket string, key []byte, tombs
 		}
 		return res, v, err
 	}
-	return storage.Result{}, 0, apierr.Errorf(apierr.CodeUnavailable, "write of %q did not settle after %d attempts; retry", truncate(string(key)), maxWriteRetries)
+	return storage.Result{}, 0, apierr.Errorf(apierr.CodeUnavailable, "write of %q did not settle after %d attempts; retry", schema.Truncate(string(key)), maxWriteRetries)
 }
 
 // errRetry asks write to plan the write again.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
@@ -25,7 +26,7 @@ func dump(t testing.TB, st *storage.Store, bucket string) []string {
 			t.Fatalf("scan: %v", err)
 		}
 		for _, r := range p.Records {
-			s := fmt.Sprintf("%s@%d", strings.ReplaceAll(string(r.Key), keySep, "/"), r.Version)
+			s := fmt.Sprintf("%s@%d", strings.ReplaceAll(string(r.Key), schema.KeySep, "/"), r.Version)
 			if r.Tombstone {
 				s += "†"
 			}
@@ -64,7 +65,7 @@ func TestReplicasServeWithOneShardDown(t *testing.T) {
 	}
 	waitFor(t, "every shard holds all 30 contexts with replicas = 3", func() bool {
 		for _, st := range tc.stores {
-			if len(dump(t, st, bucketContexts)) != 30 {
+			if len(dump(t, st, schema.BucketContexts)) != 30 {
 				return false
 			}
 		}
@@ -141,16 +142,16 @@ func TestRepairConverges(t *testing.T) {
 	for i := range 20 {
 		must(t, call(t, "DELETE", fmt.Sprintf("%s/api/v1/topics/t/contexts/old%d", tc.URL, i), nil), 204, "DELETE")
 	}
-	a, c := dump(t, tc.stores[0], bucketContexts), dump(t, tc.stores[2], bucketContexts)
+	a, c := dump(t, tc.stores[0], schema.BucketContexts), dump(t, tc.stores[2], schema.BucketContexts)
 	if slices.Equal(a, c) {
 		t.Fatalf("the shard that was down holds the same records already; the test proves nothing")
 	}
 	tc.markDown(t, 2, false)
 	r := must(t, call(t, "POST", tc.URL+"/api/v1/admin/repair?wait=true", nil), 200, "repair")
 	t.Logf("repair: %s", r.Raw)
-	want := dump(t, tc.stores[0], bucketContexts)
+	want := dump(t, tc.stores[0], schema.BucketContexts)
 	for i, st := range tc.stores {
-		if got := dump(t, st, bucketContexts); !slices.Equal(got, want) {
+		if got := dump(t, st, schema.BucketContexts); !slices.Equal(got, want) {
 			t.Errorf("shard %d after repair holds %d records, shard 0 holds %d", i, len(got), len(want))
 		}
 	}
@@ -173,7 +174,7 @@ func TestTombstonesCollected(t *testing.T) {
 	time.Sleep(150 * time.Millisecond)
 	must(t, call(t, "POST", tc.URL+"/api/v1/admin/repair?wait=true", nil), 200, "repair")
 	for i, st := range tc.stores {
-		if got := dump(t, st, bucketContexts); len(got) != 0 {
+		if got := dump(t, st, schema.BucketContexts); len(got) != 0 {
 			t.Errorf("shard %d still holds %v after collection", i, got)
 		}
 	}
@@ -202,7 +203,7 @@ func placementProblems(t testing.TB, tc *testCluster, stores []*storage.Store, n
 	topo := tc.router.topo.Load()
 	held := map[string][]string{}
 	for i, st := range stores {
-		for _, rec := range dump(t, st, bucketContexts) {
+		for _, rec := range dump(t, st, schema.BucketContexts) {
 			k := rec[:strings.LastIndexByte(rec, '@')]
 			if skip == nil || !skip(k) {
 				held[k] = append(held[k], names[i])
@@ -240,7 +241,7 @@ func TestRebalanceGrowAndShrink(t *testing.T) {
 			four := append(slices.Clone(tc.want), tc.addShard(t))
 			ownersBefore := map[string]string{}
 			for i := range keys {
-				pk := placement("t", fmt.Sprintf("k%03d", i))
+				pk := schema.Placement("t", fmt.Sprintf("k%03d", i))
 				ownersBefore[pk] = tc.router.topo.Load().cur.ring.owner(pk).Name
 			}
 
@@ -301,7 +302,7 @@ func TestRebalanceGrowAndShrink(t *testing.T) {
 			stop.Store(true)
 			wg.Wait()
 			checkPlacement(t, tc, tc.stores[:3], []string{"sh-1", "sh-2", "sh-3"}, nil)
-			if left := dump(t, tc.stores[3], bucketContexts); len(left) != 0 {
+			if left := dump(t, tc.stores[3], schema.BucketContexts); len(left) != 0 {
 				t.Errorf("removed shard still holds %d contexts", len(left))
 			}
 			if failed.Load() > 0 {
@@ -345,7 +346,7 @@ func TestStaleRouterIsFenced(t *testing.T) {
 	}
 	for i := range 40 {
 		id := fmt.Sprintf("b%d", i)
-		if _, _, err := b.write(context.Background(), placement("t", id), bucketContexts, []byte(contextKey("t", id)), false, mustEncode(t, tc.router, id), storage.CondNone, 0); err != nil {
+		if _, _, err := b.write(context.Background(), schema.Placement("t", id), schema.BucketContexts, []byte(schema.ContextKey("t", id)), false, mustEncode(t, tc.router, id), storage.CondNone, 0); err != nil {
 			t.Fatalf("write through router B: %v", err)
 		}
 	}
@@ -360,7 +361,7 @@ func TestStaleRouterIsFenced(t *testing.T) {
 
 func mustEncode(t testing.TB, r *Router, id string) []byte {
 	t.Helper()
-	v, err := r.codec.encodeDocument(&Document{Metadata: Metadata{ID: id, CreatedAt: "2024-01-01T00:00:00Z"}, Content: Content{Text: id}})
+	v, err := r.codec.encodeDocument(&schema.Document{Metadata: schema.Metadata{ID: id, CreatedAt: "2024-01-01T00:00:00Z"}, Content: schema.Content{Text: id}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,7 +376,7 @@ func TestConditionalWritesReplicated(t *testing.T) {
 	base := tc.URL + "/api/v1/topics/t/contexts"
 	for round := range 3 {
 		id := fmt.Sprintf("c%d", round)
-		primary := tc.router.topo.Load().replicaSet(placement("t", id)).union[0]
+		primary := tc.router.topo.Load().replicaSet(schema.Placement("t", id)).union[0]
 		idx := slices.IndexFunc(tc.nodes, func(n Node) bool { return n.Name == primary.Name })
 		switch round {
 		case 1: // the primary is down and the router knows it
@@ -463,9 +464,9 @@ func TestRepairWaitsForClusterMap(t *testing.T) {
 	tc := newTestCluster(t, clusterOpts{replicas: 3, cacheBytes: 1})
 	tc.createTopic(t, "t")
 	// A record sh-3 missed.
-	missed := storage.Write{Record: storage.Record{Key: []byte(contextKey("t", "c")), Version: tc.router.clock.Next(), Value: mustEncode(t, tc.router, "c")}}
+	missed := storage.Write{Record: storage.Record{Key: []byte(schema.ContextKey("t", "c")), Version: tc.router.clock.Next(), Value: mustEncode(t, tc.router, "c")}}
 	for _, st := range tc.stores[:2] {
-		if _, err := st.Apply(context.Background(), bucketContexts, []storage.Write{missed}); err != nil {
+		if _, err := st.Apply(context.Background(), schema.BucketContexts, []storage.Write{missed}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -495,7 +496,7 @@ func TestRepairWaitsForClusterMap(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("repair did not finish within 10s of the map loading")
 	}
-	if got := dump(t, tc.stores[2], bucketContexts); !slices.Equal(got, []string{fmt.Sprintf("t/c@%d", missed.Version)}) {
+	if got := dump(t, tc.stores[2], schema.BucketContexts); !slices.Equal(got, []string{fmt.Sprintf("t/c@%d", missed.Version)}) {
 		t.Errorf("sh-3 after repair holds %q, want t/c@%d", got, missed.Version)
 	}
 }
@@ -508,7 +509,7 @@ func TestPutAfterMissedDeleteIsCreate(t *testing.T) {
 	tc.putContext(t, "t", "k", `{"content":{"text":"one"}}`)
 	waitFor(t, "all replicas hold k", func() bool {
 		for _, st := range tc.stores {
-			if len(dump(t, st, bucketContexts)) != 1 {
+			if len(dump(t, st, schema.BucketContexts)) != 1 {
 				return false
 			}
 		}
@@ -519,7 +520,7 @@ func TestPutAfterMissedDeleteIsCreate(t *testing.T) {
 	tc.faults[2].down.Store(true)
 	must(t, call(t, "DELETE", tc.URL+"/api/v1/topics/t/contexts/k", nil), 204, "DELETE with a replica failing")
 	tc.faults[2].down.Store(false)
-	if d := dump(t, tc.stores[2], bucketContexts); len(d) != 1 || strings.HasSuffix(d[0], "†") {
+	if d := dump(t, tc.stores[2], schema.BucketContexts); len(d) != 1 || strings.HasSuffix(d[0], "†") {
 		t.Fatalf("the replica that was down holds %v; want the old live record", d)
 	}
 	must(t, call(t, "PUT", tc.URL+"/api/v1/topics/t/contexts/k", `{"content":{"text":"two"}}`), 201, "PUT after the delete")

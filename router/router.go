@@ -93,7 +93,7 @@ type Shard interface {
 	Health(ctx context.Context) (storage.Health, error)
 }
 
-// Router is the stateless front of the cluster: the public API, placement
+// Router is the stateless front of the cluster: the public API, Placement
 // on the ring, replication, the hot cache and fan-out. Everything it holds
 // can be rebuilt from the configuration and the shards.
 type Router struct {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 	"golang.org/x/sync/errgroup"
@@ -39,18 +40,18 @@ func (s *searchRequest) validate() error {
 		return apierr.Errorf(apierr.CodeInvalidArgument, "one of \"query\" and \"embedding\" is required")
 	case s.Query != "" && len(s.Embedding) > 0:
 		return apierr.Errorf(apierr.CodeInvalidArgument, "\"query\" and \"embedding\" exclude each other")
-	case len(s.Embedding) > maxEmbeddings:
-		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"embedding\": %d values, at most %d allowed", len(s.Embedding), maxEmbeddings)
+	case len(s.Embedding) > schema.MaxEmbeddings:
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"embedding\": %d values, at most %d allowed", len(s.Embedding), schema.MaxEmbeddings)
 	case s.K < 0 || s.K > maxSearchK:
 		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"k\": %d is not in 1..%d", s.K, maxSearchK)
-	case len(s.Tags) > maxTags:
-		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"tags\": %d tags, at most %d allowed", len(s.Tags), maxTags)
-	case len(s.Model) > maxModelLen:
-		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"model\": longer than %d bytes", maxModelLen)
+	case len(s.Tags) > schema.MaxTags:
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"tags\": %d tags, at most %d allowed", len(s.Tags), schema.MaxTags)
+	case len(s.Model) > schema.MaxModelLen:
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"model\": longer than %d bytes", schema.MaxModelLen)
 	}
 	for i, t := range s.Tags {
-		if t == "" || len(t) > maxTagLen {
-			return apierr.Errorf(apierr.CodeInvalidArgument, "field \"tags[%d]\": a tag has 1 to %d bytes", i, maxTagLen)
+		if t == "" || len(t) > schema.MaxTagLen {
+			return apierr.Errorf(apierr.CodeInvalidArgument, "field \"tags[%d]\": a tag has 1 to %d bytes", i, schema.MaxTagLen)
 		}
 	}
 	if s.K == 0 {
@@ -80,7 +81,7 @@ func (r *Router) search(c echo.Context) error {
 	}
 	req, err := withBody(r, c, func(b []byte) (searchRequest, error) {
 		var s searchRequest
-		if err := decodeJSON(b, &s); err != nil {
+		if err := schema.DecodeJSON(b, &s); err != nil {
 			return s, err
 		}
 		return s, s.validate()
@@ -111,7 +112,7 @@ func (r *Router) search(c echo.Context) error {
 		}
 		query = vecs[0]
 	}
-	q := storage.TopKQuery{Prefix: []byte(topic + keySep), Query: query, K: req.K + searchSlack, Model: model, Tags: req.Tags}
+	q := storage.TopKQuery{Prefix: []byte(topic + schema.KeySep), Query: query, K: req.K + searchSlack, Model: model, Tags: req.Tags}
 	matches, otherDim, err := r.topK(ctx, q)
 	if err != nil {
 		return err
@@ -142,7 +143,7 @@ func (r *Router) topK(ctx context.Context, q storage.TopKQuery) ([]storage.Match
 			}
 			sctx, cancel := r.shardCtx(gctx)
 			defer cancel()
-			res, err := vs.TopK(sctx, bucketVectors, q)
+			res, err := vs.TopK(sctx, schema.BucketVectors, q)
 			if err != nil {
 				return apierr.FromStorage("search on shard "+n.Name, err)
 			}
@@ -190,8 +191,8 @@ func (r *Router) appendResults(ctx context.Context, out *[]byte, topic string, m
 	g, gctx := errgroup.WithContext(ctx)
 	for i, m := range matches {
 		g.Go(func() error {
-			_, id, _ := splitContextKey(m.Key)
-			rec, err := r.readRecord(gctx, placement(topic, id), bucketContexts, m.Key)
+			_, id, _ := schema.SplitContextKey(m.Key)
+			rec, err := r.readRecord(gctx, schema.Placement(topic, id), schema.BucketContexts, m.Key)
 			if err != nil && !errors.Is(err, storage.ErrNotFound) {
 				return err
 			}
@@ -217,7 +218,7 @@ func (r *Router) appendResults(ctx context.Context, out *[]byte, topic string, m
 		}
 		doc, err := r.codec.appendDocumentJSON(nil, rec.Value, withContent)
 		if err != nil || !bytes.HasSuffix(doc, []byte("}")) {
-			return 0, &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf("context %q cannot be decoded", truncate(string(m.Key))), Err: err}
+			return 0, &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf("context %q cannot be decoded", schema.Truncate(string(m.Key))), Err: err}
 		}
 		if n > 0 {
 			*out = append(*out, ',')
@@ -235,14 +236,14 @@ func (r *Router) appendResults(ctx context.Context, out *[]byte, topic string, m
 // context (the context was replaced or deleted). Purge removes only that
 // version or older, so a newer vector being written meanwhile is kept.
 func (r *Router) purgeStaleVector(topic string, key []byte, version uint64) {
-	_, id, _ := splitContextKey(key)
+	_, id, _ := schema.SplitContextKey(key)
 	t := r.topo.Load()
-	owners := t.replicaSet(placement(topic, id)).union
+	owners := t.replicaSet(schema.Placement(topic, id)).union
 	key = bytes.Clone(key)
 	r.background(func(ctx context.Context) {
 		for _, n := range owners {
 			pctx, cancel := r.shardCtx(ctx)
-			_, err := n.Shard.Purge(pctx, bucketVectors, []storage.Record{{Key: key, Version: version}})
+			_, err := n.Shard.Purge(pctx, schema.BucketVectors, []storage.Record{{Key: key, Version: version}})
 			cancel()
 			if err != nil {
 				r.log.Debug("stale vector not purged", "shard", n.Name, "err", err)

@@ -10,12 +10,13 @@ import (
 	"testing"
 
 	"github.com/go-kvdb/go-kvdb/llmbridge/ollamatest"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 )
 
 type searchResult struct {
-	Metadata Metadata `json:"metadata"`
-	Content  *Content `json:"content"`
-	Score    float64  `json:"score"`
+	Metadata schema.Metadata `json:"metadata"`
+	Content  *schema.Content `json:"content"`
+	Score    float64         `json:"score"`
 }
 
 func searchFor(t testing.TB, tc *testCluster, topic, query string, body any) []searchResult {
@@ -83,7 +84,7 @@ func TestSearchMatchesBruteForce(t *testing.T) {
 			if tag != "" && !slices.Contains(tags[id], tag) {
 				continue
 			}
-			out = append(out, searchResult{Metadata: Metadata{ID: id}, Score: cosine32(q, ollamatest.Embed(text, 64))})
+			out = append(out, searchResult{Metadata: schema.Metadata{ID: id}, Score: cosine32(q, ollamatest.Embed(text, 64))})
 		}
 		slices.SortFunc(out, func(a, b searchResult) int {
 			if a.Score != b.Score {
@@ -140,7 +141,7 @@ func TestSearchMatchesBruteForce(t *testing.T) {
 // countVectors counts the live vectors a shard holds.
 func countVectors(t testing.TB, tc *testCluster, shard int) int {
 	t.Helper()
-	res, err := tc.stores[shard].TopK(t.Context(), bucketVectors, storageTopK([]float32{1}, 1))
+	res, err := tc.stores[shard].TopK(t.Context(), schema.BucketVectors, storageTopK([]float32{1}, 1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +249,7 @@ func TestTopicDeleteRemovesVectors(t *testing.T) {
 	}
 	must(t, call(t, "DELETE", tc.URL+"/api/v1/topics/v", nil), 204, "DELETE topic")
 	for i, st := range tc.stores {
-		for _, rec := range dump(t, st, bucketVectors) {
+		for _, rec := range dump(t, st, schema.BucketVectors) {
 			if !strings.HasSuffix(rec, "†") {
 				t.Errorf("shard %d still holds live vector %s after its topic was deleted", i, rec)
 			}
@@ -270,7 +271,7 @@ func TestStaleVectorPurgedBySearch(t *testing.T) {
 	tc.putContext(t, "v", "a", map[string]any{"content": map[string]any{"text": "no vector now"}})
 	liveVectors := func() (n int) {
 		for _, st := range tc.stores {
-			for _, rec := range dump(t, st, bucketVectors) {
+			for _, rec := range dump(t, st, schema.BucketVectors) {
 				if strings.HasPrefix(rec, "v/a@") && !strings.HasSuffix(rec, "†") {
 					n++
 				}

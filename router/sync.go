@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/hlc"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"golang.org/x/sync/errgroup"
 )
@@ -27,16 +28,7 @@ import (
 const syncPage = 1000 // keys per node per round
 
 // syncBuckets are the buckets a pass walks.
-var syncBuckets = []string{bucketTopics, bucketContexts, bucketVectors, bucketEmbedPending, bucketExpiry}
-
-// placementOf returns the ring key of a storage key: contexts (topic, 0,
-// id) are placed by topic/id, everything else by its key.
-func placementOf(key []byte) string {
-	if i := bytes.IndexByte(key, keySep[0]); i >= 0 {
-		return string(key[:i]) + "/" + string(key[i+1:])
-	}
-	return string(key)
-}
+var syncBuckets = []string{schema.BucketTopics, schema.BucketContexts, schema.BucketVectors, schema.BucketEmbedPending, schema.BucketExpiry}
 
 type passResult struct {
 	scanned, copied, bytes, purged, missing int64
@@ -167,7 +159,7 @@ func (r *Router) syncKeys(ctx context.Context, t *topology, bucket string, keys 
 				newest = h
 			}
 		}
-		owners := t.replicaSet(placementOf([]byte(k))).union
+		owners := t.replicaSet(schema.PlacementOf([]byte(k))).union
 		complete := true
 		for _, o := range owners {
 			held := uint64(0)

@@ -16,7 +16,7 @@ const (
 	stateCleanup   = "cleanup"
 )
 
-// shape is a placement: a ring and how many of its nodes hold each key.
+// shape is a Placement: a ring and how many of its nodes hold each key.
 type shape struct {
 	ring     *ring
 	replicas int // capped at the ring's size

@@ -3,13 +3,11 @@ package router
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
@@ -36,88 +34,10 @@ import (
 // alone), then drops the entry.
 
 const (
-	// maxTTLSeconds bounds ttl_seconds, default_ttl_seconds and how far
-	// ahead expires_at may be: 100 years.
-	maxTTLSeconds = 100 * 365 * 24 * 3600
-	// ttlTolerance is how far apart expires_at and now + ttl_seconds may be
-	// when a write gives both: the client computed one from the other, with
-	// its own clock and before the request travelled.
-	ttlTolerance = 2 * time.Second
-	// bucketExpiry holds the purge's index (see above).
-	bucketExpiry = "expiry"
-	// expiryKeyDigits is the width of the time in an expiry key: unix
-	// milliseconds up to the year 2286.
-	expiryKeyDigits = 13
 	// maxPurgePerPass bounds the entries one purge pass handles; the next
 	// pass takes the rest.
 	maxPurgePerPass = 10000
 )
-
-// resolveExpiry validates expires_at and ttl_seconds of a written context
-// and leaves only expires_at, in UTC. Both given must agree within
-// ttlTolerance; either must lie in the future, at most maxTTLSeconds away.
-func (m *Metadata) resolveExpiry(now time.Time) error {
-	var exp time.Time
-	if m.ExpiresAt != "" {
-		t, err := time.Parse(time.RFC3339Nano, m.ExpiresAt)
-		if err != nil {
-			return apierr.Errorf(apierr.CodeInvalidArgument, "field \"metadata.expires_at\": %q is not an RFC 3339 time", truncate(m.ExpiresAt))
-		}
-		exp = t
-	}
-	if m.TTLSeconds != 0 {
-		if m.TTLSeconds < 0 || m.TTLSeconds > maxTTLSeconds {
-			return apierr.Errorf(apierr.CodeInvalidArgument, "field \"metadata.ttl_seconds\": %d is not in 1..%d", m.TTLSeconds, maxTTLSeconds)
-		}
-		byTTL := now.Add(time.Duration(m.TTLSeconds) * time.Second)
-		if !exp.IsZero() {
-			if d := exp.Sub(byTTL); d > ttlTolerance || d < -ttlTolerance {
-				return apierr.Errorf(apierr.CodeInvalidArgument, "fields \"metadata.expires_at\" and \"metadata.ttl_seconds\" disagree: %s is not now + %d s (give one, or both within %s)",
-					m.ExpiresAt, m.TTLSeconds, ttlTolerance)
-			}
-		} else {
-			exp = byTTL
-		}
-		m.TTLSeconds = 0
-	}
-	if exp.IsZero() {
-		m.ExpiresAt = ""
-		return nil
-	}
-	if !exp.After(now) {
-		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"metadata.expires_at\": %s is not in the future", m.ExpiresAt)
-	}
-	if exp.Sub(now) > maxTTLSeconds*time.Second {
-		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"metadata.expires_at\": %s is more than %d seconds ahead", m.ExpiresAt, maxTTLSeconds)
-	}
-	m.ExpiresAt = exp.UTC().Format(time.RFC3339Nano)
-	return nil
-}
-
-// applyTopicTTL gives a context that names no expiry its topic's default.
-// topic is the topic's stored JSON.
-func applyTopicTTL(d *Document, topic []byte, now time.Time) {
-	if d.Metadata.ExpiresAt != "" {
-		return
-	}
-	if ttl := topicDefaultTTL(topic); ttl > 0 {
-		d.Metadata.ExpiresAt = now.Add(time.Duration(ttl) * time.Second).UTC().Format(time.RFC3339Nano)
-	}
-}
-
-// topicDefaultTTL reads default_ttl_seconds from a topic's stored JSON.
-func topicDefaultTTL(topic []byte) int64 {
-	if !bytes.Contains(topic, []byte(`"default_ttl_seconds"`)) {
-		return 0 // most topics: no decoding
-	}
-	var t struct {
-		DefaultTTLSeconds int64 `json:"default_ttl_seconds"`
-	}
-	if json.Unmarshal(topic, &t) != nil {
-		return 0
-	}
-	return t.DefaultTTLSeconds
-}
 
 // topicTTL returns the default TTL of a topic, from the cache when it
 // holds the topic (it does right after the write path checked the topic).
@@ -126,13 +46,13 @@ func (r *Router) topicTTL(ctx context.Context, topic string) int64 {
 		if tomb {
 			return 0
 		}
-		return topicDefaultTTL(body)
+		return schema.TopicDefaultTTL(body)
 	}
-	rec, err := r.get(ctx, topic, bucketTopics, []byte(topic))
+	rec, err := r.get(ctx, topic, schema.BucketTopics, []byte(topic))
 	if err != nil || rec.Tombstone {
 		return 0
 	}
-	return topicDefaultTTL(rec.Value)
+	return schema.TopicDefaultTTL(rec.Value)
 }
 
 var (
@@ -200,12 +120,12 @@ func keepUnexpired(keep func(storage.Record) bool) func(storage.Record) bool {
 // exact version, so a concurrent rewrite wins) and reports it as a create.
 // Otherwise it returns the conflict unchanged.
 func (r *Router) replaceExpired(ctx context.Context, topic, id string, value []byte, conflict storage.Result) (storage.Result, uint64, error) {
-	pk, key := placement(topic, id), []byte(contextKey(topic, id))
-	rec, err := r.get(ctx, pk, bucketContexts, key)
+	pk, key := schema.Placement(topic, id), []byte(schema.ContextKey(topic, id))
+	rec, err := r.get(ctx, pk, schema.BucketContexts, key)
 	if err != nil || rec.Tombstone || !storedExpired(rec.Value, time.Now()) {
 		return conflict, 0, nil
 	}
-	res, v, err := r.write(ctx, pk, bucketContexts, key, false, value, storage.CondVersion, rec.Version)
+	res, v, err := r.write(ctx, pk, schema.BucketContexts, key, false, value, storage.CondVersion, rec.Version)
 	if err != nil || res.Outcome != storage.Applied {
 		return conflict, 0, err
 	}
@@ -217,28 +137,10 @@ func (r *Router) replaceExpired(ctx context.Context, topic, id string, value []b
 
 // ---- the expiry index and the purge ----
 
-// expiryKey is the index entry of a context key expiring at t.
-func expiryKey(t time.Time, ctxKey []byte) []byte {
-	k := make([]byte, 0, expiryKeyDigits+1+len(ctxKey))
-	k = fmt.Appendf(k, "%0*d/", expiryKeyDigits, max(0, t.UnixMilli()))
-	return append(k, ctxKey...)
-}
-
-// parseExpiryKey splits an index entry into its context key.
-func parseExpiryKey(k []byte) (ctxKey []byte, ok bool) {
-	if len(k) <= expiryKeyDigits+1 || k[expiryKeyDigits] != '/' {
-		return nil, false
-	}
-	if _, err := strconv.ParseUint(string(k[:expiryKeyDigits]), 10, 64); err != nil {
-		return nil, false
-	}
-	return k[expiryKeyDigits+1:], true
-}
-
 // indexExpiry writes the index entry of a context just written at version
 // v, if it expires. A failure is logged: the context still disappears from
 // reads when due, it is only not purged.
-func (r *Router) indexExpiry(ctx context.Context, topic string, d *Document, v uint64) {
+func (r *Router) indexExpiry(ctx context.Context, topic string, d *schema.Document, v uint64) {
 	if d.Metadata.ExpiresAt == "" {
 		return
 	}
@@ -246,8 +148,8 @@ func (r *Router) indexExpiry(ctx context.Context, topic string, d *Document, v u
 	if err != nil {
 		return
 	}
-	k := expiryKey(t, []byte(contextKey(topic, d.Metadata.ID)))
-	if err := r.writeAt(ctx, placementOf(k), bucketExpiry, k, v, false, []byte{}); err != nil {
+	k := schema.ExpiryKey(t, []byte(schema.ContextKey(topic, d.Metadata.ID)))
+	if err := r.writeAt(ctx, schema.PlacementOf(k), schema.BucketExpiry, k, v, false, []byte{}); err != nil {
 		r.log.Warn("expiry not indexed; the context will not be purged", "topic", topic, "id", d.Metadata.ID, "err", err)
 	}
 }
@@ -317,7 +219,7 @@ func (r *Router) purgeExpired(ctx context.Context) (int, error) {
 // dueExpiries reads the live index entries due at now from every node,
 // newest version of each key, in key (time) order.
 func (r *Router) dueExpiries(ctx context.Context, now time.Time) ([]storage.Record, error) {
-	limit := expiryKey(now, nil) // every due key sorts before it
+	limit := schema.ExpiryKey(now, nil) // every due key sorts before it
 	t := r.topo.Load()
 	nodes, err := r.liveReadNodes(t)
 	if err != nil {
@@ -330,7 +232,7 @@ func (r *Router) dueExpiries(ctx context.Context, now time.Time) ([]storage.Reco
 			var after []byte
 			for len(found[i]) < maxPurgePerPass {
 				sctx, cancel := r.shardCtx(gctx)
-				p, err := n.Shard.Scan(sctx, bucketExpiry, storage.ScanOptions{After: after, Limit: 1000, KeysOnly: true})
+				p, err := n.Shard.Scan(sctx, schema.BucketExpiry, storage.ScanOptions{After: after, Limit: 1000, KeysOnly: true})
 				cancel()
 				if err != nil {
 					return apierr.FromStorage("scan expiries on shard "+n.Name, err)
@@ -366,19 +268,19 @@ func (r *Router) dueExpiries(ctx context.Context, now time.Time) ([]storage.Reco
 // purgeOne handles one due index entry: it tombstones the context if it
 // has expired, then drops the entry. It reports whether it deleted.
 func (r *Router) purgeOne(ctx context.Context, entry storage.Record, now time.Time) (bool, error) {
-	ck, ok := parseExpiryKey(entry.Key)
-	topic, id, ok2 := splitContextKey(ck)
+	ck, ok := schema.ParseExpiryKey(entry.Key)
+	topic, id, ok2 := schema.SplitContextKey(ck)
 	if !ok || !ok2 {
 		return false, r.dropExpiry(ctx, entry)
 	}
-	pk := placement(topic, id)
-	rec, err := r.get(ctx, pk, bucketContexts, ck)
+	pk := schema.Placement(topic, id)
+	rec, err := r.get(ctx, pk, schema.BucketContexts, ck)
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return false, err
 	}
 	deleted := false
 	if err == nil && !rec.Tombstone && storedExpired(rec.Value, now) {
-		res, v, err := r.write(ctx, pk, bucketContexts, ck, true, nil, storage.CondVersion, rec.Version)
+		res, v, err := r.write(ctx, pk, schema.BucketContexts, ck, true, nil, storage.CondVersion, rec.Version)
 		if err != nil {
 			return false, err
 		}
@@ -396,5 +298,5 @@ func (r *Router) purgeOne(ctx context.Context, entry storage.Record, now time.Ti
 // entry rewritten since (the same context and expiry, written again)
 // survives.
 func (r *Router) dropExpiry(ctx context.Context, entry storage.Record) error {
-	return r.writeAt(ctx, placementOf(entry.Key), bucketExpiry, entry.Key, entry.Version+1, true, nil)
+	return r.writeAt(ctx, schema.PlacementOf(entry.Key), schema.BucketExpiry, entry.Key, entry.Version+1, true, nil)
 }

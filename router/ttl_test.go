@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
@@ -33,14 +34,14 @@ func TestResolveExpiry(t *testing.T) {
 		{name: "past", expiresAt: in(-time.Second), wantErr: "not in the future"},
 		{name: "now", expiresAt: in(0), wantErr: "not in the future"},
 		{name: "negative ttl", ttl: -1, wantErr: "ttl_seconds"},
-		{name: "huge ttl", ttl: maxTTLSeconds + 1, wantErr: "ttl_seconds"},
+		{name: "huge ttl", ttl: schema.MaxTTLSeconds + 1, wantErr: "ttl_seconds"},
 		{name: "far future", expiresAt: "2999-01-01T00:00:00Z", wantErr: "ahead"},
 		{name: "not a time", expiresAt: "tomorrow", wantErr: "RFC 3339"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := Metadata{ExpiresAt: tt.expiresAt, TTLSeconds: tt.ttl}
-			err := m.resolveExpiry(now)
+			m := schema.Metadata{ExpiresAt: tt.expiresAt, TTLSeconds: tt.ttl}
+			err := m.ResolveExpiry(now)
 			if tt.wantErr != "" {
 				var apiErr *apierr.Error
 				if !errors.As(err, &apiErr) || apiErr.Code != apierr.CodeInvalidArgument || !strings.Contains(apiErr.Message, tt.wantErr) {
@@ -72,15 +73,15 @@ func TestExpiryPrefixChecks(t *testing.T) {
 	past := now.Add(-time.Minute).UTC().Format(time.RFC3339Nano)
 	future := now.Add(time.Minute).UTC().Format(time.RFC3339Nano)
 	// A text that mentions the field must not fool the check.
-	tricky := Content{Text: `{"metadata":{"expires_at":"` + past + `"}}`}
+	tricky := schema.Content{Text: `{"metadata":{"expires_at":"` + past + `"}}`}
 	for _, tt := range []struct {
 		name    string
-		doc     Document
+		doc     schema.Document
 		expired bool
 	}{
-		{"no expiry", Document{Metadata: Metadata{ID: "a"}, Content: tricky}, false},
-		{"future", Document{Metadata: Metadata{ID: "a", ExpiresAt: future}}, false},
-		{"past", Document{Metadata: Metadata{ID: "a", ExpiresAt: past}}, true},
+		{"no expiry", schema.Document{Metadata: schema.Metadata{ID: "a"}, Content: tricky}, false},
+		{"future", schema.Document{Metadata: schema.Metadata{ID: "a", ExpiresAt: future}}, false},
+		{"past", schema.Document{Metadata: schema.Metadata{ID: "a", ExpiresAt: past}}, true},
 	} {
 		stored, err := c.encodeDocument(&tt.doc)
 		if err != nil {
@@ -106,8 +107,8 @@ func expireNow(t testing.TB, tc *testCluster, topic, id string) uint64 {
 	t.Helper()
 	rt := tc.router
 	ctx := context.Background()
-	pk, key := placement(topic, id), []byte(contextKey(topic, id))
-	rec, err := rt.get(ctx, pk, bucketContexts, key)
+	pk, key := schema.Placement(topic, id), []byte(schema.ContextKey(topic, id))
+	rec, err := rt.get(ctx, pk, schema.BucketContexts, key)
 	if err != nil {
 		t.Fatalf("read %s/%s: %v", topic, id, err)
 	}
@@ -120,7 +121,7 @@ func expireNow(t testing.TB, tc *testCluster, topic, id string) uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, v, err := rt.write(ctx, pk, bucketContexts, key, false, value, storage.CondNone, 0)
+	_, v, err := rt.write(ctx, pk, schema.BucketContexts, key, false, value, storage.CondNone, 0)
 	if err != nil {
 		t.Fatalf("write %s/%s: %v", topic, id, err)
 	}
@@ -185,7 +186,7 @@ func TestTopicDefaultTTL(t *testing.T) {
 		t.Errorf("created topic = %s, want default_ttl_seconds 600", r.Raw)
 	}
 	tc.createTopic(t, "forever")
-	expiresIn := func(d Document) time.Duration {
+	expiresIn := func(d schema.Document) time.Duration {
 		t.Helper()
 		if d.Metadata.ExpiresAt == "" {
 			return 0
@@ -225,12 +226,12 @@ func TestExpiredContextDisappears(t *testing.T) {
 	for _, id := range []string{"keep", "gone", "cached"} {
 		tc.putContext(t, "t", id, map[string]any{
 			"metadata": map[string]any{"ttl_seconds": 3600},
-			"content":  map[string]any{"text": id, "embeddings": emb, "messages": []Message{{Role: "user", Content: "hi"}}},
+			"content":  map[string]any{"text": id, "embeddings": emb, "messages": []schema.Message{{Role: "user", Content: "hi"}}},
 		})
 	}
 	// "cached" is read from the cache, "gone" from the shards.
 	v := expireNow(t, tc, "t", "gone")
-	tc.router.cache.Drop(contextCacheKey(contextKey("t", "gone")), v+1)
+	tc.router.cache.Drop(contextCacheKey(schema.ContextKey("t", "gone")), v+1)
 	expireNow(t, tc, "t", "cached")
 
 	for _, id := range []string{"gone", "cached"} {
@@ -295,8 +296,8 @@ func TestExpiryPurge(t *testing.T) {
 	ctx := context.Background()
 	for i, st := range tc.stores {
 		for _, id := range []string{"a", "b"} {
-			key := []byte(contextKey("t", id))
-			for _, bucket := range []string{bucketContexts, bucketVectors} {
+			key := []byte(schema.ContextKey("t", id))
+			for _, bucket := range []string{schema.BucketContexts, schema.BucketVectors} {
 				waitFor(t, fmt.Sprintf("shard %d: %s of %s is a tombstone", i, bucket, id), func() bool {
 					rec, err := st.Get(ctx, bucket, key)
 					return err == nil && rec.Tombstone
@@ -305,11 +306,11 @@ func TestExpiryPurge(t *testing.T) {
 		}
 		// Left: the entries of the first writes, due in an hour.
 		waitFor(t, fmt.Sprintf("shard %d: only entries due in an hour left", i), func() bool {
-			page, err := st.Scan(ctx, bucketExpiry, storage.ScanOptions{Limit: 100})
+			page, err := st.Scan(ctx, schema.BucketExpiry, storage.ScanOptions{Limit: 100})
 			if err != nil {
 				t.Fatal(err)
 			}
-			return len(page.Records) == 4 && bytes.Compare(page.Records[0].Key, expiryKey(time.Now().Add(50*time.Minute), nil)) > 0
+			return len(page.Records) == 4 && bytes.Compare(page.Records[0].Key, schema.ExpiryKey(time.Now().Add(50*time.Minute), nil)) > 0
 		})
 	}
 	documentOf(t, tc, "t", "rewritten")
@@ -329,8 +330,8 @@ func TestExpiryPurgeLosesToRewrite(t *testing.T) {
 	v := expireNow(t, tc, "t", "a")
 	tc.putContext(t, "t", "a", map[string]any{"content": map[string]any{"text": "rewritten"}})
 	ctx := context.Background()
-	pk, key := placement("t", "a"), []byte(contextKey("t", "a"))
-	res, _, err := tc.router.write(ctx, pk, bucketContexts, key, true, nil, storage.CondVersion, v)
+	pk, key := schema.Placement("t", "a"), []byte(schema.ContextKey("t", "a"))
+	res, _, err := tc.router.write(ctx, pk, schema.BucketContexts, key, true, nil, storage.CondVersion, v)
 	if err != nil || res.Outcome != storage.Conflict {
 		t.Fatalf("tombstone on the expired version = %v, %v, want a conflict", res.Outcome, err)
 	}
@@ -348,10 +349,10 @@ func TestExpiryLoopPurges(t *testing.T) {
 	waitFor(t, "expired context gone", func() bool {
 		return call(t, "GET", tc.URL+"/api/v1/topics/t/contexts/a", nil).Status == 404
 	})
-	key := []byte(contextKey("t", "a"))
+	key := []byte(schema.ContextKey("t", "a"))
 	waitFor(t, "expired context purged", func() bool {
 		for _, st := range tc.stores {
-			if rec, err := st.Get(context.Background(), bucketContexts, key); err == nil && rec.Tombstone {
+			if rec, err := st.Get(context.Background(), schema.BucketContexts, key); err == nil && rec.Tombstone {
 				return true
 			}
 		}

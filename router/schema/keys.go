@@ -1,0 +1,85 @@
+package schema
+
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/storage"
+)
+
+// The buckets the router keeps on the shards. Every bucket name is here,
+// so a reader sees the whole stored layout in one place.
+const (
+	// BucketTopics holds each topic's JSON, keyed by the topic's name.
+	BucketTopics = "topics"
+	// BucketContexts holds each context in the stored value format (see
+	// package codec), keyed by ContextKey.
+	BucketContexts = "contexts"
+	// BucketVectors holds each embedded context's vector in the storage
+	// vector format, at the context's version, keyed and placed like the
+	// context.
+	BucketVectors = "vectors"
+	// BucketEmbedPending marks contexts stored without the embedding the
+	// model server could not make; the retry loop scans it.
+	BucketEmbedPending = "embed_pending"
+	// BucketExpiry is the TTL purge's index: ExpiryKey → nothing, at the
+	// context's version.
+	BucketExpiry = "expiry"
+	// BucketDicts holds the trained compression dictionaries.
+	BucketDicts = storage.DictBucket
+)
+
+// KeySep separates a topic from a context id in a context's key: names and
+// ids cannot contain it, so one topic's contexts are one ordered prefix on
+// every shard.
+const KeySep = "\x00"
+
+// ContextKey is the storage key of a context.
+func ContextKey(topic, id string) string { return topic + KeySep + id }
+
+// Placement is the ring key of a context: a topic's contexts spread over
+// all shards.
+func Placement(topic, id string) string { return topic + "/" + id }
+
+// expiryKeyDigits is the width of the time in an expiry key: unix
+// milliseconds up to the year 2286.
+const expiryKeyDigits = 13
+
+// SplitContextKey is the inverse of ContextKey.
+func SplitContextKey(key []byte) (topic, id string, ok bool) {
+	for i, b := range key {
+		if b == KeySep[0] {
+			return string(key[:i]), string(key[i+1:]), i > 0 && i < len(key)-1
+		}
+	}
+	return "", "", false
+}
+
+// PlacementOf returns the ring key of a storage key: contexts (topic, 0,
+// id) are placed by topic/id, everything else by its key.
+func PlacementOf(key []byte) string {
+	if i := bytes.IndexByte(key, KeySep[0]); i >= 0 {
+		return string(key[:i]) + "/" + string(key[i+1:])
+	}
+	return string(key)
+}
+
+// ExpiryKey is the index entry of a context key expiring at t.
+func ExpiryKey(t time.Time, ctxKey []byte) []byte {
+	k := make([]byte, 0, expiryKeyDigits+1+len(ctxKey))
+	k = fmt.Appendf(k, "%0*d/", expiryKeyDigits, max(0, t.UnixMilli()))
+	return append(k, ctxKey...)
+}
+
+// ParseExpiryKey splits an index entry into its context key.
+func ParseExpiryKey(k []byte) (ctxKey []byte, ok bool) {
+	if len(k) <= expiryKeyDigits+1 || k[expiryKeyDigits] != '/' {
+		return nil, false
+	}
+	if _, err := strconv.ParseUint(string(k[:expiryKeyDigits]), 10, 64); err != nil {
+		return nil, false
+	}
+	return k[expiryKeyDigits+1:], true
+}
