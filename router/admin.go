@@ -5,12 +5,13 @@ import (
 	"slices"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/labstack/echo/v4"
 )
 
 // Membership in discovery mode (Config.Discovery). The shards come from
 // DNS, and DNS forgets a container as soon as it stops: so the wanted
-// shape only grows from what Nodes and Reload list. Every shard of the
+// Shape only grows from what Nodes and Reload list. Every shard of the
 // cluster map stays in it (a node missing from DNS is down, not gone) until
 // an operator removes it; then its data drains to the others and it is
 // never added back, even if DNS still lists it. The removed names are kept
@@ -26,7 +27,7 @@ func (r *Router) adminRoutes(v1 *echo.Group) {
 	r.compressionRoutes(v1)
 }
 
-// adminRemove takes a shard out of the wanted shape and starts the
+// adminRemove takes a shard out of the wanted Shape and starts the
 // rebalance that drains it: POST /api/v1/admin/remove?shard=NAME or
 // DELETE /api/v1/admin/shards/NAME. It answers 202 with the cluster; 404
 // for a shard the cluster does not hold; 412 when the router's shards come
@@ -66,42 +67,42 @@ func (r *Router) adminRemove(c echo.Context) error {
 	return c.JSON(http.StatusAccepted, r.clusterInfo())
 }
 
-// membersLocked names the shards of the wanted shape: the desired ones and,
-// in discovery mode, those of t's current shape, less the removed ones.
+// membersLocked names the shards of the wanted Shape: the desired ones and,
+// in discovery mode, those of t's current Shape, less the removed ones.
 // desiredMu must be held.
-func (r *Router) membersLocked(t *topology) []string {
+func (r *Router) membersLocked(t *placement.Topology) []string {
 	var names []string
-	add := func(nodes []*Node) {
+	add := func(nodes []*placement.Node) {
 		for _, n := range nodes {
 			if !r.removed[n.Name] && !slices.Contains(names, n.Name) {
 				names = append(names, n.Name)
 			}
 		}
 	}
-	add(r.desired.ring.nodes)
+	add(r.desired.Ring.Nodes())
 	if r.cfg.Discovery {
-		add(t.cur.ring.nodes)
+		add(t.Cur.Ring.Nodes())
 	}
 	return names
 }
 
-// wanted is the shape converge moves the cluster to from t: the desired
-// shape, and in discovery mode also the shards of t, less removed ones.
-func (r *Router) wanted(t *topology) shape {
+// wanted is the Shape converge moves the cluster to from t: the desired
+// Shape, and in discovery mode also the shards of t, less removed ones.
+func (r *Router) wanted(t *placement.Topology) placement.Shape {
 	r.desiredMu.Lock()
 	defer r.desiredMu.Unlock()
 	if !r.cfg.Discovery {
 		return r.desired
 	}
-	var nodes []*Node
-	for _, list := range [][]*Node{r.desired.ring.nodes, t.cur.ring.nodes} {
+	var nodes []*placement.Node
+	for _, list := range [][]*placement.Node{r.desired.Ring.Nodes(), t.Cur.Ring.Nodes()} {
 		for _, n := range list {
-			if !r.removed[n.Name] && !slices.ContainsFunc(nodes, func(m *Node) bool { return m.Name == n.Name }) {
+			if !r.removed[n.Name] && !slices.ContainsFunc(nodes, func(m *placement.Node) bool { return m.Name == n.Name }) {
 				nodes = append(nodes, n)
 			}
 		}
 	}
-	want, err := newShape(nodes, r.wantReplicas)
+	want, err := placement.NewShape(nodes, r.wantReplicas)
 	if err != nil { // nothing left: the admin endpoint prevents it
 		return r.desired
 	}
@@ -145,7 +146,7 @@ func (r *Router) noteRemoved(names []string) {
 
 // liveAddress is where a shard is reached now: a shard whose address can
 // change under a stable name (found by DNS) says so through Addr.
-func liveAddress(n *Node) string {
+func liveAddress(n *placement.Node) string {
 	sh := n.Shard
 	if in, ok := sh.(*instrumented); ok {
 		sh = in.Shard

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,7 +21,7 @@ func TestAdminRemoveRefusedWithConfigFile(t *testing.T) {
 	if r.Status != http.StatusPreconditionFailed || r.errCode() != "failed_precondition" {
 		t.Fatalf("remove in config mode = %d %s, want 412 failed_precondition", r.Status, r.Raw)
 	}
-	if got := len(tc.router.topo.Load().cur.ring.nodes); got != 3 {
+	if got := len(tc.router.topo.Load().Cur.Ring.Nodes()); got != 3 {
 		t.Errorf("shards after a refused remove = %d, want 3", got)
 	}
 }
@@ -38,13 +39,13 @@ func discoveryCluster(t *testing.T, replicas int) (*testCluster, string) {
 	srv := httptest.NewServer(tc.router.Handler())
 	t.Cleanup(srv.Close)
 	tc.URL = srv.URL
-	waitFor(t, "cluster map installed", func() bool { return tc.router.topo.Load().epoch > 0 })
+	waitFor(t, "cluster map installed", func() bool { return tc.router.topo.Load().Epoch > 0 })
 	return tc, srv.URL
 }
 
 func shardNames(rt *Router) []string {
 	t := rt.topo.Load()
-	names := t.cur.ring.names()
+	names := t.Cur.Ring.Names()
 	slices.Sort(names)
 	return names
 }
@@ -68,7 +69,7 @@ func TestAdminRemove(t *testing.T) {
 	}
 	waitFor(t, "sh-3 drained", func() bool {
 		top := tc.router.topo.Load()
-		return top.state == stateStable && slices.Equal(shardNames(tc.router), []string{"sh-1", "sh-2"})
+		return top.State == placement.StateStable && slices.Equal(shardNames(tc.router), []string{"sh-1", "sh-2"})
 	})
 	for _, id := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
 		must(t, call(t, "GET", url+"/api/v1/topics/t/contexts/"+id, nil), http.StatusOK, "get "+id)
@@ -99,15 +100,15 @@ func TestAdminRemove(t *testing.T) {
 	if !slices.Equal(m.Removed, []string{"sh-3"}) {
 		t.Errorf("cluster map removed = %v, want [sh-3]", m.Removed)
 	}
-	epoch := tc.router.topo.Load().epoch
+	epoch := tc.router.topo.Load().Epoch
 	if err := tc.router.Reload(); err != nil {
 		t.Fatal(err)
 	}
 	other := tc.newRouter(t, Config{Nodes: tc.want, Replicas: 2, Discovery: true, Registry: prometheus.NewRegistry(), RepairInterval: time.Hour})
-	waitFor(t, "second router adopts the map", func() bool { return other.topo.Load().epoch >= epoch })
+	waitFor(t, "second router adopts the map", func() bool { return other.topo.Load().Epoch >= epoch })
 	time.Sleep(300 * time.Millisecond) // room for a wrong rebalance to start
 	for _, rt := range []*Router{tc.router, other} {
-		if got := rt.topo.Load().epoch; got != epoch {
+		if got := rt.topo.Load().Epoch; got != epoch {
 			t.Errorf("epoch = %d, want %d: a removed shard was added back", got, epoch)
 		}
 		if got := shardNames(rt); !slices.Equal(got, []string{"sh-1", "sh-2"}) {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/hlc"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
@@ -61,7 +62,7 @@ func (r *Router) routes() *echo.Echo {
 	return e
 }
 
-// errorBody is the API's one error shape.
+// errorBody is the API's one error Shape.
 type errorBody struct {
 	Error struct {
 		Code    apierr.Code `json:"code"`
@@ -303,7 +304,7 @@ func (r *Router) deleteTopic(c echo.Context) error {
 	}
 	v := r.clock.Next()
 	prefix := []byte(name + schema.KeySep)
-	if err := r.fanOutAll(ctx, 10*r.cfg.ShardTimeout, func(ctx context.Context, n *Node) error {
+	if err := r.fanOutAll(ctx, 10*r.cfg.ShardTimeout, func(ctx context.Context, n *placement.Node) error {
 		// A topic's contexts, their vectors and their pending embeddings.
 		for _, bucket := range []string{schema.BucketContexts, schema.BucketVectors, schema.BucketEmbedPending} {
 			if _, err := n.Shard.DeletePrefix(ctx, bucket, prefix, v); err != nil {

@@ -401,7 +401,7 @@ func TestShardDownAnswers503(t *testing.T) {
 	if r := call(t, "GET", tc.URL+"/api/v1/topics/t/contexts", nil); r.Status != 503 || r.errCode() != "unavailable" {
 		t.Errorf("list with a shard down = %d %s, want 503", r.Status, r.Raw)
 	}
-	waitFor(t, "prober marks sh-2 down", func() bool { return !tc.router.topo.Load().cur.ring.byName["sh-2"].up() })
+	waitFor(t, "prober marks sh-2 down", func() bool { return !tc.router.topo.Load().Cur.Ring.Node("sh-2").Up() })
 	if r := call(t, "GET", tc.URL+"/readyz", nil); r.Status != 503 || !strings.Contains(r.errMessage(), "sh-2") {
 		t.Errorf("readyz with a shard down = %d %s, want 503 naming sh-2", r.Status, r.Raw)
 	}

@@ -38,7 +38,7 @@ type reqInfo struct {
 	key      *apiKey
 	ip       string
 	reqID    string
-	ollama   bool // answer errors in Ollama's shape
+	ollama   bool // answer errors in Ollama's Shape
 	mutating bool
 }
 

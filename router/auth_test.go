@@ -131,7 +131,7 @@ func TestAuthRefusesWithoutAKey(t *testing.T) {
 				t.Errorf("%s: %s %s: no WWW-Authenticate header", tt.name, req.method, req.path)
 			}
 		}
-		// The drop-in Ollama endpoint answers in Ollama's shape.
+		// The drop-in Ollama endpoint answers in Ollama's Shape.
 		r := call(t, "POST", tc.URL+"/ollama/t1/c1/api/chat", map[string]any{"model": "m"}, tt.header...)
 		if msg, _ := r.JSON["error"].(string); r.Status != 401 || msg == "" {
 			t.Errorf("%s: POST /ollama/…/api/chat = %d %s, want 401 {\"error\":\"…\"}", tt.name, r.Status, r.Raw)
@@ -218,7 +218,7 @@ func TestAuthRolesAndTopics(t *testing.T) {
 		}
 		if tt.want == 403 {
 			if msg, _ := r.JSON["error"].(string); strings.HasPrefix(tt.path, "/ollama/") && msg == "" {
-				t.Errorf("%s: %s %s = %s, want Ollama's error shape", tt.who, tt.method, tt.path, r.Raw)
+				t.Errorf("%s: %s %s = %s, want Ollama's error Shape", tt.who, tt.method, tt.path, r.Raw)
 			} else if !strings.HasPrefix(tt.path, "/ollama/") && r.errCode() != "permission_denied" {
 				t.Errorf("%s: %s %s = %s, want code permission_denied", tt.who, tt.method, tt.path, r.Raw)
 			}

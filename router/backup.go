@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/backup"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
@@ -114,7 +115,7 @@ func (r *Router) adminBackup(c echo.Context) error {
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	info := backup.Info{CreatedAt: time.Now().UTC(), Mode: r.cfg.Mode, Epoch: t.epoch, State: t.state, Replicas: t.cur.replicas}
+	info := backup.Info{CreatedAt: time.Now().UTC(), Mode: r.cfg.Mode, Epoch: t.Epoch, State: t.State, Replicas: t.Cur.Replicas}
 	for _, n := range nodes {
 		info.Shards = append(info.Shards, n.Name)
 	}
@@ -286,16 +287,16 @@ func addRestored(rep *restoreReport, bucket string, recs []storage.Record, appli
 
 // restoreOn sends each record to every live owner, with its own version
 // and no condition, in batches per shard and bucket. A record counts as
-// applied if any owner stored it. Each record must reach a quorum of its
+// applied if any owner stored it. Each record must reach a Quorum of its
 // owners, as a write must, or the request fails (503) and may be retried:
 // what did land is newer-wins and stays correct.
-func (r *Router) restoreOn(ctx context.Context, t *topology, recs []restoreRec, dry bool) (*restoreReport, error) {
-	sets := make([]replicaSet, len(recs))
-	work := map[*Node]map[string][]int{} // node → bucket → indexes into recs
+func (r *Router) restoreOn(ctx context.Context, t *placement.Topology, recs []restoreRec, dry bool) (*restoreReport, error) {
+	sets := make([]placement.ReplicaSet, len(recs))
+	work := map[*placement.Node]map[string][]int{} // node → bucket → indexes into recs
 	for i, rr := range recs {
-		sets[i] = t.replicaSet(schema.PlacementOf(rr.rec.Key))
-		for _, n := range sets[i].union {
-			if !n.up() {
+		sets[i] = t.Owners(schema.PlacementOf(rr.rec.Key))
+		for _, n := range sets[i].Union {
+			if !n.Up() {
 				continue
 			}
 			if work[n] == nil {
@@ -306,7 +307,7 @@ func (r *Router) restoreOn(ctx context.Context, t *topology, recs []restoreRec, 
 	}
 	var (
 		mu         sync.Mutex // guards the slices below, failed and staleEpoch
-		answered   = make([][]*Node, len(recs))
+		answered   = make([][]*placement.Node, len(recs))
 		newest     = make([]uint64, len(recs)) // dry run: the newest version held
 		applied    = make([]bool, len(recs))
 		failed     []string
@@ -366,7 +367,7 @@ func (r *Router) restoreOn(ctx context.Context, t *topology, recs []restoreRec, 
 		return nil, storage.ErrStaleEpoch
 	}
 	for i := range recs {
-		if !quorate(sets[i], func(n *Node) bool { return slices.Contains(answered[i], n) }) {
+		if !quorate(sets[i], func(n *placement.Node) bool { return slices.Contains(answered[i], n) }) {
 			r.m.QuorumFailures.WithLabelValues("write").Inc()
 			e := r.noQuorum("restore of "+recs[i].bucket+" "+schema.Truncate(strings.ToValidUTF8(string(recs[i].rec.Key), "?")), sets[i], len(answered[i]), failed)
 			e.Message += "; records already written stay (restoring again is safe)"

@@ -160,7 +160,7 @@ func TestBackupAndRestore(t *testing.T) {
 		t.Errorf("backup records per bucket = %v, want 1 topic, 40 contexts, 40 vectors", n)
 	}
 
-	// Restore into a cluster of another shape.
+	// Restore into a cluster of another Shape.
 	dst := newTestCluster(t, clusterOpts{shards: 2, replicas: 2})
 	body := restoreBody(t, all)
 	r, dry := postRestore(t, dst.URL, body, true)
@@ -241,7 +241,7 @@ func TestBackupNeedsEveryShard(t *testing.T) {
 	tc := newTestCluster(t, clusterOpts{shards: 3})
 	tc.createTopic(t, "t")
 	tc.faults[1].down.Store(true)
-	waitFor(t, "shard marked down", func() bool { return !tc.router.topo.Load().cur.ring.nodes[1].up() })
+	waitFor(t, "shard marked down", func() bool { return !tc.router.topo.Load().Cur.Ring.Nodes()[1].Up() })
 	r := call(t, "GET", tc.URL+"/api/v1/admin/backup", nil)
 	if r.Status != 503 || r.errCode() != "unavailable" || !strings.Contains(r.errMessage(), "sh-2") {
 		t.Errorf("backup with a shard down = %d %s, want 503 naming sh-2", r.Status, r.Raw)
@@ -251,7 +251,7 @@ func TestBackupNeedsEveryShard(t *testing.T) {
 	rep := newTestCluster(t, clusterOpts{shards: 3, replicas: 3})
 	rep.createTopic(t, "t")
 	rep.faults[2].down.Store(true)
-	waitFor(t, "shard marked down", func() bool { return !rep.router.topo.Load().cur.ring.nodes[2].up() })
+	waitFor(t, "shard marked down", func() bool { return !rep.router.topo.Load().Cur.Ring.Nodes()[2].Up() })
 	info, sections := fetchBackup(t, rep.URL)
 	if !slices.Equal(info.Shards, []string{"sh-1", "sh-2"}) || len(sections["sh-1"]) != 1 {
 		t.Errorf("backup with one of 3 replicas down: shards %v, %d records on sh-1; want sh-1, sh-2 with the topic", info.Shards, len(sections["sh-1"]))

@@ -126,24 +126,6 @@ func BenchmarkCodecRenderEmbedding768(b *testing.B) {
 	}
 }
 
-func BenchmarkRingOwner(b *testing.B) {
-	var nodes []*Node
-	for i := range 3 {
-		nodes = append(nodes, &Node{Name: fmt.Sprintf("sh-%d", i+1), Shard: &faultyShard{}})
-	}
-	r, _ := newRing(nodes)
-	keys := make([]string, 1024)
-	for i := range keys {
-		keys[i] = schema.Placement("topic", fmt.Sprintf("ctx-%d", i))
-	}
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		r.owner(keys[i&1023])
-		i++
-	}
-}
-
 func BenchmarkMergePages(b *testing.B) {
 	pages := make([]storage.ScanPage, 3)
 	for s := range pages {

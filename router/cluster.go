@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
@@ -37,7 +38,7 @@ func (r *Router) probeAll(ctx context.Context) {
 	var wg sync.WaitGroup
 	newer := false
 	var mu sync.Mutex // guards newer
-	for _, n := range t.all {
+	for _, n := range t.All {
 		wg.Go(func() {
 			// A probe may take longer than the interval on a loaded machine;
 			// only one that gets no answer for half a second is a miss.
@@ -48,12 +49,12 @@ func (r *Router) probeAll(ctx context.Context) {
 				return
 			}
 			r.noteHealth(n, h, err)
-			if err == nil && h.Epoch > t.epoch {
+			if err == nil && h.Epoch > t.Epoch {
 				mu.Lock()
 				newer = true
 				mu.Unlock()
 			}
-			if err == nil && t.epoch > 0 && h.Epoch < t.epoch {
+			if err == nil && t.Epoch > 0 && h.Epoch < t.Epoch {
 				// The node missed a map install while it was away.
 				r.pushMap(ctx, n)
 			}
@@ -66,30 +67,23 @@ func (r *Router) probeAll(ctx context.Context) {
 }
 
 // noteHealth records one probe's outcome.
-func (r *Router) noteHealth(n *Node, h storage.Health, err error) {
-	hl := n.health
-	if err != nil {
-		hl.lastErr.Store(err.Error())
-		if hl.misses.Add(1) >= int32(r.cfg.ProbeMisses) && !hl.down.Swap(true) {
-			r.log.Warn("shard down", "shard", n.Name, "err", err)
-			r.m.ShardUp.WithLabelValues(n.Name).Set(0)
-		}
-		return
+func (r *Router) noteHealth(n *placement.Node, h storage.Health, err error) {
+	wentDown, cameUp := n.Health.Probed(h, err, r.cfg.ProbeMisses)
+	switch {
+	case wentDown:
+		r.log.Warn("shard down", "shard", n.Name, "err", err)
+		r.m.ShardUp.WithLabelValues(n.Name).Set(0)
+	case err == nil:
+		r.m.ShardUp.WithLabelValues(n.Name).Set(1)
 	}
-	hl.misses.Store(0)
-	hl.lastErr.Store("")
-	hl.epoch.Store(h.Epoch)
-	hl.nodeID.Store(h.NodeID)
-	r.m.ShardUp.WithLabelValues(n.Name).Set(1)
-	if hl.down.Swap(false) {
+	if cameUp {
 		r.log.Info("shard up again; repairing it", "shard", n.Name)
-		hl.stale.Store(true)
 		r.requestRepair()
 	}
 }
 
 // readMap returns the cluster map a node holds (nil when it holds none).
-func (r *Router) readMap(ctx context.Context, n *Node) (*clusterMap, error) {
+func (r *Router) readMap(ctx context.Context, n *placement.Node) (*clusterMap, error) {
 	ctx, cancel := r.shardCtx(ctx)
 	defer cancel()
 	rec, err := n.Shard.Get(ctx, storage.ClusterBucket, []byte(storage.MapKey))
@@ -116,7 +110,7 @@ func (r *Router) loadMap(ctx context.Context) (*clusterMap, error) {
 	var best *clusterMap
 	answered := 0
 	var errs []error
-	for _, n := range t.all {
+	for _, n := range t.All {
 		m, err := r.readMap(ctx, n)
 		if err != nil {
 			errs = append(errs, err)
@@ -127,8 +121,8 @@ func (r *Router) loadMap(ctx context.Context) (*clusterMap, error) {
 			best = m
 		}
 	}
-	if answered < quorum(len(t.all)) {
-		return nil, fmt.Errorf("cluster map: %d of %d shards answered: %w", answered, len(t.all), errors.Join(errs...))
+	if answered < placement.Quorum(len(t.All)) {
+		return nil, fmt.Errorf("cluster map: %d of %d shards answered: %w", answered, len(t.All), errors.Join(errs...))
 	}
 	return best, nil
 }
@@ -141,17 +135,17 @@ func (r *Router) refreshMap(ctx context.Context) {
 	if err != nil || m == nil {
 		return
 	}
-	if m.Epoch > r.topo.Load().epoch {
+	if m.Epoch > r.topo.Load().Epoch {
 		if err := r.adoptLocked(m); err != nil {
 			r.log.Error("cannot adopt cluster map", "epoch", m.Epoch, "err", err)
 		}
 	}
 }
 
-// adoptLocked makes m the router's topology. mapMu must be held.
+// adoptLocked makes m the router's Topology. mapMu must be held.
 func (r *Router) adoptLocked(m *clusterMap) error {
-	nodes := func(list []mapShard) ([]*Node, error) {
-		out := make([]*Node, 0, len(list))
+	nodes := func(list []mapShard) ([]*placement.Node, error) {
+		out := make([]*placement.Node, 0, len(list))
 		for _, s := range list {
 			n := r.register(s.Name, s.Address, nil)
 			if n == nil {
@@ -165,17 +159,17 @@ func (r *Router) adoptLocked(m *clusterMap) error {
 	if err != nil {
 		return err
 	}
-	cur, err := newShape(curNodes, m.Replicas)
+	cur, err := placement.NewShape(curNodes, m.Replicas)
 	if err != nil {
 		return err
 	}
-	var prev shape
-	if m.State == stateMigrating {
+	var prev placement.Shape
+	if m.State == placement.StateMigrating {
 		prevNodes, err := nodes(m.Previous)
 		if err != nil {
 			return err
 		}
-		if prev, err = newShape(prevNodes, m.PrevReplicas); err != nil {
+		if prev, err = placement.NewShape(prevNodes, m.PrevReplicas); err != nil {
 			return err
 		}
 	}
@@ -184,24 +178,24 @@ func (r *Router) adoptLocked(m *clusterMap) error {
 		return err
 	}
 	r.noteRemoved(m.Removed)
-	t := newTopology(m.Epoch, m.State, cur, prev, leaving)
-	if m.State == stateStable {
+	t := placement.NewTopology(m.Epoch, m.State, cur, prev, leaving)
+	if m.State == placement.StateStable {
 		// A stable map ends any rebalance: say so before anyone can see
-		// the stable topology, so the two never disagree.
+		// the stable Topology, so the two never disagree.
 		r.status.finish("rebalance")
 	}
 	r.topo.Store(t)
 	r.m.ClusterEpoch.Set(float64(m.Epoch))
-	r.log.Info("cluster map adopted", "epoch", m.Epoch, "state", m.State, "shards", len(m.Shards), "replicas", cur.replicas)
+	r.log.Info("cluster map adopted", "epoch", m.Epoch, "state", m.State, "shards", len(m.Shards), "replicas", cur.Replicas)
 	return nil
 }
 
-// installLocked writes m on every node of the current topology and of m,
+// installLocked writes m on every node of the current Topology and of m,
 // then adopts it. It needs a majority of those nodes; a node that missed
 // it gets it from the prober when it answers again. mapMu must be held.
 func (r *Router) installLocked(ctx context.Context, m *clusterMap) error {
 	t := r.topo.Load()
-	targets := append([]*Node(nil), t.all...)
+	targets := append([]*placement.Node(nil), t.All...)
 	for _, list := range [][]mapShard{m.Shards, m.Previous, m.Leaving} {
 		for _, s := range list {
 			if n := r.register(s.Name, s.Address, nil); n != nil && !containsNode(targets, n) {
@@ -225,13 +219,13 @@ func (r *Router) installLocked(ctx context.Context, m *clusterMap) error {
 			ok++
 		}
 	}
-	if ok < quorum(len(targets)) {
+	if ok < placement.Quorum(len(targets)) {
 		return fmt.Errorf("cluster map epoch %d reached %d of %d shards: %w", m.Epoch, ok, len(targets), errors.Join(errs...))
 	}
 	return r.adoptLocked(m)
 }
 
-func containsNode(list []*Node, n *Node) bool {
+func containsNode(list []*placement.Node, n *placement.Node) bool {
 	for _, x := range list {
 		if x == n {
 			return true
@@ -241,7 +235,7 @@ func containsNode(list []*Node, n *Node) bool {
 }
 
 // pushMap gives a node that came back the map it missed.
-func (r *Router) pushMap(ctx context.Context, n *Node) {
+func (r *Router) pushMap(ctx context.Context, n *placement.Node) {
 	t := r.topo.Load()
 	m := r.mapOf(t)
 	wctx, cancel := r.shardCtx(ctx)
@@ -251,11 +245,11 @@ func (r *Router) pushMap(ctx context.Context, n *Node) {
 	}
 }
 
-// mapOf describes a topology as a map.
-func (r *Router) mapOf(t *topology) *clusterMap {
-	m := &clusterMap{Epoch: t.epoch, State: t.state, Replicas: t.cur.replicas, Shards: mapShards(t.cur.ring.nodes), Leaving: mapShards(t.leaving)}
-	if t.prev.ring != nil {
-		m.Previous, m.PrevReplicas = mapShards(t.prev.ring.nodes), t.prev.replicas
+// mapOf describes a Topology as a map.
+func (r *Router) mapOf(t *placement.Topology) *clusterMap {
+	m := &clusterMap{Epoch: t.Epoch, State: t.State, Replicas: t.Cur.Replicas, Shards: mapShards(t.Cur.Ring.Nodes()), Leaving: mapShards(t.Leaving)}
+	if t.Prev.Ring != nil {
+		m.Previous, m.PrevReplicas = mapShards(t.Prev.Ring.Nodes()), t.Prev.Replicas
 	}
 	if len(m.Leaving) == 0 {
 		m.Leaving = nil
@@ -266,7 +260,7 @@ func (r *Router) mapOf(t *topology) *clusterMap {
 
 // bootstrap loads the cluster map once the shards answer, creates it on a
 // new cluster, finishes a membership change an earlier router left under
-// way, and applies the configured shape if it differs from the map.
+// way, and applies the configured Shape if it differs from the map.
 func (r *Router) bootstrap(ctx context.Context) {
 	for {
 		done, err := r.bootstrapOnce(ctx)
@@ -292,12 +286,12 @@ func (r *Router) bootstrapOnce(ctx context.Context) (bool, error) {
 	if m == nil {
 		t := r.topo.Load()
 		first := r.mapOf(t)
-		first.Epoch, first.State = 1, stateStable
+		first.Epoch, first.State = 1, placement.StateStable
 		err := r.installLocked(ctx, first)
 		r.mapMu.Unlock()
 		return err == nil || ctx.Err() != nil, err
 	}
-	if m.Epoch > r.topo.Load().epoch {
+	if m.Epoch > r.topo.Load().Epoch {
 		if err := r.adoptLocked(m); err != nil {
 			r.mapMu.Unlock()
 			return ctx.Err() != nil, err
@@ -308,7 +302,7 @@ func (r *Router) bootstrapOnce(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// Reload re-reads the wanted shape (Config.Reload) and, if it differs from
+// Reload re-reads the wanted Shape (Config.Reload) and, if it differs from
 // the cluster's, starts moving data to it in the background. It also
 // reloads the compression dictionaries from the shards (with or without a
 // config file).
@@ -332,32 +326,32 @@ func (r *Router) Reload() error {
 	return nil
 }
 
-// converge drives the cluster from its current map to the desired shape:
+// converge drives the cluster from its current map to the desired Shape:
 // it resumes a change under way, or starts one if the shapes differ.
 func (r *Router) converge(ctx context.Context) {
 	if !r.syncMu.TryLock() {
 		// A pass is running: a repair converges when it ends, a rebalance
-		// rereads the desired shape when it reaches a stable map.
+		// rereads the desired Shape when it reaches a stable map.
 		return
 	}
 	defer r.syncMu.Unlock()
 	for ctx.Err() == nil {
 		t := r.topo.Load()
 		var err error
-		switch t.state {
-		case stateMigrating:
+		switch t.State {
+		case placement.StateMigrating:
 			err = r.finishCopy(ctx, t)
-		case stateCleanup:
+		case placement.StateCleanup:
 			err = r.finishCleanup(ctx, t)
 		default:
 			want := r.wanted(t)
-			if sameShards(mapShards(want.ring.nodes), mapShards(t.cur.ring.nodes)) && want.replicas == t.cur.replicas {
+			if sameShards(mapShards(want.Ring.Nodes()), mapShards(t.Cur.Ring.Nodes())) && want.Replicas == t.Cur.Replicas {
 				return
 			}
 			err = r.startMigration(ctx, t, want)
 		}
 		if err != nil {
-			r.log.Error("rebalance step failed; will retry", "state", t.state, "err", err)
+			r.log.Error("rebalance step failed; will retry", "state", t.State, "err", err)
 			r.status.fail("rebalance", err)
 			select {
 			case <-ctx.Done():
@@ -369,14 +363,14 @@ func (r *Router) converge(ctx context.Context) {
 
 // startMigration installs a migrating map: from now on reads and writes
 // reach the old and the new owners.
-func (r *Router) startMigration(ctx context.Context, t *topology, want shape) error {
+func (r *Router) startMigration(ctx context.Context, t *placement.Topology, want placement.Shape) error {
 	m := &clusterMap{
-		Epoch: t.epoch + 1, State: stateMigrating,
-		Replicas: want.replicas, Shards: mapShards(want.ring.nodes),
-		Previous: mapShards(t.cur.ring.nodes), PrevReplicas: t.cur.replicas,
+		Epoch: t.Epoch + 1, State: placement.StateMigrating,
+		Replicas: want.Replicas, Shards: mapShards(want.Ring.Nodes()),
+		Previous: mapShards(t.Cur.Ring.Nodes()), PrevReplicas: t.Cur.Replicas,
 		Removed: r.removedNames(),
 	}
-	r.log.Info("rebalance starting", "from", t.cur.ring.names(), "to", want.ring.names(), "replicas", want.replicas)
+	r.log.Info("rebalance starting", "from", t.Cur.Ring.Names(), "to", want.Ring.Names(), "replicas", want.Replicas)
 	r.status.start("rebalance", "copy")
 	r.mapMu.Lock()
 	defer r.mapMu.Unlock()
@@ -385,7 +379,7 @@ func (r *Router) startMigration(ctx context.Context, t *topology, want shape) er
 
 // finishCopy copies every key to its new owners until a pass finds all of
 // them in place (the verification), then switches to the new owners alone.
-func (r *Router) finishCopy(ctx context.Context, t *topology) error {
+func (r *Router) finishCopy(ctx context.Context, t *placement.Topology) error {
 	if !r.status.running("rebalance") {
 		r.status.start("rebalance", "copy")
 	}
@@ -409,9 +403,9 @@ func (r *Router) finishCopy(ctx context.Context, t *topology) error {
 		}
 	}
 	m := r.mapOf(t)
-	m.Epoch, m.State = t.epoch+1, stateCleanup
+	m.Epoch, m.State = t.Epoch+1, placement.StateCleanup
 	m.Previous, m.PrevReplicas = nil, 0
-	m.Leaving = mapShards(t.leaving)
+	m.Leaving = mapShards(t.Leaving)
 	r.status.phase("rebalance", "cleanup")
 	r.mapMu.Lock()
 	defer r.mapMu.Unlock()
@@ -420,7 +414,7 @@ func (r *Router) finishCopy(ctx context.Context, t *topology) error {
 
 // finishCleanup waits for other routers to see the switch, purges copies
 // from nodes that no longer own them, and declares the cluster stable.
-func (r *Router) finishCleanup(ctx context.Context, t *topology) error {
+func (r *Router) finishCleanup(ctx context.Context, t *placement.Topology) error {
 	if !r.status.running("rebalance") {
 		r.status.start("rebalance", "cleanup")
 	}
@@ -437,13 +431,13 @@ func (r *Router) finishCleanup(ctx context.Context, t *topology) error {
 		return fmt.Errorf("cleanup: %d keys could not be checked (a shard is down)", st.missing)
 	}
 	m := r.mapOf(t)
-	m.Epoch, m.State, m.Leaving = t.epoch+1, stateStable, nil
+	m.Epoch, m.State, m.Leaving = t.Epoch+1, placement.StateStable, nil
 	r.mapMu.Lock()
 	defer r.mapMu.Unlock()
 	if err := r.installLocked(ctx, m); err != nil {
 		return err
 	}
 	r.status.finish("rebalance")
-	r.log.Info("rebalance finished", "epoch", m.Epoch, "shards", t.cur.ring.names())
+	r.log.Info("rebalance finished", "epoch", m.Epoch, "shards", t.Cur.Ring.Names())
 	return nil
 }

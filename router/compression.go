@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/klauspost/compress/dict"
@@ -185,10 +186,10 @@ func (r *Router) requestDictReload(full bool) {
 }
 
 // compressionLoop loads the dictionaries once the cluster map is known
-// (retrying until a quorum of shards answers), then reads the current
+// (retrying until a Quorum of shards answers), then reads the current
 // pointer again every repair interval and whenever asked.
 func (r *Router) compressionLoop(ctx context.Context) {
-	for r.topo.Load().epoch == 0 {
+	for r.topo.Load().Epoch == 0 {
 		select {
 		case <-ctx.Done():
 			return
@@ -238,8 +239,8 @@ func (r *Router) loadDicts(ctx context.Context, full bool) error {
 	var best *dictPointer
 	answered := 0
 	var errs []error
-	for _, n := range t.all {
-		if !n.up() {
+	for _, n := range t.All {
+		if !n.Up() {
 			continue
 		}
 		p, err := r.loadDictsFrom(ctx, n, full)
@@ -252,8 +253,8 @@ func (r *Router) loadDicts(ctx context.Context, full bool) error {
 			best = p
 		}
 	}
-	if answered < quorum(len(t.all)) {
-		return fmt.Errorf("%d of %d shards answered: %w", answered, len(t.all), errors.Join(errs...))
+	if answered < placement.Quorum(len(t.All)) {
+		return fmt.Errorf("%d of %d shards answered: %w", answered, len(t.All), errors.Join(errs...))
 	}
 	if best != nil {
 		if err := r.adoptPointer(best); err != nil {
@@ -267,7 +268,7 @@ func (r *Router) loadDicts(ctx context.Context, full bool) error {
 // load.
 var errNotAdopted = errors.New("current compression dictionary not adopted")
 
-func (r *Router) loadDictsFrom(ctx context.Context, n *Node, full bool) (*dictPointer, error) {
+func (r *Router) loadDictsFrom(ctx context.Context, n *placement.Node, full bool) (*dictPointer, error) {
 	if !full {
 		sctx, cancel := r.shardCtx(ctx)
 		rec, err := n.Shard.Get(sctx, schema.BucketDicts, []byte(dictCurrentKey))
@@ -347,12 +348,12 @@ func (r *Router) fetchDict(id uint32) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(r.bgCtx, r.cfg.ShardTimeout)
 	defer cancel()
 	t := r.topo.Load()
-	nodes := slices.Clone(t.all)
-	slices.SortStableFunc(nodes, func(a, b *Node) int { // live shards first
+	nodes := slices.Clone(t.All)
+	slices.SortStableFunc(nodes, func(a, b *placement.Node) int { // live shards first
 		switch {
-		case a.up() == b.up():
+		case a.Up() == b.Up():
 			return 0
-		case a.up():
+		case a.Up():
 			return -1
 		}
 		return 1
@@ -524,10 +525,10 @@ func (r *Router) train(ctx context.Context) (*TrainResult, error) {
 
 // allUp fails (503) when a shard of t is down: dictionaries go to every
 // shard or nowhere.
-func allUp(t *topology, what string) error {
+func allUp(t *placement.Topology, what string) error {
 	var down []string
-	for _, n := range t.all {
-		if !n.up() {
+	for _, n := range t.All {
+		if !n.Up() {
 			down = append(down, n.Name)
 		}
 	}
@@ -620,12 +621,12 @@ func (r *Router) measureDict(raw []byte, id uint32, bodies [][]byte) (before, af
 // live contexts, scanned from a random point of the key space (at most
 // trainScanLimit records a shard). A context held by several replicas
 // counts once.
-func (r *Router) sampleBodies(ctx context.Context, t *topology) ([][]byte, error) {
-	per := (trainMaxSamples + len(t.all) - 1) / len(t.all)
+func (r *Router) sampleBodies(ctx context.Context, t *placement.Topology) ([][]byte, error) {
+	per := (trainMaxSamples + len(t.All) - 1) / len(t.All)
 	seen := map[string]bool{}
 	var out [][]byte
 	now := time.Now()
-	for _, n := range t.all {
+	for _, n := range t.All {
 		var start [1]byte
 		rand.Read(start[:])
 		reservoir := make([][]byte, 0, per)
@@ -683,7 +684,7 @@ func (r *Router) sampleBodies(ctx context.Context, t *topology) ([][]byte, error
 // scanContexts visits the contexts of shard n after key after (nil: from
 // the start) up to key until (inclusive; nil: to the end), at most
 // *budget of them (it counts them off).
-func (r *Router) scanContexts(ctx context.Context, n *Node, after, until []byte, budget *int, visit func(storage.Record) error) error {
+func (r *Router) scanContexts(ctx context.Context, n *placement.Node, after, until []byte, budget *int, visit func(storage.Record) error) error {
 	for *budget > 0 {
 		sctx, cancel := r.shardCtx(ctx)
 		p, err := n.Shard.Scan(sctx, schema.BucketContexts, storage.ScanOptions{After: after, Limit: min(200, *budget)})
@@ -709,7 +710,7 @@ func (r *Router) scanContexts(ctx context.Context, n *Node, after, until []byte,
 }
 
 // storeDict writes a new dictionary to every shard, create-only.
-func (r *Router) storeDict(ctx context.Context, t *topology, id uint32, raw []byte) error {
+func (r *Router) storeDict(ctx context.Context, t *placement.Topology, id uint32, raw []byte) error {
 	return r.writeEverywhere(ctx, t, dictKey(id), r.clock.Next(), encodeDictRecord(raw), storage.CondAbsent,
 		fmt.Sprintf("dictionary %d could not be stored on every shard, so it was not made current", id))
 }
@@ -718,7 +719,7 @@ func (r *Router) storeDict(ctx context.Context, t *topology, id uint32, raw []by
 // shard of t, all at once, and fails (503, with what) unless every shard
 // stored it. Under CondAbsent a shard that holds the key already is a
 // conflict (500).
-func (r *Router) writeEverywhere(ctx context.Context, t *topology, key []byte, version uint64, value []byte, cond storage.Cond, what string) error {
+func (r *Router) writeEverywhere(ctx context.Context, t *placement.Topology, key []byte, version uint64, value []byte, cond storage.Cond, what string) error {
 	if err := allUp(t, "write a compression dictionary"); err != nil {
 		return err
 	}
@@ -726,7 +727,7 @@ func (r *Router) writeEverywhere(ctx context.Context, t *topology, key []byte, v
 	var failed []string
 	conflict := ""
 	var wg sync.WaitGroup
-	for _, n := range t.all {
+	for _, n := range t.All {
 		wg.Go(func() {
 			wctx, cancel := r.shardCtx(ctx)
 			defer cancel()
@@ -808,8 +809,8 @@ func (r *Router) adminRewrite(c echo.Context) error {
 // embeddings are copied, the body decompressed and compressed again.
 func (r *Router) rewrite(ctx context.Context) RewriteResult {
 	res := RewriteResult{Dictionary: r.codec.current(), Start: time.Now().UTC()}
-	for _, n := range r.topo.Load().all {
-		if !n.up() {
+	for _, n := range r.topo.Load().All {
+		if !n.Up() {
 			res.Errors = append(res.Errors, "shard "+n.Name+" is down: run the pass again when it is back")
 			continue
 		}
@@ -821,7 +822,7 @@ func (r *Router) rewrite(ctx context.Context) RewriteResult {
 	return res
 }
 
-func (r *Router) rewriteShard(ctx context.Context, n *Node, res *RewriteResult) error {
+func (r *Router) rewriteShard(ctx context.Context, n *placement.Node, res *RewriteResult) error {
 	kr := r.cfg.Security.Keyring
 	now := time.Now()
 	type sizes struct{ before, after int }
@@ -874,11 +875,11 @@ func appendCapped(list []string, msg string) []string {
 // newest: a shard that joins the cluster or comes back gets the
 // dictionaries before records compressed with them can reach it through
 // the pass. It returns how many records it copied.
-func (r *Router) syncDicts(ctx context.Context, live []*Node) (int64, error) {
+func (r *Router) syncDicts(ctx context.Context, live []*placement.Node) (int64, error) {
 	type holding struct {
-		source  *Node
+		source  *placement.Node
 		version uint64
-		held    map[*Node]uint64
+		held    map[*placement.Node]uint64
 	}
 	keys := map[string]*holding{}
 	for _, n := range live {
@@ -893,7 +894,7 @@ func (r *Router) syncDicts(ctx context.Context, live []*Node) (int64, error) {
 			for _, rec := range p.Records {
 				h := keys[string(rec.Key)]
 				if h == nil {
-					h = &holding{held: map[*Node]uint64{}}
+					h = &holding{held: map[*placement.Node]uint64{}}
 					keys[string(rec.Key)] = h
 				}
 				h.held[n] = rec.Version
@@ -909,7 +910,7 @@ func (r *Router) syncDicts(ctx context.Context, live []*Node) (int64, error) {
 	}
 	var copied int64
 	for k, h := range keys {
-		var targets []*Node
+		var targets []*placement.Node
 		for _, n := range live {
 			if h.held[n] < h.version {
 				targets = append(targets, n)
@@ -959,7 +960,7 @@ func checkRestoredDict(key []byte) error {
 // record counts as applied when some shard stored it (would store it).
 // Every shard must be up and answer, else 503: the records that need the
 // dictionaries may land anywhere.
-func (r *Router) restoreDicts(ctx context.Context, t *topology, recs []storage.Record, dry bool) ([]bool, error) {
+func (r *Router) restoreDicts(ctx context.Context, t *placement.Topology, recs []storage.Record, dry bool) ([]bool, error) {
 	applied := make([]bool, len(recs))
 	if len(recs) == 0 {
 		return applied, nil
@@ -972,7 +973,7 @@ func (r *Router) restoreDicts(ctx context.Context, t *topology, recs []storage.R
 	for i, rec := range recs {
 		keys[i], writes[i] = rec.Key, storage.Write{Record: rec}
 	}
-	for _, n := range t.all {
+	for _, n := range t.All {
 		sctx, cancel := r.shardCtx(ctx)
 		var err error
 		if dry {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/backup"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus"
@@ -382,7 +383,7 @@ func (tc *testCluster) startRouter(t testing.TB, mod func(*Config)) (*Router, st
 	rt := tc.newRouter(t, cfg)
 	srv := httptest.NewServer(rt.Handler())
 	t.Cleanup(srv.Close)
-	waitFor(t, "cluster map loaded", func() bool { return rt.topo.Load().epoch > 0 })
+	waitFor(t, "cluster map loaded", func() bool { return rt.topo.Load().Epoch > 0 })
 	return rt, srv.URL
 }
 
@@ -512,7 +513,7 @@ func TestTrainNeedsEveryShard(t *testing.T) {
 	// A shard down: 503 before anything is built.
 	faults[2].armed.Store(false)
 	tc.faults[1].down.Store(true)
-	waitFor(t, "sh-2 marked down", func() bool { return !tc.router.topo.Load().all[1].up() })
+	waitFor(t, "sh-2 marked down", func() bool { return !tc.router.topo.Load().All[1].Up() })
 	if r, _ := trainDict(t, tc.URL, ""); r.Status != 503 || !strings.Contains(r.errMessage(), "sh-2") {
 		t.Errorf("train with sh-2 down = %d %s, want 503 naming sh-2", r.Status, r.Raw)
 	}
@@ -523,7 +524,7 @@ func TestTrainNeedsEveryShard(t *testing.T) {
 	// All back: it works, and the dictionary of the failed attempt stays
 	// unused (ids are never reused).
 	tc.faults[1].down.Store(false)
-	waitFor(t, "sh-2 up", func() bool { return tc.router.topo.Load().all[1].up() })
+	waitFor(t, "sh-2 up", func() bool { return tc.router.topo.Load().All[1].Up() })
 	if r, res := trainDict(t, tc.URL, ""); r.Status != 200 || tc.router.codec.current() != res.ID {
 		t.Fatalf("train with every shard = %d %s", r.Status, r.Raw)
 	}
@@ -612,7 +613,7 @@ func TestRewriteLeavesConcurrentWritesAlone(t *testing.T) {
 		t.Fatalf("recompress = %v, %v", changed, err)
 	}
 	tc.putContext(t, "chat", "c001", chatDoc(1001))
-	res, err := tc.router.topo.Load().all[0].Shard.Apply(context.Background(), schema.BucketContexts,
+	res, err := tc.router.topo.Load().All[0].Shard.Apply(context.Background(), schema.BucketContexts,
 		[]storage.Write{{Record: storage.Record{Key: rec.Key, Version: rec.Version, Value: out}, Cond: storage.CondRewrite}})
 	if err != nil || res[0].Outcome != storage.Conflict {
 		t.Fatalf("a rewrite over a newer write = %+v, %v; want a conflict", res, err)
@@ -707,7 +708,7 @@ func TestDictionariesReachEveryShard(t *testing.T) {
 	must(t, call(t, "POST", tc.URL+"/api/v1/admin/reload", nil), 202, "reload")
 	waitFor(t, "rebalance onto sh-4", func() bool {
 		top := tc.router.topo.Load()
-		return top.state == stateStable && len(top.cur.ring.nodes) == 4
+		return top.State == placement.StateStable && len(top.Cur.Ring.Nodes()) == 4
 	})
 	for _, k := range []string{key, dictCurrentKey} {
 		if _, ok := dictRecord(tc.stores[3], k); !ok {
@@ -741,7 +742,7 @@ func TestUnknownOrCorruptDictionary(t *testing.T) {
 	key := []byte(schema.ContextKey("chat", "x"))
 	write := func(bucket string, key []byte, v []byte) {
 		t.Helper()
-		for _, n := range tc.router.topo.Load().all {
+		for _, n := range tc.router.topo.Load().All {
 			if _, err := n.Shard.Apply(context.Background(), bucket, []storage.Write{{Record: storage.Record{Key: key, Version: tc.router.clock.Next(), Value: v}}}); err != nil {
 				t.Fatal(err)
 			}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
@@ -25,7 +26,7 @@ import (
 // with AES-256-GCM, after the codec compressed it (ciphertext does not
 // compress): topics, contexts with their messages, vectors, pending marks.
 // Only the cluster map stays clear, so that routers with different key
-// files still agree on the shape of the cluster. Keys (topic names and
+// files still agree on the Shape of the cluster. Keys (topic names and
 // context ids) stay clear too: the shards must order and scan them.
 //
 // A sealed value is
@@ -132,7 +133,7 @@ func newSealKey(key []byte) (*sealKey, error) {
 // CurrentID names the key new writes are sealed with (hex).
 func (kr *Keyring) CurrentID() string { return hex.EncodeToString(kr.current.id[:]) }
 
-// Len is how many keys the ring holds.
+// Len is how many keys the Ring holds.
 func (kr *Keyring) Len() int { return len(kr.byID) }
 
 func aad(bucket string, key []byte) []byte {
@@ -361,8 +362,8 @@ func (r *Router) adminReencrypt(c echo.Context) error {
 // new write was sealed with the current key.
 func (r *Router) reencrypt(ctx context.Context, kr *Keyring) ReencryptResult {
 	res := ReencryptResult{Key: kr.CurrentID(), Start: time.Now().UTC()}
-	for _, n := range r.topo.Load().all {
-		if !n.up() {
+	for _, n := range r.topo.Load().All {
+		if !n.Up() {
 			res.Errors = append(res.Errors, "shard "+n.Name+" is down: run the pass again when it is back")
 			continue
 		}
@@ -454,7 +455,7 @@ func rewritePass[T any](ctx context.Context, r *Router, read, write Shard, bucke
 
 // rawShard is a node's shard below the sealing layer: what it holds, as
 // it holds it.
-func rawShard(n *Node) Shard {
+func rawShard(n *placement.Node) Shard {
 	sh := n.Shard
 	if in, ok := sh.(*instrumented); ok {
 		sh = in.Shard

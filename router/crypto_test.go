@@ -239,7 +239,7 @@ func secondRouter(t testing.TB, tc *testCluster, kr *Keyring) string {
 	rt := tc.newRouter(t, Config{Nodes: tc.want, CacheBytes: 0, RepairInterval: time.Hour, Security: SecurityConfig{Keyring: kr}})
 	srv := httptest.NewServer(rt.Handler())
 	t.Cleanup(srv.Close)
-	waitFor(t, "second router's map", func() bool { return rt.topo.Load().epoch > 0 })
+	waitFor(t, "second router's map", func() bool { return rt.topo.Load().Epoch > 0 })
 	return srv.URL
 }
 
@@ -373,7 +373,7 @@ func TestRepairCopiesSealedRecords(t *testing.T) {
 	tc.faults[2].down.Store(true)
 	fillSealed(t, tc, "rep", 5)
 	tc.faults[2].down.Store(false)
-	waitFor(t, "shard 3 up", func() bool { return tc.router.topo.Load().all[2].up() })
+	waitFor(t, "shard 3 up", func() bool { return tc.router.topo.Load().All[2].Up() })
 	must(t, call(t, "POST", tc.URL+"/api/v1/admin/repair?wait=true", nil), 200, "repair")
 	recs, err := tc.stores[2].Scan(context.Background(), schema.BucketContexts, storage.ScanOptions{Limit: 100})
 	if err != nil || len(recs.Records) != 5 {

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -27,11 +28,11 @@ type testCluster struct {
 	router *Router
 	reg    *prometheus.Registry
 	stores []*storage.Store
-	faults []*faultyShard // one per shard, wrapping its client
-	nodes  []Node         // every shard made, in order
+	faults []*faultyShard   // one per shard, wrapping its client
+	nodes  []placement.Node // every shard made, in order
 
-	mu       sync.Mutex // guards want and replicas
-	want     []Node     // what Config.Reload returns
+	mu       sync.Mutex       // guards want and replicas
+	want     []placement.Node // what Config.Reload returns
 	replicas int
 }
 
@@ -76,7 +77,7 @@ func newTestCluster(t testing.TB, o clusterOpts) *testCluster {
 	srv := httptest.NewServer(tc.router.Handler())
 	t.Cleanup(srv.Close)
 	tc.URL = srv.URL
-	waitFor(t, "cluster map installed", func() bool { return tc.router.topo.Load().epoch > 0 })
+	waitFor(t, "cluster map installed", func() bool { return tc.router.topo.Load().Epoch > 0 })
 	return tc
 }
 
@@ -94,7 +95,7 @@ func (tc *testCluster) newRouter(t testing.TB, cfg Config) *Router {
 		}
 		return storage.NewClient(name, addr, nil)
 	}
-	cfg.Reload = func() ([]Node, int, error) {
+	cfg.Reload = func() ([]placement.Node, int, error) {
 		tc.mu.Lock()
 		defer tc.mu.Unlock()
 		return tc.want, tc.replicas, nil
@@ -108,7 +109,7 @@ func (tc *testCluster) newRouter(t testing.TB, cfg Config) *Router {
 }
 
 // addShard makes one more shard (not yet in the cluster) and returns it.
-func (tc *testCluster) addShard(t testing.TB) Node {
+func (tc *testCluster) addShard(t testing.TB) placement.Node {
 	t.Helper()
 	i := len(tc.nodes)
 	st, err := storage.Open(filepath.Join(t.TempDir(), fmt.Sprintf("sh-%d.db", i+1)), storage.Options{NoSync: true})
@@ -124,13 +125,13 @@ func (tc *testCluster) addShard(t testing.TB) Node {
 	f := &faultyShard{Shard: storage.NewClient(name, srv.URL, nil)}
 	tc.stores = append(tc.stores, st)
 	tc.faults = append(tc.faults, f)
-	n := Node{Name: name, Address: srv.URL, Shard: f}
+	n := placement.Node{Name: name, Address: srv.URL, Shard: f}
 	tc.nodes = append(tc.nodes, n)
 	return n
 }
 
 // setShape sets what the next reload asks for.
-func (tc *testCluster) setShape(nodes []Node, replicas int) {
+func (tc *testCluster) setShape(nodes []placement.Node, replicas int) {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
 	tc.want, tc.replicas = nodes, replicas

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
@@ -26,7 +27,7 @@ const (
 // each call under its own deadline, and returns the first error. It fails
 // at once when so many nodes are down that some key may have no live
 // replica that holds its newest version.
-func (r *Router) fanOutAll(ctx context.Context, timeout time.Duration, fn func(context.Context, *Node) error) error {
+func (r *Router) fanOutAll(ctx context.Context, timeout time.Duration, fn func(context.Context, *placement.Node) error) error {
 	t := r.topo.Load()
 	nodes, err := r.liveReadNodes(t)
 	if err != nil {
@@ -45,23 +46,23 @@ func (r *Router) fanOutAll(ctx context.Context, timeout time.Duration, fn func(c
 
 // liveReadNodes returns the live nodes a list must ask, or an unavailable
 // error naming the down ones when they are more than the replicas can
-// cover: with at most replicas - quorum owners of a key down, one that
+// cover: with at most replicas - Quorum owners of a key down, one that
 // acknowledged its newest write still answers.
-func (r *Router) liveReadNodes(t *topology) ([]*Node, error) {
-	var live []*Node
-	for _, sh := range t.shapes() {
+func (r *Router) liveReadNodes(t *placement.Topology) ([]*placement.Node, error) {
+	var live []*placement.Node
+	for _, sh := range t.Shapes() {
 		var down []string
-		for _, n := range sh.ring.nodes {
-			if !n.up() {
+		for _, n := range sh.Ring.Nodes() {
+			if !n.Up() {
 				down = append(down, n.Name)
 			}
 		}
-		if len(down) > sh.replicas-quorum(sh.replicas) {
-			return nil, apierr.Errorf(apierr.CodeUnavailable, "shards down: %s (replicas = %d)", strings.Join(down, ", "), sh.replicas)
+		if len(down) > sh.Replicas-placement.Quorum(sh.Replicas) {
+			return nil, apierr.Errorf(apierr.CodeUnavailable, "shards down: %s (replicas = %d)", strings.Join(down, ", "), sh.Replicas)
 		}
 	}
-	for _, n := range t.readNodes() {
-		if n.up() {
+	for _, n := range t.ReadNodes() {
+		if n.Up() {
 			live = append(live, n)
 		}
 	}
@@ -111,7 +112,7 @@ func (r *Router) page(ctx context.Context, q pageQuery) (recs []storage.Record, 
 			g.Go(func() error {
 				sctx, cancel := r.shardCtx(gctx)
 				defer cancel()
-				opts := storage.ScanOptions{Prefix: q.prefix, After: after, Limit: q.limit, Tombstones: t.cur.replicas > 1 || t.state != stateStable}
+				opts := storage.ScanOptions{Prefix: q.prefix, After: after, Limit: q.limit, Tombstones: t.Cur.Replicas > 1 || t.State != placement.StateStable}
 				if q.metaOnly {
 					opts.ValueLimit = metaPrefix
 				}
@@ -163,7 +164,7 @@ func (r *Router) page(ctx context.Context, q pageQuery) (recs []storage.Record, 
 
 // completeMeta reads again, whole, the records a value limit cut before
 // the end of their metadata.
-func completeMeta(ctx context.Context, n *Node, bucket string, recs []storage.Record) error {
+func completeMeta(ctx context.Context, n *placement.Node, bucket string, recs []storage.Record) error {
 	var keys [][]byte
 	var idx []int
 	for i := range recs {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
@@ -25,14 +26,14 @@ func (r *Router) writeRecord(ctx context.Context, pk, bucket string, key []byte,
 	return r.write(ctx, pk, bucket, key, tombstone, value, cond, match)
 }
 
-// writeAt writes key, placed at pk, at exactly version v on a quorum of
+// writeAt writes key, placed at pk, at exactly version v on a Quorum of
 // its replicas (a record that follows another one's version, like a
 // context's vector). A newer record held wins silently.
 func (r *Router) writeAt(ctx context.Context, pk, bucket string, key []byte, v uint64, tombstone bool, value []byte) error {
 	rec := storage.Record{Key: key, Version: v, Tombstone: tombstone, Value: value}
 	for range maxWriteRetries {
 		t := r.topo.Load()
-		_, err := r.replicate(ctx, t, t.replicaSet(pk), bucket, rec, map[*Node]bool{})
+		_, err := r.replicate(ctx, t, t.Owners(pk), bucket, rec, map[*placement.Node]bool{})
 		if errors.Is(err, storage.ErrStaleEpoch) {
 			r.refreshMap(ctx)
 			continue
@@ -45,7 +46,7 @@ func (r *Router) writeAt(ctx context.Context, pk, bucket string, key []byte, v u
 // searchNodes are the shards a fan-out over vectors must ask: every owner
 // of every serving Placement (replicas answer the same keys; callers keep
 // the newest version of each).
-func (r *Router) searchNodes() []*Node { return r.topo.Load().readNodes() }
+func (r *Router) searchNodes() []*placement.Node { return r.topo.Load().ReadNodes() }
 
 // vectorShard is what semantic search needs of a shard beside Shard:
 // storage.Store and storage.Client have it.

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -25,7 +26,7 @@ func TestMetricsLintAfterRebalance(t *testing.T) {
 	must(t, call(t, "POST", tc.URL+"/api/v1/admin/reload", nil), 202, "reload")
 	waitFor(t, "rebalance onto sh-4", func() bool {
 		top := tc.router.topo.Load()
-		return top.state == stateStable && len(top.cur.ring.nodes) == 4
+		return top.State == placement.StateStable && len(top.Cur.Ring.Nodes()) == 4
 	})
 
 	problems, err := testutil.GatherAndLint(tc.reg)

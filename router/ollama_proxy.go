@@ -25,7 +25,7 @@ import (
 // the router stores the new turns in the context and injects what the
 // client does not resend (the running summary and earlier turns) into the
 // system message. Everything else is relayed to Ollama as it is, streaming
-// included. Errors come back in Ollama's shape, {"error":"…"}, since
+// included. Errors come back in Ollama's Shape, {"error":"…"}, since
 // Ollama's clients read that.
 
 // ollamaPrefix is where the drop-in endpoint lives.
@@ -48,7 +48,7 @@ func ollamaError(c echo.Context, status int, msg string) error {
 	return c.JSON(status, map[string]string{"error": msg})
 }
 
-// ollamaFail writes an API error in Ollama's shape.
+// ollamaFail writes an API error in Ollama's Shape.
 func (r *Router) ollamaFail(c echo.Context, err error) error {
 	var apiErr *apierr.Error
 	if !errors.As(err, &apiErr) {

@@ -131,7 +131,7 @@ func TestDropInOllama(t *testing.T) {
 		t.Errorf("requests_total{proxy_chat,chat-model,ok} = %v, want 5", n)
 	}
 
-	// Errors come back in Ollama's shape, and store nothing.
+	// Errors come back in Ollama's Shape, and store nothing.
 	err := c.Chat(ctx, &api.ChatRequest{Model: "nope", Messages: []api.Message{{Role: "user", Content: "x"}}}, func(api.ChatResponse) error { return nil })
 	if !errors.As(err, &se) || se.StatusCode != 404 {
 		t.Errorf("Chat(unknown model) = %v, want Ollama's 404", err)
@@ -218,11 +218,11 @@ func TestDropInMemoryFolding(t *testing.T) {
 // allow list, the Connection header's hop-by-hop names, and the secret.
 func TestPickHeaders(t *testing.T) {
 	h := http.Header{
-		"Content-Type": {"application/json"},
-		"Accept":              {"application/x-ndjson"},
-		"User-Agent":          {"ollama/0.17 (carrying kvdb_abc_secret)"},
-		"Authorization":       {"Bearer kvdb_abc_secret"},
-		"Connection":          {"keep-alive, Accept"},
+		"Content-Type":  {"application/json"},
+		"Accept":        {"application/x-ndjson"},
+		"User-Agent":    {"ollama/0.17 (carrying kvdb_abc_secret)"},
+		"Authorization": {"Bearer kvdb_abc_secret"},
+		"Connection":    {"keep-alive, Accept"},
 	}
 	for _, tc := range []struct {
 		name   string

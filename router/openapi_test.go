@@ -179,7 +179,7 @@ func TestOpenAPI(t *testing.T) {
 	rt := tc.newRouter(t, Config{Nodes: tc.want, Registry: reg, MetricsHandler: metrics.Handler(reg), CacheBytes: 16 << 20, LLM: llmConfig(t, fake.URL)})
 	srv := httptest.NewServer(rt.Handler())
 	t.Cleanup(srv.Close)
-	waitFor(t, "cluster map loaded", func() bool { return rt.topo.Load().epoch > 0 })
+	waitFor(t, "cluster map loaded", func() bool { return rt.topo.Load().Epoch > 0 })
 	s := newSpecChecker(t, srv.URL)
 
 	// Operations.
@@ -296,7 +296,7 @@ func TestOpenAPI(t *testing.T) {
 	s.want(s.call("DELETE", "/api/v1/topics/kb/contexts/c1", nil, true), 204, "delete context")
 	s.want(s.call("DELETE", "/api/v1/topics/kb/contexts/c1", nil, true), 404, "delete missing context")
 
-	// Answers no operation describes still have the error shape.
+	// Answers no operation describes still have the error Shape.
 	s.errorShape("GET", "/api/v1/nope", 404)
 	s.errorShape("PATCH", "/api/v1/topics/kb", 405)
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
@@ -17,19 +18,19 @@ import (
 // ran ahead), the primary turned out stale, or the cluster map moved on.
 const maxWriteRetries = 5
 
-// epochCtx tags a call with the epoch of the topology it was planned on, so
+// epochCtx tags a call with the epoch of the Topology it was planned on, so
 // a shard holding a newer cluster map refuses it.
-func epochCtx(ctx context.Context, t *topology) context.Context {
-	return storage.WithEpoch(ctx, t.epoch)
+func epochCtx(ctx context.Context, t *placement.Topology) context.Context {
+	return storage.WithEpoch(ctx, t.Epoch)
 }
 
-// get reads the newest version of a key from a quorum of its replicas.
+// get reads the newest version of a key from a Quorum of its replicas.
 // A key no replica holds is storage.ErrNotFound; a tombstone is returned as
 // a record with Tombstone set. Replicas found behind are repaired in the
 // background.
 func (r *Router) get(ctx context.Context, pk, bucket string, key []byte) (storage.Record, error) {
 	t := r.topo.Load()
-	rec, err := r.readSet(ctx, t, t.replicaSet(pk), bucket, key)
+	rec, err := r.readSet(ctx, t, t.Owners(pk), bucket, key)
 	if err == nil {
 		r.clock.Observe(rec.Version)
 		if rec.Version == 0 {
@@ -40,16 +41,16 @@ func (r *Router) get(ctx context.Context, pk, bucket string, key []byte) (storag
 }
 
 type readAnswer struct {
-	node *Node
+	node *placement.Node
 	rec  storage.Record // Version 0: the node does not hold the key
 	err  error
 }
 
 // readSet asks every live replica in set and returns once each group has a
-// quorum of answers, with the newest record (Version 0 when none holds it).
-func (r *Router) readSet(ctx context.Context, t *topology, set replicaSet, bucket string, key []byte) (storage.Record, error) {
-	if len(set.union) == 1 {
-		n := set.union[0]
+// Quorum of answers, with the newest record (Version 0 when none holds it).
+func (r *Router) readSet(ctx context.Context, t *placement.Topology, set placement.ReplicaSet, bucket string, key []byte) (storage.Record, error) {
+	if len(set.Union) == 1 {
+		n := set.Union[0]
 		ctx, cancel := r.shardCtx(ctx)
 		defer cancel()
 		rec, err := n.Shard.Get(ctx, bucket, key)
@@ -63,10 +64,10 @@ func (r *Router) readSet(ctx context.Context, t *topology, set replicaSet, bucke
 	}
 	ctx, cancel := r.shardCtx(ctx)
 	defer cancel()
-	answers := make(chan readAnswer, len(set.union))
+	answers := make(chan readAnswer, len(set.Union))
 	asked := 0
-	for _, n := range set.union {
-		if !n.up() {
+	for _, n := range set.Union {
+		if !n.Up() {
 			continue
 		}
 		asked++
@@ -91,11 +92,15 @@ func (r *Router) readSet(ctx context.Context, t *topology, set replicaSet, bucke
 			continue
 		}
 		got = append(got, a)
-		if quorate(set, func(n *Node) bool { return slices.ContainsFunc(got, func(a readAnswer) bool { return a.node == n }) }) {
+		if quorate(set, func(n *placement.Node) bool {
+			return slices.ContainsFunc(got, func(a readAnswer) bool { return a.node == n })
+		}) {
 			break
 		}
 	}
-	if !quorate(set, func(n *Node) bool { return slices.ContainsFunc(got, func(a readAnswer) bool { return a.node == n }) }) {
+	if !quorate(set, func(n *placement.Node) bool {
+		return slices.ContainsFunc(got, func(a readAnswer) bool { return a.node == n })
+	}) {
 		r.m.QuorumFailures.WithLabelValues("read").Inc()
 		if unreadable != nil {
 			return storage.Record{}, unreadable // say why, not "unavailable"
@@ -118,35 +123,35 @@ func (r *Router) readSet(ctx context.Context, t *topology, set replicaSet, bucke
 	return newest, nil
 }
 
-// quorate reports whether every group of set has a quorum of nodes for
+// quorate reports whether every group of set has a Quorum of nodes for
 // which ok holds.
-func quorate(set replicaSet, ok func(*Node) bool) bool {
-	for _, g := range set.groups {
+func quorate(set placement.ReplicaSet, ok func(*placement.Node) bool) bool {
+	for _, g := range set.Groups {
 		n := 0
 		for _, node := range g {
 			if ok(node) {
 				n++
 			}
 		}
-		if n < quorum(len(g)) {
+		if n < placement.Quorum(len(g)) {
 			return false
 		}
 	}
 	return true
 }
 
-func (r *Router) noQuorum(op string, set replicaSet, got int, failed []string) *apierr.Error {
+func (r *Router) noQuorum(op string, set placement.ReplicaSet, got int, failed []string) *apierr.Error {
 	var down []string
-	for _, n := range set.union {
-		if !n.up() {
+	for _, n := range set.Union {
+		if !n.Up() {
 			down = append(down, n.Name+" (down)")
 		}
 	}
 	need := 0
-	for _, g := range set.groups {
-		need = max(need, quorum(len(g)))
+	for _, g := range set.Groups {
+		need = max(need, placement.Quorum(len(g)))
 	}
-	msg := fmt.Sprintf("%s reached %d of %d replicas, %d needed", op, got, len(set.groups[0]), need)
+	msg := fmt.Sprintf("%s reached %d of %d replicas, %d needed", op, got, len(set.Groups[0]), need)
 	if len(down)+len(failed) > 0 {
 		msg += ": " + strings.Join(append(down, failed...), "; ")
 	}
@@ -155,7 +160,7 @@ func (r *Router) noQuorum(op string, set replicaSet, got int, failed []string) *
 
 // readRepair writes the newest record to a replica found behind. It runs in
 // the background: the read has its answer already.
-func (r *Router) readRepair(t *topology, n *Node, bucket string, rec storage.Record) {
+func (r *Router) readRepair(t *placement.Topology, n *placement.Node, bucket string, rec storage.Record) {
 	r.m.ReadRepairs.Inc()
 	r.background(func(ctx context.Context) {
 		ctx, cancel := r.shardCtx(epochCtx(ctx, t))
@@ -168,26 +173,26 @@ func (r *Router) readRepair(t *topology, n *Node, bucket string, rec storage.Rec
 }
 
 // write stores one record on the key's replicas with a fresh version and
-// returns the outcome and the version written. It succeeds when a quorum
+// returns the outcome and the version written. It succeeds when a Quorum
 // of every owner group acknowledged; otherwise it answers 503 and the
 // partial write, if any, is left for repair: never reported as success.
 //
 // A conditional write is decided by one replica, the key's primary (its
 // first live, repaired owner): the router reads the newest version from a
-// quorum, checks the condition against it, and applies at the primary only
+// Quorum, checks the condition against it, and applies at the primary only
 // if the primary still holds exactly that version; then it replicates. So
 // concurrent conditional writes on a key serialise at its primary.
 func (r *Router) write(ctx context.Context, pk, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
-	avoid := map[*Node]bool{} // primaries that failed this write
-	var d decision            // set once some replica may hold the write
+	avoid := map[*placement.Node]bool{} // primaries that failed this write
+	var d decision                      // set once some replica may hold the write
 	for range maxWriteRetries {
 		t := r.topo.Load()
-		set := t.replicaSet(pk)
+		set := t.Owners(pk)
 		var res storage.Result
 		var v uint64
 		var err error
-		if len(set.union) == 1 && d.rec.Version == 0 {
-			res, v, err = r.writeOne(ctx, t, set.union[0], bucket, key, tombstone, value, cond, match)
+		if len(set.Union) == 1 && d.rec.Version == 0 {
+			res, v, err = r.writeOne(ctx, t, set.Union[0], bucket, key, tombstone, value, cond, match)
 		} else {
 			res, v, err = r.writeReplicated(ctx, t, set, avoid, &d, bucket, key, tombstone, value, cond, match)
 		}
@@ -218,7 +223,7 @@ type decision struct {
 	prevLive uint64 // newest live version the replicas reported before rec
 }
 
-func (r *Router) writeOne(ctx context.Context, t *topology, n *Node, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
+func (r *Router) writeOne(ctx context.Context, t *placement.Topology, n *placement.Node, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
 	ctx, cancel := r.shardCtx(epochCtx(ctx, t))
 	defer cancel()
 	v := r.clock.Next()
@@ -239,9 +244,9 @@ func (r *Router) writeOne(ctx context.Context, t *topology, n *Node, bucket stri
 	return res[0], v, nil
 }
 
-func (r *Router) writeReplicated(ctx context.Context, t *topology, set replicaSet, avoid map[*Node]bool, d *decision, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
+func (r *Router) writeReplicated(ctx context.Context, t *placement.Topology, set placement.ReplicaSet, avoid map[*placement.Node]bool, d *decision, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
 	rec := storage.Record{Key: key, Tombstone: tombstone, Value: value}
-	acked := map[*Node]bool{}
+	acked := map[*placement.Node]bool{}
 	var result storage.Result
 	if d.rec.Version != 0 {
 		rec, result = d.rec, d.result // decided under an older map: replicate it again
@@ -276,7 +281,7 @@ func (r *Router) writeReplicated(ctx context.Context, t *topology, set replicaSe
 		case err != nil:
 			return storage.Result{}, 0, apierr.FromStorage("write to primary "+primary.Name, err)
 		case res[0].Outcome == storage.Conflict && res[0].PrevVersion < cur.Version:
-			// The primary is behind the quorum: bring it up to date, retry.
+			// The primary is behind the Quorum: bring it up to date, retry.
 			rctx, cancel := r.shardCtx(epochCtx(ctx, t))
 			primary.Shard.Apply(rctx, bucket, []storage.Write{{Record: cur}})
 			cancel()
@@ -321,14 +326,14 @@ func condHolds(cond storage.Cond, match uint64, cur storage.Record) bool {
 
 // primary is the first live owner not known to lack writes and not
 // avoided.
-func (r *Router) primary(set replicaSet, avoid map[*Node]bool) *Node {
-	for _, n := range set.union {
-		if n.up() && !avoid[n] && !n.health.stale.Load() {
+func (r *Router) primary(set placement.ReplicaSet, avoid map[*placement.Node]bool) *placement.Node {
+	for _, n := range set.Union {
+		if n.Up() && !avoid[n] && !n.Health.Stale() {
 			return n
 		}
 	}
-	for _, n := range set.union {
-		if n.up() && !avoid[n] {
+	for _, n := range set.Union {
+		if n.Up() && !avoid[n] {
 			return n
 		}
 	}
@@ -336,21 +341,21 @@ func (r *Router) primary(set replicaSet, avoid map[*Node]bool) *Node {
 }
 
 type writeAnswer struct {
-	node *Node
+	node *placement.Node
 	res  storage.Result
 	err  error
 }
 
 // replicate sends rec to every live replica not yet in acked and returns
-// once each group has a quorum of acknowledgements. Sends still under way
+// once each group has a Quorum of acknowledgements. Sends still under way
 // then finish in the background, so slow replicas get the write too.
 // prevLive is the newest version the replicas held before, if that was a
 // live record (0: none, or deleted).
-func (r *Router) replicate(ctx context.Context, t *topology, set replicaSet, bucket string, rec storage.Record, acked map[*Node]bool) (prevLive uint64, err error) {
-	answers := make(chan writeAnswer, len(set.union))
+func (r *Router) replicate(ctx context.Context, t *placement.Topology, set placement.ReplicaSet, bucket string, rec storage.Record, acked map[*placement.Node]bool) (prevLive uint64, err error) {
+	answers := make(chan writeAnswer, len(set.Union))
 	sent := 0
-	for _, n := range set.union {
-		if acked[n] || !n.up() {
+	for _, n := range set.Union {
+		if acked[n] || !n.Up() {
 			continue
 		}
 		sent++
@@ -369,7 +374,7 @@ func (r *Router) replicate(ctx context.Context, t *topology, set replicaSet, buc
 	staleEpoch := false
 	var prevNewest uint64 // the newest version any replica held before rec
 	var prevTomb bool     // ... and whether it was a tombstone
-	isAcked := func(n *Node) bool { return acked[n] }
+	isAcked := func(n *placement.Node) bool { return acked[n] }
 	for i := 0; i < sent && !quorate(set, isAcked); i++ {
 		var a writeAnswer
 		select {

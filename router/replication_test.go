@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
@@ -45,7 +46,7 @@ func (tc *testCluster) markDown(t testing.TB, i int, down bool) {
 	name := tc.nodes[i].Name
 	waitFor(t, fmt.Sprintf("prober sees %s down=%v", name, down), func() bool {
 		n := tc.router.nodes[name]
-		return n != nil && n.up() == !down
+		return n != nil && n.Up() == !down
 	})
 }
 
@@ -182,8 +183,8 @@ func TestTombstonesCollected(t *testing.T) {
 }
 
 // checkPlacement checks that every context key held on stores lives on
-// exactly its owners in the router's topology. Writes acknowledged at a
-// quorum may still be landing on the last replica, so it retries for a
+// exactly its owners in the router's Topology. Writes acknowledged at a
+// Quorum may still be landing on the last replica, so it retries for a
 // while before it reports the problems.
 func checkPlacement(t testing.TB, tc *testCluster, stores []*storage.Store, names []string, skip func(key string) bool) {
 	t.Helper()
@@ -213,7 +214,7 @@ func placementProblems(t testing.TB, tc *testCluster, stores []*storage.Store, n
 	var problems []string
 	for k, on := range held {
 		var want []string
-		for _, n := range topo.replicaSet(k).union {
+		for _, n := range topo.Owners(k).Union {
 			want = append(want, n.Name)
 		}
 		slices.Sort(want)
@@ -242,7 +243,7 @@ func TestRebalanceGrowAndShrink(t *testing.T) {
 			ownersBefore := map[string]string{}
 			for i := range keys {
 				pk := schema.Placement("t", fmt.Sprintf("k%03d", i))
-				ownersBefore[pk] = tc.router.topo.Load().cur.ring.owner(pk).Name
+				ownersBefore[pk] = tc.router.topo.Load().Cur.Ring.Owner(pk).Name
 			}
 
 			var stop atomic.Bool
@@ -272,16 +273,16 @@ func TestRebalanceGrowAndShrink(t *testing.T) {
 				}
 			})
 
-			epoch := tc.router.topo.Load().epoch
+			epoch := tc.router.topo.Load().Epoch
 			tc.setShape(four, replicas)
 			must(t, call(t, "POST", tc.URL+"/api/v1/admin/reload", nil), 202, "reload to 4 shards")
 			waitFor(t, "rebalance to 4 shards", func() bool {
 				tp := tc.router.topo.Load()
-				return tp.state == stateStable && tp.epoch > epoch && len(tp.cur.ring.nodes) == 4
+				return tp.State == placement.StateStable && tp.Epoch > epoch && len(tp.Cur.Ring.Nodes()) == 4
 			})
 			moved := 0
 			for pk, before := range ownersBefore {
-				if tc.router.topo.Load().cur.ring.owner(pk).Name != before {
+				if tc.router.topo.Load().Cur.Ring.Owner(pk).Name != before {
 					moved++
 				}
 			}
@@ -292,12 +293,12 @@ func TestRebalanceGrowAndShrink(t *testing.T) {
 			// Keys the writer is still writing may be landing: check the rest.
 			checkPlacement(t, tc, tc.stores, []string{"sh-1", "sh-2", "sh-3", "sh-4"}, func(k string) bool { return strings.HasPrefix(k, "t/w") })
 
-			epoch = tc.router.topo.Load().epoch
+			epoch = tc.router.topo.Load().Epoch
 			tc.setShape(four[:3], replicas)
 			must(t, call(t, "POST", tc.URL+"/api/v1/admin/reload", nil), 202, "reload to 3 shards")
 			waitFor(t, "rebalance back to 3 shards", func() bool {
 				tp := tc.router.topo.Load()
-				return tp.state == stateStable && tp.epoch > epoch && len(tp.cur.ring.nodes) == 3
+				return tp.State == placement.StateStable && tp.Epoch > epoch && len(tp.Cur.Ring.Nodes()) == 3
 			})
 			stop.Store(true)
 			wg.Wait()
@@ -322,26 +323,26 @@ func TestRebalanceGrowAndShrink(t *testing.T) {
 
 // TestStaleRouterIsFenced: a second router that has not seen a membership
 // change cannot write to the old owners: the shards refuse its epoch, it
-// reloads the map, and its write lands where the new ring says.
+// reloads the map, and its write lands where the new Ring says.
 func TestStaleRouterIsFenced(t *testing.T) {
 	tc := newTestCluster(t, clusterOpts{})
 	tc.createTopic(t, "t")
 	b := tc.newRouter(t, Config{Nodes: tc.want, Registry: nil, CacheBytes: 0})
-	waitFor(t, "router B loads the map", func() bool { return b.topo.Load().epoch > 0 })
+	waitFor(t, "router B loads the map", func() bool { return b.topo.Load().Epoch > 0 })
 	// Freeze B's view: stop its background work so it does not notice the
 	// change by itself, as a router that is slow to probe would not.
 	b.bgCancel()
 	b.bgWG.Wait()
 
 	four := append(slices.Clone(tc.want), tc.addShard(t))
-	epoch := tc.router.topo.Load().epoch
+	epoch := tc.router.topo.Load().Epoch
 	tc.setShape(four, 1)
 	must(t, call(t, "POST", tc.URL+"/api/v1/admin/reload", nil), 202, "reload")
 	waitFor(t, "rebalance", func() bool {
 		tp := tc.router.topo.Load()
-		return tp.state == stateStable && tp.epoch > epoch
+		return tp.State == placement.StateStable && tp.Epoch > epoch
 	})
-	if b.topo.Load().epoch != epoch {
+	if b.topo.Load().Epoch != epoch {
 		t.Fatalf("router B moved on by itself; the test proves nothing")
 	}
 	for i := range 40 {
@@ -350,8 +351,8 @@ func TestStaleRouterIsFenced(t *testing.T) {
 			t.Fatalf("write through router B: %v", err)
 		}
 	}
-	if b.topo.Load().epoch <= epoch {
-		t.Errorf("router B still at epoch %d after its writes were refused", b.topo.Load().epoch)
+	if b.topo.Load().Epoch <= epoch {
+		t.Errorf("router B still at epoch %d after its writes were refused", b.topo.Load().Epoch)
 	}
 	for i := range 40 {
 		must(t, call(t, "GET", fmt.Sprintf("%s/api/v1/topics/t/contexts/b%d", tc.URL, i), nil), 200, "GET through router A of a write through B")
@@ -376,8 +377,8 @@ func TestConditionalWritesReplicated(t *testing.T) {
 	base := tc.URL + "/api/v1/topics/t/contexts"
 	for round := range 3 {
 		id := fmt.Sprintf("c%d", round)
-		primary := tc.router.topo.Load().replicaSet(schema.Placement("t", id)).union[0]
-		idx := slices.IndexFunc(tc.nodes, func(n Node) bool { return n.Name == primary.Name })
+		primary := tc.router.topo.Load().Owners(schema.Placement("t", id)).Union[0]
+		idx := slices.IndexFunc(tc.nodes, func(n placement.Node) bool { return n.Name == primary.Name })
 		switch round {
 		case 1: // the primary is down and the router knows it
 			tc.markDown(t, idx, true)
@@ -407,13 +408,13 @@ func TestConditionalWritesReplicated(t *testing.T) {
 // for a delete).
 func TestConditionalWriteAcrossEpochChange(t *testing.T) {
 	tc := newTestCluster(t, clusterOpts{replicas: 3, cacheBytes: 1})
-	// moveOn installs another router's map of the same shape, one epoch
+	// moveOn installs another router's map of the same Shape, one epoch
 	// on, on every shard but pk's primary, as if this router were about to
 	// learn of it.
 	moveOn := func(pk string) {
 		t.Helper()
 		cur := tc.router.topo.Load()
-		primary := cur.replicaSet(pk).union[0]
+		primary := cur.Owners(pk).Union[0]
 		m := tc.router.mapOf(cur)
 		m.Epoch++
 		for j, n := range tc.nodes {
@@ -472,9 +473,9 @@ func TestRepairWaitsForClusterMap(t *testing.T) {
 	}
 
 	gate := make(chan struct{})
-	var nodes []Node
+	var nodes []placement.Node
 	for _, n := range tc.nodes {
-		nodes = append(nodes, Node{Name: n.Name, Address: n.Address, Shard: &gatedShard{Shard: n.Shard, gate: gate}})
+		nodes = append(nodes, placement.Node{Name: n.Name, Address: n.Address, Shard: &gatedShard{Shard: n.Shard, gate: gate}})
 	}
 	r2 := tc.newRouter(t, Config{Nodes: nodes, Replicas: 3, CacheBytes: 1, RepairInterval: time.Hour})
 	done := make(chan error, 1)

@@ -13,6 +13,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/metrics"
 	"github.com/go-kvdb/go-kvdb/router/hlc"
 	"github.com/go-kvdb/go-kvdb/router/hotcache"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,9 +36,9 @@ type Config struct {
 	// is refused.
 	Reload func() ([]Node, int, error)
 	// Discovery marks the shards as found by DNS rather than configured:
-	// every shard of the cluster map then stays in the wanted shape, listed
+	// every shard of the cluster map then stays in the wanted Shape, listed
 	// by Nodes and Reload or not, until an operator removes it (POST
-	// /api/v1/admin/remove; see admin.go). False: the shape is exactly
+	// /api/v1/admin/remove; see admin.go). False: the Shape is exactly
 	// what Nodes and Reload list.
 	Discovery bool
 	// Mode is reported by /api/v1/cluster: "single" or "sharded".
@@ -81,20 +82,15 @@ type Config struct {
 	Security SecurityConfig
 }
 
-// Shard is what the router needs of a storage node. storage.Store (embedded
-// single-node mode) and storage.Client (a storaged over HTTP) both satisfy it.
-type Shard interface {
-	Get(ctx context.Context, bucket string, key []byte) (storage.Record, error)
-	Apply(ctx context.Context, bucket string, writes []storage.Write) ([]storage.Result, error)
-	Scan(ctx context.Context, bucket string, opts storage.ScanOptions) (storage.ScanPage, error)
-	DeletePrefix(ctx context.Context, bucket string, prefix []byte, version uint64) (int, error)
-	MultiGet(ctx context.Context, bucket string, keys [][]byte) ([]storage.Record, error)
-	Purge(ctx context.Context, bucket string, recs []storage.Record) (int, error)
-	Health(ctx context.Context) (storage.Health, error)
-}
+// Node and Shard are placement's: a shard as the configuration names it,
+// and what the router needs of one.
+type (
+	Node  = placement.Node
+	Shard = placement.Shard
+)
 
 // Router is the stateless front of the cluster: the public API, Placement
-// on the ring, replication, the hot cache and fan-out. Everything it holds
+// on the Ring, replication, the hot cache and fan-out. Everything it holds
 // can be rebuilt from the configuration and the shards.
 type Router struct {
 	cfg Config
@@ -102,7 +98,7 @@ type Router struct {
 	m   *metrics.Router
 	// batchCalls is m.ShardBatchCalls by op, resolved once (read only).
 	batchCalls map[string]prometheus.Observer
-	topo       atomic.Pointer[topology] // swapped whole on a membership change
+	topo       atomic.Pointer[placement.Topology] // swapped whole on a membership change
 	clock      hlc.Clock
 	codec      *codec
 	cache      *hotcache.Cache
@@ -116,11 +112,11 @@ type Router struct {
 	nodesMu sync.Mutex
 	nodes   map[string]*Node
 
-	// desiredMu guards desired: the shape the configuration asks for;
+	// desiredMu guards desired: the Shape the configuration asks for;
 	// wantReplicas, the replicas it asks for (uncapped); and removed, the
 	// shards an operator removed (discovery mode; see admin.go).
 	desiredMu    sync.Mutex
-	desired      shape
+	desired      placement.Shape
 	wantReplicas int
 	removed      map[string]bool
 
@@ -201,7 +197,7 @@ func New(cfg Config) (*Router, error) {
 		return nil, err
 	}
 	r.desired, r.wantReplicas = desired, cfg.Replicas
-	r.topo.Store(newTopology(0, stateStable, desired, shape{}, nil))
+	r.topo.Store(placement.NewTopology(0, placement.StateStable, desired, placement.Shape{}, nil))
 	if r.codec, err = newCodec(); err != nil {
 		return nil, err
 	}
@@ -226,16 +222,16 @@ func New(cfg Config) (*Router, error) {
 	return r, nil
 }
 
-// shapeOf registers nodes and builds the shape they form.
-func (r *Router) shapeOf(nodes []Node, replicas int) (shape, error) {
+// shapeOf registers nodes and builds the Shape they form.
+func (r *Router) shapeOf(nodes []Node, replicas int) (placement.Shape, error) {
 	ptrs := make([]*Node, 0, len(nodes))
 	for _, n := range nodes {
 		if n.Name == "" || n.Shard == nil {
-			return shape{}, fmt.Errorf("shard %q: name and shard are required", n.Name)
+			return placement.Shape{}, fmt.Errorf("shard %q: name and shard are required", n.Name)
 		}
 		ptrs = append(ptrs, r.register(n.Name, n.Address, n.Shard))
 	}
-	return newShape(ptrs, replicas)
+	return placement.NewShape(ptrs, replicas)
 }
 
 // register returns the registry's node called name, creating it with sh
@@ -256,9 +252,7 @@ func (r *Router) register(name, address string, sh Shard) *Node {
 	if b, ok := sh.(batchObservable); ok {
 		b.ObserveBatches(r.observeBatch)
 	}
-	n := &Node{Name: name, Address: address, Shard: &instrumented{Shard: r.sealShard(sh), name: name, m: r.m}, health: &nodeHealth{}}
-	n.health.nodeID.Store("")
-	n.health.lastErr.Store("")
+	n := placement.NewNode(name, address, &instrumented{Shard: r.sealShard(sh), name: name, m: r.m})
 	r.nodes[name] = n
 	return n
 }
@@ -320,7 +314,7 @@ type instrumented struct {
 }
 
 // observe records one call. A call cancelled by its caller (a client that
-// went away, or a read that had its quorum already) is not the shard's
+// went away, or a read that had its Quorum already) is not the shard's
 // failure and is not counted as one.
 func (s *instrumented) observe(ctx context.Context, op string, start time.Time, err error) {
 	s.m.ShardRequestDuration.WithLabelValues(s.name, op).Observe(time.Since(start).Seconds())
@@ -379,5 +373,5 @@ func (s *instrumented) Health(ctx context.Context) (storage.Health, error) {
 }
 
 func (r *Router) String() string {
-	return fmt.Sprintf("router(%s, %d shards)", r.cfg.Mode, len(r.topo.Load().cur.ring.nodes))
+	return fmt.Sprintf("router(%s, %d shards)", r.cfg.Mode, len(r.topo.Load().Cur.Ring.Nodes()))
 }

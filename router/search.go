@@ -238,7 +238,7 @@ func (r *Router) appendResults(ctx context.Context, out *[]byte, topic string, m
 func (r *Router) purgeStaleVector(topic string, key []byte, version uint64) {
 	_, id, _ := schema.SplitContextKey(key)
 	t := r.topo.Load()
-	owners := t.replicaSet(schema.Placement(topic, id)).union
+	owners := t.Owners(schema.Placement(topic, id)).Union
 	key = bytes.Clone(key)
 	r.background(func(ctx context.Context) {
 		for _, n := range owners {

@@ -219,7 +219,7 @@ func TestSearchReplicated(t *testing.T) {
 	for i := range 8 {
 		tc.putContext(t, "r", fmt.Sprintf("c%d", i), map[string]any{"content": map[string]any{"text": fmt.Sprintf("word%d shared", i)}})
 	}
-	// A write returns at a quorum; the last replica follows.
+	// A write returns at a Quorum; the last replica follows.
 	for i := range tc.stores {
 		waitFor(t, fmt.Sprintf("shard %d to hold all 8 vectors", i), func() bool { return countVectors(t, tc, i) == 8 })
 	}

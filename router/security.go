@@ -156,7 +156,7 @@ func (s *security) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-// fail answers an error from the middleware, in Ollama's shape on the
+// fail answers an error from the middleware, in Ollama's Shape on the
 // drop-in endpoint.
 func (s *security) fail(c echo.Context, ri *reqInfo, err *apierr.Error) error {
 	if ri.ollama {

@@ -30,7 +30,7 @@ func newSecureCluster(t testing.TB, shards int, mod func(*Config)) *testCluster 
 	srv := httptest.NewServer(tc.router.Handler())
 	t.Cleanup(srv.Close)
 	tc.URL = srv.URL
-	waitFor(t, "cluster map installed", func() bool { return tc.router.topo.Load().epoch > 0 })
+	waitFor(t, "cluster map installed", func() bool { return tc.router.topo.Load().Epoch > 0 })
 	return tc
 }
 

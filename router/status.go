@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -165,24 +166,24 @@ func (r *Router) repairLoop(ctx context.Context) {
 // repair runs one anti-entropy pass (or drives a rebalance under way).
 func (r *Router) repair(ctx context.Context) (*opStatus, error) {
 	// Until the router has loaded the cluster map it knows only the config
-	// file's shape, at epoch 0: shards that hold a map refuse its copies,
+	// file's Shape, at epoch 0: shards that hold a map refuse its copies,
 	// and its owners may not be the cluster's. Wait for the map.
-	for r.topo.Load().epoch == 0 {
+	for r.topo.Load().Epoch == 0 {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(r.cfg.ProbeInterval / 10):
 		}
 	}
-	if t := r.topo.Load(); t.state != stateStable {
+	if t := r.topo.Load(); t.State != placement.StateStable {
 		r.converge(ctx)
 		return r.status.snapshot("rebalance"), nil
 	}
 	r.syncMu.Lock()
 	t := r.topo.Load()
-	var wasUp []*Node
-	for _, n := range t.all {
-		if n.up() {
+	var wasUp []*placement.Node
+	for _, n := range t.All {
+		if n.Up() {
 			wasUp = append(wasUp, n)
 		}
 	}
@@ -192,7 +193,7 @@ func (r *Router) repair(ctx context.Context) (*opStatus, error) {
 		r.status.fail("repair", err)
 	} else if res.missing == 0 {
 		for _, n := range wasUp {
-			n.health.stale.Store(false)
+			n.Health.Repaired()
 		}
 	}
 	r.status.finish("repair")
@@ -224,13 +225,11 @@ type clusterInfo struct {
 
 func (r *Router) clusterInfo() clusterInfo {
 	t := r.topo.Load()
-	info := clusterInfo{Mode: r.cfg.Mode, Epoch: t.epoch, State: t.state, Replicas: t.cur.replicas,
+	info := clusterInfo{Mode: r.cfg.Mode, Epoch: t.Epoch, State: t.State, Replicas: t.Cur.Replicas,
 		Rebalance: r.status.snapshot("rebalance"), Repair: r.status.snapshot("repair")}
-	for _, n := range t.all {
-		id, _ := n.health.nodeID.Load().(string)
-		lastErr, _ := n.health.lastErr.Load().(string)
-		info.Shards = append(info.Shards, clusterShard{Name: n.Name, Address: liveAddress(n), State: t.nodeState(n),
-			NodeID: id, Epoch: n.health.epoch.Load(), Error: lastErr})
+	for _, n := range t.All {
+		info.Shards = append(info.Shards, clusterShard{Name: n.Name, Address: liveAddress(n), State: t.NodeState(n),
+			NodeID: n.Health.NodeID(), Epoch: n.Health.Epoch(), Error: n.Health.LastErr()})
 	}
 	return info
 }
@@ -254,7 +253,7 @@ func (r *Router) adminRepair(c echo.Context) error {
 }
 
 // adminReload re-reads the configuration and starts a rebalance if the
-// shape changed.
+// Shape changed.
 func (r *Router) adminReload(c echo.Context) error {
 	if err := r.Reload(); err != nil {
 		return apierr.Errorf(apierr.CodeFailedPrecondition, "%v", err)
@@ -264,16 +263,16 @@ func (r *Router) adminReload(c echo.Context) error {
 
 func (r *Router) ready(c echo.Context) error {
 	t := r.topo.Load()
-	for _, sh := range t.shapes() {
+	for _, sh := range t.Shapes() {
 		down := 0
 		var names []string
-		for _, n := range sh.ring.nodes {
-			if !n.up() {
+		for _, n := range sh.Ring.Nodes() {
+			if !n.Up() {
 				down++
 				names = append(names, n.Name)
 			}
 		}
-		if down > sh.replicas-quorum(sh.replicas) {
+		if down > sh.Replicas-placement.Quorum(sh.Replicas) {
 			return apierr.Errorf(apierr.CodeUnavailable, "shards unreachable: %v", names)
 		}
 	}

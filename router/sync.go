@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/hlc"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"golang.org/x/sync/errgroup"
@@ -35,25 +36,25 @@ type passResult struct {
 }
 
 type holder struct {
-	node      *Node
+	node      *placement.Node
 	version   uint64
 	tombstone bool
 }
 
 // syncPass runs one pass over t; kind ("repair" or "rebalance") names the
 // progress it reports.
-func (r *Router) syncPass(ctx context.Context, t *topology, kind string) (passResult, error) {
+func (r *Router) syncPass(ctx context.Context, t *placement.Topology, kind string) (passResult, error) {
 	var total passResult
-	var live []*Node
-	for _, n := range t.all {
-		if n.up() {
+	var live []*placement.Node
+	for _, n := range t.All {
+		if n.Up() {
 			live = append(live, n)
 		}
 	}
 	if len(live) == 0 {
 		return total, fmt.Errorf("no shard is up")
 	}
-	if slices.ContainsFunc(t.all, func(n *Node) bool { return !n.up() && !r.isRemoved(n.Name) }) {
+	if slices.ContainsFunc(t.All, func(n *placement.Node) bool { return !n.Up() && !r.isRemoved(n.Name) }) {
 		// A down shard may hold the only copy of some keys: the pass can
 		// bring the others up to date but cannot be complete. (A shard an
 		// operator removed while down is gone: nothing waits for it.)
@@ -119,7 +120,7 @@ func (r *Router) syncPass(ctx context.Context, t *topology, kind string) (passRe
 
 // groupHolders lists, for each key up to frontier, which nodes hold it at
 // which version, keys in order.
-func groupHolders(nodes []*Node, pages []storage.ScanPage, frontier []byte) ([]string, map[string][]holder) {
+func groupHolders(nodes []*placement.Node, pages []storage.ScanPage, frontier []byte) ([]string, map[string][]holder) {
 	holders := map[string][]holder{}
 	for i, p := range pages {
 		for _, rec := range p.Records {
@@ -140,14 +141,14 @@ func groupHolders(nodes []*Node, pages []storage.ScanPage, frontier []byte) ([]s
 
 type copyItem struct {
 	key    []byte
-	source *Node
+	source *placement.Node
 }
 
-func (r *Router) syncKeys(ctx context.Context, t *topology, bucket string, keys []string, holders map[string][]holder) (passResult, error) {
+func (r *Router) syncKeys(ctx context.Context, t *placement.Topology, bucket string, keys []string, holders map[string][]holder) (passResult, error) {
 	var res passResult
-	copies := map[*Node][]copyItem{} // target → keys to copy to it
-	purges := map[*Node][]storage.Record{}
-	anyDown := slices.ContainsFunc(t.all, func(n *Node) bool { return !n.up() })
+	copies := map[*placement.Node][]copyItem{} // target → keys to copy to it
+	purges := map[*placement.Node][]storage.Record{}
+	anyDown := slices.ContainsFunc(t.All, func(n *placement.Node) bool { return !n.Up() })
 	gcBefore := time.Now().Add(-r.cfg.RepairInterval)
 
 	for _, k := range keys {
@@ -159,7 +160,7 @@ func (r *Router) syncKeys(ctx context.Context, t *topology, bucket string, keys 
 				newest = h
 			}
 		}
-		owners := t.replicaSet(schema.PlacementOf([]byte(k))).union
+		owners := t.Owners(schema.PlacementOf([]byte(k))).Union
 		complete := true
 		for _, o := range owners {
 			held := uint64(0)
@@ -172,7 +173,7 @@ func (r *Router) syncKeys(ctx context.Context, t *topology, bucket string, keys 
 				continue
 			}
 			complete = false
-			if !o.up() {
+			if !o.Up() {
 				if !r.isRemoved(o.Name) {
 					res.missing++
 				}
@@ -180,7 +181,7 @@ func (r *Router) syncKeys(ctx context.Context, t *topology, bucket string, keys 
 			}
 			copies[o] = append(copies[o], copyItem{key: []byte(k), source: newest.node})
 		}
-		if t.state == stateMigrating || !complete {
+		if t.State == placement.StateMigrating || !complete {
 			continue // nothing is removed while data moves or an owner lacks the key
 		}
 		// Every owner holds the newest version: copies elsewhere can go.
@@ -191,7 +192,7 @@ func (r *Router) syncKeys(ctx context.Context, t *topology, bucket string, keys 
 		}
 		// A tombstone every owner holds, older than the repair interval and
 		// with every node up (none can bring back an older copy): collect it.
-		if newest.tombstone && t.state == stateStable && !anyDown && hlc.Time(newest.version).Before(gcBefore) {
+		if newest.tombstone && t.State == placement.StateStable && !anyDown && hlc.Time(newest.version).Before(gcBefore) {
 			for _, h := range hs {
 				if containsNode(owners, h.node) {
 					purges[h.node] = append(purges[h.node], storage.Record{Key: []byte(k), Version: newest.version})
@@ -203,7 +204,7 @@ func (r *Router) syncKeys(ctx context.Context, t *topology, bucket string, keys 
 	// Copy: fetch the newest values from their holders, write them to the
 	// owners that lack them.
 	for target, items := range copies {
-		bySource := map[*Node][][]byte{}
+		bySource := map[*placement.Node][][]byte{}
 		for _, it := range items {
 			bySource[it.source] = append(bySource[it.source], it.key)
 		}
@@ -247,7 +248,7 @@ func (r *Router) syncKeys(ctx context.Context, t *topology, bucket string, keys 
 	}
 
 	for node, recs := range purges {
-		if !node.up() {
+		if !node.Up() {
 			continue
 		}
 		for chunk := range slices.Chunk(recs, syncPage) {

@@ -180,7 +180,7 @@ func (r *Router) expiryLoop(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		if r.topo.Load().epoch == 0 {
+		if r.topo.Load().Epoch == 0 {
 			continue // the cluster map is not loaded yet
 		}
 		if n, err := r.purgeExpired(ctx); err != nil && ctx.Err() == nil {

@@ -291,7 +291,7 @@ func TestExpiryPurge(t *testing.T) {
 	if err != nil || n != 2 {
 		t.Fatalf("purgeExpired = %d, %v, want 2, nil", n, err)
 	}
-	// Writes are acknowledged by a quorum; the third replica gets them
+	// Writes are acknowledged by a Quorum; the third replica gets them
 	// in the background.
 	ctx := context.Background()
 	for i, st := range tc.stores {

@@ -1,4 +1,4 @@
-package router
+package placement
 
 import (
 	"fmt"
@@ -6,33 +6,25 @@ import (
 	"github.com/serialx/hashring"
 )
 
-// Node is a shard as the cluster configuration names it.
-type Node struct {
-	Name    string
-	Address string // a URL, or the file in single-node mode
-	Shard   Shard
-
-	health *nodeHealth // set by the router; shared by every topology
-}
-
 // ringWeight is the number of points each shard gets on the ring. One point
 // per shard splits keys very unevenly; 160 keeps every shard within a few
 // percent of its fair share.
 const ringWeight = 160
 
-// ring places keys on nodes. It is immutable: a change of membership builds
+// Ring places keys on nodes. It is immutable: a change of membership builds
 // a new ring, which is swapped in whole.
-type ring struct {
+type Ring struct {
 	hr     *hashring.HashRing
 	nodes  []*Node          // in configuration order
 	byName map[string]*Node // by Node.Name
 }
 
-func newRing(nodes []*Node) (*ring, error) {
+// NewRing builds a ring of nodes, each with ringWeight points.
+func NewRing(nodes []*Node) (*Ring, error) {
 	if len(nodes) == 0 {
 		return nil, fmt.Errorf("no shards configured")
 	}
-	r := &ring{byName: make(map[string]*Node, len(nodes))}
+	r := &Ring{byName: make(map[string]*Node, len(nodes))}
 	weights := make(map[string]int, len(nodes))
 	for i, n := range nodes {
 		if n.Name == "" || n.Shard == nil {
@@ -49,23 +41,23 @@ func newRing(nodes []*Node) (*ring, error) {
 	return r, nil
 }
 
-// owner returns the first node that holds key.
-func (r *ring) owner(key string) *Node {
+// Owner returns the first node that holds key.
+func (r *Ring) Owner(key string) *Node {
 	if len(r.nodes) == 1 {
 		return r.nodes[0]
 	}
 	name, ok := r.hr.GetNode(key)
-	if !ok { // only an empty ring has no owner, and newRing refuses one
+	if !ok { // only an empty ring has no owner, and NewRing refuses one
 		panic("hash ring is empty")
 	}
 	return r.byName[name]
 }
 
-// replicas returns the n distinct nodes that hold key, clockwise from its
+// Replicas returns the n distinct nodes that hold key, clockwise from its
 // point on the ring; the first is its primary. n is capped at the ring size.
-func (r *ring) replicas(key string, n int) []*Node {
+func (r *Ring) Replicas(key string, n int) []*Node {
 	if n <= 1 || len(r.nodes) == 1 {
-		return []*Node{r.owner(key)}
+		return []*Node{r.Owner(key)}
 	}
 	n = min(n, len(r.nodes))
 	names, ok := r.hr.GetNodes(key, n)
@@ -79,11 +71,18 @@ func (r *ring) replicas(key string, n int) []*Node {
 	return out
 }
 
-// names lists the ring's node names in configuration order.
-func (r *ring) names() []string {
+// Names lists the ring's node names in configuration order.
+func (r *Ring) Names() []string {
 	out := make([]string, len(r.nodes))
 	for i, n := range r.nodes {
 		out[i] = n.Name
 	}
 	return out
 }
+
+// Nodes are the ring's nodes in configuration order; the slice is shared
+// and must not be changed.
+func (r *Ring) Nodes() []*Node { return r.nodes }
+
+// Node is the ring's node called name, or nil.
+func (r *Ring) Node(name string) *Node { return r.byName[name] }

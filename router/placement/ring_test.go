@@ -1,0 +1,77 @@
+package placement
+
+import (
+	"fmt"
+	"testing"
+)
+
+// noShard stands for a shard no test calls.
+type noShard struct{ Shard }
+
+func testNodes(n int) []*Node {
+	var nodes []*Node
+	for i := range n {
+		nodes = append(nodes, NewNode(fmt.Sprintf("sh-%d", i+1), "", noShard{}))
+	}
+	return nodes
+}
+
+// TestRingSpread checks what ringWeight is for: every shard owns close to
+// its fair share of keys, and a key's replicas are distinct shards.
+func TestRingSpread(t *testing.T) {
+	for _, n := range []int{2, 3, 5} {
+		r, err := NewRing(testNodes(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		owned := map[string]int{}
+		const keys = 30000
+		for i := range keys {
+			k := fmt.Sprintf("topic/ctx-%d", i)
+			owned[r.Owner(k).Name]++
+			reps := r.Replicas(k, 3)
+			if want := min(3, n); len(reps) != want || reps[0] != r.Owner(k) {
+				t.Fatalf("Replicas(%q, 3) = %d nodes starting %s, want %d starting with the owner", k, len(reps), reps[0].Name, want)
+			}
+			seen := map[string]bool{}
+			for _, rep := range reps {
+				if seen[rep.Name] {
+					t.Fatalf("Replicas(%q, 3) names %s twice", k, rep.Name)
+				}
+				seen[rep.Name] = true
+			}
+		}
+		fair := keys / n
+		for name, got := range owned {
+			if got < fair*8/10 || got > fair*12/10 {
+				t.Errorf("%d shards: %s owns %d of %d keys, want within 20%% of %d", n, name, got, keys, fair)
+			}
+		}
+	}
+	if _, err := NewRing(nil); err == nil {
+		t.Errorf("NewRing(nil) = nil error, want one")
+	}
+	dup := testNodes(2)
+	dup[1].Name = dup[0].Name
+	if _, err := NewRing(dup); err == nil {
+		t.Errorf("NewRing with a name twice = nil error, want one")
+	}
+}
+
+func BenchmarkRingOwner(b *testing.B) {
+	var nodes []*Node
+	for i := range 3 {
+		nodes = append(nodes, &Node{Name: fmt.Sprintf("sh-%d", i+1), Shard: noShard{}})
+	}
+	r, _ := NewRing(nodes)
+	keys := make([]string, 1024)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("topic/ctx-%d", i)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		r.Owner(keys[i&1023])
+		i++
+	}
+}
