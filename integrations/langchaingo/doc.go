@@ -41,7 +41,10 @@
 // most 128 bytes as "key=JSON". Numbers come back as float64, as from any
 // JSON store. A filter matches exact values only.
 //
-// This package never creates or changes anything the caller did not ask
-// for beyond the topic and the conversation, and never holds connections
-// or goroutines of its own: the client owns its transport.
+// A tag written by another client as "k=v" reads back as metadata k when v
+// is JSON, and as a plain tag otherwise.
+//
+// This package creates nothing the caller did not ask for beyond the topic
+// and the conversation, holds no connections (the client owns its
+// transport) and starts no goroutine that outlives a call.
 package langchaingo

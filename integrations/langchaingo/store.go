@@ -46,8 +46,9 @@ func WithEmbedder(e embeddings.Embedder) StoreOption { return func(s *Store) { s
 // WithEmbeddingModel names the model of the embedder's vectors: stored as
 // the contexts' metadata.embedding_model and sent with every search, so
 // the router compares them only with vectors of that model. Without it
-// they are stored unnamed, and compared with other unnamed vectors. It has
-// no effect on documents the router embeds.
+// they are stored unnamed, and compared with other unnamed vectors. The
+// name applies to an embedder given for one call (vectorstores.WithEmbedder)
+// too; it has no effect on documents the router embeds.
 func WithEmbeddingModel(name string) StoreOption { return func(s *Store) { s.model = name } }
 
 // NewStore returns a store on topic, which is created by the first
@@ -286,10 +287,11 @@ func pageContent(c *client.Content) string {
 	return b.String()
 }
 
-// Delete deletes the documents ids (as AddDocuments returned them, or
-// Metadata[IDKey] of a search result), in order, stopping at the first
-// failure: an id that is not one (ErrInvalidArgument) or that the topic
-// does not hold (client.ErrNotFound).
+// Delete deletes the documents ids of the store's topic (as AddDocuments
+// returned them, or Metadata[IDKey] of a search result), in order,
+// stopping at the first failure: an id that is not one
+// (ErrInvalidArgument, checked for all before any is deleted) or that the
+// topic does not hold (client.ErrNotFound).
 func (s *Store) Delete(ctx context.Context, ids ...string) error {
 	for _, id := range ids {
 		if err := checkID(id); err != nil {
