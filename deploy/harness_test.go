@@ -146,6 +146,40 @@ func waitOK(t testing.TB, p *proc, url string) {
 	}
 }
 
+// cluster is three storaged and a router with replicas = 3, processes on
+// loopback, stopped when the test ends.
+type cluster struct {
+	router string   // the router's address
+	shards []string // the storage daemons' addresses
+	base   string   // the router's URL
+}
+
+func startCluster(t testing.TB) cluster {
+	t.Helper()
+	router, storaged := binaries(t)
+	dir := t.TempDir()
+	addrs := freeAddrs(t, 4)
+	c := cluster{router: addrs[3], shards: addrs[:3], base: "http://" + addrs[3]}
+
+	var toml strings.Builder
+	toml.WriteString("replicas = 3\n")
+	for i, a := range c.shards {
+		fmt.Fprintf(&toml, "\n[[shards]]\nname = \"sh-%d\"\nidx = %d\naddress = %q\n", i+1, i, a)
+	}
+	config := filepath.Join(dir, "sharding.toml")
+	if err := os.WriteFile(config, []byte(toml.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range c.shards {
+		p := start(t, fmt.Sprintf("storaged sh-%d", i+1), storaged,
+			"-db-location="+filepath.Join(dir, fmt.Sprintf("sh-%d.db", i+1)), "-http-addr="+a)
+		waitOK(t, p, "http://"+a+"/healthz")
+	}
+	rp := start(t, "router", router, "-config-file="+config, "-http-addr="+c.router, "-cache-size=16777216")
+	waitOK(t, rp, c.base+"/readyz")
+	return c
+}
+
 // send makes one request with a JSON body (nil: none) and returns the
 // status and body; a transport error is status 0.
 func send(client *http.Client, method, url string, body any) (int, []byte, error) {

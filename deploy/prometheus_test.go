@@ -1,15 +1,18 @@
 package deploy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -32,62 +35,122 @@ func TestPromtoolChecksComposeConfig(t *testing.T) {
 }
 
 // TestDashboardAgainstPrometheus starts a real cluster (three storaged and
-// a router with replicas = 3, processes on loopback) and a real Prometheus
-// scraping it under the job names of deploy/prometheus.yml, drives traffic,
-// and checks that every query of every dashboard panel returns data
-// through Prometheus' HTTP API. It also lints what both kinds of process
-// expose.
+// a router with replicas = 3, processes on loopback) and, beside one
+// another, real Prometheus servers that scrape it under different job
+// names: compose's (deploy/prometheus.yml: router, storaged), one job for
+// every process, and names of their own. It drives traffic and, for each
+// Prometheus, binds the dashboard's variables as Grafana would (their
+// options from Prometheus, which must be exactly the Go-KVDB jobs and
+// instances) and checks that every query of every panel, as Grafana would
+// send it, returns data and only its role's series: with the variables'
+// defaults (All), and with every option picked one by one. It also lints
+// what both kinds of process expose.
 func TestDashboardAgainstPrometheus(t *testing.T) {
 	promBin, err := exec.LookPath("prometheus")
 	if err != nil {
 		t.Skip("prometheus not installed: apt-get install prometheus (Debian package; .ci/run installs it)")
 	}
-	router, storaged := binaries(t)
-	dir := t.TempDir()
-	addrs := freeAddrs(t, 5)
-	shardAddrs, routerAddr, promAddr := addrs[:3], addrs[3], addrs[4]
-
-	var toml strings.Builder
-	toml.WriteString("replicas = 3\n")
-	for i, a := range shardAddrs {
-		fmt.Fprintf(&toml, "\n[[shards]]\nname = \"sh-%d\"\nidx = %d\naddress = %q\n", i+1, i, a)
+	c := startCluster(t)
+	namings := []struct {
+		name string
+		jobs []scrapeJob
+	}{
+		{"jobs router and storaged", []scrapeJob{{"router", c.addrs(roles[0])}, {"storaged", c.addrs(roles[1])}}},
+		{"one job kvdb", []scrapeJob{{"kvdb", c.all()}}},
+		{"jobs kvdb-router and kvdb-shards", []scrapeJob{{"kvdb-router", c.addrs(roles[0])}, {"kvdb-shards", c.addrs(roles[1])}}},
 	}
-	config := filepath.Join(dir, "sharding.toml")
-	if err := os.WriteFile(config, []byte(toml.String()), 0o644); err != nil {
-		t.Fatal(err)
+	proms := make([]string, len(namings))
+	for i, n := range namings {
+		proms[i] = startPrometheus(t, promBin, n.jobs)
 	}
-	for i, a := range shardAddrs {
-		p := start(t, fmt.Sprintf("storaged sh-%d", i+1), storaged,
-			"-db-location="+filepath.Join(dir, fmt.Sprintf("sh-%d.db", i+1)), "-http-addr="+a)
-		waitOK(t, p, "http://"+a+"/healthz")
-	}
-	rp := start(t, "router", router, "-config-file="+config, "-http-addr="+routerAddr, "-cache-size=16777216")
-	base := "http://" + routerAddr
-	waitOK(t, rp, base+"/readyz")
-
-	promConfig := fmt.Sprintf(`global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-scrape_configs:
-  - job_name: router
-    static_configs:
-      - targets: [%q]
-  - job_name: storaged
-    static_configs:
-      - targets: [%s]
-`, routerAddr, `"`+strings.Join(shardAddrs, `", "`)+`"`)
-	promFile := filepath.Join(dir, "prometheus.yml")
-	if err := os.WriteFile(promFile, []byte(promConfig), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	pp := start(t, "prometheus", promBin, "--config.file="+promFile, "--storage.tsdb.path="+filepath.Join(dir, "tsdb"),
-		"--web.listen-address="+promAddr, "--log.level=warn")
-	promURL := "http://" + promAddr
-	waitOK(t, pp, promURL+"/-/ready")
-
-	// Traffic: writes, hits, misses, lists, 404s, a repair; and a loop that
-	// keeps every rate non-zero until the checks are done.
 	hc := &http.Client{Timeout: 10 * time.Second}
+	driveTraffic(t, hc, c.base)
+
+	d := loadDashboard(t)
+	for i, n := range namings {
+		t.Run(n.name, func(t *testing.T) { checkDashboard(t, hc, proms[i], d, c, n.jobs) })
+	}
+
+	// What the processes expose is lint-clean, Go runtime collectors
+	// included; the metrics the dashboard tells the roles apart by are each
+	// role's own, and it knows every metric both expose.
+	exposed := map[string]map[string]bool{}
+	for _, r := range roles {
+		exposed[r.name] = map[string]bool{}
+		for _, target := range c.addrs(r) {
+			code, raw, err := send(hc, "GET", "http://"+target+"/metrics", nil)
+			if err != nil || code != http.StatusOK {
+				t.Fatalf("GET %s/metrics = %d, %v", target, code, err)
+			}
+			problems, err := promlint.New(bytes.NewReader(raw)).Lint()
+			if err != nil {
+				t.Fatalf("lint %s: %v", target, err)
+			}
+			for _, p := range problems {
+				t.Errorf("%s: metric %s: %s", target, p.Metric, p.Text)
+			}
+			for _, name := range metricFamilies(raw) {
+				exposed[r.name][name] = true
+			}
+		}
+	}
+	for _, r := range roles {
+		if !exposed[r.name][r.marker] || exposed[otherRole(&r).name][r.marker] {
+			t.Errorf("%s exposed by %s %v, by %s %v: want by %[2]s only", r.marker, r.name, exposed[r.name][r.marker],
+				otherRole(&r).name, exposed[otherRole(&r).name][r.marker])
+		}
+	}
+	for name := range exposed[roles[0].name] {
+		if strings.HasPrefix(name, "kvdb_") && exposed[roles[1].name][name] && !sharedMetric.MatchString(name) {
+			t.Errorf("both roles expose %s, which sharedMetric %s does not know", name, sharedMetric)
+		}
+	}
+}
+
+// addrs is where the role's processes listen; all is every process.
+func (c cluster) addrs(r role) []string {
+	if r.name == roles[0].name {
+		return []string{c.router}
+	}
+	return c.shards
+}
+
+func (c cluster) all() []string { return append([]string{c.router}, c.shards...) }
+
+// scrapeJob is one job of a Prometheus configuration.
+type scrapeJob struct {
+	name    string
+	targets []string
+}
+
+// startPrometheus starts a Prometheus that scrapes the jobs, and itself as
+// job "prometheus" (a target that is not Go-KVDB), every second; it
+// returns its URL.
+func startPrometheus(t testing.TB, bin string, jobs []scrapeJob) string {
+	t.Helper()
+	dir := t.TempDir()
+	addr := freeAddrs(t, 1)[0]
+	var cfg strings.Builder
+	cfg.WriteString("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n")
+	var names []string
+	for _, j := range append(slices.Clone(jobs), scrapeJob{"prometheus", []string{addr}}) {
+		names = append(names, j.name)
+		fmt.Fprintf(&cfg, "  - job_name: %q\n    static_configs:\n      - targets: [\"%s\"]\n", j.name, strings.Join(j.targets, `", "`))
+	}
+	file := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(file, []byte(cfg.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, "prometheus (jobs "+strings.Join(names, ", ")+")", bin, "--config.file="+file,
+		"--storage.tsdb.path="+filepath.Join(dir, "tsdb"), "--web.listen-address="+addr, "--log.level=warn")
+	waitOK(t, p, "http://"+addr+"/-/ready")
+	return "http://" + addr
+}
+
+// driveTraffic writes, hits, misses, lists, answers 404s and repairs, then
+// keeps every rate non-zero until the test ends.
+func driveTraffic(t testing.TB, hc *http.Client, base string) {
+	t.Helper()
 	mustDo := func(method, u string, body any, want int) {
 		t.Helper()
 		code, raw, err := send(hc, method, u, body)
@@ -113,81 +176,193 @@ scrape_configs:
 			time.Sleep(5 * time.Millisecond)
 		}
 	})
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		wg.Wait()
-	}()
+	})
+}
 
-	// Every panel's every query must return data; scrapes take a few
-	// seconds to give rate() two samples.
-	d := loadDashboard(t)
-	pending := map[string]string{} // expr → panel title
-	for _, p := range d.Panels {
-		for _, tg := range p.Targets {
-			pending[tg.Expr] = p.Title
+// checkDashboard checks the dashboard against one Prometheus scraping c
+// under jobs; see TestDashboardAgainstPrometheus. Scrapes take a few
+// seconds to list every target and give rate() two samples.
+func checkDashboard(t *testing.T, hc *http.Client, promURL string, d dashboard, c cluster, jobs []scrapeJob) {
+	deadline := time.Now().Add(60 * time.Second)
+	want := map[string][]string{instanceVar: slices.Sorted(slices.Values(c.all()))}
+	for _, r := range roles {
+		for _, j := range jobs {
+			if slices.ContainsFunc(j.targets, func(a string) bool { return slices.Contains(c.addrs(r), a) }) {
+				want[r.jobVar] = append(want[r.jobVar], j.name)
+			}
 		}
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	last := map[string]string{}
-	for len(pending) > 0 && time.Now().Before(deadline) {
-		for expr := range pending {
-			n, err := promQuery(hc, promURL, expr)
-			if err != nil {
-				last[expr] = err.Error()
-				continue
-			}
-			if n > 0 {
-				delete(pending, expr)
-				continue
-			}
-			last[expr] = "no data"
+	ds := provisionedDatasource(t)
+	var bs bindings
+	for {
+		var err error
+		bs, err = bindVariables(hc, promURL, d.Templating.List, ds)
+		diff := optionsDiff(bs, want)
+		if err == nil && diff == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("variables: %v %s", err, diff)
+			break
 		}
 		time.Sleep(time.Second)
 	}
-	for expr, title := range pending {
-		t.Errorf("panel %q: query %s: %s", title, expr, last[expr])
-	}
-	if len(pending) > 0 {
-		if n, _ := promQuery(hc, promURL, "up"); n > 0 {
-			code, raw, _ := send(hc, "GET", promURL+"/api/v1/targets?state=active", nil)
-			t.Logf("targets (%d): %s", code, raw)
+
+	qs := d.queries()
+	everyOption := bindings{}
+	for name, b := range bs {
+		if b.v.Multi {
+			b = b.pickAll()
 		}
+		everyOption[name] = b
+	}
+	found := map[int][]map[string]string{}
+	for _, view := range []struct {
+		name string
+		bs   bindings
+	}{{"defaults (All)", bs}, {"every option picked", everyOption}} {
+		n := 0
+		for i, series := range panelData(t, hc, promURL, qs, view.bs, deadline) {
+			found[i] = append(found[i], series...)
+			n++
+		}
+		t.Logf("%s: %d of %d queries return data", view.name, n, len(qs))
 	}
 
-	// What the processes expose is lint-clean, Go runtime collectors included.
-	for _, target := range append([]string{routerAddr}, shardAddrs...) {
-		code, raw, err := send(hc, "GET", "http://"+target+"/metrics", nil)
-		if err != nil || code != http.StatusOK {
-			t.Fatalf("GET %s/metrics = %d, %v", target, code, err)
+	// A query reads only its role's series, even when both roles are one
+	// job: its routes are routes the role served, its instances the role's.
+	for _, r := range roles {
+		escaped := make([]string, len(c.addrs(r)))
+		for i, a := range c.addrs(r) {
+			escaped[i] = promRegexEscape(a)
 		}
-		problems, err := promlint.New(bytes.NewReader(raw)).Lint()
+		truth, err := promQuery(hc, promURL, fmt.Sprintf(`count by (route) (kvdb_http_requests_total{instance=~"%s"})`, strings.Join(escaped, "|")))
 		if err != nil {
-			t.Fatalf("lint %s: %v", target, err)
+			t.Fatal(err)
 		}
-		for _, p := range problems {
-			t.Errorf("%s: metric %s: %s", target, p.Metric, p.Text)
+		routes := map[string]bool{}
+		for _, s := range truth {
+			routes[s["route"]] = true
+		}
+		for i, q := range qs {
+			if q.role == nil || q.role.name != r.name {
+				continue
+			}
+			alien := map[string]bool{}
+			for _, s := range found[i] {
+				if route, ok := s["route"]; ok && !routes[route] {
+					alien["route "+route] = true
+				}
+				if inst, ok := s["instance"]; ok && !slices.Contains(c.addrs(r), inst) {
+					alien["instance "+inst] = true
+				}
+			}
+			if len(alien) > 0 {
+				t.Errorf("%s (%s): series of %q, which are not the %s's", q, q.expr, slices.Sorted(maps.Keys(alien)), r.name)
+			}
 		}
 	}
 }
 
-// promQuery runs an instant query and returns how many series it found.
-func promQuery(hc *http.Client, base, expr string) (int, error) {
+// optionsDiff says how the variables' options differ from want ("" when
+// they do not).
+func optionsDiff(bs bindings, want map[string][]string) string {
+	var diff []string
+	for name, w := range want {
+		var got []string
+		for _, o := range bs[name].options {
+			got = append(got, o.value)
+		}
+		if !slices.Equal(got, w) {
+			diff = append(diff, fmt.Sprintf("%s lists %q, want %q", name, got, w))
+		}
+	}
+	slices.Sort(diff)
+	return strings.Join(diff, "; ")
+}
+
+// panelData runs every query as Grafana would send it under bs until each
+// returns data or the deadline passes, fails the test for each that
+// never does, and returns by query index the series of those that did.
+func panelData(t *testing.T, hc *http.Client, promURL string, qs []query, bs bindings, deadline time.Time) map[int][]map[string]string {
+	t.Helper()
+	pending := map[int]string{} // index → the query as sent
+	for i, q := range qs {
+		sent, err := bs.interpolate(q.expr)
+		if err != nil {
+			t.Errorf("%s: %v", q, err)
+		}
+		pending[i] = sent
+	}
+	found := map[int][]map[string]string{}
+	last := map[int]string{}
+	for len(pending) > 0 {
+		for i, sent := range pending {
+			series, err := promQuery(hc, promURL, sent)
+			switch {
+			case err != nil:
+				last[i] = err.Error()
+			case len(series) == 0:
+				last[i] = "no data"
+			default:
+				found[i] = series
+				delete(pending, i)
+			}
+		}
+		if len(pending) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	for i, sent := range pending {
+		t.Errorf("%s: query %s: %s", qs[i], sent, last[i])
+	}
+	if len(pending) > 0 {
+		code, raw, _ := send(hc, "GET", promURL+"/api/v1/targets?state=active", nil)
+		t.Logf("targets (%d): %s", code, raw)
+	}
+	return found
+}
+
+// promQuery runs an instant query and returns the label sets it found.
+func promQuery(hc *http.Client, base, expr string) ([]map[string]string, error) {
 	code, raw, err := send(hc, "GET", base+"/api/v1/query?query="+url.QueryEscape(expr), nil)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	var ans struct {
 		Status string `json:"status"`
 		Error  string `json:"error"`
 		Data   struct {
-			Result []json.RawMessage `json:"result"`
+			Result []struct {
+				Metric map[string]string `json:"metric"`
+			} `json:"result"`
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(raw, &ans); err != nil {
-		return 0, fmt.Errorf("answer %d %s: %v", code, raw, err)
+		return nil, fmt.Errorf("answer %d %s: %v", code, raw, err)
 	}
 	if ans.Status != "success" {
-		return 0, fmt.Errorf("prometheus: %s", ans.Error)
+		return nil, fmt.Errorf("prometheus: %s", ans.Error)
 	}
-	return len(ans.Data.Result), nil
+	series := make([]map[string]string, len(ans.Data.Result))
+	for i, r := range ans.Data.Result {
+		series[i] = r.Metric
+	}
+	return series, nil
+}
+
+// metricFamilies lists the families a /metrics page declares (# TYPE).
+func metricFamilies(page []byte) []string {
+	var names []string
+	sc := bufio.NewScanner(bytes.NewReader(page))
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) >= 3 && f[0] == "#" && f[1] == "TYPE" {
+			names = append(names, f[2])
+		}
+	}
+	return names
 }
