@@ -147,11 +147,7 @@ func (r *Router) noteRemoved(names []string) {
 // liveAddress is where a shard is reached now: a shard whose address can
 // change under a stable name (found by DNS) says so through Addr.
 func liveAddress(n *placement.Node) string {
-	sh := n.Shard
-	if in, ok := sh.(*instrumented); ok {
-		sh = in.Shard
-	}
-	if a, ok := sh.(interface{ Addr() string }); ok {
+	if a, ok := placement.As[interface{ Addr() string }](n.Shard); ok {
 		if addr := a.Addr(); addr != "" {
 			return addr
 		}

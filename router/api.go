@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/hlc"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
@@ -358,7 +359,7 @@ func (r *Router) getContext(c echo.Context) error {
 	ck := contextCacheKey(key)
 	if v, tomb, body, ok := r.cache.Get(ck); ok && !r.maskedByTopicDelete(topic, v) {
 		r.m.CacheHits.Inc()
-		if tomb || renderedExpired(body) {
+		if tomb || codec.RenderedExpired(body) {
 			return apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
 		}
 		return writeDocument(c, http.StatusOK, v, "hit", body)
@@ -375,12 +376,12 @@ func (r *Router) getContext(c echo.Context) error {
 		r.cache.Put(ck, rec.Version, true, nil)
 		return apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
 	}
-	if storedExpired(rec.Value, time.Now()) {
+	if codec.StoredExpired(rec.Value, time.Now()) {
 		// Expired for good at this version: cached as deleted.
 		r.cache.Put(ck, rec.Version, true, nil)
 		return apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
 	}
-	body, err := r.codec.appendDocumentJSON(nil, rec.Value, true)
+	body, err := r.codec.AppendDocumentJSON(nil, rec.Value, true)
 	if err != nil {
 		return &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf("context %q in topic %q cannot be decoded", id, topic), Err: err}
 	}
@@ -478,7 +479,7 @@ func (r *Router) storeContext(c echo.Context, topic string, doc *schema.Document
 	}
 	schema.ApplyTopicTTL(doc, tbody, time.Now())
 	r.embedForWrite(c.Request().Context(), doc)
-	value, body, err := r.codec.encodeRendered(doc)
+	value, body, err := r.codec.EncodeRendered(doc)
 	if err != nil {
 		return &apierr.Error{Code: apierr.CodeInternal, Message: "encode context", Err: err}
 	}

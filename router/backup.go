@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/backup"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
@@ -60,21 +61,7 @@ var errNoSnapshot = errors.New("this shard cannot take snapshots")
 // (metrics, encryption): a backup carries records exactly as the shard
 // stores them, sealed values included, and a restore hands them back
 // through the same wrappers, which leave sealed values as they are.
-func snapshotOf(sh Shard) (snapshotShard, bool) {
-	for {
-		if ss, ok := sh.(snapshotShard); ok {
-			return ss, true
-		}
-		switch w := sh.(type) {
-		case *instrumented:
-			sh = w.Shard
-		case *sealedShard:
-			sh = w.Shard
-		default:
-			return nil, false
-		}
-	}
-}
+func snapshotOf(sh Shard) (snapshotShard, bool) { return placement.As[snapshotShard](sh) }
 
 // adminBackup serves GET /api/v1/admin/backup. Every shard that serves
 // reads is asked for its snapshot at once (so they are taken at about the
@@ -194,7 +181,7 @@ func (r *Router) adminRestore(c echo.Context) error {
 			return apierr.Errorf(apierr.CodeInvalidArgument, "bucket %q cannot be restored: the cluster map belongs to the cluster", bucket)
 		}
 		if bucket == schema.BucketDicts {
-			if err := checkRestoredDict(rec.Key); err != nil {
+			if err := codec.CheckRestoredDictKey(rec.Key); err != nil {
 				return err
 			}
 		}

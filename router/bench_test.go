@@ -6,125 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"sync/atomic"
 	"testing"
 
-	"github.com/go-kvdb/go-kvdb/router/schema"
+	"github.com/go-kvdb/go-kvdb/internal/chatgen"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
-
-// doc4K is a context document of about 4 KB of JSON, like the benchmark
-// suite's.
-func doc4K(id string) *schema.Document {
-	return &schema.Document{
-		Metadata: schema.Metadata{ID: id, CreatedAt: "2024-03-20T10:00:00Z", Model: "llama2", Tags: []string{"chat", "support"}},
-		Content:  schema.Content{Text: strings.Repeat("User asked how to rotate the keys of the cluster; assistant explained the steps. ", 50)[:3900]},
-	}
-}
-
-func BenchmarkCodecEncode(b *testing.B) {
-	c, _ := newCodec()
-	d := doc4K("bench")
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := c.encodeDocument(d); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-func BenchmarkCodecRender(b *testing.B) {
-	c, _ := newCodec()
-	stored, _ := c.encodeDocument(doc4K("bench"))
-	buf := make([]byte, 0, 8192)
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := c.appendDocumentJSON(buf[:0], stored, true); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-// chatDoc4K is a chat context of about 4 KB of JSON made of chatBody
-// turns, the kind a trained dictionary is for.
-func chatDoc4K() *schema.Document {
-	d := &schema.Document{Metadata: schema.Metadata{ID: "bench", CreatedAt: "2024-03-20T10:00:00Z", Model: "llama3", Tags: []string{"chat"}}}
-	for seed := 0; len(d.Content.Messages) < 30; seed++ {
-		raw, _ := json.Marshal(chatBody(seed))
-		var c schema.Content
-		json.Unmarshal(raw, &c)
-		d.Content.Messages = append(d.Content.Messages, c.Messages[1:]...)
-	}
-	return d
-}
-
-// dictCodecs returns a codec without a dictionary and one with a
-// dictionary trained on other chat bodies.
-func dictCodecs(b *testing.B) map[string]*codec {
-	plain, _ := newCodec()
-	withDict, _ := newCodec()
-	const id = 77_777
-	if err := withDict.addDict(id, testDict(b, id)); err != nil {
-		b.Fatal(err)
-	}
-	withDict.setCurrent(id)
-	return map[string]*codec{"plain": plain, "dict": withDict}
-}
-
-// BenchmarkCodecEncodeChat compares compressing a chat context with plain
-// zstd and with a trained dictionary (stored bytes are reported).
-func BenchmarkCodecEncodeChat(b *testing.B) {
-	d := chatDoc4K()
-	for _, name := range []string{"plain", "dict"} {
-		c := dictCodecs(b)[name]
-		b.Run(name, func(b *testing.B) {
-			stored, _ := c.encodeDocument(d)
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, err := c.encodeDocument(d); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportMetric(float64(len(stored)), "stored-bytes")
-		})
-	}
-}
-
-// BenchmarkCodecRenderChat is the cache-miss read of the same context.
-func BenchmarkCodecRenderChat(b *testing.B) {
-	d := chatDoc4K()
-	for _, name := range []string{"plain", "dict"} {
-		c := dictCodecs(b)[name]
-		b.Run(name, func(b *testing.B) {
-			stored, _ := c.encodeDocument(d)
-			buf := make([]byte, 0, 8192)
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, err := c.appendDocumentJSON(buf[:0], stored, true); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
-}
-
-func BenchmarkCodecRenderEmbedding768(b *testing.B) {
-	c, _ := newCodec()
-	d := doc4K("bench")
-	d.Content.Embeddings = make([]float32, 768)
-	for i := range d.Content.Embeddings {
-		d.Content.Embeddings[i] = float32(i) / 997
-	}
-	stored, _ := c.encodeDocument(d)
-	buf := make([]byte, 0, 16384)
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := c.appendDocumentJSON(buf[:0], stored, true); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
 
 func BenchmarkMergePages(b *testing.B) {
 	pages := make([]storage.ScanPage, 3)
@@ -146,7 +33,7 @@ func BenchmarkMergePages(b *testing.B) {
 func benchGet(b *testing.B, cacheBytes int64) {
 	tc := newTestCluster(b, clusterOpts{cacheBytes: cacheBytes})
 	tc.createTopic(b, "t")
-	d := doc4K("")
+	d := chatgen.Doc4K("")
 	const keys = 1000
 	for i := range keys {
 		tc.putContext(b, "t", fmt.Sprintf("c%d", i), map[string]any{"metadata": map[string]any{"tags": d.Metadata.Tags}, "content": d.Content})
@@ -186,7 +73,7 @@ func BenchmarkRouterGetCacheMiss(b *testing.B) { benchGet(b, 0) }
 func BenchmarkRouterPut(b *testing.B) {
 	tc := newTestCluster(b, clusterOpts{})
 	tc.createTopic(b, "t")
-	d := doc4K("")
+	d := chatgen.Doc4K("")
 	body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"tags": d.Metadata.Tags}, "content": d.Content})
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	var n atomic.Int64

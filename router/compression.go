@@ -4,26 +4,21 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
-	"github.com/klauspost/compress/dict"
-	"github.com/klauspost/compress/zstd"
 	"github.com/labstack/echo/v4"
 )
 
@@ -33,7 +28,7 @@ import (
 // /api/v1/admin/compression/train samples stored bodies, builds a zstd
 // dictionary from them (github.com/klauspost/compress/dict), stores it on
 // every shard and makes it current: new bodies are compressed with it
-// (codecZstdDict, see codec.go), older ones stay readable as they are and
+// (codec.ZstdDict, see router/codec), older ones stay readable as they are and
 // POST /api/v1/admin/compression/rewrite re-encodes them in place.
 //
 // Records depend on their dictionary, so dictionaries are never lost and
@@ -61,11 +56,7 @@ import (
 //
 //	version 1 (1) | SHA-256 of the dictionary (32) | dictionary (zstd's format)
 const (
-	dictCurrentKey = "current"
-	dictRecordV1   = 1
 
-	// dictSize is the largest dictionary trained.
-	dictSize = 64 << 10
 	// trainMinSamples: fewer stored bodies than this make no dictionary
 	// worth having.
 	trainMinSamples = 50
@@ -87,82 +78,14 @@ type compression struct {
 	training   sync.Mutex // held by the one training that may run
 	rewriting  sync.Mutex // held by the one rewrite pass that may run
 	adoptMu    sync.Mutex // serialises adoptions of a current pointer
-	pointer    atomic.Pointer[dictPointer]
+	pointer    atomic.Pointer[codec.Pointer]
 	refresh    chan struct{} // asks the compression loop to read the pointer again
 	fullReload atomic.Bool   // ... and every dictionary
-}
-
-// dictPointer is the "current" record: which dictionary new bodies use,
-// with what its training measured.
-type dictPointer struct {
-	ID              uint32    `json:"id"`
-	TrainedAt       time.Time `json:"trained_at"`
-	Samples         int       `json:"samples"`
-	DictionaryBytes int       `json:"dictionary_bytes"`
-	RatioBefore     float64   `json:"ratio_before"`
-	RatioAfter      float64   `json:"ratio_after"`
-
-	version uint64 // of the record
-}
-
-func dictKey(id uint32) []byte { return []byte(strconv.FormatUint(uint64(id), 10)) }
-
-// parseDictKey reads a dictionary key; ok is false for any other key.
-func parseDictKey(k []byte) (uint32, bool) {
-	if len(k) == 0 || len(k) > 10 || k[0] == '0' {
-		return 0, false
-	}
-	n, err := strconv.ParseUint(string(k), 10, 32)
-	if err != nil || n < minDictID || n > maxDictID {
-		return 0, false
-	}
-	return uint32(n), true
-}
-
-func encodeDictRecord(raw []byte) []byte {
-	sum := sha256.Sum256(raw)
-	out := make([]byte, 0, 1+len(sum)+len(raw))
-	out = append(out, dictRecordV1)
-	out = append(out, sum[:]...)
-	return append(out, raw...)
-}
-
-// parseDictRecord checks a dictionary record read from a shard and
-// returns the dictionary.
-func parseDictRecord(id uint32, v []byte) ([]byte, error) {
-	if len(v) < 1+sha256.Size+8 || v[0] != dictRecordV1 {
-		return nil, fmt.Errorf("dictionary %d: not a dictionary record", id)
-	}
-	raw := v[1+sha256.Size:]
-	if sum := sha256.Sum256(raw); !bytes.Equal(sum[:], v[1:1+sha256.Size]) {
-		return nil, fmt.Errorf("dictionary %d: checksum mismatch: the record is corrupt", id)
-	}
-	got, err := dictID(raw)
-	if err != nil {
-		return nil, fmt.Errorf("dictionary %d: %w", id, err)
-	}
-	if got != id {
-		return nil, fmt.Errorf("dictionary %d: the record holds dictionary %d", id, got)
-	}
-	return raw, nil
-}
-
-func parsePointer(rec storage.Record) (*dictPointer, error) {
-	var p dictPointer
-	if err := json.Unmarshal(rec.Value, &p); err != nil {
-		return nil, fmt.Errorf("current dictionary record: %w", err)
-	}
-	if p.ID < minDictID || p.ID > maxDictID {
-		return nil, fmt.Errorf("current dictionary record names id %d", p.ID)
-	}
-	p.version = rec.Version
-	return &p, nil
 }
 
 // initCompression wires the codec to the shards; New calls it.
 func (r *Router) initCompression() {
 	r.comp = &compression{refresh: make(chan struct{}, 1)}
-	r.codec.fetch = r.fetchDict
 	r.m.DictionaryID.Set(0)
 }
 
@@ -236,7 +159,7 @@ func (r *Router) compressionLoop(ctx context.Context) {
 // the shards answer.
 func (r *Router) loadDicts(ctx context.Context, full bool) error {
 	t := r.topo.Load()
-	var best *dictPointer
+	var best *codec.Pointer
 	answered := 0
 	var errs []error
 	for _, n := range t.All {
@@ -249,7 +172,7 @@ func (r *Router) loadDicts(ctx context.Context, full bool) error {
 			continue
 		}
 		answered++
-		if p != nil && (best == nil || p.version > best.version) {
+		if p != nil && (best == nil || p.Version > best.Version) {
 			best = p
 		}
 	}
@@ -268,10 +191,10 @@ func (r *Router) loadDicts(ctx context.Context, full bool) error {
 // load.
 var errNotAdopted = errors.New("current compression dictionary not adopted")
 
-func (r *Router) loadDictsFrom(ctx context.Context, n *placement.Node, full bool) (*dictPointer, error) {
+func (r *Router) loadDictsFrom(ctx context.Context, n *placement.Node, full bool) (*codec.Pointer, error) {
 	if !full {
 		sctx, cancel := r.shardCtx(ctx)
-		rec, err := n.Shard.Get(sctx, schema.BucketDicts, []byte(dictCurrentKey))
+		rec, err := n.Shard.Get(sctx, schema.BucketDicts, []byte(codec.DictCurrentKey))
 		cancel()
 		if errors.Is(err, storage.ErrNotFound) || (err == nil && rec.Tombstone) {
 			return nil, nil
@@ -279,9 +202,9 @@ func (r *Router) loadDictsFrom(ctx context.Context, n *placement.Node, full bool
 		if err != nil {
 			return nil, err
 		}
-		return parsePointer(rec)
+		return codec.ParsePointer(rec)
 	}
-	var p *dictPointer
+	var p *codec.Pointer
 	var after []byte
 	for {
 		sctx, cancel := r.shardCtx(ctx)
@@ -291,22 +214,22 @@ func (r *Router) loadDictsFrom(ctx context.Context, n *placement.Node, full bool
 			return nil, err
 		}
 		for _, rec := range page.Records {
-			if string(rec.Key) == dictCurrentKey {
-				if p, err = parsePointer(rec); err != nil {
+			if string(rec.Key) == codec.DictCurrentKey {
+				if p, err = codec.ParsePointer(rec); err != nil {
 					return nil, err
 				}
 				continue
 			}
-			id, ok := parseDictKey(rec.Key)
+			id, ok := codec.ParseDictKey(rec.Key)
 			if !ok {
 				continue
 			}
-			if _, known := r.codec.dict(id); known {
+			if _, known := r.codec.Dict(id); known {
 				continue
 			}
-			raw, err := parseDictRecord(id, rec.Value)
+			raw, err := codec.ParseDictRecord(id, rec.Value)
 			if err == nil {
-				err = r.codec.addDict(id, raw)
+				err = r.codec.AddDict(id, raw)
 			}
 			if err != nil {
 				// Another shard's copy may be sound: fetchDict tries them all.
@@ -322,16 +245,16 @@ func (r *Router) loadDictsFrom(ctx context.Context, n *placement.Node, full bool
 
 // adoptPointer makes p's dictionary current if p is newer than the
 // pointer the router follows, loading the dictionary if needed.
-func (r *Router) adoptPointer(p *dictPointer) error {
+func (r *Router) adoptPointer(p *codec.Pointer) error {
 	r.comp.adoptMu.Lock()
 	defer r.comp.adoptMu.Unlock()
-	if cur := r.comp.pointer.Load(); cur != nil && cur.version >= p.version {
+	if cur := r.comp.pointer.Load(); cur != nil && cur.Version >= p.Version {
 		return nil
 	}
-	if _, err := r.codec.decoderFor(p.ID); err != nil {
+	if _, err := r.codec.DecoderFor(p.ID); err != nil {
 		return fmt.Errorf("current dictionary %d: %w", p.ID, err)
 	}
-	if err := r.codec.setCurrent(p.ID); err != nil {
+	if err := r.codec.SetCurrent(p.ID); err != nil {
 		return err
 	}
 	r.comp.pointer.Store(p)
@@ -360,7 +283,7 @@ func (r *Router) fetchDict(id uint32) ([]byte, error) {
 	})
 	var problems []string
 	for _, n := range nodes {
-		rec, err := n.Shard.Get(ctx, schema.BucketDicts, dictKey(id))
+		rec, err := n.Shard.Get(ctx, schema.BucketDicts, codec.DictKey(id))
 		if errors.Is(err, storage.ErrNotFound) || (err == nil && rec.Tombstone) {
 			continue
 		}
@@ -368,7 +291,7 @@ func (r *Router) fetchDict(id uint32) ([]byte, error) {
 			problems = append(problems, n.Name+": "+err.Error())
 			continue
 		}
-		raw, err := parseDictRecord(id, rec.Value)
+		raw, err := codec.ParseDictRecord(id, rec.Value)
 		if err != nil {
 			problems = append(problems, n.Name+": "+err.Error())
 			continue
@@ -377,21 +300,21 @@ func (r *Router) fetchDict(id uint32) ([]byte, error) {
 		return raw, nil
 	}
 	if len(problems) > 0 {
-		return nil, fmt.Errorf("%w: the record is compressed with dictionary %d, which no shard could provide (%s)", errNoDict, id, strings.Join(problems, "; "))
+		return nil, fmt.Errorf("%w: the record is compressed with dictionary %d, which no shard could provide (%s)", codec.ErrNoDict, id, strings.Join(problems, "; "))
 	}
-	return nil, fmt.Errorf("%w: the record is compressed with dictionary %d, which no shard holds (restore the dictionaries from a backup)", errNoDict, id)
+	return nil, fmt.Errorf("%w: the record is compressed with dictionary %d, which no shard holds (restore the dictionaries from a backup)", codec.ErrNoDict, id)
 }
 
 // ---- status ----
 
 // compressionStatus is the answer of GET /api/v1/admin/compression.
 type compressionStatus struct {
-	Current      *dictPointer `json:"current"`
-	Dictionaries []uint32     `json:"dictionaries"`
+	Current      *codec.Pointer `json:"current"`
+	Dictionaries []uint32       `json:"dictionaries"`
 }
 
 func (r *Router) adminCompression(c echo.Context) error {
-	ids := r.codec.dictIDs()
+	ids := r.codec.DictIDs()
 	slices.Sort(ids)
 	return c.JSON(http.StatusOK, compressionStatus{Current: r.comp.pointer.Load(), Dictionaries: ids})
 }
@@ -473,7 +396,7 @@ func (r *Router) train(ctx context.Context) (*TrainResult, error) {
 		}
 	}
 	res.Measured = len(measure)
-	id, err := r.newDictID()
+	id, err := r.codec.NewDictID()
 	if err != nil {
 		return nil, err
 	}
@@ -481,13 +404,13 @@ func (r *Router) train(ctx context.Context) (*TrainResult, error) {
 	// pick the one that stores them in the fewest bytes.
 	var raw []byte
 	var buildErrs []string
-	for _, hashBytes := range dictHashBytes {
-		cand, err := buildDict(learn, id, hashBytes)
+	for _, hashBytes := range codec.DictHashBytes {
+		cand, err := codec.BuildDict(learn, id, hashBytes)
 		if err != nil {
 			buildErrs = append(buildErrs, err.Error())
 			continue
 		}
-		before, after, err := r.measureDict(cand, id, measure)
+		before, after, err := r.codec.MeasureDict(cand, id, measure)
 		if err != nil {
 			return nil, &apierr.Error{Code: apierr.CodeInternal, Message: "check the new dictionary", Err: err}
 		}
@@ -505,12 +428,12 @@ func (r *Router) train(ctx context.Context) (*TrainResult, error) {
 	if err := r.storeDict(ctx, t, id, raw); err != nil {
 		return nil, err
 	}
-	if err := r.codec.addDict(id, raw); err != nil {
+	if err := r.codec.AddDict(id, raw); err != nil {
 		return nil, &apierr.Error{Code: apierr.CodeInternal, Message: "load the new dictionary", Err: err}
 	}
-	p := &dictPointer{ID: id, TrainedAt: res.TrainedAt, Samples: res.Samples, DictionaryBytes: res.DictionaryBytes,
-		RatioBefore: res.RatioBefore, RatioAfter: res.RatioAfter, version: r.clock.Next()}
-	if err := r.writeEverywhere(ctx, t, []byte(dictCurrentKey), p.version, schema.MustJSON(p), storage.CondNone,
+	p := &codec.Pointer{ID: id, TrainedAt: res.TrainedAt, Samples: res.Samples, DictionaryBytes: res.DictionaryBytes,
+		RatioBefore: res.RatioBefore, RatioAfter: res.RatioAfter, Version: r.clock.Next()}
+	if err := r.writeEverywhere(ctx, t, []byte(codec.DictCurrentKey), p.Version, schema.MustJSON(p), storage.CondNone,
 		fmt.Sprintf("dictionary %d is stored on every shard but was not made current", id)); err != nil {
 		return nil, err
 	}
@@ -538,84 +461,6 @@ func allUp(t *placement.Topology, what string) error {
 	return nil
 }
 
-// newDictID draws an unused id from zstd's user range.
-func (r *Router) newDictID() (uint32, error) {
-	for range 8 {
-		var b [4]byte
-		rand.Read(b[:])
-		id := minDictID + binary.LittleEndian.Uint32(b[:])%(maxDictID-minDictID+1)
-		if _, known := r.codec.dict(id); !known {
-			return id, nil
-		}
-	}
-	return 0, apierr.Errorf(apierr.CodeInternal, "no unused dictionary id found")
-}
-
-// dictHashBytes are the minimum match lengths a training tries (the
-// builder's advice: 6 to 8 are usually best; which depends on the data).
-var dictHashBytes = []int{6, 8}
-
-// buildDict runs the builder, which may panic on inputs it cannot use.
-// The dictionary holds up to dictSize bytes of content, plus its header
-// and entropy tables.
-func buildDict(samples [][]byte, id uint32, hashBytes int) (raw []byte, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			raw, err = nil, fmt.Errorf("dictionary builder: %v", p)
-		}
-	}()
-	raw, err = dict.BuildZstdDict(samples, dict.Options{
-		MaxDictSize:    dictSize,
-		HashBytes:      hashBytes,
-		ZstdDictID:     id,
-		ZstdDictCompat: true,
-		ZstdLevel:      dictLevel, // the dictionary is tuned for the level it is used at
-	})
-	if err != nil {
-		return nil, err
-	}
-	if got, err := dictID(raw); err != nil || got != id {
-		return nil, fmt.Errorf("the builder made no dictionary %d (%v)", id, err)
-	}
-	return raw, nil
-}
-
-// measureDict compresses the held-out bodies as the codec stores them,
-// without and with the dictionary, checks that each comes back whole, and
-// returns stored bytes / JSON bytes for both.
-func (r *Router) measureDict(raw []byte, id uint32, bodies [][]byte) (before, after float64, err error) {
-	enc, err := zstd.NewWriter(nil, dictEncoderOptions(raw, zstd.WithEncoderConcurrency(1))...)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer enc.Close()
-	dec, err := zstd.NewReader(nil, decoderOptions(zstd.WithDecoderDicts(raw), zstd.WithDecoderConcurrency(1))...)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer dec.Close()
-	de := &dictEncoder{id: id, enc: enc}
-	var in, plain, with int64
-	for _, b := range bodies {
-		in += int64(len(b))
-		plain += int64(len(r.codec.appendBodyWith(nil, b, nil, nil)))
-		stored := r.codec.appendBodyWith(nil, b, de, nil)
-		with += int64(len(stored))
-		if stored[0] != codecZstdDict {
-			continue
-		}
-		z, _, _ := cutUvarint(stored[1:])
-		back, err := dec.DecodeAll(z, nil)
-		if err != nil || !bytes.Equal(back, b) {
-			return 0, 0, fmt.Errorf("a body does not come back whole through dictionary %d: %v", id, err)
-		}
-	}
-	if in == 0 {
-		return 0, 0, errors.New("nothing to measure")
-	}
-	return float64(plain) / float64(in), float64(with) / float64(in), nil
-}
-
 // sampleBodies reads up to trainMaxSamples context bodies (content JSON,
 // decompressed) from the shards of t: on each, a reservoir sample of the
 // live contexts, scanned from a random point of the key space (at most
@@ -632,7 +477,7 @@ func (r *Router) sampleBodies(ctx context.Context, t *placement.Topology) ([][]b
 		reservoir := make([][]byte, 0, per)
 		scanned, budget := 0, trainScanLimit
 		visit := func(rec storage.Record) error {
-			if rec.Tombstone || seen[string(rec.Key)] || storedExpired(rec.Value, now) {
+			if rec.Tombstone || seen[string(rec.Key)] || codec.StoredExpired(rec.Value, now) {
 				return nil
 			}
 			seen[string(rec.Key)] = true
@@ -643,13 +488,9 @@ func (r *Router) sampleBodies(ctx context.Context, t *placement.Topology) ([][]b
 					return nil
 				}
 			}
-			s, err := splitStored(rec.Value)
+			body, err := r.codec.ContentJSON(rec.Value)
 			if err != nil {
 				return nil // a corrupt record teaches nothing
-			}
-			body, err := r.codec.contentJSON(s)
-			if err != nil {
-				return nil
 			}
 			if len(body) > trainSampleMax {
 				body = body[:trainSampleMax]
@@ -711,7 +552,7 @@ func (r *Router) scanContexts(ctx context.Context, n *placement.Node, after, unt
 
 // storeDict writes a new dictionary to every shard, create-only.
 func (r *Router) storeDict(ctx context.Context, t *placement.Topology, id uint32, raw []byte) error {
-	return r.writeEverywhere(ctx, t, dictKey(id), r.clock.Next(), encodeDictRecord(raw), storage.CondAbsent,
+	return r.writeEverywhere(ctx, t, codec.DictKey(id), r.clock.Next(), codec.EncodeDictRecord(raw), storage.CondAbsent,
 		fmt.Sprintf("dictionary %d could not be stored on every shard, so it was not made current", id))
 }
 
@@ -779,7 +620,7 @@ func (r *Router) adminRewrite(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	id := r.codec.current()
+	id := r.codec.Current()
 	if id == 0 {
 		return apierr.Errorf(apierr.CodeFailedPrecondition, "no compression dictionary is current: train one first (POST /api/v1/admin/compression/train)")
 	}
@@ -808,7 +649,7 @@ func (r *Router) adminRewrite(c echo.Context) error {
 // document a context renders does not change by a byte: metadata and
 // embeddings are copied, the body decompressed and compressed again.
 func (r *Router) rewrite(ctx context.Context) RewriteResult {
-	res := RewriteResult{Dictionary: r.codec.current(), Start: time.Now().UTC()}
+	res := RewriteResult{Dictionary: r.codec.Current(), Start: time.Now().UTC()}
 	for _, n := range r.topo.Load().All {
 		if !n.Up() {
 			res.Errors = append(res.Errors, "shard "+n.Name+" is down: run the pass again when it is back")
@@ -828,20 +669,20 @@ func (r *Router) rewriteShard(ctx context.Context, n *placement.Node, res *Rewri
 	type sizes struct{ before, after int }
 	// Read as stored; write through n.Shard, which seals.
 	return rewritePass(ctx, r, rawShard(n), n.Shard, schema.BucketContexts, func(rec storage.Record) ([]byte, sizes, bool) {
-		plain, err := kr.open(schema.BucketContexts, rec.Key, rec.Value)
+		plain, err := kr.Open(schema.BucketContexts, rec.Key, rec.Value)
 		if err != nil {
 			res.Failed++
 			res.Errors = appendCapped(res.Errors, err.Error())
 			return nil, sizes{}, false
 		}
-		if storedExpired(plain, now) {
+		if codec.StoredExpired(plain, now) {
 			return nil, sizes{}, false
 		}
 		res.Scanned++
-		out, changed, err := r.codec.recompress(plain)
+		out, changed, err := r.codec.Recompress(plain)
 		if err != nil {
 			res.Failed++
-			res.Errors = appendCapped(res.Errors, fmt.Sprintf("context %s: %v", printableKey(rec.Key), err))
+			res.Errors = appendCapped(res.Errors, fmt.Sprintf("context %s: %v", schema.PrintableKey(rec.Key), err))
 			return nil, sizes{}, false
 		}
 		if !changed {
@@ -941,18 +782,6 @@ func (r *Router) syncDicts(ctx context.Context, live []*placement.Node) (int64, 
 		}
 	}
 	return copied, nil
-}
-
-// checkRestoredDict refuses a record of the dictionary bucket that is not
-// one the router writes.
-func checkRestoredDict(key []byte) error {
-	if string(key) == dictCurrentKey {
-		return nil
-	}
-	if _, ok := parseDictKey(key); !ok {
-		return apierr.Errorf(apierr.CodeInvalidArgument, "bucket %s: key %q is neither a dictionary id nor %q", schema.BucketDicts, schema.Truncate(string(key)), dictCurrentKey)
-	}
-	return nil
 }
 
 // restoreDicts writes restored dictionary records to every shard (put if

@@ -6,13 +6,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/go-kvdb/go-kvdb/internal/chatgen"
+	"github.com/go-kvdb/go-kvdb/router/codec"
 
 	"github.com/go-kvdb/go-kvdb/backup"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
@@ -23,40 +25,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-var chatWords = strings.Fields(`the cluster router shard replica context topic message assistant user
-model answer question refund invoice charge account password reset order delivery ticket support
-billing please thanks could would should customer twice monthly plan upgrade cancel receipt email
-address card declined payment pending warehouse courier tracking number weekend tomorrow`)
-
-// chatBody is a chat-like content object: a system prompt and a few turns
-// of sentences from a small vocabulary, different for every seed.
-func chatBody(seed int) map[string]any {
-	r := mrand.New(mrand.NewPCG(uint64(seed), 7))
-	sentence := func() string {
-		n := 6 + r.IntN(10)
-		w := make([]string, n)
-		for i := range w {
-			w[i] = chatWords[r.IntN(len(chatWords))]
-		}
-		return strings.ToUpper(w[0][:1]) + strings.Join(w, " ")[1:] + "."
-	}
-	msgs := []map[string]string{{"role": "system", "content": "You are a helpful support assistant. Answer briefly, politely, and cite the conversation when you can."}}
-	for i := range 4 + r.IntN(8) {
-		role := "user"
-		if i%2 == 1 {
-			role = "assistant"
-		}
-		var parts []string
-		for range 1 + r.IntN(3) {
-			parts = append(parts, sentence())
-		}
-		msgs = append(msgs, map[string]string{"role": role, "content": strings.Join(parts, " ")})
-	}
-	return map[string]any{"text": sentence(), "messages": msgs}
-}
-
 func chatDoc(seed int) map[string]any {
-	return map[string]any{"metadata": map[string]any{"model": "llama3", "tags": []string{"chat"}}, "content": chatBody(seed)}
+	return map[string]any{"metadata": map[string]any{"model": "llama3", "tags": []string{"chat"}}, "content": chatgen.Body(seed)}
 }
 
 // fillChats stores n chat contexts c<from>… in topic (created if absent).
@@ -106,11 +76,11 @@ func storedContexts(t testing.TB, st *storage.Store) map[string]storage.Record {
 // codecOf reports the codec byte of a stored (plaintext) context.
 func codecOf(t testing.TB, value []byte) byte {
 	t.Helper()
-	s, err := splitStored(value)
+	b, err := codec.BodyCodec(value)
 	if err != nil {
 		t.Fatalf("stored context: %v", err)
 	}
-	return s.codec
+	return b
 }
 
 // dictRecord reads a record of the dictionary bucket from a store.
@@ -138,149 +108,6 @@ func ids(from, n int) []string {
 	return out
 }
 
-// testDict builds a dictionary from chat bodies.
-func testDict(t testing.TB, id uint32) []byte {
-	t.Helper()
-	var samples [][]byte
-	for i := range 200 {
-		b, _ := json.Marshal(chatBody(10_000 + i))
-		samples = append(samples, b)
-	}
-	raw, err := buildDict(samples, id, 6)
-	if err != nil {
-		t.Fatalf("buildDict: %v", err)
-	}
-	return raw
-}
-
-func TestCodecDictionary(t *testing.T) {
-	const id = 1_234_567
-	raw := testDict(t, id)
-	c, err := newCodec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc := &schema.Document{Metadata: schema.Metadata{ID: "d1", Model: "m"}, Content: schema.Content{Text: "hello"}}
-	body, _ := json.Marshal(chatBody(1))
-	if err := json.Unmarshal(body, &doc.Content); err != nil {
-		t.Fatal(err)
-	}
-	doc.Content.Embeddings = []float32{0.5, -1, 3}
-	plain, err := c.encodeDocument(doc)
-	if err != nil || codecOf(t, plain) != codecZstd {
-		t.Fatalf("encode without a dictionary: codec %d, %v; want plain zstd", codecOf(t, plain), err)
-	}
-	want, err := c.appendDocumentJSON(nil, plain, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.setCurrent(id); !errors.Is(err, errNoDict) {
-		t.Errorf("setCurrent of an unknown dictionary = %v, want errNoDict", err)
-	}
-	if err := c.addDict(id+1, raw); err == nil {
-		t.Errorf("addDict under another id = nil, want an error")
-	}
-	if err := c.addDict(id, raw[:6]); err == nil {
-		t.Errorf("addDict of a cut dictionary header = nil, want an error")
-	}
-	if err := c.addDict(id, raw); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.setCurrent(id); err != nil || c.current() != id {
-		t.Fatalf("setCurrent = %v, current %d", err, c.current())
-	}
-	withDict, err := c.encodeDocument(doc)
-	if err != nil || codecOf(t, withDict) != codecZstdDict {
-		t.Fatalf("encode with a dictionary: codec %d, %v; want %d", codecOf(t, withDict), err, codecZstdDict)
-	}
-	s, _ := splitStored(withDict)
-	if got, _ := frameDictID(s.body); got != id {
-		t.Errorf("frame header names dictionary %d, want %d", got, id)
-	}
-	if len(withDict) >= len(plain) {
-		t.Errorf("stored with the dictionary: %d bytes, without: %d; want smaller", len(withDict), len(plain))
-	}
-	for name, v := range map[string][]byte{"plain": plain, "dictionary": withDict} {
-		got, err := c.appendDocumentJSON(nil, v, true)
-		if err != nil || !bytes.Equal(got, want) {
-			t.Errorf("render of the %s record = %s, %v; want %s", name, got, err, want)
-		}
-		d, err := c.decodeDocument(v)
-		if err != nil || d.Content.Text != doc.Content.Text || len(d.Content.Messages) != len(doc.Content.Messages) || len(d.Content.Embeddings) != 3 {
-			t.Errorf("decode of the %s record = %+v, %v", name, d, err)
-		}
-	}
-
-	// Rewrite: same document, under the dictionary; nothing to do twice.
-	out, changed, err := c.recompress(plain)
-	if err != nil || !changed || codecOf(t, out) != codecZstdDict || len(out) >= len(plain) {
-		t.Fatalf("recompress(plain) = %d bytes codec %d, %v, %v", len(out), codecOf(t, out), changed, err)
-	}
-	if got, _ := c.appendDocumentJSON(nil, out, true); !bytes.Equal(got, want) {
-		t.Errorf("recompressed record renders %s, want %s", got, want)
-	}
-	if _, changed, err := c.recompress(out); changed || err != nil {
-		t.Errorf("recompress of a record under the current dictionary = %v, %v; want nothing to do", changed, err)
-	}
-
-	// A router that lacks the dictionary and cannot load it fails clearly.
-	other, _ := newCodec()
-	if _, err := other.appendDocumentJSON(nil, withDict, true); !errors.Is(err, errNoDict) || !strings.Contains(err.Error(), strconv.Itoa(id)) {
-		t.Errorf("render without the dictionary = %v, want errNoDict naming %d", err, id)
-	}
-	if got, err := other.appendDocumentJSON(nil, plain, true); err != nil || !bytes.Equal(got, want) {
-		t.Errorf("plain record in a codec without dictionaries = %v", err)
-	}
-	// One that can load it does so once, and caches it.
-	var fetches atomic.Int32
-	other.fetch = func(got uint32) ([]byte, error) {
-		fetches.Add(1)
-		if got != id {
-			return nil, fmt.Errorf("%w: %d", errNoDict, got)
-		}
-		return raw, nil
-	}
-	for range 3 {
-		if got, err := other.appendDocumentJSON(nil, withDict, true); err != nil || !bytes.Equal(got, want) {
-			t.Fatalf("render with a fetched dictionary = %s, %v", got, err)
-		}
-	}
-	if n := fetches.Load(); n != 1 {
-		t.Errorf("dictionary fetched %d times, want once", n)
-	}
-	// A fetch that brings something else is refused, and not retried at once.
-	bad, _ := newCodec()
-	bad.fetch = func(uint32) ([]byte, error) { fetches.Add(1); return testDict(t, id+7), nil }
-	fetches.Store(0)
-	for range 2 {
-		if _, err := bad.appendDocumentJSON(nil, withDict, true); err == nil || !strings.Contains(err.Error(), "header says") {
-			t.Errorf("render with a wrong dictionary fetched = %v, want an error", err)
-		}
-	}
-	if n := fetches.Load(); n != 1 {
-		t.Errorf("a failed fetch was repeated %d times at once, want once", n)
-	}
-
-	// A dictionary frame that names no dictionary is corrupt.
-	z := c.enc.EncodeAll(body, nil)
-	noID := []byte{formatV1, 2, '{', '}', codecZstdDict}
-	noID = append(noID, appendUvarintBytes(z)...)
-	noID = append(noID, 0)
-	if _, err := c.appendDocumentJSON(nil, noID, true); !errors.Is(err, errCorrupt) {
-		t.Errorf("dictionary codec without a dictionary id = %v, want errCorrupt", err)
-	}
-}
-
-func appendUvarintBytes(b []byte) []byte {
-	var out []byte
-	n := uint64(len(b))
-	for n >= 0x80 {
-		out = append(out, byte(n)|0x80)
-		n >>= 7
-	}
-	return append(append(out, byte(n)), b...)
-}
-
 func TestTrainDictionary(t *testing.T) {
 	tc := newSecureCluster(t, 3, func(c *Config) { c.CacheBytes = 0 })
 	fillChats(t, tc, "chat", 0, 80)
@@ -290,7 +117,7 @@ func TestTrainDictionary(t *testing.T) {
 	if r.Status != 200 {
 		t.Fatalf("train = %d %s", r.Status, r.Raw)
 	}
-	if res.ID < minDictID || res.ID > maxDictID || res.Samples != 80 || res.Measured != 8 || res.DictionaryBytes == 0 || res.DictionaryBytes > dictSize+4096 {
+	if res.ID < codec.MinDictID || res.ID > codec.MaxDictID || res.Samples != 80 || res.Measured != 8 || res.DictionaryBytes == 0 || res.DictionaryBytes > codec.DictSize+4096 {
 		t.Errorf("train = %+v: want an id in zstd's user range, 80 samples, 8 measured, a dictionary of at most 64 KiB and its tables", res)
 	}
 	if !(res.RatioAfter < res.RatioBefore) || res.RatioBefore <= 0 {
@@ -302,11 +129,11 @@ func TestTrainDictionary(t *testing.T) {
 		if !ok {
 			t.Fatalf("shard %d holds no dictionary %d", i+1, res.ID)
 		}
-		if _, err := parseDictRecord(res.ID, rec.Value); err != nil {
+		if _, err := codec.ParseDictRecord(res.ID, rec.Value); err != nil {
 			t.Errorf("shard %d: %v", i+1, err)
 		}
-		rec, ok = dictRecord(st, dictCurrentKey)
-		if p, err := parsePointer(rec); !ok || err != nil || p.ID != res.ID {
+		rec, ok = dictRecord(st, codec.DictCurrentKey)
+		if p, err := codec.ParsePointer(rec); !ok || err != nil || p.ID != res.ID {
 			t.Errorf("shard %d current pointer = %+v, %v; want %d", i+1, p, err, res.ID)
 		}
 	}
@@ -338,12 +165,12 @@ func TestTrainDictionary(t *testing.T) {
 			}
 		}
 	}
-	if counts[codecZstdDict] != 20 {
-		t.Errorf("codecs of the contexts written after training = %v, want 20 × %d", counts, codecZstdDict)
+	if counts[codec.ZstdDict] != 20 {
+		t.Errorf("codecs of the contexts written after training = %v, want 20 × %d", counts, codec.ZstdDict)
 	}
 	for i := 100; i < 120; i++ {
 		got := documentOf(t, tc, "chat", fmt.Sprintf("c%03d", i))
-		wantBody, _ := json.Marshal(chatBody(i))
+		wantBody, _ := json.Marshal(chatgen.Body(i))
 		gotBody, _ := json.Marshal(map[string]any{"text": got.Content.Text, "messages": got.Content.Messages})
 		if !bytes.Equal(normJSON(t, gotBody), normJSON(t, wantBody)) {
 			t.Fatalf("c%03d read back %s, want %s", i, gotBody, wantBody)
@@ -399,22 +226,22 @@ func TestOtherRoutersLearnTheDictionary(t *testing.T) {
 	}
 	fillChats(t, tc, "chat", 100, 10)
 	want := getAll(t, tc.URL, "chat", append(ids(0, 60), ids(100, 10)...))
-	if _, known := second.codec.dict(res.ID); known || second.codec.current() != 0 {
+	if _, known := second.codec.Dict(res.ID); known || second.codec.Current() != 0 {
 		t.Fatalf("the second router knew dictionary %d before reading a record that needs it", res.ID)
 	}
 	if got := getAll(t, secondURL, "chat", append(ids(0, 60), ids(100, 10)...)); !equalMaps(got, want) {
 		t.Errorf("the second router reads the contexts differently")
 	}
-	if _, known := second.codec.dict(res.ID); !known {
+	if _, known := second.codec.Dict(res.ID); !known {
 		t.Errorf("the second router read records of dictionary %d without loading it", res.ID)
 	}
 	// Having met a new dictionary, it reads the pointer again and writes with it.
-	waitFor(t, "second router adopts the dictionary", func() bool { return second.codec.current() == res.ID })
+	waitFor(t, "second router adopts the dictionary", func() bool { return second.codec.Current() == res.ID })
 	call(t, "PUT", secondURL+"/api/v1/topics/chat/contexts/s1", chatDoc(500))
 	var found bool
 	for _, st := range tc.stores {
 		if rec, ok := storedContexts(t, st)["chat\x00s1"]; ok {
-			found = codecOf(t, rec.Value) == codecZstdDict
+			found = codecOf(t, rec.Value) == codec.ZstdDict
 		}
 	}
 	if !found {
@@ -423,7 +250,7 @@ func TestOtherRoutersLearnTheDictionary(t *testing.T) {
 
 	// A router started now (a restart) loads it at start.
 	restarted, restartedURL := tc.startRouter(t, nil)
-	waitFor(t, "restarted router loads the dictionary", func() bool { return restarted.codec.current() == res.ID })
+	waitFor(t, "restarted router loads the dictionary", func() bool { return restarted.codec.Current() == res.ID })
 	if got := getAll(t, restartedURL, "chat", append(ids(0, 60), ids(100, 10)...)); !equalMaps(got, want) {
 		t.Errorf("the restarted router reads the contexts differently")
 	}
@@ -448,7 +275,7 @@ func TestTrainTooFewSamples(t *testing.T) {
 	if got := totalRecords(t, tc); got[schema.BucketDicts] != 0 {
 		t.Errorf("after refused trainings the shards hold %d dictionary records, want none", got[schema.BucketDicts])
 	}
-	if tc.router.codec.current() != 0 || testutil.ToFloat64(tc.router.m.DictionaryTrainings) != 0 {
+	if tc.router.codec.Current() != 0 || testutil.ToFloat64(tc.router.m.DictionaryTrainings) != 0 {
 		t.Errorf("a refused training changed the codec")
 	}
 	st := must(t, call(t, "GET", tc.URL+"/api/v1/admin/compression", nil), 200, "status")
@@ -496,16 +323,16 @@ func TestTrainNeedsEveryShard(t *testing.T) {
 		t.Errorf("train with sh-3 refusing = %d %s, want 503 naming sh-3", r.Status, r.Raw)
 	}
 	for i, st := range tc.stores {
-		if _, ok := dictRecord(st, dictCurrentKey); ok {
+		if _, ok := dictRecord(st, codec.DictCurrentKey); ok {
 			t.Errorf("shard %d holds a current pointer after a failed training", i+1)
 		}
 	}
-	if tc.router.codec.current() != 0 {
-		t.Errorf("a failed training made dictionary %d current", tc.router.codec.current())
+	if tc.router.codec.Current() != 0 {
+		t.Errorf("a failed training made dictionary %d current", tc.router.codec.Current())
 	}
 	tc.putContext(t, "chat", "after", chatDoc(99))
 	for _, st := range tc.stores {
-		if rec, ok := storedContexts(t, st)["chat\x00after"]; ok && codecOf(t, rec.Value) != codecZstd {
+		if rec, ok := storedContexts(t, st)["chat\x00after"]; ok && codecOf(t, rec.Value) != codec.Zstd {
 			t.Errorf("a write after a failed training used codec %d, want plain zstd", codecOf(t, rec.Value))
 		}
 	}
@@ -517,7 +344,7 @@ func TestTrainNeedsEveryShard(t *testing.T) {
 	if r, _ := trainDict(t, tc.URL, ""); r.Status != 503 || !strings.Contains(r.errMessage(), "sh-2") {
 		t.Errorf("train with sh-2 down = %d %s, want 503 naming sh-2", r.Status, r.Raw)
 	}
-	if tc.router.codec.current() != 0 {
+	if tc.router.codec.Current() != 0 {
 		t.Errorf("a training with a shard down made a dictionary current")
 	}
 
@@ -525,7 +352,7 @@ func TestTrainNeedsEveryShard(t *testing.T) {
 	// unused (ids are never reused).
 	tc.faults[1].down.Store(false)
 	waitFor(t, "sh-2 up", func() bool { return tc.router.topo.Load().All[1].Up() })
-	if r, res := trainDict(t, tc.URL, ""); r.Status != 200 || tc.router.codec.current() != res.ID {
+	if r, res := trainDict(t, tc.URL, ""); r.Status != 200 || tc.router.codec.Current() != res.ID {
 		t.Fatalf("train with every shard = %d %s", r.Status, r.Raw)
 	}
 }
@@ -564,11 +391,11 @@ func TestRewriteKeepsDocuments(t *testing.T) {
 	// Still sealed on disk, the dictionary included (it is made of stored text).
 	for i, st := range tc.stores {
 		for k, rec := range storedContexts(t, st) {
-			if !isSealed(rec.Value) {
+			if !codec.IsSealed(rec.Value) {
 				t.Fatalf("shard %d: context %q is not sealed after the rewrite", i+1, k)
 			}
 		}
-		if rec, ok := dictRecord(st, strconv.FormatUint(uint64(res.ID), 10)); !ok || !isSealed(rec.Value) {
+		if rec, ok := dictRecord(st, strconv.FormatUint(uint64(res.ID), 10)); !ok || !codec.IsSealed(rec.Value) {
 			t.Errorf("shard %d: the dictionary record is not sealed", i+1)
 		}
 	}
@@ -583,12 +410,12 @@ func TestRewriteKeepsDocuments(t *testing.T) {
 }
 
 // plaintextContextBytes sums the stored contexts' values once opened.
-func plaintextContextBytes(t testing.TB, tc *testCluster, kr *Keyring) int64 {
+func plaintextContextBytes(t testing.TB, tc *testCluster, kr *codec.Keyring) int64 {
 	t.Helper()
 	var n int64
 	for _, st := range tc.stores {
 		for _, rec := range storedContexts(t, st) {
-			v, err := kr.open(schema.BucketContexts, rec.Key, rec.Value)
+			v, err := kr.Open(schema.BucketContexts, rec.Key, rec.Value)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -608,7 +435,7 @@ func TestRewriteLeavesConcurrentWritesAlone(t *testing.T) {
 	// touched (the newer write already used the current dictionary).
 	st := tc.stores[0]
 	rec := storedContexts(t, st)["chat\x00c001"]
-	out, changed, err := tc.router.codec.recompress(rec.Value)
+	out, changed, err := tc.router.codec.Recompress(rec.Value)
 	if err != nil || !changed {
 		t.Fatalf("recompress = %v, %v", changed, err)
 	}
@@ -618,7 +445,7 @@ func TestRewriteLeavesConcurrentWritesAlone(t *testing.T) {
 	if err != nil || res[0].Outcome != storage.Conflict {
 		t.Fatalf("a rewrite over a newer write = %+v, %v; want a conflict", res, err)
 	}
-	wantText := chatBody(1001)["text"]
+	wantText := chatgen.Body(1001)["text"]
 	if d := documentOf(t, tc, "chat", "c001"); d.Content.Text != wantText {
 		t.Errorf("c001 text = %q, want the concurrent write's %q", d.Content.Text, wantText)
 	}
@@ -663,8 +490,8 @@ func TestDictionariesSurviveBackupAndRestore(t *testing.T) {
 			t.Errorf("restored shard %d lacks dictionary %d", i+1, res.ID)
 		}
 	}
-	if dst.router.codec.current() != res.ID {
-		t.Errorf("after the restore the router's dictionary is %d, want %d", dst.router.codec.current(), res.ID)
+	if dst.router.codec.Current() != res.ID {
+		t.Errorf("after the restore the router's dictionary is %d, want %d", dst.router.codec.Current(), res.ID)
 	}
 	if got := getAll(t, dst.URL, "chat", all); !equalMaps(got, want) {
 		t.Errorf("restored contexts read differently")
@@ -687,7 +514,7 @@ func TestDictionariesReachEveryShard(t *testing.T) {
 	key := strconv.FormatUint(uint64(res.ID), 10)
 
 	// A shard that lost them (say, restored from an old file) gets them back by repair.
-	for _, k := range []string{key, dictCurrentKey} {
+	for _, k := range []string{key, codec.DictCurrentKey} {
 		rec, _ := dictRecord(tc.stores[1], k)
 		if _, err := tc.stores[1].Purge(context.Background(), schema.BucketDicts, []storage.Record{{Key: []byte(k), Version: rec.Version}}); err != nil {
 			t.Fatal(err)
@@ -697,7 +524,7 @@ func TestDictionariesReachEveryShard(t *testing.T) {
 		t.Fatal("purge left the dictionary")
 	}
 	must(t, call(t, "POST", tc.URL+"/api/v1/admin/repair?wait=true", nil), 200, "repair")
-	for _, k := range []string{key, dictCurrentKey} {
+	for _, k := range []string{key, codec.DictCurrentKey} {
 		if _, ok := dictRecord(tc.stores[1], k); !ok {
 			t.Errorf("after repair shard 2 lacks %s", k)
 		}
@@ -710,7 +537,7 @@ func TestDictionariesReachEveryShard(t *testing.T) {
 		top := tc.router.topo.Load()
 		return top.State == placement.StateStable && len(top.Cur.Ring.Nodes()) == 4
 	})
-	for _, k := range []string{key, dictCurrentKey} {
+	for _, k := range []string{key, codec.DictCurrentKey} {
 		if _, ok := dictRecord(tc.stores[3], k); !ok {
 			t.Errorf("the joining shard lacks %s", k)
 		}
@@ -726,16 +553,19 @@ func TestUnknownOrCorruptDictionary(t *testing.T) {
 	tc.createTopic(t, "chat")
 	// A record compressed with a dictionary the cluster never had.
 	const ghost = 987_654
-	c, _ := newCodec()
-	ghostDict := testDict(t, ghost) // the builder is not deterministic: one copy
-	if err := c.addDict(ghost, ghostDict); err != nil {
+	c, _ := codec.New(codec.Options{})
+	ghostDict, err := codec.BuildDict(chatgen.Bodies(10_000, 200), ghost, 6) // not deterministic: one copy
+	if err != nil {
 		t.Fatal(err)
 	}
-	c.setCurrent(ghost)
+	if err := c.AddDict(ghost, ghostDict); err != nil {
+		t.Fatal(err)
+	}
+	c.SetCurrent(ghost)
 	doc := &schema.Document{Metadata: schema.Metadata{ID: "x", CreatedAt: "2024-01-01T00:00:00Z"}}
-	body, _ := json.Marshal(chatBody(3))
+	body, _ := json.Marshal(chatgen.Body(3))
 	json.Unmarshal(body, &doc.Content)
-	value, err := c.encodeDocument(doc)
+	value, err := c.EncodeDocument(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -753,29 +583,29 @@ func TestUnknownOrCorruptDictionary(t *testing.T) {
 	if r.Status != 500 || r.errCode() != string(apierr.CodeInternal) {
 		t.Errorf("GET of a context of an unknown dictionary = %d %s, want 500 internal", r.Status, r.Raw)
 	}
-	if _, err := tc.router.codec.appendDocumentJSON(nil, value, true); !errors.Is(err, errNoDict) || !strings.Contains(err.Error(), "no shard holds") {
-		t.Errorf("render = %v, want errNoDict saying no shard holds it", err)
+	if _, err := tc.router.codec.AppendDocumentJSON(nil, value, true); !errors.Is(err, codec.ErrNoDict) || !strings.Contains(err.Error(), "no shard holds") {
+		t.Errorf("render = %v, want ErrNoDict saying no shard holds it", err)
 	}
 	// The same dictionary, stored corrupt on every shard: still an error
 	// that says so, never garbage.
-	rec := encodeDictRecord(ghostDict)
+	rec := codec.EncodeDictRecord(ghostDict)
 	rec[len(rec)-10] ^= 0x55
-	write(schema.BucketDicts, dictKey(ghost), rec)
-	time.Sleep(dictRetry) // the failed load above is remembered this long
-	if _, err := tc.router.codec.appendDocumentJSON(nil, value, true); !errors.Is(err, errNoDict) || !strings.Contains(err.Error(), "checksum mismatch") {
+	write(schema.BucketDicts, codec.DictKey(ghost), rec)
+	time.Sleep(codec.DictRetry) // the failed load above is remembered this long
+	if _, err := tc.router.codec.AppendDocumentJSON(nil, value, true); !errors.Is(err, codec.ErrNoDict) || !strings.Contains(err.Error(), "checksum mismatch") {
 		t.Errorf("render with a corrupt dictionary = %v, want an error naming the checksum", err)
 	}
 	if r := call(t, "GET", tc.URL+"/api/v1/topics/chat/contexts/x", nil); r.Status != 500 {
 		t.Errorf("GET with a corrupt dictionary = %d %s, want 500", r.Status, r.Raw)
 	}
 	// A sound copy on the shards: the record reads.
-	write(schema.BucketDicts, dictKey(ghost), encodeDictRecord(ghostDict))
-	time.Sleep(dictRetry)
-	if _, err := tc.router.codec.appendDocumentJSON(nil, value, true); err != nil {
+	write(schema.BucketDicts, codec.DictKey(ghost), codec.EncodeDictRecord(ghostDict))
+	time.Sleep(codec.DictRetry)
+	if _, err := tc.router.codec.AppendDocumentJSON(nil, value, true); err != nil {
 		t.Errorf("render with the sound dictionary = %v", err)
 	}
 	d := documentOf(t, tc, "chat", "x")
-	if d.Content.Text != chatBody(3)["text"] {
+	if d.Content.Text != chatgen.Body(3)["text"] {
 		t.Errorf("context read with the sound dictionary = %+v", d)
 	}
 }

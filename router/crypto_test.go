@@ -3,7 +3,6 @@ package router
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"math"
@@ -14,102 +13,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
-func newKey(t testing.TB) string {
+func keyring(t testing.TB, keys ...string) *codec.Keyring {
 	t.Helper()
-	b := make([]byte, 32)
-	rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-func keyring(t testing.TB, keys ...string) *Keyring {
-	t.Helper()
-	kr, err := ParseKeys([]byte(strings.Join(keys, "\n")))
+	kr, err := codec.ParseKeys([]byte(strings.Join(keys, "\n")))
 	if err != nil {
-		t.Fatalf("ParseKeys: %v", err)
+		t.Fatalf("codec.ParseKeys: %v", err)
 	}
 	return kr
-}
-
-func TestParseKeys(t *testing.T) {
-	k1, k2 := newKey(t), newKey(t)
-	kr := keyring(t, "# rotated 2025-01", k1, "", "  "+k2+"  ")
-	if kr.Len() != 2 {
-		t.Errorf("Len = %d, want 2", kr.Len())
-	}
-	first := keyring(t, k1)
-	if kr.CurrentID() != first.CurrentID() {
-		t.Errorf("CurrentID = %s, want the first key's %s", kr.CurrentID(), first.CurrentID())
-	}
-	for name, text := range map[string]string{
-		"empty":     "",
-		"comments":  "# nothing\n",
-		"short":     k1[:62],
-		"long":      k1 + "00",
-		"not hex":   strings.Repeat("zz", 32),
-		"duplicate": k1 + "\n" + k1,
-	} {
-		if _, err := ParseKeys([]byte(text)); err == nil {
-			t.Errorf("ParseKeys(%s) = nil, want an error", name)
-		}
-	}
-}
-
-func TestSealOpen(t *testing.T) {
-	kr := keyring(t, newKey(t))
-	plain := []byte("some value")
-	v := kr.seal("contexts", []byte("t\x00id"), plain)
-	if !isSealed(v) || bytes.Contains(v, plain) {
-		t.Fatalf("seal = %x: not sealed, or holds the plaintext", v)
-	}
-	got, err := kr.open("contexts", []byte("t\x00id"), v)
-	if err != nil || !bytes.Equal(got, plain) {
-		t.Fatalf("open(seal(x)) = %q, %v; want %q", got, err, plain)
-	}
-	// Bound to bucket and key: a sealed value moved elsewhere does not open.
-	if _, err := kr.open("contexts", []byte("t\x00other"), v); err == nil || !strings.Contains(err.Error(), "tampered") {
-		t.Errorf("open under another key = %v, want a tampering error", err)
-	}
-	if _, err := kr.open("topics", []byte("t\x00id"), v); err == nil {
-		t.Errorf("open in another bucket = nil, want an error")
-	}
-	// Every byte after the header is authenticated.
-	for i := 2 + keyIDLen; i < len(v); i++ {
-		bad := bytes.Clone(v)
-		bad[i] ^= 0x40
-		if _, err := kr.open("contexts", []byte("t\x00id"), bad); err == nil {
-			t.Fatalf("open with byte %d flipped = nil, want an error", i)
-		}
-	}
-	// Plaintext stored before encryption reads as it is.
-	if got, err := kr.open("topics", []byte("t"), []byte(`{"name":"t"}`)); err != nil || string(got) != `{"name":"t"}` {
-		t.Errorf("open(plaintext) = %q, %v", got, err)
-	}
-}
-
-// TestPlaintextNeverLooksSealed guards the rule repair's pass-through rests
-// on: nothing the router stores in the clear begins like a sealed value.
-func TestPlaintextNeverLooksSealed(t *testing.T) {
-	c, err := newCodec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc, err := c.encodeDocument(&schema.Document{Metadata: schema.Metadata{ID: "x"}, Content: schema.Content{Text: strings.Repeat("é", 500)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, v := range map[string][]byte{
-		"topic":   schema.TopicJSON(&schema.Topic{Name: "t"}),
-		"context": doc,
-		"vector":  storage.EncodeVector(storage.Vector{Model: "m", Values: []float32{1}}),
-	} {
-		if len(v) > 0 && v[0] == sealMagic {
-			t.Errorf("a stored %s begins with the seal's magic byte", name)
-		}
-	}
 }
 
 const marker = "PLAINTEXT-MARKER-7f3a"
@@ -215,7 +130,7 @@ func TestEncryptedClusterRoundTrip(t *testing.T) {
 		for _, bucket := range syncBuckets {
 			recs, _ := st.Scan(context.Background(), bucket, storage.ScanOptions{Limit: 1000})
 			for _, rec := range recs.Records {
-				if !rec.Tombstone && len(rec.Value) > 0 && !isSealed(rec.Value) {
+				if !rec.Tombstone && len(rec.Value) > 0 && !codec.IsSealed(rec.Value) {
 					t.Errorf("shard %d, %s/%q is not sealed", i+1, bucket, rec.Key)
 				}
 			}
@@ -234,7 +149,7 @@ func TestUnencryptedClusterHoldsTheMarker(t *testing.T) {
 }
 
 // secondRouter starts another router over tc's shards with its own keyring.
-func secondRouter(t testing.TB, tc *testCluster, kr *Keyring) string {
+func secondRouter(t testing.TB, tc *testCluster, kr *codec.Keyring) string {
 	t.Helper()
 	rt := tc.newRouter(t, Config{Nodes: tc.want, CacheBytes: 0, RepairInterval: time.Hour, Security: SecurityConfig{Keyring: kr}})
 	srv := httptest.NewServer(rt.Handler())
@@ -332,7 +247,7 @@ func TestSealedRecordsWithoutAKeyring(t *testing.T) {
 		t.Errorf("sealed record, router without keys = %d %s, want 500 saying so", r.Status, r.Raw)
 	}
 	r = call(t, "GET", open+"/api/v1/topics", nil)
-	if r.Status != 500 || bytes.Contains(r.Raw, []byte{sealMagic}) {
+	if r.Status != 500 || bytes.Contains(r.Raw, []byte{codec.SealMagic}) {
 		t.Errorf("topic list, router without keys = %d %q, want 500 and no ciphertext", r.Status, r.Raw)
 	}
 	r = call(t, "POST", open+"/api/v1/admin/reencrypt", nil)
@@ -355,7 +270,7 @@ func TestEncryptionTurnedOnLater(t *testing.T) {
 		for _, bucket := range syncBuckets {
 			recs, _ := st.Scan(context.Background(), bucket, storage.ScanOptions{Limit: 1000})
 			for _, rec := range recs.Records {
-				if len(rec.Value) > 0 && !isSealed(rec.Value) {
+				if len(rec.Value) > 0 && !codec.IsSealed(rec.Value) {
 					t.Errorf("%s/%q still plaintext after reencrypt", bucket, rec.Key)
 				}
 			}
@@ -380,10 +295,10 @@ func TestRepairCopiesSealedRecords(t *testing.T) {
 		t.Fatalf("shard 3 after repair holds %d contexts (%v), want 5", len(recs.Records), err)
 	}
 	for _, rec := range recs.Records {
-		if !isSealed(rec.Value) {
+		if !codec.IsSealed(rec.Value) {
 			t.Errorf("repaired %q is not sealed", rec.Key)
 		}
-		if _, err := kr.open(schema.BucketContexts, rec.Key, rec.Value); err != nil {
+		if _, err := kr.Open(schema.BucketContexts, rec.Key, rec.Value); err != nil {
 			t.Errorf("repaired %q does not open: %v", rec.Key, err)
 		}
 	}
@@ -403,3 +318,6 @@ func TestMissingKeyOnReplicatedRead(t *testing.T) {
 		}
 	}
 }
+
+// newKey is a fresh encryption key, as a key file line.
+func newKey(testing.TB) string { return hex.EncodeToString(randBytes(32)) }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"golang.org/x/sync/errgroup"
@@ -131,10 +132,10 @@ func (r *Router) embedPending(ctx context.Context, mark storage.Record) error {
 	if err != nil {
 		return err
 	}
-	if !liveRecord(rec, time.Now()) {
+	if !codec.LiveRecord(rec, time.Now()) {
 		return r.clearMark(ctx, topic, id, mark)
 	}
-	doc, err := r.codec.decodeDocument(rec.Value)
+	doc, err := r.codec.DecodeDocument(rec.Value)
 	if err != nil {
 		r.log.Error("pending context cannot be decoded; dropping its mark", "topic", topic, "id", id, "err", err)
 		return r.clearMark(ctx, topic, id, mark)
@@ -146,7 +147,7 @@ func (r *Router) embedPending(ctx context.Context, mark storage.Record) error {
 	if doc.Metadata.EmbeddingPending {
 		return apierr.Errorf(apierr.CodeUnavailable, "Ollama at %s still cannot embed", r.ollamaURL())
 	}
-	value, body, err := r.codec.encodeRendered(doc)
+	value, body, err := r.codec.EncodeRendered(doc)
 	if err != nil {
 		return err
 	}

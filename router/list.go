@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
@@ -171,7 +172,7 @@ func completeMeta(ctx context.Context, n *placement.Node, bucket string, recs []
 		if !recs[i].Truncated {
 			continue
 		}
-		if _, _, err := storedMeta(recs[i].Value); err != nil {
+		if !codec.HoldsMeta(recs[i].Value) {
 			keys = append(keys, recs[i].Key)
 			idx = append(idx, i)
 		}
@@ -349,7 +350,7 @@ func (r *Router) listContexts(c echo.Context) error {
 	}
 	if len(tags) > 0 || model != "" {
 		q.keep = func(rec storage.Record) bool {
-			m, _, err := decodeMetadata(rec.Value)
+			m, _, err := codec.DecodeMetadata(rec.Value)
 			if err != nil {
 				return false
 			}
@@ -364,7 +365,7 @@ func (r *Router) listContexts(c echo.Context) error {
 			return true
 		}
 	}
-	q.keep = keepUnexpired(q.keep)
+	q.keep = codec.KeepUnexpired(q.keep)
 	if _, _, err := r.readTopic(c, topic); err != nil {
 		return err
 	}
@@ -377,7 +378,7 @@ func (r *Router) listContexts(c echo.Context) error {
 		if i > 0 {
 			out = append(out, ',')
 		}
-		if out, err = r.codec.appendDocumentJSON(out, rec.Value, withContent); err != nil {
+		if out, err = r.codec.AppendDocumentJSON(out, rec.Value, withContent); err != nil {
 			return &apierr.Error{Code: apierr.CodeInternal, Message: "a stored context cannot be decoded", Err: err}
 		}
 	}

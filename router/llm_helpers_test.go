@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/llmbridge"
 	"github.com/go-kvdb/go-kvdb/llmbridge/ollamatest"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
@@ -21,7 +22,7 @@ func (f *faultyShard) TopK(ctx context.Context, b string, q storage.TopKQuery) (
 	if f.down.Load() {
 		return storage.TopKResult{}, errDown
 	}
-	return f.Shard.(vectorShard).TopK(ctx, b, q)
+	return f.Shard.(placement.Searcher).TopK(ctx, b, q)
 }
 
 // llmConfig is a bridge to the Ollama at url with the fake's models, a

@@ -48,22 +48,14 @@ func (r *Router) writeAt(ctx context.Context, pk, bucket string, key []byte, v u
 // the newest version of each).
 func (r *Router) searchNodes() []*placement.Node { return r.topo.Load().ReadNodes() }
 
-// vectorShard is what semantic search needs of a shard beside Shard:
-// storage.Store and storage.Client have it.
-type vectorShard interface {
-	TopK(ctx context.Context, bucket string, q storage.TopKQuery) (storage.TopKResult, error)
-}
-
 // TopK forwards to the wrapped shard, recording the call like the others.
 func (s *instrumented) TopK(ctx context.Context, bucket string, q storage.TopKQuery) (storage.TopKResult, error) {
-	vs, ok := s.Shard.(vectorShard)
+	vs, ok := s.Shard.(placement.Searcher)
 	if !ok {
-		return storage.TopKResult{}, errNoTopK
+		return storage.TopKResult{}, placement.ErrNoTopK
 	}
 	start := time.Now()
 	res, err := vs.TopK(ctx, bucket, q)
 	s.observe(ctx, "topk", start, err)
 	return res, err
 }
-
-var errNoTopK = errors.New("this shard cannot search vectors")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
@@ -58,11 +59,11 @@ func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []sc
 		now := time.Now().UTC()
 		var doc *schema.Document
 		cond, want := storage.CondAbsent, uint64(0)
-		if err == nil && liveRecord(rec, now) {
+		if err == nil && codec.LiveRecord(rec, now) {
 			if match != 0 && rec.Version != match {
 				return appendResult{}, apierr.Errorf(apierr.CodeFailedPrecondition, "context %q is at version %s, not %s", id, etag(rec.Version), etag(match))
 			}
-			if doc, err = r.codec.decodeDocument(rec.Value); err != nil {
+			if doc, err = r.codec.DecodeDocument(rec.Value); err != nil {
 				return appendResult{}, &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf("context %q in topic %q cannot be decoded", id, topic), Err: err}
 			}
 			cond, want = storage.CondVersion, rec.Version
@@ -89,7 +90,7 @@ func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []sc
 			return appendResult{}, err
 		}
 		r.embedForWrite(ctx, doc)
-		value, body, err := r.codec.encodeRendered(doc)
+		value, body, err := r.codec.EncodeRendered(doc)
 		if err != nil {
 			return appendResult{}, &apierr.Error{Code: apierr.CodeInternal, Message: "encode context", Err: err}
 		}
@@ -187,13 +188,13 @@ func (r *Router) getMessages(c echo.Context) error {
 // callers go on to write it, and need its newest version).
 func (r *Router) readContext(ctx context.Context, topic, id string) (*schema.Document, uint64, error) {
 	rec, err := r.readRecord(ctx, schema.Placement(topic, id), schema.BucketContexts, []byte(schema.ContextKey(topic, id)))
-	if errors.Is(err, storage.ErrNotFound) || (err == nil && !liveRecord(rec, time.Now())) {
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && !codec.LiveRecord(rec, time.Now())) {
 		return nil, 0, apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
 	}
 	if err != nil {
 		return nil, 0, err
 	}
-	doc, err := r.codec.decodeDocument(rec.Value)
+	doc, err := r.codec.DecodeDocument(rec.Value)
 	if err != nil {
 		return nil, 0, &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf("context %q in topic %q cannot be decoded", id, topic), Err: err}
 	}

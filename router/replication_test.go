@@ -362,7 +362,7 @@ func TestStaleRouterIsFenced(t *testing.T) {
 
 func mustEncode(t testing.TB, r *Router, id string) []byte {
 	t.Helper()
-	v, err := r.codec.encodeDocument(&schema.Document{Metadata: schema.Metadata{ID: id, CreatedAt: "2024-01-01T00:00:00Z"}, Content: schema.Content{Text: id}})
+	v, err := r.codec.EncodeDocument(&schema.Document{Metadata: schema.Metadata{ID: id, CreatedAt: "2024-01-01T00:00:00Z"}, Content: schema.Content{Text: id}})
 	if err != nil {
 		t.Fatal(err)
 	}

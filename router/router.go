@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/metrics"
+	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/hlc"
 	"github.com/go-kvdb/go-kvdb/router/hotcache"
 	"github.com/go-kvdb/go-kvdb/router/placement"
@@ -100,7 +101,7 @@ type Router struct {
 	batchCalls map[string]prometheus.Observer
 	topo       atomic.Pointer[placement.Topology] // swapped whole on a membership change
 	clock      hlc.Clock
-	codec      *codec
+	codec      *codec.Codec
 	cache      *hotcache.Cache
 	echo       *echo.Echo
 	llm        *llmState    // the Ollama bridge; set by llmRoutes
@@ -198,12 +199,11 @@ func New(cfg Config) (*Router, error) {
 	}
 	r.desired, r.wantReplicas = desired, cfg.Replicas
 	r.topo.Store(placement.NewTopology(0, placement.StateStable, desired, placement.Shape{}, nil))
-	if r.codec, err = newCodec(); err != nil {
-		return nil, err
-	}
-	r.codec.observe = func(in, out int) {
+	if r.codec, err = codec.New(codec.Options{Fetch: r.fetchDict, Observe: func(in, out int) {
 		r.m.CodecInputBytes.Add(float64(in))
 		r.m.CodecOutputBytes.Add(float64(out))
+	}}); err != nil {
+		return nil, err
 	}
 	r.initCompression()
 	if r.cache, err = hotcache.New(cfg.CacheBytes, cfg.CacheTTL, r.m.CacheEvictions.Inc); err != nil {
@@ -252,7 +252,7 @@ func (r *Router) register(name, address string, sh Shard) *Node {
 	if b, ok := sh.(batchObservable); ok {
 		b.ObserveBatches(r.observeBatch)
 	}
-	n := placement.NewNode(name, address, &instrumented{Shard: r.sealShard(sh), name: name, m: r.m})
+	n := placement.NewNode(name, address, &instrumented{Shard: codec.Seal(sh, r.cfg.Security.Keyring), name: name, m: r.m})
 	r.nodes[name] = n
 	return n
 }
@@ -322,6 +322,9 @@ func (s *instrumented) observe(ctx context.Context, op string, start time.Time, 
 		s.m.ShardRequestErrors.WithLabelValues(s.name, op).Inc()
 	}
 }
+
+// Unwrap is the shard below (see placement.As).
+func (s *instrumented) Unwrap() Shard { return s.Shard }
 
 func (s *instrumented) Get(ctx context.Context, bucket string, key []byte) (storage.Record, error) {
 	start := time.Now()

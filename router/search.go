@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/codec"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
@@ -137,9 +139,9 @@ func (r *Router) topK(ctx context.Context, q storage.TopKQuery) ([]storage.Match
 	g, gctx := errgroup.WithContext(ctx)
 	for i, n := range nodes {
 		g.Go(func() error {
-			vs, ok := n.Shard.(vectorShard)
+			vs, ok := n.Shard.(placement.Searcher)
 			if !ok {
-				return apierr.Errorf(apierr.CodeUnavailable, "search on shard %s: %v", n.Name, errNoTopK)
+				return apierr.Errorf(apierr.CodeUnavailable, "search on shard %s: %v", n.Name, placement.ErrNoTopK)
 			}
 			sctx, cancel := r.shardCtx(gctx)
 			defer cancel()
@@ -210,13 +212,13 @@ func (r *Router) appendResults(ctx context.Context, out *[]byte, topic string, m
 		if n == k {
 			break
 		}
-		if rec.Version != m.Version || rec.Tombstone || rec.Value == nil || storedExpired(rec.Value, now) {
+		if rec.Version != m.Version || rec.Tombstone || rec.Value == nil || codec.StoredExpired(rec.Value, now) {
 			if rec.Version != m.Version {
 				r.purgeStaleVector(topic, m.Key, m.Version)
 			}
 			continue
 		}
-		doc, err := r.codec.appendDocumentJSON(nil, rec.Value, withContent)
+		doc, err := r.codec.AppendDocumentJSON(nil, rec.Value, withContent)
 		if err != nil || !bytes.HasSuffix(doc, []byte("}")) {
 			return 0, &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf("context %q cannot be decoded", schema.Truncate(string(m.Key))), Err: err}
 		}

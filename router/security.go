@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -40,7 +41,7 @@ type SecurityConfig struct {
 	Audit io.Writer
 	// Keyring seals every value before it leaves the router (AES-256-GCM,
 	// see crypto.go). Nil: values are stored as they are.
-	Keyring *Keyring
+	Keyring *codec.Keyring
 }
 
 // security is the router's gatekeeping state.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,66 +56,6 @@ func (r *Router) topicTTL(ctx context.Context, topic string) int64 {
 	return schema.TopicDefaultTTL(rec.Value)
 }
 
-var (
-	metaExpiryPrefix     = []byte(`{"expires_at":"`)
-	renderedExpiryPrefix = []byte(`{"metadata":{"expires_at":"`)
-)
-
-// metaExpiry returns the expiry of a metadata JSON object that begins with
-// it (as the router writes them); ok is false when it has none.
-func metaExpiry(meta []byte) (t time.Time, ok bool) {
-	if !bytes.HasPrefix(meta, metaExpiryPrefix) {
-		return time.Time{}, false
-	}
-	rest := meta[len(metaExpiryPrefix):]
-	end := bytes.IndexByte(rest, '"')
-	if end < 0 {
-		return time.Time{}, false
-	}
-	t, err := time.Parse(time.RFC3339Nano, string(rest[:end]))
-	return t, err == nil
-}
-
-// renderedExpired reports whether a rendered context (the cache's form,
-// {"metadata":{…},…}) has expired. It is on the path of every cache hit:
-// a context without an expiry costs one prefix comparison, not even a
-// reading of the clock.
-func renderedExpired(body []byte) bool {
-	if !bytes.HasPrefix(body, renderedExpiryPrefix) {
-		return false
-	}
-	t, ok := metaExpiry(body[len(`{"metadata":`):])
-	return ok && !time.Now().Before(t)
-}
-
-// storedExpired reports whether a stored context value has expired at now.
-// A value that cannot be split is not expired: reads report it as corrupt.
-func storedExpired(value []byte, now time.Time) bool {
-	meta, _, err := storedMeta(value)
-	if err != nil {
-		return false
-	}
-	t, ok := metaExpiry(meta)
-	return ok && !now.Before(t)
-}
-
-// liveRecord reports whether a context record read from the shards is
-// live: written, not deleted, not expired.
-func liveRecord(rec storage.Record, now time.Time) bool {
-	return rec.Version != 0 && !rec.Tombstone && !storedExpired(rec.Value, now)
-}
-
-// keepUnexpired wraps a list filter so that expired contexts are skipped.
-func keepUnexpired(keep func(storage.Record) bool) func(storage.Record) bool {
-	now := time.Now()
-	return func(rec storage.Record) bool {
-		if storedExpired(rec.Value, now) {
-			return false
-		}
-		return keep == nil || keep(rec)
-	}
-}
-
 // replaceExpired finishes a create-only write that found the key taken:
 // if what holds it is an expired context, the write replaces it (on that
 // exact version, so a concurrent rewrite wins) and reports it as a create.
@@ -122,7 +63,7 @@ func keepUnexpired(keep func(storage.Record) bool) func(storage.Record) bool {
 func (r *Router) replaceExpired(ctx context.Context, topic, id string, value []byte, conflict storage.Result) (storage.Result, uint64, error) {
 	pk, key := schema.Placement(topic, id), []byte(schema.ContextKey(topic, id))
 	rec, err := r.get(ctx, pk, schema.BucketContexts, key)
-	if err != nil || rec.Tombstone || !storedExpired(rec.Value, time.Now()) {
+	if err != nil || rec.Tombstone || !codec.StoredExpired(rec.Value, time.Now()) {
 		return conflict, 0, nil
 	}
 	res, v, err := r.write(ctx, pk, schema.BucketContexts, key, false, value, storage.CondVersion, rec.Version)
@@ -279,7 +220,7 @@ func (r *Router) purgeOne(ctx context.Context, entry storage.Record, now time.Ti
 		return false, err
 	}
 	deleted := false
-	if err == nil && !rec.Tombstone && storedExpired(rec.Value, now) {
+	if err == nil && !rec.Tombstone && codec.StoredExpired(rec.Value, now) {
 		res, v, err := r.write(ctx, pk, schema.BucketContexts, ck, true, nil, storage.CondVersion, rec.Version)
 		if err != nil {
 			return false, err

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
@@ -65,7 +66,7 @@ func TestResolveExpiry(t *testing.T) {
 }
 
 func TestExpiryPrefixChecks(t *testing.T) {
-	c, err := newCodec()
+	c, err := codec.New(codec.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,19 +84,19 @@ func TestExpiryPrefixChecks(t *testing.T) {
 		{"future", schema.Document{Metadata: schema.Metadata{ID: "a", ExpiresAt: future}}, false},
 		{"past", schema.Document{Metadata: schema.Metadata{ID: "a", ExpiresAt: past}}, true},
 	} {
-		stored, err := c.encodeDocument(&tt.doc)
+		stored, err := c.EncodeDocument(&tt.doc)
 		if err != nil {
 			t.Fatal(err)
 		}
-		rendered, err := c.appendDocumentJSON(nil, stored, true)
+		rendered, err := c.AppendDocumentJSON(nil, stored, true)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := storedExpired(stored, now); got != tt.expired {
-			t.Errorf("%s: storedExpired = %v, want %v", tt.name, got, tt.expired)
+		if got := codec.StoredExpired(stored, now); got != tt.expired {
+			t.Errorf("%s: StoredExpired = %v, want %v", tt.name, got, tt.expired)
 		}
-		if got := renderedExpired(rendered); got != tt.expired {
-			t.Errorf("%s: renderedExpired(%s) = %v, want %v", tt.name, rendered, got, tt.expired)
+		if got := codec.RenderedExpired(rendered); got != tt.expired {
+			t.Errorf("%s: RenderedExpired(%s) = %v, want %v", tt.name, rendered, got, tt.expired)
 		}
 	}
 }
@@ -112,12 +113,12 @@ func expireNow(t testing.TB, tc *testCluster, topic, id string) uint64 {
 	if err != nil {
 		t.Fatalf("read %s/%s: %v", topic, id, err)
 	}
-	doc, err := rt.codec.decodeDocument(rec.Value)
+	doc, err := rt.codec.DecodeDocument(rec.Value)
 	if err != nil {
 		t.Fatal(err)
 	}
 	doc.Metadata.ExpiresAt = time.Now().Add(-time.Second).UTC().Format(time.RFC3339Nano)
-	value, err := rt.codec.encodeDocument(doc)
+	value, err := rt.codec.EncodeDocument(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +129,7 @@ func expireNow(t testing.TB, tc *testCluster, topic, id string) uint64 {
 	rt.indexExpiry(ctx, topic, doc, v)
 	// As a write through the API would, leave the rendered document in
 	// the cache: reads then find it expired there.
-	body, err := rt.codec.appendDocumentJSON(nil, value, true)
+	body, err := rt.codec.AppendDocumentJSON(nil, value, true)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/cmd/internal/daemon"
 	"github.com/go-kvdb/go-kvdb/router"
+	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
@@ -56,7 +57,7 @@ type securitySetup struct {
 	token     string
 	cert      *daemon.Certificate
 	clientTLS *tls.Config
-	keyring   *router.Keyring
+	keyring   *codec.Keyring
 	audit     *reopener
 	log       *slog.Logger
 	addr      string
@@ -100,7 +101,7 @@ func (f *securityFlags) load(httpAddr string, stdout io.Writer, log *slog.Logger
 		s.clientTLS = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
 	}
 	if *f.keyFile != "" {
-		if s.keyring, err = router.LoadKeyFile(*f.keyFile); err != nil {
+		if s.keyring, err = codec.LoadKeyFile(*f.keyFile); err != nil {
 			return nil, &daemon.UsageError{Err: err}
 		}
 	}

@@ -2,6 +2,7 @@ package placement
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 
 	"github.com/go-kvdb/go-kvdb/storage"
@@ -97,3 +98,46 @@ func (h *Health) Probed(ans storage.Health, err error, maxMisses int) (wentDown,
 	}
 	return false, false
 }
+
+// A decorator wraps a shard to add one concern (sealing, instrumentation)
+// and says what it wraps, so a caller can find a capability of the shard
+// below (snapshots, vector search, a live address) without knowing the
+// decorators.
+type decorator interface{ Unwrap() Shard }
+
+// As finds the first shard in sh's decorator chain, sh itself first, that
+// is a T, as errors.As finds an error.
+func As[T any](sh Shard) (T, bool) {
+	for sh != nil {
+		if t, ok := sh.(T); ok {
+			return t, true
+		}
+		d, ok := sh.(decorator)
+		if !ok {
+			break
+		}
+		sh = d.Unwrap()
+	}
+	var zero T
+	return zero, false
+}
+
+// Base is the shard at the bottom of sh's decorator chain: what it holds,
+// as it holds it.
+func Base(sh Shard) Shard {
+	for {
+		d, ok := sh.(decorator)
+		if !ok {
+			return sh
+		}
+		sh = d.Unwrap()
+	}
+}
+
+// Searcher is what semantic search needs of a shard beside Shard:
+// storage.Store and storage.Client have it.
+type Searcher interface {
+	TopK(ctx context.Context, bucket string, q storage.TopKQuery) (storage.TopKResult, error)
+}
+
+var ErrNoTopK = errors.New("this shard cannot search vectors")

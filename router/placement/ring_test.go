@@ -75,3 +75,26 @@ func BenchmarkRingOwner(b *testing.B) {
 		i++
 	}
 }
+
+type wrapped struct{ Shard }
+
+func (w wrapped) Unwrap() Shard { return w.Shard }
+
+type addressed struct{ noShard }
+
+func (addressed) Addr() string { return "10.0.0.1:8081" }
+
+func TestAsAndBase(t *testing.T) {
+	base := addressed{}
+	sh := wrapped{wrapped{base}}
+	a, ok := As[interface{ Addr() string }](sh)
+	if !ok || a.Addr() != "10.0.0.1:8081" {
+		t.Errorf("As[Addr](two decorators over an addressed shard) = %v, %v, want the shard below", a, ok)
+	}
+	if _, ok := As[interface{ Addr() string }](wrapped{noShard{}}); ok {
+		t.Errorf("As[Addr] found an address where no shard has one")
+	}
+	if got := Base(sh); got != Shard(base) {
+		t.Errorf("Base(two decorators) = %T, want the bottom shard", got)
+	}
+}

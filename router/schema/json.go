@@ -164,3 +164,9 @@ func MustJSON(v any) []byte {
 	}
 	return b
 }
+
+// PrintableKey renders a storage key for a message: quoted, the topic and
+// id separator shown as "/", cut short.
+func PrintableKey(k []byte) string {
+	return Truncate(strings.ReplaceAll(fmt.Sprintf("%q", k), `\x00`, "/"))
+}

@@ -1,4 +1,4 @@
-package router
+package codec
 
 import (
 	"strings"
@@ -8,7 +8,7 @@ import (
 // TestCodecRefusesDecompressionBomb: a stored body that inflates past the
 // codec's cap is refused with an error, whatever its header claims.
 func TestCodecRefusesDecompressionBomb(t *testing.T) {
-	c, err := newCodec()
+	c, err := New(Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -16,20 +16,20 @@ func TestCodecRefusesDecompressionBomb(t *testing.T) {
 	if len(bomb) > 1<<20 {
 		t.Fatalf("the bomb is %d bytes: not a bomb", len(bomb))
 	}
-	if _, err := c.appendDocumentJSON(nil, bomb, true); err == nil {
+	if _, err := c.AppendDocumentJSON(nil, bomb, true); err == nil {
 		t.Errorf("appendDocumentJSON(bomb) = nil, want an error")
 	}
-	if _, err := c.decodeDocument(bomb); err == nil {
+	if _, err := c.DecodeDocument(bomb); err == nil {
 		t.Errorf("DecodeDocument(bomb) = nil, want an error")
 	}
 	// Metadata alone never inflates anything.
-	if m, _, err := decodeMetadata(bomb); err != nil || m.ID != "bomb" {
-		t.Errorf("decodeMetadata(bomb) = %+v, %v", m, err)
+	if m, _, err := DecodeMetadata(bomb); err != nil || m.ID != "bomb" {
+		t.Errorf("DecodeMetadata(bomb) = %+v, %v", m, err)
 	}
 	// Below the cap the same construction decodes (the test builds real
 	// zstd streams).
 	small := zstdBombRecord(t, 1<<20)
-	if _, err := c.appendDocumentJSON(nil, small, true); err == nil || !strings.Contains(err.Error(), "not an object") {
+	if _, err := c.AppendDocumentJSON(nil, small, true); err == nil || !strings.Contains(err.Error(), "not an object") {
 		t.Errorf("appendDocumentJSON(1 MiB of zeros) = %v, want it decompressed then refused as not an object", err)
 	}
 }

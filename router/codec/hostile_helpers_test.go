@@ -1,4 +1,4 @@
-package router
+package codec
 
 import (
 	"bytes"
@@ -31,7 +31,7 @@ func zstdBombRecord(t testing.TB, n int) []byte {
 	out := []byte{formatV1}
 	out = binary.AppendUvarint(out, uint64(len(meta)))
 	out = append(out, meta...)
-	out = append(out, codecZstd)
+	out = append(out, Zstd)
 	out = binary.AppendUvarint(out, uint64(z.Len()))
 	out = append(out, z.Bytes()...)
 	return binary.AppendUvarint(out, 0)
