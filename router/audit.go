@@ -78,7 +78,7 @@ func (a *auditLog) record(c echo.Context, ri *reqInfo, status int) {
 	a.write(&auditLine{
 		Time:      time.Now().UTC().Format(time.RFC3339Nano),
 		Event:     event,
-		Key:       ri.key.label(),
+		Key:       ri.key.Label(),
 		ClientIP:  ri.ip,
 		Method:    req.Method,
 		Route:     route,

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/go-kvdb/go-kvdb/router/authfile/authfiletest"
 )
 
 // auditBuffer collects audit lines.
@@ -55,10 +57,10 @@ func (a *auditBuffer) raw() string {
 }
 
 func TestAuditLog(t *testing.T) {
-	file, secrets := testKeys(t)
+	file, secrets := authfiletest.Keys(t)
 	audit := &auditBuffer{}
 	tc := newSecureCluster(t, 1, func(c *Config) {
-		c.Security.Auth = loadAuth(t, file)
+		c.Security.Auth = authfiletest.Load(t, file)
 		c.Security.Audit = audit
 	})
 	app, viewer := bearerHeader(secrets["app"]), bearerHeader(secrets["viewer"])

@@ -3,39 +3,25 @@ package router
 import (
 	"net"
 	"net/http"
-	"path"
 	"reflect"
 	"strings"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/authfile"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// access is what a request needs of its key.
-type access uint8
-
-const (
-	accessAuth  access = iota // any valid key (a route that does not exist)
-	accessRead                // read a topic's data
-	accessWrite               // change a topic's data
-	accessAdmin               // the cluster and admin routes
-)
-
-func (a access) String() string {
-	return [...]string{"authenticated", "read", "write", "admin"}[a]
-}
-
 // reqInfo is what the security middleware learns about a request: its
 // route's needs, the caller, and what the audit line reports.
 type reqInfo struct {
-	need     access
+	need     authfile.Access
 	topic    string // the topic the route names, if any
 	id       string // the context id the route names, if any
 	scoped   bool   // the route acts on topic
-	key      *apiKey
+	key      *authfile.Key
 	ip       string
 	reqID    string
 	ollama   bool // answer errors in Ollama's Shape
@@ -77,49 +63,49 @@ var ollamaReadOnly = map[string]bool{
 // pattern (c.Path()), so a new route under /topics/:topic is scoped to its
 // topic at once. A route this function does not know needs admin to
 // change anything and read to GET: new routes are closed until placed.
-func classify(c echo.Context) (need access, topic, id string, scoped bool) {
+func classify(c echo.Context) (need authfile.Access, topic, id string, scoped bool) {
 	route, method := c.Path(), c.Request().Method
 	read := method == http.MethodGet || method == http.MethodHead
 	switch {
 	case unrouted(c):
-		return accessAuth, "", "", false
+		return authfile.AccessAuth, "", "", false
 	case strings.HasPrefix(route, ollamaPrefix+"/:topic/:id"):
 		topic, id = param(c, "topic"), param(c, "id")
 		sub := strings.TrimPrefix(route, ollamaPrefix+"/:topic/:id")
 		switch {
 		case sub == "" || sub == "/":
 			if read {
-				return accessRead, topic, id, true
+				return authfile.AccessRead, topic, id, true
 			}
-			return accessAdmin, topic, id, true
+			return authfile.AccessAdmin, topic, id, true
 		case sub == "/api/chat":
-			return accessWrite, topic, id, true
+			return authfile.AccessWrite, topic, id, true
 		case read || ollamaReadOnly["/"+c.Param("*")]:
-			return accessRead, topic, id, true
+			return authfile.AccessRead, topic, id, true
 		}
-		return accessAdmin, topic, id, true
+		return authfile.AccessAdmin, topic, id, true
 	case strings.HasPrefix(route, "/api/v1/admin/") || route == "/api/v1/cluster":
-		return accessAdmin, "", "", false
+		return authfile.AccessAdmin, "", "", false
 	case route == "/api/v1/topics":
 		// POST names its topic in the body: createTopic checks it.
 		if read {
-			return accessRead, "", "", false
+			return authfile.AccessRead, "", "", false
 		}
-		return accessWrite, "", "", false
+		return authfile.AccessWrite, "", "", false
 	case strings.HasPrefix(route, "/api/v1/topics/:topic"):
 		topic = param(c, "topic")
 		if strings.Contains(route, "/:id") {
 			id = param(c, "id")
 		}
 		if read || (method == http.MethodPost && strings.HasSuffix(route, "/search")) {
-			return accessRead, topic, id, true
+			return authfile.AccessRead, topic, id, true
 		}
-		return accessWrite, topic, id, true
+		return authfile.AccessWrite, topic, id, true
 	}
 	if read {
-		return accessRead, "", "", false
+		return authfile.AccessRead, "", "", false
 	}
-	return accessAdmin, "", "", false
+	return authfile.AccessAdmin, "", "", false
 }
 
 var notFoundHandler = reflect.ValueOf(echo.NotFoundHandler).Pointer()
@@ -130,27 +116,6 @@ func unrouted(c echo.Context) bool {
 	h := c.Handler()
 	return c.Path() == "" || h == nil || c.Get(echo.ContextKeyHeaderAllow) != nil ||
 		reflect.ValueOf(h).Pointer() == notFoundHandler
-}
-
-// topicAllowed reports whether k may act on topic. A nil key (the router
-// runs open) and a key without patterns may act on every topic.
-func (k *apiKey) topicAllowed(topic string) bool {
-	if k == nil || k.topics == nil {
-		return true
-	}
-	for _, p := range k.topics {
-		if ok, _ := path.Match(p, topic); ok {
-			return true
-		}
-	}
-	return false
-}
-
-func (k *apiKey) label() string {
-	if k == nil {
-		return ""
-	}
-	return k.name
 }
 
 // bearer returns the token of an "Authorization: Bearer <token>" header.
@@ -180,7 +145,7 @@ func (s *security) authenticate(c echo.Context, ri *reqInfo) *apierr.Error {
 		s.authFailures.WithLabelValues("malformed").Inc()
 		return apierr.Errorf(apierr.CodeUnauthenticated, "the Authorization header must read Bearer <secret>")
 	}
-	k := a.lookup(tok)
+	k := a.Lookup(tok)
 	if k == nil {
 		s.authFailures.WithLabelValues("unknown").Inc()
 		return apierr.Errorf(apierr.CodeUnauthenticated, "unknown or revoked API key")
@@ -195,13 +160,13 @@ func (s *security) authorize(ri *reqInfo) *apierr.Error {
 		return nil
 	}
 	k := ri.key
-	if !k.role.allows(ri.need) {
+	if !k.Role().Allows(ri.need) {
 		s.authFailures.WithLabelValues("role").Inc()
-		return apierr.Errorf(apierr.CodePermissionDenied, "key %q (role %s) may not %s here", k.name, k.role, ri.need)
+		return apierr.Errorf(apierr.CodePermissionDenied, "key %q (role %s) may not %s here", k.Label(), k.Role(), ri.need)
 	}
-	if ri.scoped && !k.topicAllowed(ri.topic) {
+	if ri.scoped && !k.TopicAllowed(ri.topic) {
 		s.authFailures.WithLabelValues("topic").Inc()
-		return apierr.Errorf(apierr.CodePermissionDenied, "key %q may not use topic %q", k.name, schema.Truncate(ri.topic))
+		return apierr.Errorf(apierr.CodePermissionDenied, "key %q may not use topic %q", k.Label(), schema.Truncate(ri.topic))
 	}
 	return nil
 }
@@ -210,11 +175,11 @@ func (s *security) authorize(ri *reqInfo) *apierr.Error {
 // that name their topic in the body (POST /api/v1/topics).
 func (r *Router) allowTopic(c echo.Context, topic string) error {
 	ri := infoOf(c)
-	if ri == nil || ri.key == nil || ri.key.topicAllowed(topic) {
+	if ri == nil || ri.key == nil || ri.key.TopicAllowed(topic) {
 		return nil
 	}
 	r.sec.authFailures.WithLabelValues("topic").Inc()
-	return apierr.Errorf(apierr.CodePermissionDenied, "key %q may not use topic %q", ri.key.name, schema.Truncate(topic))
+	return apierr.Errorf(apierr.CodePermissionDenied, "key %q may not use topic %q", ri.key.Label(), schema.Truncate(topic))
 }
 
 // topicFilter returns the predicate a topic list keeps records by: only
@@ -222,11 +187,11 @@ func (r *Router) allowTopic(c echo.Context, topic string) error {
 // applies it while it merges, so pages stay full and cursors stay right.
 func (r *Router) topicFilter(c echo.Context) func(storage.Record) bool {
 	ri := infoOf(c)
-	if ri == nil || ri.key == nil || ri.key.topics == nil {
+	if ri == nil || !ri.key.Scoped() {
 		return nil
 	}
 	k := ri.key
-	return func(rec storage.Record) bool { return k.topicAllowed(string(rec.Key)) }
+	return func(rec storage.Record) bool { return k.TopicAllowed(string(rec.Key)) }
 }
 
 // clientIP is the peer's address. X-Forwarded-For is not trusted: any

@@ -1,101 +1,20 @@
 package router
 
 import (
-	"bytes"
-	"encoding/hex"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/go-kvdb/go-kvdb/router/authfile"
+	"github.com/go-kvdb/go-kvdb/router/authfile/authfiletest"
 )
 
-func TestAddKeyWritesAFileTheRouterReads(t *testing.T) {
-	file, secrets := testKeys(t)
-	a := loadAuth(t, file)
-	if got := strings.Join(a.Names(), ","); got != "app,root,team-a,viewer" {
-		t.Errorf("Names() = %s, want app,root,team-a,viewer", got)
-	}
-	for name, sec := range secrets {
-		if !strings.HasPrefix(sec, secretPrefix) || strings.ContainsAny(sec, " \n") {
-			t.Errorf("secret of %s = %q, want one token starting %s", name, sec, secretPrefix)
-		}
-		if k := a.lookup(sec); k == nil || k.name != name {
-			t.Errorf("lookup(secret of %s) = %v, want key %s", name, k, name)
-		}
-	}
-	raw, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, sec := range secrets {
-		if bytes.Contains(raw, []byte(sec)) || bytes.Contains(raw, []byte(sec[len(secretPrefix)+2*keyIDBytes+1:])) {
-			t.Errorf("auth file holds the secret of %s", name)
-		}
-	}
-	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Errorf("auth file mode = %v (%v), want 0600", fi.Mode().Perm(), err)
-	}
-	if _, err := AddKey(file, "app", RoleReader, nil); err == nil || !strings.Contains(err.Error(), "exists already") {
-		t.Errorf("AddKey(duplicate name) = %v, want an error saying it exists", err)
-	}
-	if got := loadAuth(t, file).Len(); got != 4 {
-		t.Errorf("keys after refused duplicate = %d, want 4", got)
-	}
-}
-
-func TestLookupRefusesNearMisses(t *testing.T) {
-	file, secrets := testKeys(t)
-	a := loadAuth(t, file)
-	sec := secrets["app"]
-	other := secrets["viewer"]
-	flip := []byte(sec)
-	flip[len(flip)-1] ^= 1
-	for _, bad := range []string{
-		"", "kvdb_", sec[:len(sec)-1], sec + "x", string(flip),
-		// another key's id with this key's random part
-		other[:len(secretPrefix)+2*keyIDBytes] + sec[len(secretPrefix)+2*keyIDBytes:],
-		"kvdb_0000000000000000_" + sec[len(secretPrefix)+2*keyIDBytes+1:],
-		strings.ToUpper(sec),
-	} {
-		if k := a.lookup(bad); k != nil {
-			t.Errorf("lookup(%q) = key %s, want none", bad, k.name)
-		}
-	}
-}
-
-func TestAuthFileErrors(t *testing.T) {
-	good := fmt.Sprintf("[[keys]]\nname = \"a\"\nid = \"%s\"\nrole = \"reader\"\nsalt = \"%s\"\nhash = \"%s\"\n",
-		strings.Repeat("ab", keyIDBytes), strings.Repeat("00", saltBytes), strings.Repeat("11", 32))
-	if _, err := parseAuth([]byte(good)); err != nil {
-		t.Fatalf("parseAuth(good) = %v", err)
-	}
-	for name, text := range map[string]string{
-		"unknown key":    good + "colour = \"red\"\n",
-		"bad role":       strings.Replace(good, "reader", "owner", 1),
-		"bad name":       strings.Replace(good, `name = "a"`, `name = "a b"`, 1),
-		"bad id":         strings.Replace(good, strings.Repeat("ab", keyIDBytes), "xyz", 1),
-		"short hash":     strings.Replace(good, strings.Repeat("11", 32), "11", 1),
-		"bad pattern":    good + "topics = [\"[\"]\n",
-		"negative rate":  good + "rate_limit = -1\n",
-		"duplicate name": good + strings.Replace(good, strings.Repeat("ab", keyIDBytes), strings.Repeat("cd", keyIDBytes), 1),
-		"role limits":    "[role_rate_limits]\nowner = 3\n",
-		"not toml":       "[[keys]\n",
-	} {
-		if _, err := parseAuth([]byte(text)); err == nil {
-			t.Errorf("parseAuth(%s) = nil, want an error", name)
-		}
-	}
-	if _, err := LoadAuthFile(filepath.Join(t.TempDir(), "none.toml")); err == nil {
-		t.Errorf("LoadAuthFile(missing) = nil, want an error")
-	}
-}
-
 func TestAuthRefusesWithoutAKey(t *testing.T) {
-	file, secrets := testKeys(t)
+	file, secrets := authfiletest.Keys(t)
 	tc := newSecureCluster(t, 1, func(c *Config) {
-		c.Security.Auth = loadAuth(t, file)
+		c.Security.Auth = authfiletest.Load(t, file)
 		c.MetricsHandler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("# metrics\n")) })
 	})
 	must(t, call(t, "POST", tc.URL+"/api/v1/topics", map[string]any{"name": "t1"}, bearerHeader(secrets["app"])...), 201, "create with a writer key")
@@ -149,8 +68,8 @@ func TestAuthRefusesWithoutAKey(t *testing.T) {
 }
 
 func TestAuthRolesAndTopics(t *testing.T) {
-	file, secrets := testKeys(t)
-	tc := newSecureCluster(t, 2, func(c *Config) { c.Security.Auth = loadAuth(t, file) })
+	file, secrets := authfiletest.Keys(t)
+	tc := newSecureCluster(t, 2, func(c *Config) { c.Security.Auth = authfiletest.Load(t, file) })
 	root, app, viewer, teamA := bearerHeader(secrets["root"]), bearerHeader(secrets["app"]), bearerHeader(secrets["viewer"]), bearerHeader(secrets["team-a"])
 	for _, name := range []string{"plain", "team-a-1"} {
 		must(t, call(t, "POST", tc.URL+"/api/v1/topics", map[string]any{"name": name}, app...), 201, "create "+name)
@@ -231,8 +150,8 @@ func TestAuthRolesAndTopics(t *testing.T) {
 }
 
 func TestTopicListShowsOnlyAllowedTopics(t *testing.T) {
-	file, secrets := testKeys(t)
-	tc := newSecureCluster(t, 3, func(c *Config) { c.Security.Auth = loadAuth(t, file) })
+	file, secrets := authfiletest.Keys(t)
+	tc := newSecureCluster(t, 3, func(c *Config) { c.Security.Auth = authfiletest.Load(t, file) })
 	app, teamA := bearerHeader(secrets["app"]), bearerHeader(secrets["team-a"])
 	var want []string
 	for i := range 30 {
@@ -274,17 +193,17 @@ func TestTopicListShowsOnlyAllowedTopics(t *testing.T) {
 }
 
 func TestSetAuthReloadsKeys(t *testing.T) {
-	file, secrets := testKeys(t)
-	tc := newSecureCluster(t, 1, func(c *Config) { c.Security.Auth = loadAuth(t, file) })
+	file, secrets := authfiletest.Keys(t)
+	tc := newSecureCluster(t, 1, func(c *Config) { c.Security.Auth = authfiletest.Load(t, file) })
 	must(t, call(t, "GET", tc.URL+"/api/v1/topics", nil, bearerHeader(secrets["app"])...), 200, "app before reload")
 
 	// A new file without app, with a new key.
 	file2 := filepath.Join(t.TempDir(), "auth.toml")
-	fresh, err := AddKey(file2, "fresh", RoleReader, nil)
+	fresh, err := authfile.AddKey(file2, "fresh", authfile.RoleReader, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc.router.SetAuth(loadAuth(t, file2))
+	tc.router.SetAuth(authfiletest.Load(t, file2))
 	must(t, call(t, "GET", tc.URL+"/api/v1/topics", nil, bearerHeader(secrets["app"])...), 401, "app after reload")
 	must(t, call(t, "GET", tc.URL+"/api/v1/topics", nil, bearerHeader(fresh)...), 200, "fresh after reload")
 	tc.router.SetAuth(nil) // ignored: never opens up
@@ -295,15 +214,4 @@ func TestOpenRouterNeedsNoKey(t *testing.T) {
 	tc := newSecureCluster(t, 1, nil)
 	must(t, call(t, "POST", tc.URL+"/api/v1/topics", map[string]any{"name": "t"}), 201, "create without a key")
 	must(t, call(t, "GET", tc.URL+"/api/v1/cluster", nil), 200, "cluster without a key")
-}
-
-func TestSecretIDIsHex(t *testing.T) {
-	file, secrets := testKeys(t)
-	_ = file
-	for name, sec := range secrets {
-		id, ok := secretID(sec)
-		if _, err := hex.DecodeString(id); !ok || err != nil || len(id) != 2*keyIDBytes {
-			t.Errorf("secretID(secret of %s) = %q, %v", name, id, ok)
-		}
-	}
 }

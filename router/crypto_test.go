@@ -3,6 +3,7 @@ package router
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"math"
@@ -320,4 +321,8 @@ func TestMissingKeyOnReplicatedRead(t *testing.T) {
 }
 
 // newKey is a fresh encryption key, as a key file line.
-func newKey(testing.TB) string { return hex.EncodeToString(randBytes(32)) }
+func newKey(testing.TB) string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}

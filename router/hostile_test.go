@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/authfile/authfiletest"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
@@ -62,9 +63,9 @@ func isErrorBody(b []byte) bool {
 }
 
 func TestHostileInputs(t *testing.T) {
-	file, secrets := testKeys(t)
+	file, secrets := authfiletest.Keys(t)
 	tc := newSecureCluster(t, 2, func(c *Config) {
-		c.Security.Auth = loadAuth(t, file)
+		c.Security.Auth = authfiletest.Load(t, file)
 		c.Security.BodyTimeout = 300 * time.Millisecond
 		c.MaxBodyBytes = 1 << 20
 	})

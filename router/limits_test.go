@@ -14,16 +14,18 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/go-kvdb/go-kvdb/llmbridge/ollamatest"
+	"github.com/go-kvdb/go-kvdb/router/authfile"
+	"github.com/go-kvdb/go-kvdb/router/authfile/authfiletest"
 )
 
 // withRates rewrites an auth file with per-role and per-key rate limits.
-func withRates(t testing.TB, file string, roles map[Role]int, keys map[string]int) string {
+func withRates(t testing.TB, file string, roles map[authfile.Role]int, keys map[string]int) string {
 	t.Helper()
 	raw, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := decodeAuthFile(raw)
+	f, err := authfile.Decode(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,11 +73,11 @@ func count(statuses []int, code int) int {
 }
 
 func TestRateLimitPerKey(t *testing.T) {
-	file, secrets := testKeys(t)
+	file, secrets := authfiletest.Keys(t)
 	// -rate-limit 3; readers 2; app unlimited; team-a 1.
-	file = withRates(t, file, map[Role]int{RoleReader: 2}, map[string]int{"app": 0, "team-a": 1})
+	file = withRates(t, file, map[authfile.Role]int{authfile.RoleReader: 2}, map[string]int{"app": 0, "team-a": 1})
 	tc := newSecureCluster(t, 1, func(c *Config) {
-		c.Security.Auth = loadAuth(t, file)
+		c.Security.Auth = authfiletest.Load(t, file)
 		c.Security.RateLimit = 3
 	})
 	url := tc.URL + "/api/v1/topics"

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/authfile"
 	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,7 +23,7 @@ type SecurityConfig struct {
 	// Auth holds the API keys every /api/v1 and /ollama request must carry
 	// (Authorization: Bearer <secret>). Nil runs the API open. Swap it at
 	// run time with Router.SetAuth.
-	Auth *Auth
+	Auth *authfile.Auth
 	// RateLimit is the requests per second (burst the same) allowed to each
 	// key, or to each client IP when the API runs open; the auth file may
 	// override it per role and per key. Zero: no limit.
@@ -47,7 +48,7 @@ type SecurityConfig struct {
 // security is the router's gatekeeping state.
 type security struct {
 	cfg         SecurityConfig
-	auth        atomic.Pointer[Auth] // nil: open
+	auth        atomic.Pointer[authfile.Auth] // nil: open
 	limits      *limiters
 	sem         chan struct{} // nil: no concurrency cap
 	audit       *auditLog     // nil: no trail
@@ -97,7 +98,7 @@ func (r *Router) secure(e *echo.Echo, v1 *echo.Group) {
 // SetAuth swaps the API keys (a reloaded auth file). A nil Auth is
 // ignored: a router started with keys never opens up, and one started
 // open stays open.
-func (r *Router) SetAuth(a *Auth) {
+func (r *Router) SetAuth(a *authfile.Auth) {
 	if a == nil || r.sec.auth.Load() == nil {
 		return
 	}
@@ -119,7 +120,7 @@ func (s *security) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 		need, topic, id, scoped := classify(c)
 		ri := &reqInfo{
 			need: need, topic: topic, id: id, scoped: scoped,
-			ip: clientIP(req), reqID: rid, mutating: need >= accessWrite,
+			ip: clientIP(req), reqID: rid, mutating: need >= authfile.AccessWrite,
 			ollama: len(req.URL.Path) > len(ollamaPrefix) && req.URL.Path[:len(ollamaPrefix)+1] == ollamaPrefix+"/",
 		}
 		c.Set(infoKey, ri)
@@ -145,7 +146,7 @@ func (s *security) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		who, n := "ip:"+ri.ip, s.cfg.RateLimit
 		if a := s.auth.Load(); a != nil && ri.key != nil {
-			who, n = "key:"+ri.key.name, a.rateFor(ri.key, s.cfg.RateLimit)
+			who, n = "key:"+ri.key.Label(), a.RateFor(ri.key, s.cfg.RateLimit)
 		}
 		if ok, wait := s.limits.allow(who, n, time.Now()); !ok {
 			s.rejected.WithLabelValues("rate_limited").Inc()

@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/go-kvdb/go-kvdb/cmd/internal/daemon"
-	"github.com/go-kvdb/go-kvdb/router"
+	"github.com/go-kvdb/go-kvdb/router/authfile"
 )
 
 const keygenCommand = "keygen"
@@ -35,7 +35,7 @@ func keygen(args []string, stdout, stderr io.Writer) error {
 		return daemon.Usagef("%s: -auth-file is required", keygenCommand)
 	case *name == "":
 		return daemon.Usagef("%s: -name is required", keygenCommand)
-	case *role != string(router.RoleAdmin) && *role != string(router.RoleWriter) && *role != string(router.RoleReader):
+	case *role != string(authfile.RoleAdmin) && *role != string(authfile.RoleWriter) && *role != string(authfile.RoleReader):
 		return daemon.Usagef("%s: -role %q must be admin, writer or reader", keygenCommand, *role)
 	}
 	var patterns []string
@@ -44,7 +44,7 @@ func keygen(args []string, stdout, stderr io.Writer) error {
 			patterns = append(patterns, p)
 		}
 	}
-	secret, err := router.AddKey(*authFile, *name, router.Role(*role), patterns)
+	secret, err := authfile.AddKey(*authFile, *name, authfile.Role(*role), patterns)
 	if err != nil {
 		return fmt.Errorf("%s: %w", keygenCommand, err)
 	}

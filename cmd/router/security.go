@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/cmd/internal/daemon"
 	"github.com/go-kvdb/go-kvdb/router"
+	"github.com/go-kvdb/go-kvdb/router/authfile"
 	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
@@ -53,7 +54,7 @@ func addSecurityFlags(fs *flag.FlagSet) *securityFlags {
 // securitySetup is what the flags loaded: checked, ready to wire.
 type securitySetup struct {
 	f         *securityFlags
-	auth      *router.Auth
+	auth      *authfile.Auth
 	token     string
 	cert      *daemon.Certificate
 	clientTLS *tls.Config
@@ -76,7 +77,7 @@ func (f *securityFlags) load(httpAddr string, stdout io.Writer, log *slog.Logger
 		return nil, daemon.Usagef("-body-timeout %s: must be positive", *f.bodyTimeout)
 	}
 	if *f.authFile != "" {
-		a, err := router.LoadAuthFile(*f.authFile)
+		a, err := authfile.LoadAuthFile(*f.authFile)
 		if err != nil {
 			return nil, &daemon.UsageError{Err: err}
 		}
@@ -177,7 +178,7 @@ func (s *securitySetup) listener(ln net.Listener) net.Listener {
 // is reported and the old one stays in force.
 func (s *securitySetup) reload(rt *router.Router, log *slog.Logger) {
 	if s.auth != nil {
-		if a, err := router.LoadAuthFile(*s.f.authFile); err != nil {
+		if a, err := authfile.LoadAuthFile(*s.f.authFile); err != nil {
 			log.Error("auth file reload refused: the previous keys stay in force", "err", err)
 		} else {
 			rt.SetAuth(a)

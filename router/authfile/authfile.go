@@ -1,4 +1,4 @@
-package router
+package authfile
 
 import (
 	"bytes"
@@ -59,14 +59,14 @@ const (
 func (r Role) valid() bool { return r == RoleReader || r == RoleWriter || r == RoleAdmin }
 
 // allows reports whether the role grants need.
-func (r Role) allows(need access) bool {
+func (r Role) Allows(need Access) bool {
 	switch r {
 	case RoleAdmin:
 		return true
 	case RoleWriter:
-		return need <= accessWrite
+		return need <= AccessWrite
 	case RoleReader:
-		return need <= accessRead
+		return need <= AccessRead
 	}
 	return false
 }
@@ -85,7 +85,7 @@ type APIKey struct {
 	CreatedAt string `toml:"created_at,omitempty"`
 }
 
-type authFile struct {
+type File struct {
 	RoleRateLimits map[Role]int `toml:"role_rate_limits"`
 	Keys           []APIKey     `toml:"keys"`
 }
@@ -93,12 +93,12 @@ type authFile struct {
 // Auth is a validated set of API keys. It is immutable: a reload builds a
 // new one and swaps it in whole (Router.SetAuth).
 type Auth struct {
-	byID      map[string]*apiKey
+	byID      map[string]*Key
 	roleRates map[Role]int
 }
 
-// apiKey is an APIKey decoded for checking.
-type apiKey struct {
+// Key is an APIKey decoded for checking.
+type Key struct {
 	name   string
 	role   Role
 	topics []string // nil: every topic
@@ -127,8 +127,8 @@ func LoadAuthFile(file string) (*Auth, error) {
 	return a, nil
 }
 
-func decodeAuthFile(raw []byte) (*authFile, error) {
-	var f authFile
+func Decode(raw []byte) (*File, error) {
+	var f File
 	md, err := toml.NewDecoder(bytes.NewReader(raw)).Decode(&f)
 	if err != nil {
 		return nil, err
@@ -144,11 +144,11 @@ func decodeAuthFile(raw []byte) (*authFile, error) {
 }
 
 func parseAuth(raw []byte) (*Auth, error) {
-	f, err := decodeAuthFile(raw)
+	f, err := Decode(raw)
 	if err != nil {
 		return nil, err
 	}
-	a := &Auth{byID: map[string]*apiKey{}, roleRates: map[Role]int{}}
+	a := &Auth{byID: map[string]*Key{}, roleRates: map[Role]int{}}
 	for role, n := range f.RoleRateLimits {
 		if !role.valid() {
 			return nil, fmt.Errorf("role_rate_limits: unknown role %q (admin, writer or reader)", role)
@@ -191,7 +191,7 @@ func parseAuth(raw []byte) (*Auth, error) {
 		if k.RateLimit != nil && *k.RateLimit < 0 {
 			return nil, fmt.Errorf("%s: rate_limit %d must not be negative", where, *k.RateLimit)
 		}
-		ak := &apiKey{name: k.Name, role: k.Role, salt: salt, hash: hash, rate: k.RateLimit}
+		ak := &Key{name: k.Name, role: k.Role, salt: salt, hash: hash, rate: k.RateLimit}
 		if len(k.Topics) > 0 {
 			ak.topics = k.Topics
 		}
@@ -231,11 +231,11 @@ func hashSecret(salt []byte, secret string) []byte {
 
 // dummyKey is checked when a secret names no key, so an unknown id costs
 // the same hash as a known one.
-var dummyKey = &apiKey{salt: make([]byte, saltBytes), hash: make([]byte, sha256.Size)}
+var dummyKey = &Key{salt: make([]byte, saltBytes), hash: make([]byte, sha256.Size)}
 
-// lookup returns the key whose secret this is, or nil. The hashes are
+// Lookup returns the key whose secret this is, or nil. The hashes are
 // compared in constant time; the id (public) only picks which to compare.
-func (a *Auth) lookup(secret string) *apiKey {
+func (a *Auth) Lookup(secret string) *Key {
 	k := dummyKey
 	id, ok := secretID(secret)
 	if ok {
@@ -261,9 +261,9 @@ func secretID(secret string) (string, bool) {
 	return rest[:2*keyIDBytes], true
 }
 
-// rateFor returns a key's requests per second: its own, else its role's,
+// RateFor returns a key's requests per second: its own, else its role's,
 // else def; 0 means no limit.
-func (a *Auth) rateFor(k *apiKey, def int) int {
+func (a *Auth) RateFor(k *Key, def int) int {
 	if k.rate != nil {
 		return *k.rate
 	}
