@@ -205,18 +205,12 @@ func (r *Router) loadDictsFrom(ctx context.Context, n *placement.Node, full bool
 		return codec.ParsePointer(rec)
 	}
 	var p *codec.Pointer
-	var after []byte
-	for {
-		sctx, cancel := r.shardCtx(ctx)
-		page, err := n.Shard.Scan(sctx, schema.BucketDicts, storage.ScanOptions{After: after, Limit: 64})
-		cancel()
-		if err != nil {
-			return nil, err
-		}
-		for _, rec := range page.Records {
+	err := placement.Walk(ctx, n.Shard, schema.BucketDicts, storage.ScanOptions{Limit: 64}, r.cfg.ShardTimeout, func(recs []storage.Record) error {
+		for _, rec := range recs {
 			if string(rec.Key) == codec.DictCurrentKey {
+				var err error
 				if p, err = codec.ParsePointer(rec); err != nil {
-					return nil, err
+					return err
 				}
 				continue
 			}
@@ -236,11 +230,12 @@ func (r *Router) loadDictsFrom(ctx context.Context, n *placement.Node, full bool
 				r.log.Error("compression dictionary unreadable on a shard", "shard", n.Name, "err", err)
 			}
 		}
-		if !page.More || len(page.Records) == 0 {
-			return p, nil
-		}
-		after = page.Records[len(page.Records)-1].Key
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	return p, nil
 }
 
 // adoptPointer makes p's dictionary current if p is newer than the
@@ -526,28 +521,21 @@ func (r *Router) sampleBodies(ctx context.Context, t *placement.Topology) ([][]b
 // the start) up to key until (inclusive; nil: to the end), at most
 // *budget of them (it counts them off).
 func (r *Router) scanContexts(ctx context.Context, n *placement.Node, after, until []byte, budget *int, visit func(storage.Record) error) error {
-	for *budget > 0 {
-		sctx, cancel := r.shardCtx(ctx)
-		p, err := n.Shard.Scan(sctx, schema.BucketContexts, storage.ScanOptions{After: after, Limit: min(200, *budget)})
-		cancel()
-		if err != nil {
-			return err
-		}
-		for _, rec := range p.Records {
-			if until != nil && bytes.Compare(rec.Key, until) > 0 {
-				return nil
+	if *budget <= 0 {
+		return nil
+	}
+	return placement.Walk(ctx, n.Shard, schema.BucketContexts, storage.ScanOptions{After: after, Limit: min(200, *budget)}, r.cfg.ShardTimeout, func(recs []storage.Record) error {
+		for _, rec := range recs {
+			if until != nil && bytes.Compare(rec.Key, until) > 0 || *budget <= 0 {
+				return placement.ErrStop
 			}
 			*budget--
 			if err := visit(rec); err != nil {
 				return err
 			}
 		}
-		if !p.More || len(p.Records) == 0 {
-			return nil
-		}
-		after = p.Records[len(p.Records)-1].Key
-	}
-	return nil
+		return nil
+	})
 }
 
 // storeDict writes a new dictionary to every shard, create-only.
@@ -724,15 +712,8 @@ func (r *Router) syncDicts(ctx context.Context, live []*placement.Node) (int64, 
 	}
 	keys := map[string]*holding{}
 	for _, n := range live {
-		var after []byte
-		for {
-			sctx, cancel := r.shardCtx(ctx)
-			p, err := n.Shard.Scan(sctx, schema.BucketDicts, storage.ScanOptions{After: after, Limit: syncPage, Tombstones: true, KeysOnly: true})
-			cancel()
-			if err != nil {
-				return 0, fmt.Errorf("scan %s on shard %s: %w", schema.BucketDicts, n.Name, err)
-			}
-			for _, rec := range p.Records {
+		err := placement.Walk(ctx, n.Shard, schema.BucketDicts, storage.ScanOptions{Limit: syncPage, Tombstones: true, KeysOnly: true}, r.cfg.ShardTimeout, func(recs []storage.Record) error {
+			for _, rec := range recs {
 				h := keys[string(rec.Key)]
 				if h == nil {
 					h = &holding{held: map[*placement.Node]uint64{}}
@@ -743,10 +724,10 @@ func (r *Router) syncDicts(ctx context.Context, live []*placement.Node) (int64, 
 					h.source, h.version = n, rec.Version
 				}
 			}
-			if !p.More || len(p.Records) == 0 {
-				break
-			}
-			after = p.Records[len(p.Records)-1].Key
+			return nil
+		})
+		if err != nil {
+			return 0, fmt.Errorf("scan %s on shard %s: %w", schema.BucketDicts, n.Name, err)
 		}
 	}
 	var copied int64

@@ -115,17 +115,10 @@ func (r *Router) reencryptBucket(ctx context.Context, kr *codec.Keyring, sh Shar
 // re-encrypt and compression-rewrite passes are both this walk.
 func rewritePass[T any](ctx context.Context, r *Router, read, write Shard, bucket string,
 	fix func(rec storage.Record) (value []byte, tag T, ok bool), done func(tag T, applied bool)) error {
-	var after []byte
-	for {
-		sctx, cancel := r.shardCtx(ctx)
-		p, err := read.Scan(sctx, bucket, storage.ScanOptions{After: after, Limit: syncPage})
-		cancel()
-		if err != nil {
-			return err
-		}
+	return placement.Walk(ctx, read, bucket, storage.ScanOptions{Limit: syncPage}, r.cfg.ShardTimeout, func(recs []storage.Record) error {
 		var writes []storage.Write
 		var tags []T
-		for _, rec := range p.Records {
+		for _, rec := range recs {
 			if rec.Tombstone || len(rec.Value) == 0 {
 				continue
 			}
@@ -136,27 +129,25 @@ func rewritePass[T any](ctx context.Context, r *Router, read, write Shard, bucke
 			writes = append(writes, storage.Write{Record: storage.Record{Key: rec.Key, Version: rec.Version, Value: value}, Cond: storage.CondRewrite})
 			tags = append(tags, tag)
 		}
-		if len(writes) > 0 {
-			if r.syncLimit != nil {
-				if err := r.syncLimit.WaitN(ctx, min(len(writes), r.syncLimit.Burst())); err != nil {
-					return err
-				}
-			}
-			wctx, cancel := r.shardCtx(ctx)
-			results, err := write.Apply(wctx, bucket, writes)
-			cancel()
-			if err != nil {
-				return err
-			}
-			for i, out := range results {
-				done(tags[i], out.Outcome == storage.Applied)
-			}
-		}
-		if !p.More || len(p.Records) == 0 {
+		if len(writes) == 0 {
 			return nil
 		}
-		after = p.Records[len(p.Records)-1].Key
-	}
+		if r.syncLimit != nil {
+			if err := r.syncLimit.WaitN(ctx, min(len(writes), r.syncLimit.Burst())); err != nil {
+				return err
+			}
+		}
+		wctx, cancel := r.shardCtx(ctx)
+		results, err := write.Apply(wctx, bucket, writes)
+		cancel()
+		if err != nil {
+			return err
+		}
+		for i, out := range results {
+			done(tags[i], out.Outcome == storage.Applied)
+		}
+		return nil
+	})
 }
 
 // rawShard is a node's shard below the sealing layer: what it holds, as

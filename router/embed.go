@@ -7,6 +7,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/codec"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"golang.org/x/sync/errgroup"
@@ -77,20 +78,14 @@ func (r *Router) pendingMarks(ctx context.Context) ([]storage.Record, error) {
 	g, gctx := errgroup.WithContext(ctx)
 	for i, n := range nodes {
 		g.Go(func() error {
-			var after []byte
-			for {
-				sctx, cancel := r.shardCtx(gctx)
-				p, err := n.Shard.Scan(sctx, schema.BucketEmbedPending, storage.ScanOptions{After: after, Limit: 1000})
-				cancel()
-				if err != nil {
-					return apierr.FromStorage("scan pending embeddings on shard "+n.Name, err)
-				}
-				pages[i] = append(pages[i], p.Records...)
-				if !p.More || len(p.Records) == 0 {
-					return nil
-				}
-				after = p.Records[len(p.Records)-1].Key
+			err := placement.Walk(gctx, n.Shard, schema.BucketEmbedPending, storage.ScanOptions{Limit: 1000}, r.cfg.ShardTimeout, func(recs []storage.Record) error {
+				pages[i] = append(pages[i], recs...)
+				return nil
+			})
+			if err != nil {
+				return apierr.FromStorage("scan pending embeddings on shard "+n.Name, err)
 			}
+			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {

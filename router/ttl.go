@@ -8,6 +8,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/codec"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus"
@@ -170,24 +171,20 @@ func (r *Router) dueExpiries(ctx context.Context, now time.Time) ([]storage.Reco
 	g, gctx := errgroup.WithContext(ctx)
 	for i, n := range nodes {
 		g.Go(func() error {
-			var after []byte
-			for len(found[i]) < maxPurgePerPass {
-				sctx, cancel := r.shardCtx(gctx)
-				p, err := n.Shard.Scan(sctx, schema.BucketExpiry, storage.ScanOptions{After: after, Limit: 1000, KeysOnly: true})
-				cancel()
-				if err != nil {
-					return apierr.FromStorage("scan expiries on shard "+n.Name, err)
-				}
-				for _, rec := range p.Records {
+			err := placement.Walk(gctx, n.Shard, schema.BucketExpiry, storage.ScanOptions{Limit: 1000, KeysOnly: true}, r.cfg.ShardTimeout, func(recs []storage.Record) error {
+				for _, rec := range recs {
 					if bytes.Compare(rec.Key, limit) >= 0 {
-						return nil
+						return placement.ErrStop
 					}
 					found[i] = append(found[i], rec)
 				}
-				if !p.More || len(p.Records) == 0 {
-					return nil
+				if len(found[i]) >= maxPurgePerPass {
+					return placement.ErrStop
 				}
-				after = p.Records[len(p.Records)-1].Key
+				return nil
+			})
+			if err != nil {
+				return apierr.FromStorage("scan expiries on shard "+n.Name, err)
 			}
 			return nil
 		})

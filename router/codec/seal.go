@@ -285,22 +285,18 @@ func (s *sealed) TopK(ctx context.Context, bucket string, q storage.TopKQuery) (
 	if err != nil {
 		return storage.TopKResult{}, err
 	}
-	var after []byte
-	for {
-		p, err := s.Scan(ctx, bucket, storage.ScanOptions{Prefix: q.Prefix, After: after, Limit: 1000})
-		if err != nil {
-			return storage.TopKResult{}, err
-		}
-		for _, rec := range p.Records {
+	err = placement.Walk(ctx, s, bucket, storage.ScanOptions{Prefix: q.Prefix, Limit: 1000}, 0, func(recs []storage.Record) error {
+		for _, rec := range recs {
 			if err := rk.Add(rec.Key, rec.Version, rec.Value); err != nil {
-				return storage.TopKResult{}, err
+				return err
 			}
 		}
-		if !p.More || len(p.Records) == 0 {
-			return rk.Result(), nil
-		}
-		after = p.Records[len(p.Records)-1].Key
+		return nil
+	})
+	if err != nil {
+		return storage.TopKResult{}, err
 	}
+	return rk.Result(), nil
 }
 
 // Unwrap is the shard below (see placement.As).

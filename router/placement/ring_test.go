@@ -1,8 +1,13 @@
 package placement
 
 import (
+	"context"
 	"fmt"
+	"path/filepath"
 	"testing"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/storage"
 )
 
 // noShard stands for a shard no test calls.
@@ -96,5 +101,43 @@ func TestAsAndBase(t *testing.T) {
 	}
 	if got := Base(sh); got != Shard(base) {
 		t.Errorf("Base(two decorators) = %T, want the bottom shard", got)
+	}
+}
+
+// TestWalk checks the page walk over a real store: every record once, in
+// order, across pages, and ErrStop ends it early without an error.
+func TestWalk(t *testing.T) {
+	st, err := storage.Open(filepath.Join(t.TempDir(), "walk.db"), storage.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	var writes []storage.Write
+	for i := range 25 {
+		writes = append(writes, storage.Write{Record: storage.Record{Key: []byte(fmt.Sprintf("k%02d", i)), Version: 1, Value: []byte("v")}})
+	}
+	if _, err := st.Apply(ctx, "b", writes); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	pages := 0
+	err = Walk(ctx, st, "b", storage.ScanOptions{Limit: 10}, time.Second, func(recs []storage.Record) error {
+		pages++
+		for _, r := range recs {
+			got = append(got, string(r.Key))
+		}
+		return nil
+	})
+	if err != nil || len(got) != 25 || pages != 3 || got[0] != "k00" || got[24] != "k24" {
+		t.Errorf("Walk = %v after %d pages: %v, want 25 keys k00..k24 in 3 pages", err, pages, got)
+	}
+	n := 0
+	err = Walk(ctx, st, "b", storage.ScanOptions{Limit: 10, After: []byte("k19")}, 0, func(recs []storage.Record) error {
+		n += len(recs)
+		return ErrStop
+	})
+	if err != nil || n != 5 {
+		t.Errorf("Walk from k19 stopped at once = %v after %d records, want nil after 5", err, n)
 	}
 }
