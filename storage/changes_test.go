@@ -907,34 +907,47 @@ func FuzzParseBatch(f *testing.F) {
 
 // BenchmarkChangesFollow: one writer, one follower over the wire; each
 // operation is a durable write and the moment the follower learns of it.
-// It is the shard's part of how soon another router hears of a write.
+// lag-p50-µs and lag-p99-µs are how long after the writer's Apply returned
+// the follower had the change (0 when it had it first): the shard's part
+// of how soon another router hears of a write.
 func BenchmarkChangesFollow(b *testing.B) {
 	s, c, _ := openTestClient(b)
 	ctx, cancel := context.WithCancel(context.Background())
-	seen := make(chan uint64, 1)
+	type sighting struct {
+		seq uint64
+		at  time.Time
+	}
+	seen := make(chan sighting, 1)
 	done := make(chan error, 1)
 	go func() {
 		done <- c.Changes(ctx, ChangesRequest{}, func(batch ChangeBatch) error {
 			if n := len(batch.Changes); n > 0 {
-				seen <- batch.Changes[n-1].Seq
+				seen <- sighting{batch.Changes[n-1].Seq, time.Now()}
 			}
 			return nil
 		})
 	}()
 	writes := make([]Write, 1)
+	var lags []time.Duration
 	b.ReportAllocs()
 	for i := 1; b.Loop(); i++ {
 		writes[0] = put("key", uint64(i), "value")
 		if _, err := s.Apply(ctx, "bench", writes); err != nil {
 			b.Fatal(err)
 		}
-		if seq := <-seen; seq != uint64(i) {
-			b.Fatalf("follower saw seq %d, want %d", seq, i)
+		acked := time.Now()
+		got := <-seen
+		if got.seq != uint64(i) {
+			b.Fatalf("follower saw seq %d, want %d", got.seq, i)
 		}
+		lags = append(lags, max(got.at.Sub(acked), 0))
 	}
 	b.StopTimer()
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		b.Errorf("Changes() = %v, want context.Canceled", err)
 	}
+	slices.Sort(lags)
+	b.ReportMetric(float64(lags[len(lags)/2].Microseconds()), "lag-p50-µs")
+	b.ReportMetric(float64(lags[len(lags)*99/100].Microseconds()), "lag-p99-µs")
 }
