@@ -270,6 +270,37 @@ func TestChangesRetention(t *testing.T) {
 	})
 }
 
+// TestChangesTrimBounded: a backlog of entries past the retention (here,
+// the retention lowered) goes a bounded number per commit, not all at once
+// in one commit that holds every writer.
+func TestChangesTrimBounded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "shard.db")
+	s := openTestStoreAt(t, path, Options{})
+	var ws []Write
+	for i := range 1000 {
+		ws = append(ws, put(fmt.Sprintf("k%04d", i), 1, "v"))
+	}
+	mustApply(t, s, "b", ws...)
+	s.Close()
+
+	s = openTestStoreAt(t, path, Options{ChangesRetain: 10})
+	oldest := uint64(1)
+	for i := 1; oldest < 1000-10+uint64(i); i++ {
+		mustApply(t, s, "b", put("k0000", uint64(i+1), "v"))
+		head := mustHead(t, s)
+		// Each commit trims what it adds and trimSlack more, down to
+		// the retention.
+		want := min(oldest+1+trimSlack, head.Head-10+1)
+		if head.Oldest != want {
+			t.Fatalf("commit %d: ChangesHead() = %+v, want oldest %d", i, head, want)
+		}
+		oldest = head.Oldest
+		if i > 10 {
+			t.Fatalf("commit %d: the backlog is still %d..%d", i, head.Oldest, head.Head)
+		}
+	}
+}
+
 // TestChangesMaxAge: entries older than the age go with the next commit;
 // the newest stays, so the head is known.
 func TestChangesMaxAge(t *testing.T) {
