@@ -36,6 +36,9 @@ type Client struct {
 	name string
 	base string // "http://host:port"
 	hc   *http.Client
+	// stream is hc without its timeout, for change streams that last as
+	// long as their follower; it shares hc's transport and its pool.
+	stream *http.Client
 
 	// InFlight is how many Get requests, and how many Apply requests, go
 	// to the shard at once before further calls wait and leave together
@@ -58,7 +61,9 @@ func NewClient(name, addr string, hc *http.Client) *Client {
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
 	}
-	return &Client{name: name, base: strings.TrimRight(base, "/"), hc: hc, InFlight: DefaultInFlight}
+	stream := *hc
+	stream.Timeout = 0
+	return &Client{name: name, base: strings.TrimRight(base, "/"), hc: hc, stream: &stream, InFlight: DefaultInFlight}
 }
 
 // Name is the shard's name in the cluster configuration.
@@ -258,13 +263,19 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte) ([]by
 	if resp.StatusCode == http.StatusOK {
 		return out, nil
 	}
+	return nil, c.answerError(resp.StatusCode, out)
+}
+
+// answerError is the sentinel error, named after the shard, for an answer
+// of status with body other than 200.
+func (c *Client) answerError(status int, out []byte) error {
 	var eb errorBody
 	msg := strings.TrimSpace(string(out))
 	if json.Unmarshal(out, &eb) == nil && eb.Error.Message != "" {
 		msg = eb.Error.Message
 	}
 	sentinel := ErrInternal
-	switch resp.StatusCode {
+	switch status {
 	case http.StatusUnauthorized:
 		sentinel = ErrUnauthenticated
 	case http.StatusNotFound:
@@ -278,7 +289,7 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte) ([]by
 			sentinel = ErrStaleEpoch
 		}
 	}
-	return nil, fmt.Errorf("shard %s: %s: %w", c.name, msg, sentinel)
+	return fmt.Errorf("shard %s: %s: %w", c.name, msg, sentinel)
 }
 
 func queryEscape(key []byte) string { return url.QueryEscape(string(key)) }

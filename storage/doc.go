@@ -25,6 +25,43 @@
 // prefix of such a bucket and returns its k best cosine matches, so each
 // shard answers with its own top k and the router merges.
 //
+// # Change log
+//
+// Every write a commit applies (puts, tombstones, DeletePrefix's tombstones,
+// CondRewrite's rewrites; stale and conflicting writes change nothing and
+// are not logged) gets the shard's next sequence number, in commit order,
+// and an entry (seq, time, bucket, key, version, tombstone: no value) in the
+// same transaction: the log holds exactly what is durable, and a restart
+// continues it. Routers follow it to keep their caches coherent. Changes
+// replays the entries after a sequence, then follows each commit as it lands
+// (a broadcast the committer sends after the commit, that costs it nothing
+// per follower; followers read the log from BoltDB, each at its own pace)
+// with an empty batch every heartbeat while nothing changes, so a follower
+// knows it is caught up (its last seq is the batch's Head) and the shard
+// alive. ChangesHead (and Info) say where the log stands.
+//
+// The log keeps the newest Options.ChangesRetain entries no older than
+// Options.ChangesMaxAge (a million, a day), trimmed by the commits
+// themselves a bounded number at a time, and never its newest entry. Each
+// Open starts a generation of the log with an ID of its own, and the file
+// keeps their lineage: a follower resumes with the last ID it saw, which
+// continues across restarts, while a new file, one restored from a snapshot
+// or copied back from earlier, or one whose log was lost does not continue
+// it. A follower that asks for changes the log does not hold (trimmed, of a
+// generation the file does not continue, or past where it went) gets a
+// *ChangesGapError (ErrChangesGap) naming what is held, at the start or
+// while it follows: it has missed changes and must forget what it learnt,
+// then follow from the head. Purge is not logged: what it removes is a
+// collected tombstone (deleted and absent read alike) or a copy the shard
+// no longer owns, logged by its owners when they were written.
+//
+// On the wire (GET /v1/changes, changes_wire.go) the stream is one
+// long-lived answer of binary frames, each flushed as it is written; a gap
+// known at the start is a 410 with a JSON body naming the oldest seq held.
+// The Client's stream does not go through the timeout of its http.Client
+// (it shares the transport), and ends with ErrUnavailable when nothing comes
+// for three heartbeats.
+//
 // Snapshot (GET /v1/snapshot on the wire) copies every bucket but the
 // shard's own in one read transaction, in package backup's snapshot
 // format, through a temporary file so the transaction stays short: the
@@ -36,6 +73,9 @@
 // buckets TopK is asked to scan), so filtering by content happens in the
 // router. TopK is a flat scan: one dot product per vector under the prefix. Tombstones are kept until a purge removes
 // them (see Store.Purge); scans skip them unless asked for.
+// The change log is a cost of every commit: one more small record per
+// applied write (see BenchmarkStorePut4KWriters). A follower that passes no
+// log ID accepts any log holding its seq: only a first subscription should.
 // A BoltDB file can be opened by one process only; Open fails after
 // Options.LockTimeout instead of waiting forever.
 package storage

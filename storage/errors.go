@@ -31,6 +31,11 @@ var (
 	// ErrInternal is returned by the Client when the daemon answers 500.
 	ErrInternal = errors.New("shard internal error")
 
+	// ErrChangesGap is returned (as a *ChangesGapError) by Changes when
+	// the changes asked for are not all in the shard's change log: they
+	// were trimmed, or the log is another one than the follower followed.
+	ErrChangesGap = errors.New("gap in the change log")
+
 	// ErrUnauthenticated is returned by the Client when the daemon refuses
 	// the request for want of the right cluster token (see RequireToken).
 	ErrUnauthenticated = errors.New("shard refused the cluster token")

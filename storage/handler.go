@@ -67,6 +67,8 @@ func NewHandler(store *Store, log *slog.Logger) http.Handler {
 	mux.HandleFunc("POST "+pathMultiGet+"{bucket}", h.multiGet)
 	mux.HandleFunc("POST "+pathPurge+"{bucket}", h.purge)
 	mux.HandleFunc("GET "+pathSnapshot, h.snapshot)
+	mux.HandleFunc("GET "+pathChanges, h.changes)
+	mux.HandleFunc("GET "+pathChangesHead, h.changesHead)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no route "+r.Method+" "+r.URL.Path)
 	})
@@ -271,6 +273,7 @@ var errorStatus = []struct {
 	{ErrInvalid, http.StatusBadRequest, "invalid_argument"},
 	{ErrClosed, http.StatusServiceUnavailable, "unavailable"},
 	{ErrStaleEpoch, http.StatusConflict, "stale_epoch"},
+	{ErrChangesGap, http.StatusGone, "changes_gap"},
 }
 
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {

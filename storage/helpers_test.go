@@ -26,6 +26,8 @@ type shard interface {
 	MultiGet(ctx context.Context, bucket string, keys [][]byte) ([]Record, error)
 	Purge(ctx context.Context, bucket string, recs []Record) (int, error)
 	Health(ctx context.Context) (Health, error)
+	ChangesHead(ctx context.Context) (ChangeLog, error)
+	Changes(ctx context.Context, req ChangesRequest, fn func(ChangeBatch) error) error
 }
 
 var (

@@ -105,9 +105,14 @@ type ScanPage struct {
 // Buckets hold records of one kind. Their names are short and lower case.
 var bucketName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
 
-// metaBucket holds the shard's own facts (its node id); it is not reachable
-// through the record API.
-const metaBucket = "_meta"
+// metaBucket holds the shard's own facts (its node id, the lineage of its
+// change log) and changesBucket its change log (changes.go); neither is
+// reachable through the record API, whose bucket names cannot start with
+// '_'.
+const (
+	metaBucket    = "_meta"
+	changesBucket = "_changes"
+)
 
 // ClusterBucket and MapKey name the record that holds the cluster's shard
 // map. The router writes it with the map's epoch as its version; the store

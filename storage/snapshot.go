@@ -18,7 +18,7 @@ import (
 const pathSnapshot = "/v1/snapshot"
 
 // WriteSnapshot writes every record of every bucket but the shard's own
-// (its identity and the cluster map) to w in the backup package's
+// (its identity, its change log and the cluster map) to w in the backup package's
 // snapshot format, tombstones included, all read in one transaction: a
 // consistent view of the shard at one moment. DictBucket comes first,
 // the others in name order.
@@ -62,7 +62,7 @@ func (s *Store) WriteSnapshot(ctx context.Context, w io.Writer) (int64, error) {
 		}
 		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
 			switch string(name) {
-			case metaBucket, ClusterBucket, DictBucket:
+			case metaBucket, changesBucket, ClusterBucket, DictBucket:
 				return nil
 			}
 			return bucket(name, b)

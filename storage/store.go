@@ -28,6 +28,12 @@ type Options struct {
 	// Observer, when set, is told how long each commit took and how many
 	// writes it carried.
 	Observer func(commit time.Duration, writes int)
+	// ChangesRetain and ChangesMaxAge bound the change log (changes.go):
+	// an entry goes once this many newer ones are held or once it is this
+	// old, whichever comes first. Zero means DefaultChangesRetain and
+	// DefaultChangesMaxAge.
+	ChangesRetain int
+	ChangesMaxAge time.Duration
 }
 
 // Store is one shard's BoltDB file. Its methods are safe for concurrent use.
@@ -47,6 +53,8 @@ type Store struct {
 	closed  bool
 	commits chan *commitReq
 	done    chan struct{} // closed when the committer has exited
+
+	changes changeLog // written by the committer only
 }
 
 // maxGather bounds how long a commit waits for writes still arriving.
@@ -143,6 +151,10 @@ func Open(path string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
+	if err := s.openChanges(opts); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	if rec, err := s.Get(context.Background(), ClusterBucket, []byte(MapKey)); err == nil {
 		s.epoch.Store(rec.Version)
 	}
@@ -191,6 +203,7 @@ func (s *Store) Close() error {
 	close(s.commits)
 	s.mu.Unlock()
 	<-s.done
+	s.changes.publish() // followers wake, and find the store closed
 	return s.db.Close()
 }
 
@@ -331,20 +344,25 @@ func (s *Store) commitLoop() {
 			timer.Stop()
 		}
 		start := time.Now()
+		var logged logState
+		var changed int
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			for _, r := range batch {
 				if err := applyTx(tx, r); err != nil {
 					return err
 				}
 			}
-			return nil
+			var err error
+			logged, changed, err = s.changes.append(tx, batch, start)
+			return err
 		})
 		lastCommit = time.Since(start)
 		if s.obs != nil {
 			s.obs(lastCommit, n)
 		}
 		if err == nil {
-			s.noteEpoch(batch)
+			s.changes.at = logged
+			s.committed(batch, changed)
 		}
 		for _, r := range batch {
 			r.err <- err
@@ -360,6 +378,18 @@ func (s *Store) checkEpoch(ctx context.Context, bucket string) error {
 		return fmt.Errorf("write under epoch %d, shard holds epoch %d: %w", e, s.epoch.Load(), ErrStaleEpoch)
 	}
 	return nil
+}
+
+// committed runs after each commit that succeeded, before its writers hear
+// of it, on the committer's goroutine: whatever must follow the durable
+// writes (the epoch held, followers of the change log) learns of them here.
+// It must stay cheap; anything slow belongs to a goroutine of its own that
+// this only wakes.
+func (s *Store) committed(batch []*commitReq, changed int) {
+	s.noteEpoch(batch)
+	if changed > 0 {
+		s.changes.publish()
+	}
 }
 
 // noteEpoch remembers the newest cluster map version committed.
@@ -525,7 +555,8 @@ type Info struct {
 	NodeID    string           `json:"node_id"`
 	Path      string           `json:"path"`
 	SizeBytes int64            `json:"size_bytes"`
-	Keys      map[string]int64 `json:"keys"` // records per bucket, tombstones included
+	Keys      map[string]int64 `json:"keys"`    // records per bucket, tombstones included
+	Changes   ChangeLog        `json:"changes"` // where the change log stands
 }
 
 // Info reports the shard's identity and size.
@@ -533,8 +564,9 @@ func (s *Store) Info(context.Context) (Info, error) {
 	info := Info{NodeID: s.nodeID, Path: s.path, Keys: map[string]int64{}}
 	err := s.view(func(tx *bolt.Tx) error {
 		info.SizeBytes = tx.Size()
+		info.Changes = logPosition(tx.Bucket([]byte(changesBucket)), s.changes.id)
 		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
-			if string(name) != metaBucket {
+			if string(name) != metaBucket && string(name) != changesBucket {
 				info.Keys[string(name)] = int64(b.Stats().KeyN)
 			}
 			return nil

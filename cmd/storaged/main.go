@@ -36,6 +36,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	configFile := fs.String("config-file", "", "cluster configuration (sharding.toml); with -shard, gives this daemon's address")
 	shard := fs.String("shard", "", "this daemon's shard name in -config-file")
 	grace := fs.Duration("shutdown-grace", 10*time.Second, "how long in-flight requests may run after SIGINT/SIGTERM")
+	changesRetain := fs.Int("changes-retain", storage.DefaultChangesRetain, "newest entries the change log keeps for routers that resume")
+	changesMaxAge := fs.Duration("changes-max-age", storage.DefaultChangesMaxAge, "oldest entry the change log keeps")
 	secFlags := addSecurityFlags(fs)
 	if err := daemon.ParseFlags(fs, args); err != nil {
 		return err
@@ -45,6 +47,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if *dbLocation == "" {
 		return daemon.Usagef("-db-location is required")
+	}
+	if *changesRetain < 1 || *changesMaxAge <= 0 {
+		return daemon.Usagef("-changes-retain %d and -changes-max-age %s must be positive", *changesRetain, *changesMaxAge)
 	}
 	addr := *httpAddr
 	switch {
@@ -78,7 +83,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	reg := metrics.NewRegistry()
 	m := metrics.NewStorage(reg)
 	store, err := storage.Open(*dbLocation, storage.Options{
-		LockTimeout: 2 * time.Second,
+		LockTimeout:   2 * time.Second,
+		ChangesRetain: *changesRetain,
+		ChangesMaxAge: *changesMaxAge,
 		Observer: func(d time.Duration, writes int) {
 			m.CommitDuration.Observe(d.Seconds())
 			m.CommitWrites.Observe(float64(writes))
@@ -111,7 +118,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	mux.Handle("GET /metrics", metrics.Handler(reg))
 	mux.Handle("/", storage.NewHandler(store, log))
 	log.Info("shard open", "db", *dbLocation, "node_id", store.NodeID(), "shard", *shard)
-	if err := daemon.Serve(ctx, ln, m.HTTP.Wrap(sec.handler(mux), route), log, *grace); err != nil {
+	if err := daemon.Serve(ctx, ln, m.HTTP.Wrap(sec.handler(endStreams(ctx, mux)), route), log, *grace); err != nil {
 		return err
 	}
 	if err := store.Close(); err != nil {
@@ -119,6 +126,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// endStreams ends the change streams (GET /v1/changes) when ctx is done.
+// A stream lasts as long as its follower, so the graceful shutdown, which
+// waits for the requests in flight, would otherwise wait out its grace; a
+// follower whose stream ends resumes elsewhere or later from its sequence.
+func endStreams(ctx context.Context, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/changes" {
+			rctx, cancel := context.WithCancel(r.Context())
+			defer cancel()
+			defer context.AfterFunc(ctx, cancel)()
+			r = r.WithContext(rctx)
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // route names a request's route for metrics: the path up to the bucket.
@@ -130,7 +153,7 @@ func route(r *http.Request) string {
 		}
 	}
 	switch p {
-	case "/healthz", "/metrics", "/v1/info":
+	case "/healthz", "/metrics", "/v1/info", "/v1/changes", "/v1/changes/head":
 		return p
 	}
 	return "unmatched"

@@ -3,15 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/cmd/internal/daemon"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 )
@@ -145,6 +148,63 @@ func TestMetricsLint(t *testing.T) {
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+// TestChangeStreamEndsOnShutdown: a follower's change stream does not hold
+// the daemon's graceful shutdown for its grace; the follower is told the
+// shard is gone. With a grace of a minute, a stream that held on would make
+// Shutdown give up and run return its error.
+func TestChangeStreamEndsOnShutdown(t *testing.T) {
+	addr := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	var logs bytes.Buffer
+	go func() {
+		done <- run(ctx, []string{"-db-location=" + filepath.Join(t.TempDir(), "sh.db"), "-http-addr=" + addr, "-shutdown-grace=1m"}, io.Discard, &logs)
+	}()
+	c := storage.NewClient("sh", addr, nil)
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Ping(context.Background()) != nil {
+		if time.Now().After(deadline) {
+			cancel()
+			<-done
+			t.Fatalf("storaged never answered; log:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := c.Apply(context.Background(), "contexts", []storage.Write{{Record: storage.Record{Key: []byte("k"), Version: 1, Value: []byte("v")}}}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	following := make(chan struct{})
+	ended := make(chan error, 1)
+	go func() {
+		var once sync.Once
+		ended <- c.Changes(context.Background(), storage.ChangesRequest{}, func(b storage.ChangeBatch) error {
+			once.Do(func() { close(following) })
+			return nil
+		})
+	}()
+	<-following
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run with a change stream open = %v, want nil after cancel; log:\n%s", err, logs.String())
+	}
+	if err := <-ended; !errors.Is(err, storage.ErrUnavailable) {
+		t.Errorf("Changes() across the daemon's shutdown = %v, want ErrUnavailable", err)
+	}
+}
+
+// TestChangesFlags: retention flags that keep nothing are refused.
+func TestChangesFlags(t *testing.T) {
+	for _, flag := range []string{"-changes-retain=0", "-changes-retain=-5", "-changes-max-age=0s", "-changes-max-age=-1h"} {
+		var out bytes.Buffer
+		err := run(context.Background(), []string{"-db-location=" + filepath.Join(t.TempDir(), "sh.db"), "-http-addr=" + freeAddr(t), flag}, &out, &out)
+		var usage *daemon.UsageError
+		if !errors.As(err, &usage) {
+			t.Errorf("run(%s) = %v, want a usage error", flag, err)
 		}
 	}
 }
