@@ -239,7 +239,7 @@ func (r *Router) createTopic(c echo.Context) error {
 	}
 	t := schema.Topic{Name: req.Name, Description: req.Description, MaxTokens: req.MaxTokens, CreatedAt: time.Now().UTC().Format(time.RFC3339Nano), DefaultTTLSeconds: req.DefaultTTLSeconds}
 	body := schema.TopicJSON(&t)
-	res, v, err := r.write(c.Request().Context(), t.Name, schema.BucketTopics, []byte(t.Name), false, body, storage.CondAbsent, 0)
+	res, v, err := r.coord.Write(c.Request().Context(), t.Name, schema.BucketTopics, []byte(t.Name), false, body, storage.CondAbsent, 0)
 	if err != nil {
 		return err
 	}
@@ -261,7 +261,7 @@ func (r *Router) readTopic(c echo.Context, name string) ([]byte, uint64, error) 
 		}
 		return body, v, nil
 	}
-	rec, err := r.get(c.Request().Context(), name, schema.BucketTopics, []byte(name))
+	rec, err := r.coord.Get(c.Request().Context(), name, schema.BucketTopics, []byte(name))
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, 0, apierr.Errorf(apierr.CodeNotFound, "topic %q not found", name)
 	}
@@ -296,7 +296,7 @@ func (r *Router) deleteTopic(c echo.Context) error {
 		return err
 	}
 	ctx := c.Request().Context()
-	rec, err := r.get(ctx, name, schema.BucketTopics, []byte(name))
+	rec, err := r.coord.Get(ctx, name, schema.BucketTopics, []byte(name))
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && rec.Tombstone) {
 		return apierr.Errorf(apierr.CodeNotFound, "topic %q not found", name)
 	}
@@ -305,7 +305,7 @@ func (r *Router) deleteTopic(c echo.Context) error {
 	}
 	v := r.clock.Next()
 	prefix := []byte(name + schema.KeySep)
-	if err := r.fanOutAll(ctx, 10*r.cfg.ShardTimeout, func(ctx context.Context, n *placement.Node) error {
+	if err := r.coord.FanOutAll(ctx, 10*r.cfg.ShardTimeout, func(ctx context.Context, n *placement.Node) error {
 		// A topic's contexts, their vectors and their pending embeddings.
 		for _, bucket := range []string{schema.BucketContexts, schema.BucketVectors, schema.BucketEmbedPending} {
 			if _, err := n.Shard.DeletePrefix(ctx, bucket, prefix, v); err != nil {
@@ -317,7 +317,7 @@ func (r *Router) deleteTopic(c echo.Context) error {
 		return err
 	}
 	r.deletedTopics.Store(name, v)
-	res, tv, err := r.write(ctx, name, schema.BucketTopics, []byte(name), true, nil, storage.CondExists, 0)
+	res, tv, err := r.coord.Write(ctx, name, schema.BucketTopics, []byte(name), true, nil, storage.CondExists, 0)
 	if err != nil {
 		return err
 	}
@@ -365,7 +365,7 @@ func (r *Router) getContext(c echo.Context) error {
 		return writeDocument(c, http.StatusOK, v, "hit", body)
 	}
 	r.m.CacheMisses.Inc()
-	rec, err := r.get(c.Request().Context(), schema.Placement(topic, id), schema.BucketContexts, []byte(key))
+	rec, err := r.coord.Get(c.Request().Context(), schema.Placement(topic, id), schema.BucketContexts, []byte(key))
 	if errors.Is(err, storage.ErrNotFound) {
 		return apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
 	}
@@ -485,7 +485,7 @@ func (r *Router) storeContext(c echo.Context, topic string, doc *schema.Document
 	}
 	id := doc.Metadata.ID
 	key := schema.ContextKey(topic, id)
-	res, v, err := r.write(c.Request().Context(), schema.Placement(topic, id), schema.BucketContexts, []byte(key), false, value, cond, match)
+	res, v, err := r.coord.Write(c.Request().Context(), schema.Placement(topic, id), schema.BucketContexts, []byte(key), false, value, cond, match)
 	if err == nil && res.Outcome == storage.Conflict && cond == storage.CondAbsent {
 		res, v, err = r.replaceExpired(c.Request().Context(), topic, id, value, res)
 	}
@@ -518,7 +518,7 @@ func (r *Router) deleteContext(c echo.Context) error {
 		return apierr.Errorf(apierr.CodeInvalidArgument, "If-None-Match makes no sense on DELETE")
 	}
 	key := schema.ContextKey(topic, id)
-	res, v, err := r.write(c.Request().Context(), schema.Placement(topic, id), schema.BucketContexts, []byte(key), true, nil, cond, match)
+	res, v, err := r.coord.Write(c.Request().Context(), schema.Placement(topic, id), schema.BucketContexts, []byte(key), true, nil, cond, match)
 	if err != nil {
 		return err
 	}

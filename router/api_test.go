@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/go-kvdb/go-kvdb/router/coord"
 	"github.com/go-kvdb/go-kvdb/router/hotcache"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
@@ -524,12 +525,12 @@ func TestListReadsMetadataOnly(t *testing.T) {
 	}
 	// The shards really were asked for a prefix: a scan with the limit cuts
 	// the big context's value.
-	p, err := tc.stores[0].Scan(t.Context(), schema.BucketContexts, storage.ScanOptions{Prefix: []byte("t" + schema.KeySep), Limit: 10, ValueLimit: metaPrefix})
+	p, err := tc.stores[0].Scan(t.Context(), schema.BucketContexts, storage.ScanOptions{Prefix: []byte("t" + schema.KeySep), Limit: 10, ValueLimit: coord.MetaPrefix})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, rec := range p.Records {
-		if len(rec.Value) > metaPrefix {
+		if len(rec.Value) > coord.MetaPrefix {
 			t.Errorf("scan with ValueLimit returned %d bytes", len(rec.Value))
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/backup"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/codec"
+	"github.com/go-kvdb/go-kvdb/router/coord"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
@@ -71,7 +72,7 @@ func snapshotOf(sh Shard) (snapshotShard, bool) { return placement.As[snapshotSh
 // reader cannot mistake for a complete backup.
 func (r *Router) adminBackup(c echo.Context) error {
 	t := r.topo.Load()
-	nodes, err := r.liveReadNodes(t)
+	nodes, err := r.coord.LiveReadNodes(t)
 	if err != nil {
 		return err
 	}
@@ -235,18 +236,16 @@ func (r *Router) restore(ctx context.Context, recs []restoreRec, dry bool) (*res
 			r.log.Warn("restored compression dictionaries not loaded yet", "err", err)
 		}
 	}
-	for range maxWriteRetries {
-		rep, err := r.restoreOn(ctx, r.topo.Load(), others, dry)
-		if errors.Is(err, storage.ErrStaleEpoch) {
-			r.refreshMap(ctx)
-			continue
-		}
-		if err == nil {
-			addRestored(rep, schema.BucketDicts, dicts, dictApplied)
-		}
-		return rep, err
+	var rep *restoreReport
+	err = r.coord.Settle(ctx, "restore (restoring is idempotent)", func(t *placement.Topology) error {
+		rep, err = r.restoreOn(ctx, t, others, dry)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, apierr.Errorf(apierr.CodeUnavailable, "restore did not settle after %d attempts; retry (restoring is idempotent)", maxWriteRetries)
+	addRestored(rep, schema.BucketDicts, dicts, dictApplied)
+	return rep, nil
 }
 
 // addRestored counts records of bucket restored outside restoreOn.
@@ -306,7 +305,7 @@ func (r *Router) restoreOn(ctx context.Context, t *placement.Topology, recs []re
 		for bucket, idx := range byBucket {
 			for _, chunk := range restoreChunks(recs, idx) {
 				g.Go(func() error {
-					sctx, cancel := r.shardCtx(epochCtx(ctx, t))
+					sctx, cancel := r.coord.ShardCtx(coord.EpochCtx(ctx, t))
 					defer cancel()
 					var err error
 					if dry {
@@ -354,9 +353,9 @@ func (r *Router) restoreOn(ctx context.Context, t *placement.Topology, recs []re
 		return nil, storage.ErrStaleEpoch
 	}
 	for i := range recs {
-		if !quorate(sets[i], func(n *placement.Node) bool { return slices.Contains(answered[i], n) }) {
+		if !coord.Quorate(sets[i], func(n *placement.Node) bool { return slices.Contains(answered[i], n) }) {
 			r.m.QuorumFailures.WithLabelValues("write").Inc()
-			e := r.noQuorum("restore of "+recs[i].bucket+" "+schema.Truncate(strings.ToValidUTF8(string(recs[i].rec.Key), "?")), sets[i], len(answered[i]), failed)
+			e := r.coord.NoQuorum("restore of "+recs[i].bucket+" "+schema.Truncate(strings.ToValidUTF8(string(recs[i].rec.Key), "?")), sets[i], len(answered[i]), failed)
 			e.Message += "; records already written stay (restoring again is safe)"
 			return nil, e
 		}

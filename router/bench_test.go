@@ -10,22 +10,7 @@ import (
 	"testing"
 
 	"github.com/go-kvdb/go-kvdb/internal/chatgen"
-	"github.com/go-kvdb/go-kvdb/storage"
 )
-
-func BenchmarkMergePages(b *testing.B) {
-	pages := make([]storage.ScanPage, 3)
-	for s := range pages {
-		for i := range 100 {
-			pages[s].Records = append(pages[s].Records, storage.Record{Key: fmt.Appendf(nil, "t\x00c%05d", i*3+s), Version: 1})
-		}
-		pages[s].More = true
-	}
-	b.ReportAllocs()
-	for b.Loop() {
-		mergePages(pages, []byte("t\x00c00297"))
-	}
-}
 
 // benchGet measures GET of one 4 KB context through the router's HTTP
 // stack, with the cache on (hits) or off (each GET goes to a shard daemon

@@ -84,7 +84,7 @@ func (r *Router) noteHealth(n *placement.Node, h storage.Health, err error) {
 
 // readMap returns the cluster map a node holds (nil when it holds none).
 func (r *Router) readMap(ctx context.Context, n *placement.Node) (*clusterMap, error) {
-	ctx, cancel := r.shardCtx(ctx)
+	ctx, cancel := r.coord.ShardCtx(ctx)
 	defer cancel()
 	rec, err := n.Shard.Get(ctx, storage.ClusterBucket, []byte(storage.MapKey))
 	if errors.Is(err, storage.ErrNotFound) {
@@ -207,7 +207,7 @@ func (r *Router) installLocked(ctx context.Context, m *clusterMap) error {
 	ok := 0
 	var errs []error
 	for _, n := range targets {
-		wctx, cancel := r.shardCtx(ctx)
+		wctx, cancel := r.coord.ShardCtx(ctx)
 		res, err := n.Shard.Apply(wctx, storage.ClusterBucket, []storage.Write{{Record: storage.Record{Key: []byte(storage.MapKey), Version: m.Epoch, Value: body}}})
 		cancel()
 		switch {
@@ -238,7 +238,7 @@ func containsNode(list []*placement.Node, n *placement.Node) bool {
 func (r *Router) pushMap(ctx context.Context, n *placement.Node) {
 	t := r.topo.Load()
 	m := r.mapOf(t)
-	wctx, cancel := r.shardCtx(ctx)
+	wctx, cancel := r.coord.ShardCtx(ctx)
 	defer cancel()
 	if _, err := n.Shard.Apply(wctx, storage.ClusterBucket, []storage.Write{{Record: storage.Record{Key: []byte(storage.MapKey), Version: m.Epoch, Value: m.encode()}}}); err != nil {
 		r.log.Debug("push cluster map", "shard", n.Name, "err", err)

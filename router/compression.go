@@ -16,6 +16,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/codec"
+	"github.com/go-kvdb/go-kvdb/router/coord"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
@@ -193,7 +194,7 @@ var errNotAdopted = errors.New("current compression dictionary not adopted")
 
 func (r *Router) loadDictsFrom(ctx context.Context, n *placement.Node, full bool) (*codec.Pointer, error) {
 	if !full {
-		sctx, cancel := r.shardCtx(ctx)
+		sctx, cancel := r.coord.ShardCtx(ctx)
 		rec, err := n.Shard.Get(sctx, schema.BucketDicts, []byte(codec.DictCurrentKey))
 		cancel()
 		if errors.Is(err, storage.ErrNotFound) || (err == nil && rec.Tombstone) {
@@ -370,7 +371,7 @@ func boolParam(c echo.Context, name string) (bool, error) {
 // train samples, builds, checks, stores and adopts a dictionary.
 func (r *Router) train(ctx context.Context) (*TrainResult, error) {
 	t := r.topo.Load()
-	if err := allUp(t, "train a compression dictionary"); err != nil {
+	if err := coord.AllUp(t, "train a compression dictionary"); err != nil {
 		return nil, err
 	}
 	samples, err := r.sampleBodies(ctx, t)
@@ -428,7 +429,7 @@ func (r *Router) train(ctx context.Context) (*TrainResult, error) {
 	}
 	p := &codec.Pointer{ID: id, TrainedAt: res.TrainedAt, Samples: res.Samples, DictionaryBytes: res.DictionaryBytes,
 		RatioBefore: res.RatioBefore, RatioAfter: res.RatioAfter, Version: r.clock.Next()}
-	if err := r.writeEverywhere(ctx, t, []byte(codec.DictCurrentKey), p.Version, schema.MustJSON(p), storage.CondNone,
+	if err := r.coord.WriteEverywhere(ctx, t, []byte(codec.DictCurrentKey), p.Version, schema.MustJSON(p), storage.CondNone,
 		fmt.Sprintf("dictionary %d is stored on every shard but was not made current", id)); err != nil {
 		return nil, err
 	}
@@ -439,21 +440,6 @@ func (r *Router) train(ctx context.Context) (*TrainResult, error) {
 	r.log.Info("compression dictionary trained", "id", id, "samples", res.Samples, "bytes", res.DictionaryBytes,
 		"ratio_before", res.RatioBefore, "ratio_after", res.RatioAfter)
 	return res, nil
-}
-
-// allUp fails (503) when a shard of t is down: dictionaries go to every
-// shard or nowhere.
-func allUp(t *placement.Topology, what string) error {
-	var down []string
-	for _, n := range t.All {
-		if !n.Up() {
-			down = append(down, n.Name)
-		}
-	}
-	if len(down) > 0 {
-		return apierr.Errorf(apierr.CodeUnavailable, "cannot %s while shards are down (%s): a dictionary must reach every shard", what, strings.Join(down, ", "))
-	}
-	return nil
 }
 
 // sampleBodies reads up to trainMaxSamples context bodies (content JSON,
@@ -540,46 +526,8 @@ func (r *Router) scanContexts(ctx context.Context, n *placement.Node, after, unt
 
 // storeDict writes a new dictionary to every shard, create-only.
 func (r *Router) storeDict(ctx context.Context, t *placement.Topology, id uint32, raw []byte) error {
-	return r.writeEverywhere(ctx, t, codec.DictKey(id), r.clock.Next(), codec.EncodeDictRecord(raw), storage.CondAbsent,
+	return r.coord.WriteEverywhere(ctx, t, codec.DictKey(id), r.clock.Next(), codec.EncodeDictRecord(raw), storage.CondAbsent,
 		fmt.Sprintf("dictionary %d could not be stored on every shard, so it was not made current", id))
-}
-
-// writeEverywhere writes one record of the dictionary bucket to every
-// shard of t, all at once, and fails (503, with what) unless every shard
-// stored it. Under CondAbsent a shard that holds the key already is a
-// conflict (500).
-func (r *Router) writeEverywhere(ctx context.Context, t *placement.Topology, key []byte, version uint64, value []byte, cond storage.Cond, what string) error {
-	if err := allUp(t, "write a compression dictionary"); err != nil {
-		return err
-	}
-	var mu sync.Mutex
-	var failed []string
-	conflict := ""
-	var wg sync.WaitGroup
-	for _, n := range t.All {
-		wg.Go(func() {
-			wctx, cancel := r.shardCtx(ctx)
-			defer cancel()
-			res, err := n.Shard.Apply(wctx, schema.BucketDicts, []storage.Write{{Record: storage.Record{Key: key, Version: version, Value: value}, Cond: cond}})
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err != nil:
-				failed = append(failed, n.Name+": "+err.Error())
-			case res[0].Outcome == storage.Conflict:
-				conflict = n.Name
-			}
-		})
-	}
-	wg.Wait()
-	if len(failed) > 0 {
-		slices.Sort(failed)
-		return apierr.Errorf(apierr.CodeUnavailable, "%s: %s", what, strings.Join(failed, "; "))
-	}
-	if conflict != "" {
-		return apierr.Errorf(apierr.CodeInternal, "%s: shard %s already holds a record %s in bucket %s", what, conflict, key, schema.BucketDicts)
-	}
-	return nil
 }
 
 // ---- rewrite ----
@@ -741,7 +689,7 @@ func (r *Router) syncDicts(ctx context.Context, live []*placement.Node) (int64, 
 		if len(targets) == 0 {
 			continue
 		}
-		gctx, cancel := r.shardCtx(ctx)
+		gctx, cancel := r.coord.ShardCtx(ctx)
 		recs, err := h.source.Shard.MultiGet(gctx, schema.BucketDicts, [][]byte{[]byte(k)})
 		cancel()
 		if err != nil {
@@ -751,7 +699,7 @@ func (r *Router) syncDicts(ctx context.Context, live []*placement.Node) (int64, 
 			continue
 		}
 		for _, n := range targets {
-			wctx, cancel := r.shardCtx(ctx)
+			wctx, cancel := r.coord.ShardCtx(ctx)
 			res, err := n.Shard.Apply(wctx, schema.BucketDicts, []storage.Write{{Record: recs[0]}})
 			cancel()
 			if err != nil {
@@ -775,7 +723,7 @@ func (r *Router) restoreDicts(ctx context.Context, t *placement.Topology, recs [
 	if len(recs) == 0 {
 		return applied, nil
 	}
-	if err := allUp(t, "restore compression dictionaries"); err != nil {
+	if err := coord.AllUp(t, "restore compression dictionaries"); err != nil {
 		return nil, err
 	}
 	keys := make([][]byte, len(recs))
@@ -784,7 +732,7 @@ func (r *Router) restoreDicts(ctx context.Context, t *placement.Topology, recs [
 		keys[i], writes[i] = rec.Key, storage.Write{Record: rec}
 	}
 	for _, n := range t.All {
-		sctx, cancel := r.shardCtx(ctx)
+		sctx, cancel := r.coord.ShardCtx(ctx)
 		var err error
 		if dry {
 			var got []storage.Record

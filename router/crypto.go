@@ -137,7 +137,7 @@ func rewritePass[T any](ctx context.Context, r *Router, read, write Shard, bucke
 				return err
 			}
 		}
-		wctx, cancel := r.shardCtx(ctx)
+		wctx, cancel := r.coord.ShardCtx(ctx)
 		results, err := write.Apply(wctx, bucket, writes)
 		cancel()
 		if err != nil {

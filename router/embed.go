@@ -73,7 +73,7 @@ func (r *Router) embedPendingPass(ctx context.Context) error {
 // pendingMarks reads the live pending marks of every shard, newest version
 // of each key (a key held by several replicas appears once).
 func (r *Router) pendingMarks(ctx context.Context) ([]storage.Record, error) {
-	nodes := r.searchNodes()
+	nodes := r.topo.Load().ReadNodes()
 	pages := make([][]storage.Record, len(nodes))
 	g, gctx := errgroup.WithContext(ctx)
 	for i, n := range nodes {
@@ -120,7 +120,7 @@ func (r *Router) embedPending(ctx context.Context, mark storage.Record) error {
 		return r.clearMark(ctx, topic, id, mark)
 	}
 	pk := schema.Placement(topic, id)
-	rec, err := r.readRecord(ctx, pk, schema.BucketContexts, mark.Key)
+	rec, err := r.coord.Get(ctx, pk, schema.BucketContexts, mark.Key)
 	if errors.Is(err, storage.ErrNotFound) {
 		return r.clearMark(ctx, topic, id, mark)
 	}
@@ -146,7 +146,7 @@ func (r *Router) embedPending(ctx context.Context, mark storage.Record) error {
 	if err != nil {
 		return err
 	}
-	res, v, err := r.writeRecord(ctx, pk, schema.BucketContexts, mark.Key, false, value, storage.CondVersion, rec.Version)
+	res, v, err := r.coord.Write(ctx, pk, schema.BucketContexts, mark.Key, false, value, storage.CondVersion, rec.Version)
 	if err != nil {
 		return err
 	}
@@ -161,5 +161,5 @@ func (r *Router) embedPending(ctx context.Context, mark storage.Record) error {
 // clearMark deletes a pending mark just above its own version, so a newer
 // mark (a later write that could not be embedded either) survives.
 func (r *Router) clearMark(ctx context.Context, topic, id string, mark storage.Record) error {
-	return r.writeAt(ctx, schema.Placement(topic, id), schema.BucketEmbedPending, mark.Key, mark.Version+1, true, nil)
+	return r.coord.WriteAt(ctx, schema.Placement(topic, id), schema.BucketEmbedPending, mark.Key, mark.Version+1, true, nil)
 }

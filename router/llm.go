@@ -286,7 +286,7 @@ func (r *Router) afterContextWrite(ctx context.Context, topic string, d *schema.
 	key := []byte(schema.ContextKey(topic, d.Metadata.ID))
 	if len(d.Content.Embeddings) > 0 {
 		val := encodeVector(d)
-		if err := r.writeAt(ctx, pk, schema.BucketVectors, key, v, false, val); err != nil {
+		if err := r.coord.WriteAt(ctx, pk, schema.BucketVectors, key, v, false, val); err != nil {
 			r.log.Warn("vector not stored", "topic", topic, "id", d.Metadata.ID, "err", err)
 		}
 	}
@@ -294,7 +294,7 @@ func (r *Router) afterContextWrite(ctx context.Context, topic string, d *schema.
 	// vector older than its context and purges it when it meets it, which
 	// keeps a second durable write off every replace.
 	if d.Metadata.EmbeddingPending {
-		if err := r.writeAt(ctx, pk, schema.BucketEmbedPending, key, v, false, []byte{}); err != nil {
+		if err := r.coord.WriteAt(ctx, pk, schema.BucketEmbedPending, key, v, false, []byte{}); err != nil {
 			r.log.Warn("pending embedding not recorded", "topic", topic, "id", d.Metadata.ID, "err", err)
 		}
 	}
@@ -306,7 +306,7 @@ func (r *Router) afterContextWrite(ctx context.Context, topic string, d *schema.
 // request's path.
 func (r *Router) afterContextDelete(_ context.Context, topic, id string, v uint64) {
 	r.background(func(bg context.Context) {
-		if err := r.writeAt(bg, schema.Placement(topic, id), schema.BucketVectors, []byte(schema.ContextKey(topic, id)), v, true, nil); err != nil {
+		if err := r.coord.WriteAt(bg, schema.Placement(topic, id), schema.BucketVectors, []byte(schema.ContextKey(topic, id)), v, true, nil); err != nil {
 			r.log.Warn("vector of a deleted context not deleted", "topic", topic, "id", id, "err", err)
 		}
 	})

@@ -52,7 +52,7 @@ func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []sc
 				return appendResult{}, ctx.Err()
 			}
 		}
-		rec, err := r.readRecord(ctx, pk, schema.BucketContexts, key)
+		rec, err := r.coord.Get(ctx, pk, schema.BucketContexts, key)
 		if err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return appendResult{}, err
 		}
@@ -94,7 +94,7 @@ func (r *Router) appendMessages(ctx context.Context, topic, id string, msgs []sc
 		if err != nil {
 			return appendResult{}, &apierr.Error{Code: apierr.CodeInternal, Message: "encode context", Err: err}
 		}
-		res, v, err := r.writeRecord(ctx, pk, schema.BucketContexts, key, false, value, cond, want)
+		res, v, err := r.coord.Write(ctx, pk, schema.BucketContexts, key, false, value, cond, want)
 		if err != nil {
 			return appendResult{}, err
 		}
@@ -187,7 +187,7 @@ func (r *Router) getMessages(c echo.Context) error {
 // readContext reads and decodes a context from its shard (not the cache:
 // callers go on to write it, and need its newest version).
 func (r *Router) readContext(ctx context.Context, topic, id string) (*schema.Document, uint64, error) {
-	rec, err := r.readRecord(ctx, schema.Placement(topic, id), schema.BucketContexts, []byte(schema.ContextKey(topic, id)))
+	rec, err := r.coord.Get(ctx, schema.Placement(topic, id), schema.BucketContexts, []byte(schema.ContextKey(topic, id)))
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && !codec.LiveRecord(rec, time.Now())) {
 		return nil, 0, apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
 	}

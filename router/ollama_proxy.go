@@ -389,7 +389,7 @@ func (r *Router) ensureTopic(c echo.Context, name string) error {
 	}
 	t := schema.Topic{Name: name, Description: "created by the drop-in Ollama endpoint", CreatedAt: time.Now().UTC().Format(time.RFC3339Nano)}
 	body := schema.TopicJSON(&t)
-	res, v, err := r.writeRecord(c.Request().Context(), name, schema.BucketTopics, []byte(name), false, body, storage.CondAbsent, 0)
+	res, v, err := r.coord.Write(c.Request().Context(), name, schema.BucketTopics, []byte(name), false, body, storage.CondAbsent, 0)
 	if err != nil {
 		return err
 	}

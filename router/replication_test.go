@@ -347,7 +347,7 @@ func TestStaleRouterIsFenced(t *testing.T) {
 	}
 	for i := range 40 {
 		id := fmt.Sprintf("b%d", i)
-		if _, _, err := b.write(context.Background(), schema.Placement("t", id), schema.BucketContexts, []byte(schema.ContextKey("t", id)), false, mustEncode(t, tc.router, id), storage.CondNone, 0); err != nil {
+		if _, _, err := b.coord.Write(context.Background(), schema.Placement("t", id), schema.BucketContexts, []byte(schema.ContextKey("t", id)), false, mustEncode(t, tc.router, id), storage.CondNone, 0); err != nil {
 			t.Fatalf("write through router B: %v", err)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/metrics"
 	"github.com/go-kvdb/go-kvdb/router/codec"
+	"github.com/go-kvdb/go-kvdb/router/coord"
 	"github.com/go-kvdb/go-kvdb/router/hlc"
 	"github.com/go-kvdb/go-kvdb/router/hotcache"
 	"github.com/go-kvdb/go-kvdb/router/placement"
@@ -101,6 +102,7 @@ type Router struct {
 	batchCalls map[string]prometheus.Observer
 	topo       atomic.Pointer[placement.Topology] // swapped whole on a membership change
 	clock      hlc.Clock
+	coord      *coord.Coordinator
 	codec      *codec.Codec
 	cache      *hotcache.Cache
 	echo       *echo.Echo
@@ -199,6 +201,10 @@ func New(cfg Config) (*Router, error) {
 	}
 	r.desired, r.wantReplicas = desired, cfg.Replicas
 	r.topo.Store(placement.NewTopology(0, placement.StateStable, desired, placement.Shape{}, nil))
+	r.coord = coord.New(coord.Config{
+		Topology: r.topo.Load, Refresh: r.refreshMap, Clock: &r.clock, ShardTimeout: cfg.ShardTimeout,
+		Metrics: r.m, Go: r.background, Log: r.log,
+	})
 	if r.codec, err = codec.New(codec.Options{Fetch: r.fetchDict, Observe: func(in, out int) {
 		r.m.CodecInputBytes.Add(float64(in))
 		r.m.CodecOutputBytes.Add(float64(out))
@@ -287,11 +293,6 @@ func (r *Router) background(fn func(context.Context)) {
 	}()
 }
 
-// shardCtx bounds one call to a shard.
-func (r *Router) shardCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, r.cfg.ShardTimeout)
-}
-
 // instrumented records latency and errors of every call to a shard.
 // batchObservable is a shard that batches concurrent calls into one
 // request (storage.Client) and can say how many each request carried.
@@ -377,4 +378,16 @@ func (s *instrumented) Health(ctx context.Context) (storage.Health, error) {
 
 func (r *Router) String() string {
 	return fmt.Sprintf("router(%s, %d shards)", r.cfg.Mode, len(r.topo.Load().Cur.Ring.Nodes()))
+}
+
+// TopK forwards to the wrapped shard, recording the call like the others.
+func (s *instrumented) TopK(ctx context.Context, bucket string, q storage.TopKQuery) (storage.TopKResult, error) {
+	vs, ok := s.Shard.(placement.Searcher)
+	if !ok {
+		return storage.TopKResult{}, placement.ErrNoTopK
+	}
+	start := time.Now()
+	res, err := vs.TopK(ctx, bucket, q)
+	s.observe(ctx, "topk", start, err)
+	return res, err
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/codec"
-	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
@@ -115,7 +114,7 @@ func (r *Router) search(c echo.Context) error {
 		query = vecs[0]
 	}
 	q := storage.TopKQuery{Prefix: []byte(topic + schema.KeySep), Query: query, K: req.K + searchSlack, Model: model, Tags: req.Tags}
-	matches, otherDim, err := r.topK(ctx, q)
+	matches, otherDim, err := r.coord.TopK(ctx, q)
 	if err != nil {
 		return err
 	}
@@ -131,60 +130,6 @@ func (r *Router) search(c echo.Context) error {
 	return c.JSONBlob(http.StatusOK, out)
 }
 
-// topK asks every shard for its best matches and merges them: best score
-// first, one match per key (the newest version, when replicas disagree).
-func (r *Router) topK(ctx context.Context, q storage.TopKQuery) ([]storage.Match, int, error) {
-	nodes := r.searchNodes()
-	results := make([]storage.TopKResult, len(nodes))
-	g, gctx := errgroup.WithContext(ctx)
-	for i, n := range nodes {
-		g.Go(func() error {
-			vs, ok := n.Shard.(placement.Searcher)
-			if !ok {
-				return apierr.Errorf(apierr.CodeUnavailable, "search on shard %s: %v", n.Name, placement.ErrNoTopK)
-			}
-			sctx, cancel := r.shardCtx(gctx)
-			defer cancel()
-			res, err := vs.TopK(sctx, schema.BucketVectors, q)
-			if err != nil {
-				return apierr.FromStorage("search on shard "+n.Name, err)
-			}
-			results[i] = res
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, 0, err
-	}
-	return mergeMatches(results, q.K)
-}
-
-// mergeMatches merges shards' top-k lists into one of at most k, keeping
-// for each key its newest version only.
-func mergeMatches(results []storage.TopKResult, k int) ([]storage.Match, int, error) {
-	newest := map[string]int{}
-	var all []storage.Match
-	otherDim := 0
-	for _, res := range results {
-		otherDim = max(otherDim, res.OtherDim)
-		for _, m := range res.Matches {
-			if i, ok := newest[string(m.Key)]; ok {
-				if m.Version > all[i].Version {
-					all[i] = m
-				}
-				continue
-			}
-			newest[string(m.Key)] = len(all)
-			all = append(all, m)
-		}
-	}
-	storage.SortMatches(all)
-	if len(all) > k {
-		all = all[:k]
-	}
-	return all, otherDim, nil
-}
-
 // appendResults reads the contexts of matches, best first, and renders up
 // to k of them; a match whose context changed or vanished since its vector
 // was written is skipped. It returns how many it rendered.
@@ -194,7 +139,7 @@ func (r *Router) appendResults(ctx context.Context, out *[]byte, topic string, m
 	for i, m := range matches {
 		g.Go(func() error {
 			_, id, _ := schema.SplitContextKey(m.Key)
-			rec, err := r.readRecord(gctx, schema.Placement(topic, id), schema.BucketContexts, m.Key)
+			rec, err := r.coord.Get(gctx, schema.Placement(topic, id), schema.BucketContexts, m.Key)
 			if err != nil && !errors.Is(err, storage.ErrNotFound) {
 				return err
 			}
@@ -244,7 +189,7 @@ func (r *Router) purgeStaleVector(topic string, key []byte, version uint64) {
 	key = bytes.Clone(key)
 	r.background(func(ctx context.Context) {
 		for _, n := range owners {
-			pctx, cancel := r.shardCtx(ctx)
+			pctx, cancel := r.coord.ShardCtx(ctx)
 			_, err := n.Shard.Purge(pctx, schema.BucketVectors, []storage.Record{{Key: key, Version: version}})
 			cancel()
 			if err != nil {

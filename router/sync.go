@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/coord"
 	"github.com/go-kvdb/go-kvdb/router/hlc"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
@@ -75,7 +76,7 @@ func (r *Router) syncPass(ctx context.Context, t *placement.Topology, kind strin
 			g, gctx := errgroup.WithContext(ctx)
 			for i, n := range live {
 				g.Go(func() error {
-					sctx, cancel := r.shardCtx(gctx)
+					sctx, cancel := r.coord.ShardCtx(gctx)
 					defer cancel()
 					p, err := n.Shard.Scan(sctx, bucket, storage.ScanOptions{After: after, Limit: syncPage, Tombstones: true, KeysOnly: true})
 					if err != nil {
@@ -209,7 +210,7 @@ func (r *Router) syncKeys(ctx context.Context, t *placement.Topology, bucket str
 			bySource[it.source] = append(bySource[it.source], it.key)
 		}
 		for source, ks := range bySource {
-			gctx, cancel := r.shardCtx(ctx)
+			gctx, cancel := r.coord.ShardCtx(ctx)
 			recs, err := source.Shard.MultiGet(gctx, bucket, ks)
 			cancel()
 			if err != nil {
@@ -232,7 +233,7 @@ func (r *Router) syncKeys(ctx context.Context, t *placement.Topology, bucket str
 					return res, err
 				}
 			}
-			wctx, cancel := r.shardCtx(epochCtx(ctx, t))
+			wctx, cancel := r.coord.ShardCtx(coord.EpochCtx(ctx, t))
 			results, err := target.Shard.Apply(wctx, bucket, writes)
 			cancel()
 			if err != nil {
@@ -252,7 +253,7 @@ func (r *Router) syncKeys(ctx context.Context, t *placement.Topology, bucket str
 			continue
 		}
 		for chunk := range slices.Chunk(recs, syncPage) {
-			pctx, cancel := r.shardCtx(ctx)
+			pctx, cancel := r.coord.ShardCtx(ctx)
 			n, err := node.Shard.Purge(pctx, bucket, chunk)
 			cancel()
 			if err != nil {

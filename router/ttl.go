@@ -8,6 +8,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/codec"
+	"github.com/go-kvdb/go-kvdb/router/coord"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
@@ -50,7 +51,7 @@ func (r *Router) topicTTL(ctx context.Context, topic string) int64 {
 		}
 		return schema.TopicDefaultTTL(body)
 	}
-	rec, err := r.get(ctx, topic, schema.BucketTopics, []byte(topic))
+	rec, err := r.coord.Get(ctx, topic, schema.BucketTopics, []byte(topic))
 	if err != nil || rec.Tombstone {
 		return 0
 	}
@@ -63,11 +64,11 @@ func (r *Router) topicTTL(ctx context.Context, topic string) int64 {
 // Otherwise it returns the conflict unchanged.
 func (r *Router) replaceExpired(ctx context.Context, topic, id string, value []byte, conflict storage.Result) (storage.Result, uint64, error) {
 	pk, key := schema.Placement(topic, id), []byte(schema.ContextKey(topic, id))
-	rec, err := r.get(ctx, pk, schema.BucketContexts, key)
+	rec, err := r.coord.Get(ctx, pk, schema.BucketContexts, key)
 	if err != nil || rec.Tombstone || !codec.StoredExpired(rec.Value, time.Now()) {
 		return conflict, 0, nil
 	}
-	res, v, err := r.write(ctx, pk, schema.BucketContexts, key, false, value, storage.CondVersion, rec.Version)
+	res, v, err := r.coord.Write(ctx, pk, schema.BucketContexts, key, false, value, storage.CondVersion, rec.Version)
 	if err != nil || res.Outcome != storage.Applied {
 		return conflict, 0, err
 	}
@@ -91,7 +92,7 @@ func (r *Router) indexExpiry(ctx context.Context, topic string, d *schema.Docume
 		return
 	}
 	k := schema.ExpiryKey(t, []byte(schema.ContextKey(topic, d.Metadata.ID)))
-	if err := r.writeAt(ctx, schema.PlacementOf(k), schema.BucketExpiry, k, v, false, []byte{}); err != nil {
+	if err := r.coord.WriteAt(ctx, schema.PlacementOf(k), schema.BucketExpiry, k, v, false, []byte{}); err != nil {
 		r.log.Warn("expiry not indexed; the context will not be purged", "topic", topic, "id", d.Metadata.ID, "err", err)
 	}
 }
@@ -163,7 +164,7 @@ func (r *Router) purgeExpired(ctx context.Context) (int, error) {
 func (r *Router) dueExpiries(ctx context.Context, now time.Time) ([]storage.Record, error) {
 	limit := schema.ExpiryKey(now, nil) // every due key sorts before it
 	t := r.topo.Load()
-	nodes, err := r.liveReadNodes(t)
+	nodes, err := r.coord.LiveReadNodes(t)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +197,7 @@ func (r *Router) dueExpiries(ctx context.Context, now time.Time) ([]storage.Reco
 	for i, recs := range found {
 		pages[i].Records = recs
 	}
-	due := mergePages(pages, nil)
+	due := coord.MergePages(pages, nil)
 	if len(due) > maxPurgePerPass {
 		due = due[:maxPurgePerPass]
 	}
@@ -212,13 +213,13 @@ func (r *Router) purgeOne(ctx context.Context, entry storage.Record, now time.Ti
 		return false, r.dropExpiry(ctx, entry)
 	}
 	pk := schema.Placement(topic, id)
-	rec, err := r.get(ctx, pk, schema.BucketContexts, ck)
+	rec, err := r.coord.Get(ctx, pk, schema.BucketContexts, ck)
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return false, err
 	}
 	deleted := false
 	if err == nil && !rec.Tombstone && codec.StoredExpired(rec.Value, now) {
-		res, v, err := r.write(ctx, pk, schema.BucketContexts, ck, true, nil, storage.CondVersion, rec.Version)
+		res, v, err := r.coord.Write(ctx, pk, schema.BucketContexts, ck, true, nil, storage.CondVersion, rec.Version)
 		if err != nil {
 			return false, err
 		}
@@ -236,5 +237,5 @@ func (r *Router) purgeOne(ctx context.Context, entry storage.Record, now time.Ti
 // entry rewritten since (the same context and expiry, written again)
 // survives.
 func (r *Router) dropExpiry(ctx context.Context, entry storage.Record) error {
-	return r.writeAt(ctx, schema.PlacementOf(entry.Key), schema.BucketExpiry, entry.Key, entry.Version+1, true, nil)
+	return r.coord.WriteAt(ctx, schema.PlacementOf(entry.Key), schema.BucketExpiry, entry.Key, entry.Version+1, true, nil)
 }

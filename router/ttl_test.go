@@ -109,7 +109,7 @@ func expireNow(t testing.TB, tc *testCluster, topic, id string) uint64 {
 	rt := tc.router
 	ctx := context.Background()
 	pk, key := schema.Placement(topic, id), []byte(schema.ContextKey(topic, id))
-	rec, err := rt.get(ctx, pk, schema.BucketContexts, key)
+	rec, err := rt.coord.Get(ctx, pk, schema.BucketContexts, key)
 	if err != nil {
 		t.Fatalf("read %s/%s: %v", topic, id, err)
 	}
@@ -122,7 +122,7 @@ func expireNow(t testing.TB, tc *testCluster, topic, id string) uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, v, err := rt.write(ctx, pk, schema.BucketContexts, key, false, value, storage.CondNone, 0)
+	_, v, err := rt.coord.Write(ctx, pk, schema.BucketContexts, key, false, value, storage.CondNone, 0)
 	if err != nil {
 		t.Fatalf("write %s/%s: %v", topic, id, err)
 	}
@@ -332,7 +332,7 @@ func TestExpiryPurgeLosesToRewrite(t *testing.T) {
 	tc.putContext(t, "t", "a", map[string]any{"content": map[string]any{"text": "rewritten"}})
 	ctx := context.Background()
 	pk, key := schema.Placement("t", "a"), []byte(schema.ContextKey("t", "a"))
-	res, _, err := tc.router.write(ctx, pk, schema.BucketContexts, key, true, nil, storage.CondVersion, v)
+	res, _, err := tc.router.coord.Write(ctx, pk, schema.BucketContexts, key, true, nil, storage.CondVersion, v)
 	if err != nil || res.Outcome != storage.Conflict {
 		t.Fatalf("tombstone on the expired version = %v, %v, want a conflict", res.Outcome, err)
 	}

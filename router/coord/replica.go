@@ -1,10 +1,11 @@
-package router
+package coord
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
@@ -13,26 +14,15 @@ import (
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
-// maxWriteRetries bounds how often a write is retried after a shard reports
-// a newer version than the router's clock gave it (another router's clock
-// ran ahead), the primary turned out stale, or the cluster map moved on.
-const maxWriteRetries = 5
-
-// epochCtx tags a call with the epoch of the Topology it was planned on, so
-// a shard holding a newer cluster map refuses it.
-func epochCtx(ctx context.Context, t *placement.Topology) context.Context {
-	return storage.WithEpoch(ctx, t.Epoch)
-}
-
-// get reads the newest version of a key from a Quorum of its replicas.
+// Get reads the newest version of a key from a Quorum of its replicas.
 // A key no replica holds is storage.ErrNotFound; a tombstone is returned as
 // a record with Tombstone set. Replicas found behind are repaired in the
 // background.
-func (r *Router) get(ctx context.Context, pk, bucket string, key []byte) (storage.Record, error) {
-	t := r.topo.Load()
-	rec, err := r.readSet(ctx, t, t.Owners(pk), bucket, key)
+func (c *Coordinator) Get(ctx context.Context, pk, bucket string, key []byte) (storage.Record, error) {
+	t := c.cfg.Topology()
+	rec, err := c.ReadSet(ctx, t, t.Owners(pk), bucket, key)
 	if err == nil {
-		r.clock.Observe(rec.Version)
+		c.cfg.Clock.Observe(rec.Version)
 		if rec.Version == 0 {
 			return rec, storage.ErrNotFound
 		}
@@ -46,12 +36,12 @@ type readAnswer struct {
 	err  error
 }
 
-// readSet asks every live replica in set and returns once each group has a
+// ReadSet asks every live replica in set and returns once each group has a
 // Quorum of answers, with the newest record (Version 0 when none holds it).
-func (r *Router) readSet(ctx context.Context, t *placement.Topology, set placement.ReplicaSet, bucket string, key []byte) (storage.Record, error) {
+func (c *Coordinator) ReadSet(ctx context.Context, t *placement.Topology, set placement.ReplicaSet, bucket string, key []byte) (storage.Record, error) {
 	if len(set.Union) == 1 {
 		n := set.Union[0]
-		ctx, cancel := r.shardCtx(ctx)
+		ctx, cancel := c.ShardCtx(ctx)
 		defer cancel()
 		rec, err := n.Shard.Get(ctx, bucket, key)
 		if errors.Is(err, storage.ErrNotFound) {
@@ -62,7 +52,7 @@ func (r *Router) readSet(ctx context.Context, t *placement.Topology, set placeme
 		}
 		return rec, nil
 	}
-	ctx, cancel := r.shardCtx(ctx)
+	ctx, cancel := c.ShardCtx(ctx)
 	defer cancel()
 	answers := make(chan readAnswer, len(set.Union))
 	asked := 0
@@ -92,20 +82,20 @@ func (r *Router) readSet(ctx context.Context, t *placement.Topology, set placeme
 			continue
 		}
 		got = append(got, a)
-		if quorate(set, func(n *placement.Node) bool {
+		if Quorate(set, func(n *placement.Node) bool {
 			return slices.ContainsFunc(got, func(a readAnswer) bool { return a.node == n })
 		}) {
 			break
 		}
 	}
-	if !quorate(set, func(n *placement.Node) bool {
+	if !Quorate(set, func(n *placement.Node) bool {
 		return slices.ContainsFunc(got, func(a readAnswer) bool { return a.node == n })
 	}) {
-		r.m.QuorumFailures.WithLabelValues("read").Inc()
+		c.cfg.Metrics.QuorumFailures.WithLabelValues("read").Inc()
 		if unreadable != nil {
 			return storage.Record{}, unreadable // say why, not "unavailable"
 		}
-		return storage.Record{}, r.noQuorum("read", set, len(got), failed)
+		return storage.Record{}, c.NoQuorum("read", set, len(got), failed)
 	}
 	newest := got[0].rec
 	for _, a := range got[1:] {
@@ -116,16 +106,16 @@ func (r *Router) readSet(ctx context.Context, t *placement.Topology, set placeme
 	if newest.Version != 0 {
 		for _, a := range got {
 			if a.rec.Version < newest.Version {
-				r.readRepair(t, a.node, bucket, newest)
+				c.readRepair(t, a.node, bucket, newest)
 			}
 		}
 	}
 	return newest, nil
 }
 
-// quorate reports whether every group of set has a Quorum of nodes for
+// Quorate reports whether every group of set has a Quorum of nodes for
 // which ok holds.
-func quorate(set placement.ReplicaSet, ok func(*placement.Node) bool) bool {
+func Quorate(set placement.ReplicaSet, ok func(*placement.Node) bool) bool {
 	for _, g := range set.Groups {
 		n := 0
 		for _, node := range g {
@@ -140,7 +130,7 @@ func quorate(set placement.ReplicaSet, ok func(*placement.Node) bool) bool {
 	return true
 }
 
-func (r *Router) noQuorum(op string, set placement.ReplicaSet, got int, failed []string) *apierr.Error {
+func (c *Coordinator) NoQuorum(op string, set placement.ReplicaSet, got int, failed []string) *apierr.Error {
 	var down []string
 	for _, n := range set.Union {
 		if !n.Up() {
@@ -160,19 +150,19 @@ func (r *Router) noQuorum(op string, set placement.ReplicaSet, got int, failed [
 
 // readRepair writes the newest record to a replica found behind. It runs in
 // the background: the read has its answer already.
-func (r *Router) readRepair(t *placement.Topology, n *placement.Node, bucket string, rec storage.Record) {
-	r.m.ReadRepairs.Inc()
-	r.background(func(ctx context.Context) {
-		ctx, cancel := r.shardCtx(epochCtx(ctx, t))
+func (c *Coordinator) readRepair(t *placement.Topology, n *placement.Node, bucket string, rec storage.Record) {
+	c.cfg.Metrics.ReadRepairs.Inc()
+	c.cfg.Go(func(ctx context.Context) {
+		ctx, cancel := c.ShardCtx(EpochCtx(ctx, t))
 		defer cancel()
 		_, err := n.Shard.Apply(ctx, bucket, []storage.Write{{Record: rec}})
 		if err != nil {
-			r.log.Debug("read repair failed", "shard", n.Name, "err", err)
+			c.cfg.Log.Debug("read repair failed", "shard", n.Name, "err", err)
 		}
 	})
 }
 
-// write stores one record on the key's replicas with a fresh version and
+// Write stores one record on the key's replicas with a fresh version and
 // returns the outcome and the version written. It succeeds when a Quorum
 // of every owner group acknowledged; otherwise it answers 503 and the
 // partial write, if any, is left for repair: never reported as success.
@@ -182,34 +172,26 @@ func (r *Router) readRepair(t *placement.Topology, n *placement.Node, bucket str
 // Quorum, checks the condition against it, and applies at the primary only
 // if the primary still holds exactly that version; then it replicates. So
 // concurrent conditional writes on a key serialise at its primary.
-func (r *Router) write(ctx context.Context, pk, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
+func (c *Coordinator) Write(ctx context.Context, pk, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
 	avoid := map[*placement.Node]bool{} // primaries that failed this write
 	var d decision                      // set once some replica may hold the write
-	for range maxWriteRetries {
-		t := r.topo.Load()
+	var res storage.Result
+	var v uint64
+	err := c.Settle(ctx, "write of "+strconv.Quote(schema.Truncate(string(key))), func(t *placement.Topology) error {
 		set := t.Owners(pk)
-		var res storage.Result
-		var v uint64
 		var err error
 		if len(set.Union) == 1 && d.rec.Version == 0 {
-			res, v, err = r.writeOne(ctx, t, set.Union[0], bucket, key, tombstone, value, cond, match)
+			res, v, err = c.writeOne(ctx, t, set.Union[0], bucket, key, tombstone, value, cond, match)
 		} else {
-			res, v, err = r.writeReplicated(ctx, t, set, avoid, &d, bucket, key, tombstone, value, cond, match)
+			res, v, err = c.writeReplicated(ctx, t, set, avoid, &d, bucket, key, tombstone, value, cond, match)
 		}
-		if errors.Is(err, storage.ErrStaleEpoch) {
-			r.refreshMap(ctx)
-			continue
-		}
-		if errors.Is(err, errRetry) {
-			continue
-		}
-		return res, v, err
+		return err
+	})
+	if err != nil {
+		return storage.Result{}, 0, err
 	}
-	return storage.Result{}, 0, apierr.Errorf(apierr.CodeUnavailable, "write of %q did not settle after %d attempts; retry", schema.Truncate(string(key)), maxWriteRetries)
+	return res, v, nil
 }
-
-// errRetry asks write to plan the write again.
-var errRetry = errors.New("retry write")
 
 // decision is a replicated write once it has been decided (its condition
 // checked and applied at the primary, or its version chosen) and sent to
@@ -223,10 +205,10 @@ type decision struct {
 	prevLive uint64 // newest live version the replicas reported before rec
 }
 
-func (r *Router) writeOne(ctx context.Context, t *placement.Topology, n *placement.Node, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
-	ctx, cancel := r.shardCtx(epochCtx(ctx, t))
+func (c *Coordinator) writeOne(ctx context.Context, t *placement.Topology, n *placement.Node, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
+	ctx, cancel := c.ShardCtx(EpochCtx(ctx, t))
 	defer cancel()
-	v := r.clock.Next()
+	v := c.cfg.Clock.Next()
 	res, err := n.Shard.Apply(ctx, bucket, []storage.Write{{
 		Record: storage.Record{Key: key, Version: v, Tombstone: tombstone, Value: value},
 		Cond:   cond, Match: match,
@@ -238,20 +220,20 @@ func (r *Router) writeOne(ctx context.Context, t *placement.Topology, n *placeme
 		return storage.Result{}, 0, apierr.FromStorage("write to shard "+n.Name, err)
 	}
 	if res[0].Outcome == storage.Stale {
-		r.clock.Observe(res[0].PrevVersion)
-		return storage.Result{}, 0, errRetry
+		c.cfg.Clock.Observe(res[0].PrevVersion)
+		return storage.Result{}, 0, ErrRetry
 	}
 	return res[0], v, nil
 }
 
-func (r *Router) writeReplicated(ctx context.Context, t *placement.Topology, set placement.ReplicaSet, avoid map[*placement.Node]bool, d *decision, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
+func (c *Coordinator) writeReplicated(ctx context.Context, t *placement.Topology, set placement.ReplicaSet, avoid map[*placement.Node]bool, d *decision, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
 	rec := storage.Record{Key: key, Tombstone: tombstone, Value: value}
 	acked := map[*placement.Node]bool{}
 	var result storage.Result
 	if d.rec.Version != 0 {
 		rec, result = d.rec, d.result // decided under an older map: replicate it again
 	} else if cond != storage.CondNone {
-		cur, err := r.readSet(ctx, t, set, bucket, key)
+		cur, err := c.ReadSet(ctx, t, set, bucket, key)
 		if err != nil {
 			return storage.Result{}, 0, err
 		}
@@ -260,14 +242,14 @@ func (r *Router) writeReplicated(ctx context.Context, t *placement.Topology, set
 			result.Outcome = storage.Conflict
 			return result, 0, nil
 		}
-		primary := r.primary(set, avoid)
+		primary := c.primary(set, avoid)
 		if primary == nil {
-			r.m.QuorumFailures.WithLabelValues("write").Inc()
-			return storage.Result{}, 0, r.noQuorum("write", set, 0, nil)
+			c.cfg.Metrics.QuorumFailures.WithLabelValues("write").Inc()
+			return storage.Result{}, 0, c.NoQuorum("write", set, 0, nil)
 		}
-		r.clock.Observe(cur.Version)
-		rec.Version = r.clock.Next()
-		pctx, cancel := r.shardCtx(epochCtx(ctx, t))
+		c.cfg.Clock.Observe(cur.Version)
+		rec.Version = c.cfg.Clock.Next()
+		pctx, cancel := c.ShardCtx(EpochCtx(ctx, t))
 		res, err := primary.Shard.Apply(pctx, bucket, []storage.Write{{Record: rec, Cond: storage.CondExact, Match: cur.Version}})
 		cancel()
 		switch {
@@ -277,27 +259,27 @@ func (r *Router) writeReplicated(ctx context.Context, t *placement.Topology, set
 			// Dead or hung: let the next live owner decide. If the write
 			// did land there, the newer version written now supersedes it.
 			avoid[primary] = true
-			return storage.Result{}, 0, errRetry
+			return storage.Result{}, 0, ErrRetry
 		case err != nil:
 			return storage.Result{}, 0, apierr.FromStorage("write to primary "+primary.Name, err)
 		case res[0].Outcome == storage.Conflict && res[0].PrevVersion < cur.Version:
 			// The primary is behind the Quorum: bring it up to date, retry.
-			rctx, cancel := r.shardCtx(epochCtx(ctx, t))
+			rctx, cancel := c.ShardCtx(EpochCtx(ctx, t))
 			primary.Shard.Apply(rctx, bucket, []storage.Write{{Record: cur}})
 			cancel()
-			return storage.Result{}, 0, errRetry
+			return storage.Result{}, 0, ErrRetry
 		case res[0].Outcome != storage.Applied:
 			// A newer write reached the primary meanwhile: decide again.
-			r.clock.Observe(res[0].PrevVersion)
-			return storage.Result{}, 0, errRetry
+			c.cfg.Clock.Observe(res[0].PrevVersion)
+			return storage.Result{}, 0, ErrRetry
 		}
 		acked[primary] = true
 	} else {
-		rec.Version = r.clock.Next()
+		rec.Version = c.cfg.Clock.Next()
 		result.Outcome = storage.Applied
 	}
 	d.rec, d.result = rec, result
-	prevLive, err := r.replicate(ctx, t, set, bucket, rec, acked)
+	prevLive, err := c.Replicate(ctx, t, set, bucket, rec, acked)
 	d.prevLive = max(d.prevLive, prevLive)
 	if err != nil {
 		return storage.Result{}, 0, err
@@ -326,7 +308,7 @@ func condHolds(cond storage.Cond, match uint64, cur storage.Record) bool {
 
 // primary is the first live owner not known to lack writes and not
 // avoided.
-func (r *Router) primary(set placement.ReplicaSet, avoid map[*placement.Node]bool) *placement.Node {
+func (c *Coordinator) primary(set placement.ReplicaSet, avoid map[*placement.Node]bool) *placement.Node {
 	for _, n := range set.Union {
 		if n.Up() && !avoid[n] && !n.Health.Stale() {
 			return n
@@ -346,12 +328,12 @@ type writeAnswer struct {
 	err  error
 }
 
-// replicate sends rec to every live replica not yet in acked and returns
+// Replicate sends rec to every live replica not yet in acked and returns
 // once each group has a Quorum of acknowledgements. Sends still under way
 // then finish in the background, so slow replicas get the write too.
 // prevLive is the newest version the replicas held before, if that was a
 // live record (0: none, or deleted).
-func (r *Router) replicate(ctx context.Context, t *placement.Topology, set placement.ReplicaSet, bucket string, rec storage.Record, acked map[*placement.Node]bool) (prevLive uint64, err error) {
+func (c *Coordinator) Replicate(ctx context.Context, t *placement.Topology, set placement.ReplicaSet, bucket string, rec storage.Record, acked map[*placement.Node]bool) (prevLive uint64, err error) {
 	answers := make(chan writeAnswer, len(set.Union))
 	sent := 0
 	for _, n := range set.Union {
@@ -359,8 +341,8 @@ func (r *Router) replicate(ctx context.Context, t *placement.Topology, set place
 			continue
 		}
 		sent++
-		r.background(func(bg context.Context) {
-			wctx, cancel := r.shardCtx(epochCtx(bg, t))
+		c.cfg.Go(func(bg context.Context) {
+			wctx, cancel := c.ShardCtx(EpochCtx(bg, t))
 			defer cancel()
 			res, err := n.Shard.Apply(wctx, bucket, []storage.Write{{Record: rec}})
 			a := writeAnswer{node: n, err: err}
@@ -375,7 +357,7 @@ func (r *Router) replicate(ctx context.Context, t *placement.Topology, set place
 	var prevNewest uint64 // the newest version any replica held before rec
 	var prevTomb bool     // ... and whether it was a tombstone
 	isAcked := func(n *placement.Node) bool { return acked[n] }
-	for i := 0; i < sent && !quorate(set, isAcked); i++ {
+	for i := 0; i < sent && !Quorate(set, isAcked); i++ {
 		var a writeAnswer
 		select {
 		case a = <-answers:
@@ -400,12 +382,23 @@ func (r *Router) replicate(ctx context.Context, t *placement.Topology, set place
 	if !prevTomb {
 		prevLive = prevNewest // a replica behind on a delete does not make it live
 	}
-	if quorate(set, isAcked) {
+	if Quorate(set, isAcked) {
 		return prevLive, nil
 	}
 	if staleEpoch {
 		return prevLive, storage.ErrStaleEpoch
 	}
-	r.m.QuorumFailures.WithLabelValues("write").Inc()
-	return 0, r.noQuorum("write", set, len(acked), failed)
+	c.cfg.Metrics.QuorumFailures.WithLabelValues("write").Inc()
+	return 0, c.NoQuorum("write", set, len(acked), failed)
+}
+
+// WriteAt writes key, placed at pk, at exactly version v on a Quorum of
+// its replicas (a record that follows another one's version, like a
+// context's vector). A newer record held wins silently.
+func (c *Coordinator) WriteAt(ctx context.Context, pk, bucket string, key []byte, v uint64, tombstone bool, value []byte) error {
+	rec := storage.Record{Key: key, Version: v, Tombstone: tombstone, Value: value}
+	return c.Settle(ctx, "write of "+strconv.Quote(schema.Truncate(string(key))), func(t *placement.Topology) error {
+		_, err := c.Replicate(ctx, t, t.Owners(pk), bucket, rec, map[*placement.Node]bool{})
+		return err
+	})
 }

@@ -1,11 +1,9 @@
-package router
+package coord
 
 import (
 	"fmt"
-	"strings"
 	"testing"
 
-	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
@@ -18,7 +16,7 @@ func TestMergePages(t *testing.T) {
 		{Records: []storage.Record{rec("b", 1, false), rec("c", 7, true), rec("d", 2, false), rec("f", 1, false)}},
 		{Records: []storage.Record{rec("a", 3, false)}},
 	}
-	got := mergePages(pages, []byte("e"))
+	got := MergePages(pages, []byte("e"))
 	var keys []string
 	for _, r := range got {
 		keys = append(keys, fmt.Sprintf("%s@%d", r.Key, r.Version))
@@ -28,18 +26,16 @@ func TestMergePages(t *testing.T) {
 	}
 }
 
-func TestValidToken(t *testing.T) {
-	for s, want := range map[string]bool{
-		"a": true, "my-topic": true, "A.b_c-9": true, "-a": false, ".a": false, "a/b": false, "a b": false,
-		"": false, strings.Repeat("x", 128): true, strings.Repeat("x", 129): false, "a:b": false, "é": false,
-	} {
-		if got := schema.ValidName(s); got != want {
-			t.Errorf("ValidName(%q) = %v, want %v", s, got, want)
+func BenchmarkMergePages(b *testing.B) {
+	pages := make([]storage.ScanPage, 3)
+	for s := range pages {
+		for i := range 100 {
+			pages[s].Records = append(pages[s].Records, storage.Record{Key: fmt.Appendf(nil, "t\x00c%05d", i*3+s), Version: 1})
 		}
+		pages[s].More = true
 	}
-	for s, want := range map[string]bool{"a:b": true, ":a": false, strings.Repeat("x", 256): true, strings.Repeat("x", 257): false} {
-		if got := schema.ValidID(s); got != want {
-			t.Errorf("ValidID(%q) = %v, want %v", s, got, want)
-		}
+	b.ReportAllocs()
+	for b.Loop() {
+		MergePages(pages, []byte("t\x00c00297"))
 	}
 }
