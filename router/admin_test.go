@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/cluster"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
@@ -93,7 +94,7 @@ func TestAdminRemove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var m clusterMap
+	var m cluster.Map
 	if err := json.Unmarshal(rec.Value, &m); err != nil {
 		t.Fatal(err)
 	}

@@ -45,7 +45,7 @@ func (r *Router) routes() *echo.Echo {
 
 	v1 := e.Group("/api/v1")
 	r.secure(e, v1)
-	v1.GET("/cluster", r.cluster)
+	v1.GET("/cluster", r.clusterStatus)
 	v1.POST("/admin/repair", r.adminRepair)
 	v1.POST("/admin/reload", r.adminReload)
 	r.backupRoutes(v1)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/cluster"
 	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/coord"
 	"github.com/go-kvdb/go-kvdb/router/placement"
@@ -660,7 +661,7 @@ func (r *Router) syncDicts(ctx context.Context, live []*placement.Node) (int64, 
 	}
 	keys := map[string]*holding{}
 	for _, n := range live {
-		err := placement.Walk(ctx, n.Shard, schema.BucketDicts, storage.ScanOptions{Limit: syncPage, Tombstones: true, KeysOnly: true}, r.cfg.ShardTimeout, func(recs []storage.Record) error {
+		err := placement.Walk(ctx, n.Shard, schema.BucketDicts, storage.ScanOptions{Limit: cluster.PageSize, Tombstones: true, KeysOnly: true}, r.cfg.ShardTimeout, func(recs []storage.Record) error {
 			for _, rec := range recs {
 				h := keys[string(rec.Key)]
 				if h == nil {

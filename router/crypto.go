@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/cluster"
 	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
@@ -74,7 +75,7 @@ func (r *Router) reencrypt(ctx context.Context, kr *codec.Keyring) ReencryptResu
 			continue
 		}
 		raw := rawShard(n)
-		for _, bucket := range append([]string{schema.BucketDicts}, syncBuckets...) {
+		for _, bucket := range append([]string{schema.BucketDicts}, cluster.Buckets...) {
 			if err := r.reencryptBucket(ctx, kr, raw, bucket, &res); err != nil {
 				res.Errors = append(res.Errors, fmt.Sprintf("shard %s, bucket %s: %v", n.Name, bucket, err))
 			}
@@ -115,7 +116,7 @@ func (r *Router) reencryptBucket(ctx context.Context, kr *codec.Keyring, sh Shar
 // re-encrypt and compression-rewrite passes are both this walk.
 func rewritePass[T any](ctx context.Context, r *Router, read, write Shard, bucket string,
 	fix func(rec storage.Record) (value []byte, tag T, ok bool), done func(tag T, applied bool)) error {
-	return placement.Walk(ctx, read, bucket, storage.ScanOptions{Limit: syncPage}, r.cfg.ShardTimeout, func(recs []storage.Record) error {
+	return placement.Walk(ctx, read, bucket, storage.ScanOptions{Limit: cluster.PageSize}, r.cfg.ShardTimeout, func(recs []storage.Record) error {
 		var writes []storage.Write
 		var tags []T
 		for _, rec := range recs {
@@ -132,10 +133,8 @@ func rewritePass[T any](ctx context.Context, r *Router, read, write Shard, bucke
 		if len(writes) == 0 {
 			return nil
 		}
-		if r.syncLimit != nil {
-			if err := r.syncLimit.WaitN(ctx, min(len(writes), r.syncLimit.Burst())); err != nil {
-				return err
-			}
+		if err := r.cluster.Throttle(ctx, len(writes)); err != nil {
+			return err
 		}
 		wctx, cancel := r.coord.ShardCtx(ctx)
 		results, err := write.Apply(wctx, bucket, writes)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/cluster"
 	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
@@ -128,7 +129,7 @@ func TestEncryptedClusterRoundTrip(t *testing.T) {
 		if fileHolds(t, st.Path(), marker) {
 			t.Errorf("shard %d's file %s holds the plaintext marker", i+1, st.Path())
 		}
-		for _, bucket := range syncBuckets {
+		for _, bucket := range cluster.Buckets {
 			recs, _ := st.Scan(context.Background(), bucket, storage.ScanOptions{Limit: 1000})
 			for _, rec := range recs.Records {
 				if !rec.Tombstone && len(rec.Value) > 0 && !codec.IsSealed(rec.Value) {
@@ -268,7 +269,7 @@ func TestEncryptionTurnedOnLater(t *testing.T) {
 		t.Errorf("reencrypt = %s, want the plaintext records sealed", r.Raw)
 	}
 	for _, st := range tc.stores {
-		for _, bucket := range syncBuckets {
+		for _, bucket := range cluster.Buckets {
 			recs, _ := st.Scan(context.Background(), bucket, storage.ScanOptions{Limit: 1000})
 			for _, rec := range recs.Records {
 				if len(rec.Value) > 0 && !codec.IsSealed(rec.Value) {

@@ -151,7 +151,7 @@ var errDown = fmt.Errorf("connection refused (test fault): %w", storage.ErrUnava
 
 // ObserveBatches passes the router's batch observer to the client inside.
 func (f *faultyShard) ObserveBatches(fn func(op string, calls int)) {
-	if b, ok := f.Shard.(batchObservable); ok {
+	if b, ok := f.Shard.(interface{ ObserveBatches(func(string, int)) }); ok {
 		b.ObserveBatches(fn)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/authfile/authfiletest"
+	"github.com/go-kvdb/go-kvdb/router/cluster"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
@@ -44,7 +45,7 @@ func snapshot(t testing.TB, tc *testCluster) string {
 	t.Helper()
 	var b strings.Builder
 	for i, st := range tc.stores {
-		for _, bucket := range syncBuckets {
+		for _, bucket := range cluster.Buckets {
 			p, err := st.Scan(context.Background(), bucket, storage.ScanOptions{Limit: storage.MaxScanLimit, Tombstones: true})
 			if err != nil {
 				t.Fatal(err)

@@ -45,7 +45,7 @@ func (tc *testCluster) markDown(t testing.TB, i int, down bool) {
 	tc.faults[i].down.Store(down)
 	name := tc.nodes[i].Name
 	waitFor(t, fmt.Sprintf("prober sees %s down=%v", name, down), func() bool {
-		n := tc.router.nodes[name]
+		n := tc.router.cluster.Node(name)
 		return n != nil && n.Up() == !down
 	})
 }
@@ -415,13 +415,13 @@ func TestConditionalWriteAcrossEpochChange(t *testing.T) {
 		t.Helper()
 		cur := tc.router.topo.Load()
 		primary := cur.Owners(pk).Union[0]
-		m := tc.router.mapOf(cur)
+		m := tc.router.cluster.MapOf(cur)
 		m.Epoch++
 		for j, n := range tc.nodes {
 			if n.Name == primary.Name {
 				continue
 			}
-			w := storage.Write{Record: storage.Record{Key: []byte(storage.MapKey), Version: m.Epoch, Value: m.encode()}}
+			w := storage.Write{Record: storage.Record{Key: []byte(storage.MapKey), Version: m.Epoch, Value: m.Encode()}}
 			if _, err := tc.stores[j].Apply(context.Background(), storage.ClusterBucket, []storage.Write{w}); err != nil {
 				t.Fatal(err)
 			}
@@ -480,7 +480,7 @@ func TestRepairWaitsForClusterMap(t *testing.T) {
 	r2 := tc.newRouter(t, Config{Nodes: nodes, Replicas: 3, CacheBytes: 1, RepairInterval: time.Hour})
 	done := make(chan error, 1)
 	go func() {
-		_, err := r2.repair(context.Background())
+		_, err := r2.cluster.Repair(context.Background())
 		done <- err
 	}()
 	select {

@@ -110,7 +110,7 @@ func (r *Router) startExpiry() {
 		}
 	}
 	r.expiredPurged = c
-	r.loop(r.expiryLoop)
+	r.background(r.expiryLoop)
 }
 
 // expiryLoop purges expired contexts every ExpiryInterval.

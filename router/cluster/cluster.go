@@ -1,4 +1,4 @@
-package router
+package cluster
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
-// The cluster map lives on every storage node (see clusterMap). Routers
+// The cluster map lives on every storage node (see Map). Routers
 // load it at start and whenever a node reports a newer epoch, and shards
 // refuse writes planned on an older map, so several routers that see a
 // configuration change at different moments never write to the wrong
@@ -20,11 +20,11 @@ import (
 // nodes before the router acts on it: migrating, cleanup, stable.
 
 // probeLoop probes every node's health each ProbeInterval.
-func (r *Router) probeLoop(ctx context.Context) {
-	tick := time.NewTicker(r.cfg.ProbeInterval)
+func (cl *Cluster) probeLoop(ctx context.Context) {
+	tick := time.NewTicker(cl.cfg.ProbeInterval)
 	defer tick.Stop()
 	for {
-		r.probeAll(ctx)
+		cl.probeAll(ctx)
 		select {
 		case <-ctx.Done():
 			return
@@ -33,8 +33,8 @@ func (r *Router) probeLoop(ctx context.Context) {
 	}
 }
 
-func (r *Router) probeAll(ctx context.Context) {
-	t := r.topo.Load()
+func (cl *Cluster) probeAll(ctx context.Context) {
+	t := cl.topo.Load()
 	var wg sync.WaitGroup
 	newer := false
 	var mu sync.Mutex // guards newer
@@ -42,13 +42,13 @@ func (r *Router) probeAll(ctx context.Context) {
 		wg.Go(func() {
 			// A probe may take longer than the interval on a loaded machine;
 			// only one that gets no answer for half a second is a miss.
-			pctx, cancel := context.WithTimeout(ctx, max(r.cfg.ProbeInterval, 500*time.Millisecond))
+			pctx, cancel := context.WithTimeout(ctx, max(cl.cfg.ProbeInterval, 500*time.Millisecond))
 			defer cancel()
 			h, err := n.Shard.Health(pctx)
 			if ctx.Err() != nil {
 				return
 			}
-			r.noteHealth(n, h, err)
+			cl.noteHealth(n, h, err)
 			if err == nil && h.Epoch > t.Epoch {
 				mu.Lock()
 				newer = true
@@ -56,35 +56,35 @@ func (r *Router) probeAll(ctx context.Context) {
 			}
 			if err == nil && t.Epoch > 0 && h.Epoch < t.Epoch {
 				// The node missed a map install while it was away.
-				r.pushMap(ctx, n)
+				cl.pushMap(ctx, n)
 			}
 		})
 	}
 	wg.Wait()
 	if newer {
-		r.refreshMap(ctx)
+		cl.RefreshMap(ctx)
 	}
 }
 
 // noteHealth records one probe's outcome.
-func (r *Router) noteHealth(n *placement.Node, h storage.Health, err error) {
-	wentDown, cameUp := n.Health.Probed(h, err, r.cfg.ProbeMisses)
+func (cl *Cluster) noteHealth(n *placement.Node, h storage.Health, err error) {
+	wentDown, cameUp := n.Health.Probed(h, err, cl.cfg.ProbeMisses)
 	switch {
 	case wentDown:
-		r.log.Warn("shard down", "shard", n.Name, "err", err)
-		r.m.ShardUp.WithLabelValues(n.Name).Set(0)
+		cl.log.Warn("shard down", "shard", n.Name, "err", err)
+		cl.m.ShardUp.WithLabelValues(n.Name).Set(0)
 	case err == nil:
-		r.m.ShardUp.WithLabelValues(n.Name).Set(1)
+		cl.m.ShardUp.WithLabelValues(n.Name).Set(1)
 	}
 	if cameUp {
-		r.log.Info("shard up again; repairing it", "shard", n.Name)
-		r.requestRepair()
+		cl.log.Info("shard up again; repairing it", "shard", n.Name)
+		cl.RequestRepair()
 	}
 }
 
 // readMap returns the cluster map a node holds (nil when it holds none).
-func (r *Router) readMap(ctx context.Context, n *placement.Node) (*clusterMap, error) {
-	ctx, cancel := r.coord.ShardCtx(ctx)
+func (cl *Cluster) readMap(ctx context.Context, n *placement.Node) (*Map, error) {
+	ctx, cancel := cl.shardCtx(ctx)
 	defer cancel()
 	rec, err := n.Shard.Get(ctx, storage.ClusterBucket, []byte(storage.MapKey))
 	if errors.Is(err, storage.ErrNotFound) {
@@ -93,7 +93,7 @@ func (r *Router) readMap(ctx context.Context, n *placement.Node) (*clusterMap, e
 	if err != nil {
 		return nil, err
 	}
-	var m clusterMap
+	var m Map
 	if err := json.Unmarshal(rec.Value, &m); err != nil {
 		return nil, fmt.Errorf("cluster map on %s: %w", n.Name, err)
 	}
@@ -105,13 +105,13 @@ func (r *Router) readMap(ctx context.Context, n *placement.Node) (*clusterMap, e
 // maps name) and returns the newest, or nil when no node holds one. It
 // fails when fewer than a majority of the current nodes answer: a map read
 // from a minority could be stale.
-func (r *Router) loadMap(ctx context.Context) (*clusterMap, error) {
-	t := r.topo.Load()
-	var best *clusterMap
+func (cl *Cluster) loadMap(ctx context.Context) (*Map, error) {
+	t := cl.topo.Load()
+	var best *Map
 	answered := 0
 	var errs []error
 	for _, n := range t.All {
-		m, err := r.readMap(ctx, n)
+		m, err := cl.readMap(ctx, n)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -127,27 +127,27 @@ func (r *Router) loadMap(ctx context.Context) (*clusterMap, error) {
 	return best, nil
 }
 
-// refreshMap adopts the newest map on the nodes, if newer than ours.
-func (r *Router) refreshMap(ctx context.Context) {
-	r.mapMu.Lock()
-	defer r.mapMu.Unlock()
-	m, err := r.loadMap(ctx)
+// RefreshMap adopts the newest map on the nodes, if newer than ours.
+func (cl *Cluster) RefreshMap(ctx context.Context) {
+	cl.mapMu.Lock()
+	defer cl.mapMu.Unlock()
+	m, err := cl.loadMap(ctx)
 	if err != nil || m == nil {
 		return
 	}
-	if m.Epoch > r.topo.Load().Epoch {
-		if err := r.adoptLocked(m); err != nil {
-			r.log.Error("cannot adopt cluster map", "epoch", m.Epoch, "err", err)
+	if m.Epoch > cl.topo.Load().Epoch {
+		if err := cl.adoptLocked(m); err != nil {
+			cl.log.Error("cannot adopt cluster map", "epoch", m.Epoch, "err", err)
 		}
 	}
 }
 
 // adoptLocked makes m the router's Topology. mapMu must be held.
-func (r *Router) adoptLocked(m *clusterMap) error {
+func (cl *Cluster) adoptLocked(m *Map) error {
 	nodes := func(list []mapShard) ([]*placement.Node, error) {
 		out := make([]*placement.Node, 0, len(list))
 		for _, s := range list {
-			n := r.register(s.Name, s.Address, nil)
+			n := cl.register(s.Name, s.Address, nil)
 			if n == nil {
 				return nil, fmt.Errorf("shard %s at %s is in the cluster map but cannot be reached", s.Name, s.Address)
 			}
@@ -177,37 +177,37 @@ func (r *Router) adoptLocked(m *clusterMap) error {
 	if err != nil {
 		return err
 	}
-	r.noteRemoved(m.Removed)
+	cl.noteRemoved(m.Removed)
 	t := placement.NewTopology(m.Epoch, m.State, cur, prev, leaving)
 	if m.State == placement.StateStable {
 		// A stable map ends any rebalance: say so before anyone can see
 		// the stable Topology, so the two never disagree.
-		r.status.finish("rebalance")
+		cl.status.finish("rebalance")
 	}
-	r.topo.Store(t)
-	r.m.ClusterEpoch.Set(float64(m.Epoch))
-	r.log.Info("cluster map adopted", "epoch", m.Epoch, "state", m.State, "shards", len(m.Shards), "replicas", cur.Replicas)
+	cl.topo.Store(t)
+	cl.m.ClusterEpoch.Set(float64(m.Epoch))
+	cl.log.Info("cluster map adopted", "epoch", m.Epoch, "state", m.State, "shards", len(m.Shards), "replicas", cur.Replicas)
 	return nil
 }
 
 // installLocked writes m on every node of the current Topology and of m,
 // then adopts it. It needs a majority of those nodes; a node that missed
 // it gets it from the prober when it answers again. mapMu must be held.
-func (r *Router) installLocked(ctx context.Context, m *clusterMap) error {
-	t := r.topo.Load()
+func (cl *Cluster) installLocked(ctx context.Context, m *Map) error {
+	t := cl.topo.Load()
 	targets := append([]*placement.Node(nil), t.All...)
 	for _, list := range [][]mapShard{m.Shards, m.Previous, m.Leaving} {
 		for _, s := range list {
-			if n := r.register(s.Name, s.Address, nil); n != nil && !containsNode(targets, n) {
+			if n := cl.register(s.Name, s.Address, nil); n != nil && !containsNode(targets, n) {
 				targets = append(targets, n)
 			}
 		}
 	}
-	body := m.encode()
+	body := m.Encode()
 	ok := 0
 	var errs []error
 	for _, n := range targets {
-		wctx, cancel := r.coord.ShardCtx(ctx)
+		wctx, cancel := cl.shardCtx(ctx)
 		res, err := n.Shard.Apply(wctx, storage.ClusterBucket, []storage.Write{{Record: storage.Record{Key: []byte(storage.MapKey), Version: m.Epoch, Value: body}}})
 		cancel()
 		switch {
@@ -222,7 +222,7 @@ func (r *Router) installLocked(ctx context.Context, m *clusterMap) error {
 	if ok < placement.Quorum(len(targets)) {
 		return fmt.Errorf("cluster map epoch %d reached %d of %d shards: %w", m.Epoch, ok, len(targets), errors.Join(errs...))
 	}
-	return r.adoptLocked(m)
+	return cl.adoptLocked(m)
 }
 
 func containsNode(list []*placement.Node, n *placement.Node) bool {
@@ -235,70 +235,70 @@ func containsNode(list []*placement.Node, n *placement.Node) bool {
 }
 
 // pushMap gives a node that came back the map it missed.
-func (r *Router) pushMap(ctx context.Context, n *placement.Node) {
-	t := r.topo.Load()
-	m := r.mapOf(t)
-	wctx, cancel := r.coord.ShardCtx(ctx)
+func (cl *Cluster) pushMap(ctx context.Context, n *placement.Node) {
+	t := cl.topo.Load()
+	m := cl.MapOf(t)
+	wctx, cancel := cl.shardCtx(ctx)
 	defer cancel()
-	if _, err := n.Shard.Apply(wctx, storage.ClusterBucket, []storage.Write{{Record: storage.Record{Key: []byte(storage.MapKey), Version: m.Epoch, Value: m.encode()}}}); err != nil {
-		r.log.Debug("push cluster map", "shard", n.Name, "err", err)
+	if _, err := n.Shard.Apply(wctx, storage.ClusterBucket, []storage.Write{{Record: storage.Record{Key: []byte(storage.MapKey), Version: m.Epoch, Value: m.Encode()}}}); err != nil {
+		cl.log.Debug("push cluster map", "shard", n.Name, "err", err)
 	}
 }
 
-// mapOf describes a Topology as a map.
-func (r *Router) mapOf(t *placement.Topology) *clusterMap {
-	m := &clusterMap{Epoch: t.Epoch, State: t.State, Replicas: t.Cur.Replicas, Shards: mapShards(t.Cur.Ring.Nodes()), Leaving: mapShards(t.Leaving)}
+// MapOf describes a Topology as a map.
+func (cl *Cluster) MapOf(t *placement.Topology) *Map {
+	m := &Map{Epoch: t.Epoch, State: t.State, Replicas: t.Cur.Replicas, Shards: mapShards(t.Cur.Ring.Nodes()), Leaving: mapShards(t.Leaving)}
 	if t.Prev.Ring != nil {
 		m.Previous, m.PrevReplicas = mapShards(t.Prev.Ring.Nodes()), t.Prev.Replicas
 	}
 	if len(m.Leaving) == 0 {
 		m.Leaving = nil
 	}
-	m.Removed = r.removedNames()
+	m.Removed = cl.removedNames()
 	return m
 }
 
 // bootstrap loads the cluster map once the shards answer, creates it on a
 // new cluster, finishes a membership change an earlier router left under
 // way, and applies the configured Shape if it differs from the map.
-func (r *Router) bootstrap(ctx context.Context) {
+func (cl *Cluster) bootstrap(ctx context.Context) {
 	for {
-		done, err := r.bootstrapOnce(ctx)
+		done, err := cl.bootstrapOnce(ctx)
 		if done {
 			return
 		}
-		r.log.Warn("cluster map not loaded yet; retrying", "err", err)
+		cl.log.Warn("cluster map not loaded yet; retrying", "err", err)
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(r.cfg.ProbeInterval):
+		case <-time.After(cl.cfg.ProbeInterval):
 		}
 	}
 }
 
-func (r *Router) bootstrapOnce(ctx context.Context) (bool, error) {
-	r.mapMu.Lock()
-	m, err := r.loadMap(ctx)
+func (cl *Cluster) bootstrapOnce(ctx context.Context) (bool, error) {
+	cl.mapMu.Lock()
+	m, err := cl.loadMap(ctx)
 	if err != nil {
-		r.mapMu.Unlock()
+		cl.mapMu.Unlock()
 		return ctx.Err() != nil, err
 	}
 	if m == nil {
-		t := r.topo.Load()
-		first := r.mapOf(t)
+		t := cl.topo.Load()
+		first := cl.MapOf(t)
 		first.Epoch, first.State = 1, placement.StateStable
-		err := r.installLocked(ctx, first)
-		r.mapMu.Unlock()
+		err := cl.installLocked(ctx, first)
+		cl.mapMu.Unlock()
 		return err == nil || ctx.Err() != nil, err
 	}
-	if m.Epoch > r.topo.Load().Epoch {
-		if err := r.adoptLocked(m); err != nil {
-			r.mapMu.Unlock()
+	if m.Epoch > cl.topo.Load().Epoch {
+		if err := cl.adoptLocked(m); err != nil {
+			cl.mapMu.Unlock()
 			return ctx.Err() != nil, err
 		}
 	}
-	r.mapMu.Unlock()
-	r.converge(ctx)
+	cl.mapMu.Unlock()
+	cl.converge(ctx)
 	return true, nil
 }
 
@@ -306,53 +306,55 @@ func (r *Router) bootstrapOnce(ctx context.Context) (bool, error) {
 // the cluster's, starts moving data to it in the background. It also
 // reloads the compression dictionaries from the shards (with or without a
 // config file).
-func (r *Router) Reload() error {
-	r.requestDictReload(true)
-	if r.cfg.Reload == nil {
+func (cl *Cluster) Reload() error {
+	if cl.cfg.OnReload != nil {
+		cl.cfg.OnReload()
+	}
+	if cl.cfg.Reload == nil {
 		return errors.New("reload: the router was started without a config file")
 	}
-	nodes, replicas, err := r.cfg.Reload()
+	nodes, replicas, err := cl.cfg.Reload()
 	if err != nil {
 		return fmt.Errorf("reload: %w", err)
 	}
-	want, err := r.shapeOf(nodes, replicas)
+	want, err := cl.shapeOf(nodes, replicas)
 	if err != nil {
 		return fmt.Errorf("reload: %w", err)
 	}
-	r.desiredMu.Lock()
-	r.desired, r.wantReplicas = want, max(1, replicas)
-	r.desiredMu.Unlock()
-	r.background(r.converge)
+	cl.desiredMu.Lock()
+	cl.desired, cl.wantReplicas = want, max(1, replicas)
+	cl.desiredMu.Unlock()
+	cl.background(cl.converge)
 	return nil
 }
 
 // converge drives the cluster from its current map to the desired Shape:
 // it resumes a change under way, or starts one if the shapes differ.
-func (r *Router) converge(ctx context.Context) {
-	if !r.syncMu.TryLock() {
+func (cl *Cluster) converge(ctx context.Context) {
+	if !cl.syncMu.TryLock() {
 		// A pass is running: a repair converges when it ends, a rebalance
 		// rereads the desired Shape when it reaches a stable map.
 		return
 	}
-	defer r.syncMu.Unlock()
+	defer cl.syncMu.Unlock()
 	for ctx.Err() == nil {
-		t := r.topo.Load()
+		t := cl.topo.Load()
 		var err error
 		switch t.State {
 		case placement.StateMigrating:
-			err = r.finishCopy(ctx, t)
+			err = cl.finishCopy(ctx, t)
 		case placement.StateCleanup:
-			err = r.finishCleanup(ctx, t)
+			err = cl.finishCleanup(ctx, t)
 		default:
-			want := r.wanted(t)
+			want := cl.wanted(t)
 			if sameShards(mapShards(want.Ring.Nodes()), mapShards(t.Cur.Ring.Nodes())) && want.Replicas == t.Cur.Replicas {
 				return
 			}
-			err = r.startMigration(ctx, t, want)
+			err = cl.startMigration(ctx, t, want)
 		}
 		if err != nil {
-			r.log.Error("rebalance step failed; will retry", "state", t.State, "err", err)
-			r.status.fail("rebalance", err)
+			cl.log.Error("rebalance step failed; will retry", "state", t.State, "err", err)
+			cl.status.fail("rebalance", err)
 			select {
 			case <-ctx.Done():
 			case <-time.After(2 * time.Second):
@@ -363,28 +365,28 @@ func (r *Router) converge(ctx context.Context) {
 
 // startMigration installs a migrating map: from now on reads and writes
 // reach the old and the new owners.
-func (r *Router) startMigration(ctx context.Context, t *placement.Topology, want placement.Shape) error {
-	m := &clusterMap{
+func (cl *Cluster) startMigration(ctx context.Context, t *placement.Topology, want placement.Shape) error {
+	m := &Map{
 		Epoch: t.Epoch + 1, State: placement.StateMigrating,
 		Replicas: want.Replicas, Shards: mapShards(want.Ring.Nodes()),
 		Previous: mapShards(t.Cur.Ring.Nodes()), PrevReplicas: t.Cur.Replicas,
-		Removed: r.removedNames(),
+		Removed: cl.removedNames(),
 	}
-	r.log.Info("rebalance starting", "from", t.Cur.Ring.Names(), "to", want.Ring.Names(), "replicas", want.Replicas)
-	r.status.start("rebalance", "copy")
-	r.mapMu.Lock()
-	defer r.mapMu.Unlock()
-	return r.installLocked(ctx, m)
+	cl.log.Info("rebalance starting", "from", t.Cur.Ring.Names(), "to", want.Ring.Names(), "replicas", want.Replicas)
+	cl.status.start("rebalance", "copy")
+	cl.mapMu.Lock()
+	defer cl.mapMu.Unlock()
+	return cl.installLocked(ctx, m)
 }
 
 // finishCopy copies every key to its new owners until a pass finds all of
 // them in place (the verification), then switches to the new owners alone.
-func (r *Router) finishCopy(ctx context.Context, t *placement.Topology) error {
-	if !r.status.running("rebalance") {
-		r.status.start("rebalance", "copy")
+func (cl *Cluster) finishCopy(ctx context.Context, t *placement.Topology) error {
+	if !cl.status.running("rebalance") {
+		cl.status.start("rebalance", "copy")
 	}
 	for pass := 0; ; pass++ {
-		st, err := r.syncPass(ctx, t, "rebalance")
+		st, err := cl.syncPass(ctx, t, "rebalance")
 		if err != nil {
 			return err
 		}
@@ -398,46 +400,46 @@ func (r *Router) finishCopy(ctx context.Context, t *placement.Topology) error {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-time.After(r.cfg.ProbeInterval):
+			case <-time.After(cl.cfg.ProbeInterval):
 			}
 		}
 	}
-	m := r.mapOf(t)
+	m := cl.MapOf(t)
 	m.Epoch, m.State = t.Epoch+1, placement.StateCleanup
 	m.Previous, m.PrevReplicas = nil, 0
 	m.Leaving = mapShards(t.Leaving)
-	r.status.phase("rebalance", "cleanup")
-	r.mapMu.Lock()
-	defer r.mapMu.Unlock()
-	return r.installLocked(ctx, m)
+	cl.status.phase("rebalance", "cleanup")
+	cl.mapMu.Lock()
+	defer cl.mapMu.Unlock()
+	return cl.installLocked(ctx, m)
 }
 
 // finishCleanup waits for other routers to see the switch, purges copies
 // from nodes that no longer own them, and declares the cluster stable.
-func (r *Router) finishCleanup(ctx context.Context, t *placement.Topology) error {
-	if !r.status.running("rebalance") {
-		r.status.start("rebalance", "cleanup")
+func (cl *Cluster) finishCleanup(ctx context.Context, t *placement.Topology) error {
+	if !cl.status.running("rebalance") {
+		cl.status.start("rebalance", "cleanup")
 	}
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-time.After(3 * r.cfg.ProbeInterval):
+	case <-time.After(3 * cl.cfg.ProbeInterval):
 	}
-	st, err := r.syncPass(ctx, t, "rebalance")
+	st, err := cl.syncPass(ctx, t, "rebalance")
 	if err != nil {
 		return err
 	}
 	if st.missing > 0 {
 		return fmt.Errorf("cleanup: %d keys could not be checked (a shard is down)", st.missing)
 	}
-	m := r.mapOf(t)
+	m := cl.MapOf(t)
 	m.Epoch, m.State, m.Leaving = t.Epoch+1, placement.StateStable, nil
-	r.mapMu.Lock()
-	defer r.mapMu.Unlock()
-	if err := r.installLocked(ctx, m); err != nil {
+	cl.mapMu.Lock()
+	defer cl.mapMu.Unlock()
+	if err := cl.installLocked(ctx, m); err != nil {
 		return err
 	}
-	r.status.finish("rebalance")
-	r.log.Info("rebalance finished", "epoch", m.Epoch, "shards", t.Cur.Ring.Names())
+	cl.status.finish("rebalance")
+	cl.log.Info("rebalance finished", "epoch", m.Epoch, "shards", t.Cur.Ring.Names())
 	return nil
 }

@@ -1,4 +1,4 @@
-package router
+package cluster
 
 import (
 	"encoding/json"
@@ -8,10 +8,10 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/placement"
 )
 
-// clusterMap is the Shape of the cluster as stored on every storage node
+// Map is the Shape of the cluster as stored on every storage node
 // (bucket storage.ClusterBucket, key storage.MapKey, version = epoch). It is
 // the cluster's truth; the config file is what the operator wants next.
-type clusterMap struct {
+type Map struct {
 	Epoch        uint64     `json:"epoch"`
 	State        string     `json:"state"`
 	Replicas     int        `json:"replicas"`
@@ -29,7 +29,7 @@ type mapShard struct {
 	Address string `json:"address"`
 }
 
-func (m *clusterMap) encode() []byte {
+func (m *Map) Encode() []byte {
 	b, err := json.Marshal(m)
 	if err != nil {
 		panic(fmt.Sprintf("marshal cluster map: %v", err))

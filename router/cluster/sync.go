@@ -1,4 +1,4 @@
-package router
+package cluster
 
 import (
 	"bytes"
@@ -27,10 +27,11 @@ import (
 // Every step is put-if-newer or purge-if-not-newer, so a pass can be
 // interrupted and run again, by this router or another, at any time.
 
-const syncPage = 1000 // keys per node per round
+// PageSize is how many keys a pass reads per node per round.
+const PageSize = 1000
 
-// syncBuckets are the buckets a pass walks.
-var syncBuckets = []string{schema.BucketTopics, schema.BucketContexts, schema.BucketVectors, schema.BucketEmbedPending, schema.BucketExpiry}
+// Buckets are the buckets a pass walks.
+var Buckets = []string{schema.BucketTopics, schema.BucketContexts, schema.BucketVectors, schema.BucketEmbedPending, schema.BucketExpiry}
 
 type passResult struct {
 	scanned, copied, bytes, purged, missing int64
@@ -44,7 +45,7 @@ type holder struct {
 
 // syncPass runs one pass over t; kind ("repair" or "rebalance") names the
 // progress it reports.
-func (r *Router) syncPass(ctx context.Context, t *placement.Topology, kind string) (passResult, error) {
+func (cl *Cluster) syncPass(ctx context.Context, t *placement.Topology, kind string) (passResult, error) {
 	var total passResult
 	var live []*placement.Node
 	for _, n := range t.All {
@@ -55,30 +56,30 @@ func (r *Router) syncPass(ctx context.Context, t *placement.Topology, kind strin
 	if len(live) == 0 {
 		return total, fmt.Errorf("no shard is up")
 	}
-	if slices.ContainsFunc(t.All, func(n *placement.Node) bool { return !n.Up() && !r.isRemoved(n.Name) }) {
+	if slices.ContainsFunc(t.All, func(n *placement.Node) bool { return !n.Up() && !cl.isRemoved(n.Name) }) {
 		// A down shard may hold the only copy of some keys: the pass can
 		// bring the others up to date but cannot be complete. (A shard an
 		// operator removed while down is gone: nothing waits for it.)
 		total.missing++
 	}
 	// Dictionaries first: records compressed with them may be copied next.
-	copied, err := r.syncDicts(ctx, live)
+	copied, err := cl.syncShared(ctx, live)
 	total.copied += copied
-	r.status.add(kind, passResult{copied: copied}, 0)
+	cl.status.add(kind, passResult{copied: copied}, 0)
 	if err != nil {
-		r.status.add(kind, passResult{}, 1)
+		cl.status.add(kind, passResult{}, 1)
 		return total, err
 	}
-	for _, bucket := range syncBuckets {
+	for _, bucket := range Buckets {
 		var after []byte
 		for {
 			pages := make([]storage.ScanPage, len(live))
 			g, gctx := errgroup.WithContext(ctx)
 			for i, n := range live {
 				g.Go(func() error {
-					sctx, cancel := r.coord.ShardCtx(gctx)
+					sctx, cancel := cl.shardCtx(gctx)
 					defer cancel()
-					p, err := n.Shard.Scan(sctx, bucket, storage.ScanOptions{After: after, Limit: syncPage, Tombstones: true, KeysOnly: true})
+					p, err := n.Shard.Scan(sctx, bucket, storage.ScanOptions{After: after, Limit: PageSize, Tombstones: true, KeysOnly: true})
 					if err != nil {
 						return fmt.Errorf("scan %s on shard %s: %w", bucket, n.Name, err)
 					}
@@ -87,7 +88,7 @@ func (r *Router) syncPass(ctx context.Context, t *placement.Topology, kind strin
 				})
 			}
 			if err := g.Wait(); err != nil {
-				r.status.add(kind, passResult{}, 1)
+				cl.status.add(kind, passResult{}, 1)
 				return total, err
 			}
 			var frontier []byte
@@ -99,15 +100,15 @@ func (r *Router) syncPass(ctx context.Context, t *placement.Topology, kind strin
 				}
 			}
 			keys, holders := groupHolders(live, pages, frontier)
-			res, err := r.syncKeys(ctx, t, bucket, keys, holders)
+			res, err := cl.syncKeys(ctx, t, bucket, keys, holders)
 			total.scanned += res.scanned
 			total.copied += res.copied
 			total.bytes += res.bytes
 			total.purged += res.purged
 			total.missing += res.missing
-			r.status.add(kind, res, 0)
+			cl.status.add(kind, res, 0)
 			if err != nil {
-				r.status.add(kind, passResult{}, 1)
+				cl.status.add(kind, passResult{}, 1)
 				return total, err
 			}
 			if frontier == nil {
@@ -145,12 +146,12 @@ type copyItem struct {
 	source *placement.Node
 }
 
-func (r *Router) syncKeys(ctx context.Context, t *placement.Topology, bucket string, keys []string, holders map[string][]holder) (passResult, error) {
+func (cl *Cluster) syncKeys(ctx context.Context, t *placement.Topology, bucket string, keys []string, holders map[string][]holder) (passResult, error) {
 	var res passResult
 	copies := map[*placement.Node][]copyItem{} // target → keys to copy to it
 	purges := map[*placement.Node][]storage.Record{}
 	anyDown := slices.ContainsFunc(t.All, func(n *placement.Node) bool { return !n.Up() })
-	gcBefore := time.Now().Add(-r.cfg.RepairInterval)
+	gcBefore := time.Now().Add(-cl.cfg.RepairInterval)
 
 	for _, k := range keys {
 		res.scanned++
@@ -175,7 +176,7 @@ func (r *Router) syncKeys(ctx context.Context, t *placement.Topology, bucket str
 			}
 			complete = false
 			if !o.Up() {
-				if !r.isRemoved(o.Name) {
+				if !cl.isRemoved(o.Name) {
 					res.missing++
 				}
 				continue
@@ -210,7 +211,7 @@ func (r *Router) syncKeys(ctx context.Context, t *placement.Topology, bucket str
 			bySource[it.source] = append(bySource[it.source], it.key)
 		}
 		for source, ks := range bySource {
-			gctx, cancel := r.coord.ShardCtx(ctx)
+			gctx, cancel := cl.shardCtx(ctx)
 			recs, err := source.Shard.MultiGet(gctx, bucket, ks)
 			cancel()
 			if err != nil {
@@ -228,12 +229,12 @@ func (r *Router) syncKeys(ctx context.Context, t *placement.Topology, bucket str
 			if len(writes) == 0 {
 				continue
 			}
-			if r.syncLimit != nil {
-				if err := r.syncLimit.WaitN(ctx, len(writes)); err != nil {
+			if cl.syncLimit != nil {
+				if err := cl.syncLimit.WaitN(ctx, len(writes)); err != nil {
 					return res, err
 				}
 			}
-			wctx, cancel := r.coord.ShardCtx(coord.EpochCtx(ctx, t))
+			wctx, cancel := cl.shardCtx(coord.EpochCtx(ctx, t))
 			results, err := target.Shard.Apply(wctx, bucket, writes)
 			cancel()
 			if err != nil {
@@ -252,8 +253,8 @@ func (r *Router) syncKeys(ctx context.Context, t *placement.Topology, bucket str
 		if !node.Up() {
 			continue
 		}
-		for chunk := range slices.Chunk(recs, syncPage) {
-			pctx, cancel := r.coord.ShardCtx(ctx)
+		for chunk := range slices.Chunk(recs, PageSize) {
+			pctx, cancel := cl.shardCtx(ctx)
 			n, err := node.Shard.Purge(pctx, bucket, chunk)
 			cancel()
 			if err != nil {

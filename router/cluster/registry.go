@@ -1,0 +1,149 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/metrics"
+	"github.com/go-kvdb/go-kvdb/router/placement"
+	"github.com/go-kvdb/go-kvdb/storage"
+)
+
+// shapeOf registers nodes and builds the Shape they form.
+func (cl *Cluster) shapeOf(nodes []placement.Node, replicas int) (placement.Shape, error) {
+	ptrs := make([]*placement.Node, 0, len(nodes))
+	for _, n := range nodes {
+		if n.Name == "" || n.Shard == nil {
+			return placement.Shape{}, fmt.Errorf("shard %q: name and shard are required", n.Name)
+		}
+		ptrs = append(ptrs, cl.register(n.Name, n.Address, n.Shard))
+	}
+	return placement.NewShape(ptrs, replicas)
+}
+
+// register returns the registry's node called name, creating it with sh
+// (or, when sh is nil, with Config.NewShard) the first time. A node whose
+// address changed is replaced.
+func (cl *Cluster) register(name, address string, sh placement.Shard) *placement.Node {
+	cl.nodesMu.Lock()
+	defer cl.nodesMu.Unlock()
+	if n, ok := cl.nodes[name]; ok && n.Address == address {
+		return n
+	}
+	if sh == nil {
+		if cl.cfg.NewShard == nil {
+			return nil
+		}
+		sh = cl.cfg.NewShard(name, address)
+	}
+	if b, ok := sh.(batchObservable); ok {
+		b.ObserveBatches(cl.observeBatch)
+	}
+	n := placement.NewNode(name, address, &instrumented{Shard: cl.wrap(sh), name: name, m: cl.m})
+	cl.nodes[name] = n
+	return n
+}
+
+// instrumented records latency and errors of every call to a shard.
+// batchObservable is a shard that batches concurrent calls into one
+// request (storage.Client) and can say how many each request carried.
+type batchObservable interface {
+	ObserveBatches(func(op string, calls int))
+}
+
+// observeBatch records how many calls one request to a shard carried. It
+// runs on every such request: the two series are resolved once, in New.
+func (cl *Cluster) observeBatch(op string, calls int) {
+	if o := cl.batchCalls[op]; o != nil {
+		o.Observe(float64(calls))
+	}
+}
+
+type instrumented struct {
+	placement.Shard
+	name string
+	m    *metrics.Router
+}
+
+// observe records one call. A call cancelled by its caller (a client that
+// went away, or a read that had its Quorum already) is not the shard's
+// failure and is not counted as one.
+func (s *instrumented) observe(ctx context.Context, op string, start time.Time, err error) {
+	s.m.ShardRequestDuration.WithLabelValues(s.name, op).Observe(time.Since(start).Seconds())
+	if err != nil && !errors.Is(err, storage.ErrNotFound) && ctx.Err() == nil {
+		s.m.ShardRequestErrors.WithLabelValues(s.name, op).Inc()
+	}
+}
+
+// Unwrap is the shard below (see placement.As).
+func (s *instrumented) Unwrap() placement.Shard { return s.Shard }
+
+func (s *instrumented) Get(ctx context.Context, bucket string, key []byte) (storage.Record, error) {
+	start := time.Now()
+	rec, err := s.Shard.Get(ctx, bucket, key)
+	s.observe(ctx, "get", start, err)
+	return rec, err
+}
+
+func (s *instrumented) Apply(ctx context.Context, bucket string, w []storage.Write) ([]storage.Result, error) {
+	start := time.Now()
+	res, err := s.Shard.Apply(ctx, bucket, w)
+	s.observe(ctx, "apply", start, err)
+	return res, err
+}
+
+func (s *instrumented) Scan(ctx context.Context, bucket string, o storage.ScanOptions) (storage.ScanPage, error) {
+	start := time.Now()
+	p, err := s.Shard.Scan(ctx, bucket, o)
+	s.observe(ctx, "scan", start, err)
+	return p, err
+}
+
+func (s *instrumented) DeletePrefix(ctx context.Context, bucket string, prefix []byte, v uint64) (int, error) {
+	start := time.Now()
+	n, err := s.Shard.DeletePrefix(ctx, bucket, prefix, v)
+	s.observe(ctx, "delete_prefix", start, err)
+	return n, err
+}
+
+func (s *instrumented) MultiGet(ctx context.Context, bucket string, keys [][]byte) ([]storage.Record, error) {
+	start := time.Now()
+	recs, err := s.Shard.MultiGet(ctx, bucket, keys)
+	s.observe(ctx, "multiget", start, err)
+	return recs, err
+}
+
+func (s *instrumented) Purge(ctx context.Context, bucket string, recs []storage.Record) (int, error) {
+	start := time.Now()
+	n, err := s.Shard.Purge(ctx, bucket, recs)
+	s.observe(ctx, "purge", start, err)
+	return n, err
+}
+
+func (s *instrumented) Health(ctx context.Context) (storage.Health, error) {
+	start := time.Now()
+	h, err := s.Shard.Health(ctx)
+	s.observe(ctx, "health", start, err)
+	return h, err
+}
+
+// TopK forwards to the wrapped shard, recording the call like the others.
+func (s *instrumented) TopK(ctx context.Context, bucket string, q storage.TopKQuery) (storage.TopKResult, error) {
+	vs, ok := s.Shard.(placement.Searcher)
+	if !ok {
+		return storage.TopKResult{}, placement.ErrNoTopK
+	}
+	start := time.Now()
+	res, err := vs.TopK(ctx, bucket, q)
+	s.observe(ctx, "topk", start, err)
+	return res, err
+}
+
+func (cl *Cluster) wrap(sh placement.Shard) placement.Shard {
+	if cl.cfg.Wrap == nil {
+		return sh
+	}
+	return cl.cfg.Wrap(sh)
+}

@@ -1,0 +1,81 @@
+package router
+
+import (
+	"net/http"
+
+	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/placement"
+	"github.com/labstack/echo/v4"
+)
+
+// adminRoutes registers the membership endpoints.
+func (r *Router) adminRoutes(v1 *echo.Group) {
+	v1.POST("/admin/remove", r.adminRemove)
+	v1.DELETE("/admin/shards/:shard", r.adminRemove)
+	r.compressionRoutes(v1)
+}
+
+// adminRemove takes a shard out of the wanted Shape and starts the
+// rebalance that drains it: POST /api/v1/admin/remove?shard=NAME or
+// DELETE /api/v1/admin/shards/NAME. It answers 202 with the cluster; 404
+// for a shard the cluster does not hold; 412 when the router's shards come
+// from a config file (edit it and reload instead) or when the removal would
+// leave fewer shards than replicas.
+func (r *Router) adminRemove(c echo.Context) error {
+	name := c.QueryParam("shard")
+	if name == "" {
+		name = param(c, "shard")
+	}
+	if name == "" {
+		return apierr.Errorf(apierr.CodeInvalidArgument, "shard: required (?shard=NAME)")
+	}
+	if err := r.cluster.Remove(name); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusAccepted, r.cluster.Info())
+}
+
+func (r *Router) clusterStatus(c echo.Context) error {
+	return c.JSON(http.StatusOK, r.cluster.Info())
+}
+
+// adminRepair starts a repair pass; with ?wait=true it runs it and answers
+// with its outcome.
+func (r *Router) adminRepair(c echo.Context) error {
+	if c.QueryParam("wait") == "true" {
+		st, err := r.cluster.Repair(c.Request().Context())
+		if err != nil {
+			return &apierr.Error{Code: apierr.CodeUnavailable, Message: "repair failed: " + err.Error(), Err: err}
+		}
+		return c.JSON(http.StatusOK, map[string]any{"repair": st})
+	}
+	r.cluster.RequestRepair()
+	return c.JSON(http.StatusAccepted, map[string]any{"repair": r.cluster.RepairStatus()})
+}
+
+// adminReload re-reads the configuration and starts a rebalance if the
+// Shape changed.
+func (r *Router) adminReload(c echo.Context) error {
+	if err := r.cluster.Reload(); err != nil {
+		return apierr.Errorf(apierr.CodeFailedPrecondition, "%v", err)
+	}
+	return c.JSON(http.StatusAccepted, r.cluster.Info())
+}
+
+func (r *Router) ready(c echo.Context) error {
+	t := r.topo.Load()
+	for _, sh := range t.Shapes() {
+		down := 0
+		var names []string
+		for _, n := range sh.Ring.Nodes() {
+			if !n.Up() {
+				down++
+				names = append(names, n.Name)
+			}
+		}
+		if down > sh.Replicas-placement.Quorum(sh.Replicas) {
+			return apierr.Errorf(apierr.CodeUnavailable, "shards unreachable: %v", names)
+		}
+	}
+	return c.JSONBlob(http.StatusOK, []byte(`{"status":"ready"}`))
+}
