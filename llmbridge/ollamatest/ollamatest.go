@@ -7,7 +7,8 @@
 // Its answers are deterministic. A chat answers Reply(request) in pieces of
 // one word; an embedding is Embed(text, dim), a hashed bag of words,
 // L2-normalised, so texts that share words score higher. It records every
-// request for assertions and reports a malformed one with t.Errorf.
+// request (headers included) for assertions and reports a malformed one
+// with t.Errorf.
 package ollamatest
 
 import (
@@ -44,6 +45,7 @@ var DefaultModels = map[string]int{
 // Request is one request the server received.
 type Request struct {
 	Method, Path string
+	Header       http.Header
 	Body         []byte
 	// Ended is set when the server is done with the request; Finished
 	// then says whether its answer ran to the end (false: the client went
@@ -221,7 +223,7 @@ func Embed(text string, dim int) []float32 {
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
-	rec := &Request{Method: r.Method, Path: r.URL.Path, Body: body}
+	rec := &Request{Method: r.Method, Path: r.URL.Path, Header: r.Header.Clone(), Body: body}
 	s.mu.Lock()
 	s.requests = append(s.requests, rec)
 	down, delay := s.down, s.delay

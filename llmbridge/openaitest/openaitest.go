@@ -99,7 +99,10 @@ type Server struct {
 	gap      time.Duration
 	fail     int
 	cut      int
+	drop     int
 	reply    func(ChatRequest) string
+	errCode  int
+	errBody  string
 	seq      int
 }
 
@@ -178,6 +181,50 @@ func (s *Server) SetCutAfter(n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.cut = n
+}
+
+// SetError makes every request (once past the key check) answer status
+// with body; an empty body is the one OpenAI sends for that status (for
+// 502 and 504, the HTML page of the proxy in front of it). 0 turns it off.
+func (s *Server) SetError(status int, body string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.errCode, s.errBody = status, body
+}
+
+// writeStatus answers status as OpenAI does, or with body when given one.
+func writeStatus(w http.ResponseWriter, status int, body string) {
+	if body != "" {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		io.WriteString(w, body)
+		return
+	}
+	switch status {
+	case http.StatusBadGateway, http.StatusGatewayTimeout:
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(status)
+		fmt.Fprintf(w, "<html>\r\n<head><title>%d %s</title></head>\r\n<body>\r\n<center><h1>%d %s</h1></center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n", status, http.StatusText(status), status, http.StatusText(status))
+	case http.StatusForbidden:
+		writeError(w, status, "request_forbidden", "", "unsupported_country_region_territory", "Country, region, or territory not supported")
+	case http.StatusTooManyRequests:
+		writeError(w, status, "requests", "", "rate_limit_exceeded", "Rate limit reached for requests")
+	case http.StatusInternalServerError:
+		writeError(w, status, "server_error", "", "", "The server had an error while processing your request. Sorry about that!")
+	case http.StatusServiceUnavailable:
+		writeError(w, status, "server_error", "", "", "The server is overloaded or not ready yet.")
+	default:
+		writeError(w, status, "invalid_request_error", "", "", http.StatusText(status))
+	}
+}
+
+// SetDropAfter makes streamed answers stop after their first n events
+// (counted as for SetCutAfter) and the connection close without the end
+// of the HTTP body, as when the server crashes mid-answer. 0 turns it off.
+func (s *Server) SetDropAfter(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.drop = n
 }
 
 // SetReply replaces how chats are answered; nil restores Reply.
@@ -274,13 +321,19 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.requests = append(s.requests, rec)
 	s.seq++
-	down, delay, key, seq := s.down, s.delay, s.key, s.seq
+	down, delay, key, seq, errCode, errBody := s.down, s.delay, s.key, s.seq, s.errCode, s.errBody
 	s.mu.Unlock()
 	end := func(finished bool) {
 		s.mu.Lock()
 		rec.Ended, rec.Finished = true, finished
 		s.mu.Unlock()
 	}
+	defer func() {
+		if p := recover(); p != nil {
+			end(false)
+			panic(p) // http.ErrAbortHandler: drop the connection
+		}
+	}()
 	if down {
 		end(false)
 		if hj, ok := w.(http.Hijacker); ok {
@@ -297,6 +350,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("X-Request-Id", fmt.Sprintf("req_%016x", seq))
 	if key != "" && !s.authorized(w, r, key) {
+		end(true)
+		return
+	}
+	if errCode != 0 {
+		writeStatus(w, errCode, errBody)
 		end(true)
 		return
 	}
@@ -512,7 +570,7 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request, body []byte, seq i
 		return true
 	}
 	s.mu.Lock()
-	reply, gap, fail, cut := s.reply, s.gap, s.fail, s.cut
+	reply, gap, fail, cut, drop := s.reply, s.gap, s.fail, s.cut, s.drop
 	s.mu.Unlock()
 	if reply == nil {
 		reply = Reply
@@ -538,7 +596,7 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request, body []byte, seq i
 	}
 
 	head.Object = "chat.completion.chunk"
-	st := &sse{w: w, r: r, gap: gap, cut: cut}
+	st := &sse{w: w, r: r, gap: gap, cut: cut, drop: drop}
 	event := func(d *delta, finish *string) chunk {
 		c := chunk{completion: head, Choices: []choice{{Delta: d, Logprobs: null, FinishReason: finish}}}
 		if req.IncludeUsage {
@@ -634,12 +692,14 @@ func pieces(answer string) []string {
 }
 
 // sse writes server-sent events, flushing each one, waiting gap between
-// them, and stopping after cut of them when cut > 0.
+// them, and stopping after cut of them when cut > 0, or dropping the
+// connection after drop of them when drop > 0.
 type sse struct {
 	w       http.ResponseWriter
 	r       *http.Request
 	gap     time.Duration
 	cut     int
+	drop    int
 	n       int
 	started bool
 }
@@ -655,6 +715,10 @@ func (st *sse) event(v any) bool {
 }
 
 func (st *sse) write(data []byte) bool {
+	if st.drop > 0 && st.n >= st.drop {
+		// net/http closes the connection without the terminating chunk
+		panic(http.ErrAbortHandler)
+	}
 	if st.cut > 0 && st.n >= st.cut {
 		st.start()
 		return false

@@ -314,6 +314,19 @@ func TestErrorsWithOfficialClient(t *testing.T) {
 	}
 	s.SetFailAfter(0)
 
+	s.SetError(429, "")
+	_, err = c.Models.List(ctx)
+	check("Models.List rate limited", err, 429, "requests", "rate_limit_exceeded", "")
+	s.SetError(503, "")
+	_, err = c.Embeddings.New(ctx, openai.EmbeddingNewParams{Model: "embed-a", Input: openai.EmbeddingNewParamsInputUnion{OfString: openai.String("x")}})
+	check("Embed overloaded", err, 503, "server_error", "", "")
+	s.SetError(502, "")
+	_, err = c.Models.List(ctx)
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != 502 || apiErr.Message != "" {
+		t.Errorf("Models.List behind a failing proxy = %v, want a 502 without a message", err)
+	}
+	s.SetError(0, "")
+
 	resp := post(t, s.URL+"/nothing", "{}")
 	var wire struct {
 		Error map[string]any `json:"error"`
@@ -329,8 +342,8 @@ func TestErrorsWithOfficialClient(t *testing.T) {
 }
 
 // TestCutAndDown shows what a client sees of a stream cut before [DONE]
-// (nothing wrong, to the official client: the caller must notice) and of a
-// server that drops connections.
+// (nothing wrong, to the official client: the caller must notice), of one
+// dropped mid-answer, and of a server that drops connections.
 func TestCutAndDown(t *testing.T) {
 	s := openaitest.New(t)
 	c := client(t, s, "")
@@ -348,6 +361,20 @@ func TestCutAndDown(t *testing.T) {
 		t.Errorf("cut request recorded ended=%v finished=%v, want ended and not finished", r.Ended, r.Finished)
 	}
 	s.SetCutAfter(0)
+
+	s.SetDropAfter(2) // role, "You ", then the connection drops
+	stream = c.Chat.Completions.NewStreaming(ctx, userMessage("a b c"))
+	n = 0
+	for stream.Next() {
+		n++
+	}
+	if !errors.Is(stream.Err(), io.ErrUnexpectedEOF) || n != 2 {
+		t.Errorf("dropped stream = %d chunks, %v; want 2 and an unexpected EOF", n, stream.Err())
+	}
+	if r := s.Requests("/v1/chat/completions")[1]; !r.Ended || r.Finished {
+		t.Errorf("dropped request recorded ended=%v finished=%v, want ended and not finished", r.Ended, r.Finished)
+	}
+	s.SetDropAfter(0)
 
 	s.SetDown(true)
 	_, err := c.Models.List(ctx)
