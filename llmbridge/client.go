@@ -29,19 +29,20 @@ type ChatRequest struct {
 	Model    string
 	Messages []Message
 	// Options are Ollama's model options (temperature, num_ctx, …); nil
-	// means the model's defaults.
+	// means the model's defaults. The OpenAI provider maps those OpenAI
+	// has (see OpenAI.Chat) and refuses the others.
 	Options map[string]any
 }
 
 // ChatChunk is one piece of a streamed answer. The last one has Done set and
-// carries the token counts Ollama reports (zero when it reports none).
+// carries the token counts the server reports (zero when it reports none).
 type ChatChunk struct {
 	Content          string
 	Done             bool
 	DoneReason       string
 	Model            string
-	PromptTokens     int // Ollama's prompt_eval_count
-	CompletionTokens int // Ollama's eval_count
+	PromptTokens     int // Ollama's prompt_eval_count, OpenAI's usage.prompt_tokens
+	CompletionTokens int // Ollama's eval_count, OpenAI's usage.completion_tokens
 }
 
 // Embedding is the answer to Embed: one vector per input, in order.

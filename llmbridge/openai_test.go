@@ -283,8 +283,8 @@ func TestOpenAIEmbed(t *testing.T) {
 			}
 		}
 	}
-	if body := string(s.Requests("/v1/embeddings")[0].Body); !strings.Contains(body, `"input":["hello world","bye","hello there world"]`) {
-		t.Errorf("sent %s, want the inputs as a list, in order", body)
+	if body := string(s.Requests("/v1/embeddings")[0].Body); !strings.Contains(body, `"input":["hello world","bye","hello there world"]`) || !strings.Contains(body, `"encoding_format":"base64"`) {
+		t.Errorf("sent %s, want the inputs as a list, in order, and base64 asked for", body)
 	}
 	if e, err := c.Embed(ctx, "embed-b", nil); err != nil || len(e.Vectors) != 0 || len(s.Requests("/v1/embeddings")) != 1 {
 		t.Errorf("Embed(nothing) = %+v, %v; want no vectors and no request", e, err)
@@ -314,9 +314,15 @@ func TestOpenAIEmbedChecksTheAnswer(t *testing.T) {
 			t.Errorf("Embed answered %s = %v, want ErrUpstream saying %q", tt.body, err, tt.want)
 		}
 	}
+	// A server that ignores encoding_format answers floats: read as well.
+	s.SetError(200, `{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5,-0.25]},{"object":"embedding","index":1,"embedding":[1,0]}],"model":"embed-a","usage":{"prompt_tokens":2,"total_tokens":2}}`)
+	got, err := c.Embed(context.Background(), "embed-a", []string{"a", "b"})
+	if err != nil || len(got.Vectors) != 2 || got.Vectors[0][0] != 0.5 || got.Vectors[0][1] != -0.25 || got.Vectors[1][0] != 1 {
+		t.Errorf("Embed answered floats = %v, %v; want them read", got.Vectors, err)
+	}
 	// Answered out of order: each vector goes where its index says.
 	s.SetError(200, `{"object":"list","data":[{"object":"embedding","index":1,"embedding":[0,1]},{"object":"embedding","index":0,"embedding":[1,0]}],"model":"embed-a","usage":{"prompt_tokens":2,"total_tokens":2}}`)
-	got, err := c.Embed(context.Background(), "embed-a", []string{"a", "b"})
+	got, err = c.Embed(context.Background(), "embed-a", []string{"a", "b"})
 	if err != nil || got.Vectors[0][0] != 1 || got.Vectors[1][1] != 1 {
 		t.Errorf("Embed answered out of order = %v, %v; want the vectors in input order", got.Vectors, err)
 	}
