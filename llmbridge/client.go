@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
 
 	"github.com/ollama/ollama/api"
 	"github.com/ollama/ollama/envconfig"
@@ -30,19 +29,20 @@ type ChatRequest struct {
 	Model    string
 	Messages []Message
 	// Options are Ollama's model options (temperature, num_ctx, …); nil
-	// means the model's defaults.
+	// means the model's defaults. The OpenAI provider maps those OpenAI
+	// has (see OpenAI.Chat) and refuses the others.
 	Options map[string]any
 }
 
 // ChatChunk is one piece of a streamed answer. The last one has Done set and
-// carries the token counts Ollama reports (zero when it reports none).
+// carries the token counts the server reports (zero when it reports none).
 type ChatChunk struct {
 	Content          string
 	Done             bool
 	DoneReason       string
 	Model            string
-	PromptTokens     int // Ollama's prompt_eval_count
-	CompletionTokens int // Ollama's eval_count
+	PromptTokens     int // Ollama's prompt_eval_count, OpenAI's usage.prompt_tokens
+	CompletionTokens int // Ollama's eval_count, OpenAI's usage.completion_tokens
 }
 
 // Embedding is the answer to Embed: one vector per input, in order.
@@ -83,18 +83,30 @@ func New(rawURL string, opts Options) (*Client, error) {
 	}
 	hc := opts.HTTPClient
 	if hc == nil {
-		hc = &http.Client{Transport: &http.Transport{
-			Proxy:               http.ProxyFromEnvironment,
-			DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			MaxIdleConnsPerHost: 64,
-			IdleConnTimeout:     90 * time.Second,
-		}}
+		hc = defaultHTTPClient()
 	}
 	return &Client{base: u, hc: hc, api: api.NewClient(u, hc)}, nil
 }
 
 // URL is the Ollama server's base URL; error messages name it.
 func (c *Client) URL() string { return c.base.String() }
+
+// Kind is ProviderOllama: Do speaks Ollama's API.
+func (c *Client) Kind() string { return ProviderOllama }
+
+// Models lists the models Ollama has pulled (GET /api/tags), named as it
+// names them: "name:tag", with ":latest" for a name pulled without a tag.
+func (c *Client) Models(ctx context.Context) ([]string, error) {
+	resp, err := c.api.List(ctx)
+	if err != nil {
+		return nil, c.wrap(ctx, "list models", err)
+	}
+	names := make([]string, len(resp.Models))
+	for i, m := range resp.Models {
+		names[i] = m.Name
+	}
+	return names, nil
+}
 
 // Embed embeds each of input with model.
 func (c *Client) Embed(ctx context.Context, model string, input []string) (Embedding, error) {
@@ -145,19 +157,13 @@ func (c *Client) Chat(ctx context.Context, req ChatRequest, fn func(ChatChunk) e
 
 // Do sends a raw request to Ollama (path is like "/api/chat", with any
 // query) and returns its response, whatever the status: the router's
-// drop-in endpoint relays it. Only a failure to reach Ollama is an error.
+// drop-in endpoint relays it. The caller's credentials (Authorization,
+// Cookie, …) in header are dropped, never relayed. Only a failure to reach
+// Ollama, or a path with a dot segment, is an error.
 func (c *Client) Do(ctx context.Context, method, path string, header http.Header, body io.Reader) (*http.Response, error) {
-	u := c.base.JoinPath(path)
-	if i := strings.IndexByte(path, '?'); i >= 0 {
-		u = c.base.JoinPath(path[:i])
-		u.RawQuery = path[i+1:]
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	req, err := relayRequest(ctx, c.base, method, path, header, body)
 	if err != nil {
-		return nil, fmt.Errorf("request to %s: %v: %w", c.URL(), err, ErrInvalid)
-	}
-	for k, vs := range header {
-		req.Header[k] = vs
+		return nil, err
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {

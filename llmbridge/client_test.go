@@ -177,3 +177,19 @@ func TestDo(t *testing.T) {
 		t.Errorf("Do against nothing = %v, want ErrUnavailable", err)
 	}
 }
+
+func TestModels(t *testing.T) {
+	s := ollamatest.New(t)
+	c := newClient(t, s.URL)
+	got, err := c.Models(context.Background())
+	if err != nil || strings.Join(got, ",") != "chat-model:latest,embed-a:latest,embed-b:latest,summary-model:latest" {
+		t.Errorf("Models() = %v, %v; want the fake's four, tagged", got, err)
+	}
+	if c.Kind() != llmbridge.ProviderOllama {
+		t.Errorf("Kind() = %q, want ollama", c.Kind())
+	}
+	s.SetDown(true)
+	if _, err := c.Models(context.Background()); !errors.Is(err, llmbridge.ErrUnavailable) || !strings.Contains(err.Error(), s.URL) {
+		t.Errorf("Models() while down = %v, want ErrUnavailable naming %s", err, s.URL)
+	}
+}

@@ -7,7 +7,8 @@
 // Its answers are deterministic. A chat answers Reply(request) in pieces of
 // one word; an embedding is Embed(text, dim), a hashed bag of words,
 // L2-normalised, so texts that share words score higher. It records every
-// request for assertions and reports a malformed one with t.Errorf.
+// request (headers included) for assertions and reports a malformed one
+// with t.Errorf.
 package ollamatest
 
 import (
