@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/llmbridge"
+	"github.com/go-kvdb/go-kvdb/llmbridge/memory"
 	"github.com/go-kvdb/go-kvdb/llmbridge/ollamatest"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -182,14 +183,14 @@ func TestChatBudgetFolding(t *testing.T) {
 		t.Fatalf("Ollama saw %d summary and %d chat requests, want at least one summary then one chat", len(summaries), len(chats))
 	}
 	sent := fake.ChatRequests()[chats[0]].Messages
-	if sent[0].Role != "system" || !strings.HasPrefix(sent[0].Content, "You are terse.") || !strings.Contains(sent[0].Content, summaryHeader) {
+	if sent[0].Role != "system" || !strings.HasPrefix(sent[0].Content, "You are terse.") || !strings.Contains(sent[0].Content, memory.SummaryHeader) {
 		t.Errorf("first message sent = %+v, want the system message with the summary merged in", sent[0])
 	}
 	var asBridge []llmbridge.Message
 	for _, m := range sent {
 		asBridge = append(asBridge, llmbridge.Message{Role: m.Role, Content: m.Content})
 	}
-	if n := estimateMessages(asBridge); n > 120 {
+	if n := memory.EstimateMessages(asBridge); n > 120 {
 		t.Errorf("sent %d estimated tokens, budget 120", n)
 	}
 	if sent[len(sent)-1].Content != "what did turn 0 say" || len(sent) >= 22 {
@@ -200,7 +201,7 @@ func TestChatBudgetFolding(t *testing.T) {
 		t.Errorf("stored %d messages, summary %+v; want all 23 and a summary", len(d.Content.Messages), d.Content.Summary)
 	}
 	// Ollama's own count teaches the estimate: the fake counts words.
-	if _, ok := tc.router.llm.ratios.Load("chat-model"); !ok {
+	if _, ok := tc.router.llm.tokens.Ratio("chat-model"); !ok {
 		t.Errorf("no token calibration learnt from prompt_eval_count")
 	}
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/llmbridge"
+	"github.com/go-kvdb/go-kvdb/llmbridge/memory"
 	"github.com/go-kvdb/go-kvdb/metrics"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/schema"
@@ -74,9 +75,9 @@ type llmState struct {
 	cfg LLMConfig
 	m   *metrics.LLM
 
-	// ratios maps a chat model to how many of its tokens Ollama counted
-	// per token estimated, learnt from prompt_eval_count.
-	ratios sync.Map // string → float64
+	// tokens corrects token estimates per chat model, learnt from
+	// Ollama's prompt_eval_count.
+	tokens memory.Calibrator
 
 	cancel context.CancelFunc // stops the retry loop; nil when none runs
 	wg     sync.WaitGroup     // the retry loop

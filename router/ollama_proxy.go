@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/llmbridge"
+	"github.com/go-kvdb/go-kvdb/llmbridge/memory"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
@@ -30,10 +32,6 @@ import (
 
 // ollamaPrefix is where the drop-in endpoint lives.
 const ollamaPrefix = "/ollama"
-
-// defaultMemoryTokens bounds the memory injected into a drop-in chat when
-// no token budget is configured.
-const defaultMemoryTokens = 2048
 
 func (r *Router) ollamaRoutes(e *echo.Echo) {
 	g := e.Group(ollamaPrefix + "/:topic/:id")
@@ -292,7 +290,7 @@ func (r *Router) ollamaChat(c echo.Context) error {
 	if err := r.ensureTopic(c, topic); err != nil {
 		return r.ollamaFail(c, err)
 	}
-	budget := r.memoryBudget(r.topicMaxTokens(c, topic))
+	budget := memory.Budget(r.topicMaxTokens(c, topic), r.llm.cfg.MaxTokens)
 	doc, _, err := r.readContext(ctx, topic, id)
 	var apiErr *apierr.Error
 	if errors.As(err, &apiErr) && apiErr.Code == apierr.CodeNotFound {
@@ -301,13 +299,18 @@ func (r *Router) ollamaChat(c echo.Context) error {
 	if err != nil {
 		return r.ollamaFail(c, err)
 	}
-	fresh, missing := splitNew(doc.Content.Messages, msgs)
-	folded := r.foldMemory(ctx, doc, missing, budget)
-	if folded != nil {
-		doc.Content.Summary = folded
+	stored := bridgeMessages(doc.Content.Messages)
+	fresh, missing := memory.SplitNew(stored, sentTurns(msgs))
+	var sum memory.Summary
+	if s := doc.Content.Summary; s != nil {
+		sum = memory.Summary(*s)
 	}
-	if memory := r.memory(doc, missing, budget); memory != "" {
-		injectMemory(&msgs, memory)
+	folded := r.foldMemory(ctx, stored, sum, missing, budget)
+	if folded != nil {
+		sum = memory.Summary(*folded)
+	}
+	if text := memory.Render(stored, sum, missing, budget); text != "" {
+		injectMemory(&msgs, text)
 		out := make([]json.RawMessage, len(msgs))
 		for i, m := range msgs {
 			out[i] = m.raw
@@ -326,7 +329,11 @@ func (r *Router) ollamaChat(c echo.Context) error {
 	var last chatLine
 	finished := false
 	store := func() error {
-		turns := append(fresh, schema.Message{Role: "assistant", Content: answer.String()})
+		turns := make([]schema.Message, 0, len(fresh)+1)
+		for _, m := range fresh {
+			turns = append(turns, schema.Message(m))
+		}
+		turns = append(turns, schema.Message{Role: "assistant", Content: answer.String()})
 		_, err := r.appendMessages(ctx, topic, id, turns, 0, func(d *schema.Document) {
 			if folded != nil && (d.Content.Summary == nil || d.Content.Summary.Messages < folded.Messages) {
 				d.Content.Summary = folded
@@ -399,65 +406,16 @@ func (r *Router) ensureTopic(c echo.Context, name string) error {
 	return nil
 }
 
-// splitNew tells what of a client's chat history is new to the stored
-// conversation, and what of the stored conversation the client did not
-// send. Clients resend their whole history each turn, so the stored
-// conversation's tail reappears in it; the messages after the last point
-// where that tail reappears are new. A client that starts afresh (after a
-// restart, say) shares no tail: all it sends is new, and all that is
-// stored is missing from its view. System messages are the client's
-// setup, neither stored nor compared.
-func splitNew(stored []schema.Message, sent []proxyMessage) (fresh []schema.Message, missing []schema.Message) {
-	var s []schema.Message
-	for _, m := range stored {
-		if m.Role != "system" {
-			s = append(s, m)
+// sentTurns is what the memory policy compares of a client's chat
+// history: its messages of the roles a context stores.
+func sentTurns(msgs []proxyMessage) []llmbridge.Message {
+	out := make([]llmbridge.Message, 0, len(msgs))
+	for _, m := range msgs {
+		if schema.ValidRoles[m.Role] {
+			out = append(out, llmbridge.Message{Role: m.Role, Content: m.Content})
 		}
 	}
-	var cn []schema.Message
-	for _, m := range sent {
-		if m.Role != "system" && schema.ValidRoles[m.Role] {
-			cn = append(cn, schema.Message{Role: m.Role, Content: m.Content})
-		}
-	}
-	k := 0
-	for e := len(cn); e > 0; e-- {
-		n := min(e, len(s))
-		if n > 0 && equalMessages(cn[e-n:e], s[len(s)-n:]) {
-			k = e
-			break
-		}
-	}
-	if k == 0 {
-		return cn, s
-	}
-	overlap := min(k, len(s))
-	return cn[k:], s[:len(s)-overlap]
-}
-
-func equalMessages(a, b []schema.Message) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-// memoryBudget is how many tokens the memory injected into a drop-in chat
-// may take: half the conversation budget (the topic's max_tokens, else the
-// router's), or defaultMemoryTokens.
-func (r *Router) memoryBudget(topicMax int) int {
-	if b := topicMax / 2; b > 0 {
-		return b
-	}
-	if b := r.llm.cfg.MaxTokens / 2; b > 0 {
-		return b
-	}
-	return defaultMemoryTokens
+	return out
 }
 
 // topicMaxTokens is a topic's max_tokens, 0 when it has none or cannot be
@@ -471,106 +429,30 @@ func (r *Router) topicMaxTokens(c echo.Context, topic string) int {
 	return t.MaxTokens
 }
 
-// foldMemory keeps a drop-in conversation's memory within its budget: when
-// the stored turns the client lacks, beyond what the running summary
-// covers, cost more than the budget, the oldest of them are folded into
-// the summary (by the summary model) until the rest fit in half of it. It
-// returns the new summary, or nil when none is needed or the summary model
-// fails (the memory then holds the most recent turns only).
-func (r *Router) foldMemory(ctx context.Context, doc *schema.Document, missing []schema.Message, budget int) *schema.Summary {
+// foldMemory keeps a drop-in conversation's memory within its budget by
+// folding the oldest turns the client lacks into the summary, as
+// memory.PlanFold plans it. It returns the new summary, or nil when none
+// is needed or the summary model fails (the memory then holds the most
+// recent turns only).
+func (r *Router) foldMemory(ctx context.Context, stored []llmbridge.Message, sum memory.Summary, missing []llmbridge.Message, budget int) *schema.Summary {
 	if r.llm.cfg.SummaryModel == "" {
 		return nil
 	}
-	var sumText string
-	coveredIdx, coveredTurns := 0, 0
-	if s := doc.Content.Summary; s != nil {
-		sumText, coveredIdx = s.Text, min(s.Messages, len(doc.Content.Messages))
-		for _, m := range doc.Content.Messages[:coveredIdx] {
-			if m.Role != "system" {
-				coveredTurns++
-			}
-		}
-	}
-	uncovered := missing[min(coveredTurns, len(missing)):]
-	cost := estimateTokens(sumText)
-	for _, m := range uncovered {
-		cost += messageOverhead + estimateTokens(m.Content)
-	}
-	if cost <= budget {
+	fold, end, ok := memory.PlanFold(stored, sum, missing, budget)
+	if !ok {
 		return nil
 	}
-	n := 0
-	for n < len(uncovered) && cost > budget/2 {
-		cost -= messageOverhead + estimateTokens(uncovered[n].Content)
-		n++
-	}
-	text, err := r.summarize(ctx, sumText, uncovered[:n], max(budget/4, 16))
+	text, err := r.summarize(ctx, sum.Text, fold, memory.SummaryTokens(budget))
 	if err != nil {
 		r.log.Warn("drop-in memory not summarised; sending the latest turns only", "err", err)
 		return nil
 	}
-	// The summary covers the messages up to the n-th turn past coveredIdx.
-	idx := coveredIdx
-	for turns := 0; idx < len(doc.Content.Messages) && turns < n; idx++ {
-		if doc.Content.Messages[idx].Role != "system" {
-			turns++
-		}
-	}
-	return &schema.Summary{Text: text, Messages: idx}
-}
-
-// memory renders what a drop-in client should know and did not send: the
-// running summary and the most recent of the missing turns, within the
-// memory budget.
-func (r *Router) memory(doc *schema.Document, missing []schema.Message, budget int) string {
-	var b strings.Builder
-	summary := ""
-	if s := doc.Content.Summary; s != nil && s.Text != "" {
-		summary = s.Text
-		budget -= estimateTokens(summary)
-	}
-	// Turns the summary already covers are not repeated.
-	if s := doc.Content.Summary; s != nil {
-		covered := 0
-		for _, m := range doc.Content.Messages[:min(s.Messages, len(doc.Content.Messages))] {
-			if m.Role != "system" {
-				covered++
-			}
-		}
-		if covered < len(missing) {
-			missing = missing[covered:]
-		} else {
-			missing = nil
-		}
-	}
-	first := len(missing)
-	for first > 0 && budget > 0 {
-		cost := messageOverhead + estimateTokens(missing[first-1].Content)
-		if cost > budget {
-			break
-		}
-		budget -= cost
-		first--
-	}
-	if summary == "" && first == len(missing) {
-		return ""
-	}
-	b.WriteString("Memory of this conversation so far (kept by Go-KVDB):")
-	if summary != "" {
-		b.WriteString("\n" + summaryHeader + summary)
-	}
-	if first < len(missing) {
-		b.WriteString("\nEarlier turns:")
-		for _, m := range missing[first:] {
-			fmt.Fprintf(&b, "\n%s: %s", m.Role, m.Content)
-		}
-	}
-	return b.String()
+	return &schema.Summary{Text: text, Messages: end}
 }
 
 // injectMemory merges memory into the first system message, or puts a
 // system message first when there is none.
-func injectMemory(msgs *[]proxyMessage, memory string) {
+func injectMemory(msgs *[]proxyMessage, text string) {
 	for i, m := range *msgs {
 		if m.Role != "system" {
 			continue
@@ -583,12 +465,12 @@ func injectMemory(msgs *[]proxyMessage, memory string) {
 		if content != "" {
 			content += "\n\n"
 		}
-		content += memory
+		content += text
 		obj["content"] = schema.MustJSON(content)
 		(*msgs)[i].Content, (*msgs)[i].raw = content, schema.MustJSON(obj)
 		return
 	}
-	sys := proxyMessage{Role: "system", Content: memory}
-	sys.raw = schema.MustJSON(map[string]string{"role": "system", "content": memory})
+	sys := proxyMessage{Role: "system", Content: text}
+	sys.raw = schema.MustJSON(map[string]string{"role": "system", "content": text})
 	*msgs = append([]proxyMessage{sys}, *msgs...)
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/go-kvdb/go-kvdb/llmbridge/memory"
 	"github.com/go-kvdb/go-kvdb/llmbridge/ollamatest"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/ollama/ollama/api"
@@ -150,36 +151,6 @@ func TestDropInOllama(t *testing.T) {
 	}
 }
 
-func TestDropInSplitNew(t *testing.T) {
-	u := func(s string) schema.Message { return schema.Message{Role: "user", Content: s} }
-	a := func(s string) schema.Message { return schema.Message{Role: "assistant", Content: s} }
-	pm := func(ms ...schema.Message) []proxyMessage {
-		var out []proxyMessage
-		for _, m := range ms {
-			out = append(out, proxyMessage{Role: m.Role, Content: m.Content})
-		}
-		return out
-	}
-	for _, tt := range []struct {
-		name           string
-		stored         []schema.Message
-		sent           []proxyMessage
-		fresh, missing int
-	}{
-		{"first turn", nil, pm(u("1")), 1, 0},
-		{"continuing", []schema.Message{u("1"), a("1")}, pm(u("1"), a("1"), u("2")), 1, 0},
-		{"restarted", []schema.Message{u("1"), a("1")}, pm(u("2")), 1, 2},
-		{"client had more", []schema.Message{u("1"), a("1")}, pm(u("0"), a("0"), u("1"), a("1"), u("2")), 1, 0},
-		{"restarted, second turn", []schema.Message{u("1"), a("1"), u("2"), a("2")}, pm(u("2"), a("2"), u("3")), 1, 2},
-		{"system ignored", []schema.Message{{Role: "system", Content: "s"}, u("1"), a("1")}, pm(schema.Message{Role: "system", Content: "t"}, u("1"), a("1"), u("2")), 1, 0},
-	} {
-		fresh, missing := splitNew(tt.stored, tt.sent)
-		if len(fresh) != tt.fresh || len(missing) != tt.missing {
-			t.Errorf("%s: splitNew = %v new, %v missing; want %d and %d", tt.name, fresh, missing, tt.fresh, tt.missing)
-		}
-	}
-}
-
 // TestDropInMemoryFolding: a restarted client of a long conversation gets
 // a summary of the oldest turns and the latest ones, within the budget.
 func TestDropInMemoryFolding(t *testing.T) {
@@ -202,10 +173,10 @@ func TestDropInMemoryFolding(t *testing.T) {
 	}
 	sys := reqs[1].Messages[0]
 	_, turns, _ := strings.Cut(sys.Content, "Earlier turns:")
-	if sys.Role != "system" || !strings.Contains(sys.Content, summaryHeader+"Summary:") || !strings.Contains(turns, "turn 15 carries") || strings.Contains(turns, "turn 0 carries") {
+	if sys.Role != "system" || !strings.Contains(sys.Content, memory.SummaryHeader+"Summary:") || !strings.Contains(turns, "turn 15 carries") || strings.Contains(turns, "turn 0 carries") {
 		t.Errorf("memory sent = %q, want the summary and the latest turns only", sys.Content)
 	}
-	if n := estimateTokens(sys.Content); n > 100+32 {
+	if n := memory.EstimateTokens(sys.Content); n > 100+32 {
 		t.Errorf("memory of %d tokens, budget 100", n)
 	}
 	d := documentOf(t, tc, "cli", "long")
