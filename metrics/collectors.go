@@ -40,6 +40,10 @@ type Router struct {
 	// dictionaries this router trained and adopted.
 	DictionaryID        prometheus.Gauge
 	DictionaryTrainings prometheus.Counter
+
+	// ExpiredPurged counts expired contexts the background purge replaced
+	// with a tombstone.
+	ExpiredPurged prometheus.Counter
 }
 
 // NewRouter registers the router's metrics on reg.
@@ -105,7 +109,11 @@ func NewRouter(reg prometheus.Registerer) *Router {
 		Namespace: namespace, Subsystem: "codec", Name: "dictionary_trainings_total",
 		Help: "Compression dictionaries this router trained, stored on every shard and made current.",
 	})
-	reg.MustRegister(m.CacheHits, m.CacheMisses, m.CacheEvictions,
+	m.ExpiredPurged = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "expired_contexts_purged_total",
+		Help: "Expired contexts replaced by a tombstone by the background purge.",
+	})
+	reg.MustRegister(m.CacheHits, m.CacheMisses, m.CacheEvictions, m.ExpiredPurged,
 		m.ShardRequestDuration, m.ShardRequestErrors, m.ShardUp,
 		m.QuorumFailures, m.ReadRepairs, m.ClusterEpoch,
 		m.CodecInputBytes, m.CodecOutputBytes, m.DictionaryID, m.DictionaryTrainings,

@@ -2,7 +2,6 @@ package router
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -10,23 +9,16 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
-	"github.com/go-kvdb/go-kvdb/router/codec"
-	"github.com/go-kvdb/go-kvdb/router/hlc"
-	"github.com/go-kvdb/go-kvdb/router/placement"
+	"github.com/go-kvdb/go-kvdb/router/docstore"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 )
-
-// Cache keys: one letter for the kind, then the storage key.
-func topicCacheKey(topic string) string        { return "t" + topic }
-func contextCacheKey(storageKey string) string { return "c" + storageKey }
 
 func (r *Router) routes() *echo.Echo {
 	e := echo.New()
@@ -190,23 +182,13 @@ func withBody[T any](r *Router, c echo.Context, fn func([]byte) (T, error)) (T, 
 	return fn(buf.Bytes())
 }
 
-func etag(v uint64) string { return `"` + strconv.FormatUint(v, 16) + `"` }
-
-// parseETag accepts a strong or weak entity tag, quoted or not.
-func parseETag(s string) (uint64, bool) {
-	s = strings.TrimPrefix(strings.TrimSpace(s), "W/")
-	s = strings.Trim(s, `"`)
-	v, err := strconv.ParseUint(s, 16, 64)
-	return v, err == nil && v != 0
-}
-
 // precondition turns If-Match / If-None-Match into a storage condition.
 func precondition(req *http.Request, def storage.Cond) (storage.Cond, uint64, error) {
 	if m := req.Header.Get("If-Match"); m != "" {
 		if strings.TrimSpace(m) == "*" {
 			return storage.CondExists, 0, nil
 		}
-		v, ok := parseETag(m)
+		v, ok := schema.ParseETag(m)
 		if !ok {
 			return 0, 0, apierr.Errorf(apierr.CodeInvalidArgument, "If-Match %q is not an entity tag of this API", schema.Truncate(m))
 		}
@@ -237,42 +219,12 @@ func (r *Router) createTopic(c echo.Context) error {
 	if err := r.allowTopic(c, req.Name); err != nil {
 		return err
 	}
-	t := schema.Topic{Name: req.Name, Description: req.Description, MaxTokens: req.MaxTokens, CreatedAt: time.Now().UTC().Format(time.RFC3339Nano), DefaultTTLSeconds: req.DefaultTTLSeconds}
-	body := schema.TopicJSON(&t)
-	res, v, err := r.coord.Write(c.Request().Context(), t.Name, schema.BucketTopics, []byte(t.Name), false, body, storage.CondAbsent, 0)
+	body, err := r.docs.CreateTopic(c.Request().Context(), schema.Topic{Name: req.Name, Description: req.Description, MaxTokens: req.MaxTokens, DefaultTTLSeconds: req.DefaultTTLSeconds})
 	if err != nil {
 		return err
 	}
-	if res.Outcome == storage.Conflict {
-		return apierr.Errorf(apierr.CodeAlreadyExists, "topic %q already exists", t.Name)
-	}
-	r.cache.Put(topicCacheKey(t.Name), v, false, body)
-	c.Response().Header().Set(echo.HeaderLocation, "/api/v1/topics/"+t.Name)
+	c.Response().Header().Set(echo.HeaderLocation, "/api/v1/topics/"+req.Name)
 	return c.JSONBlob(http.StatusCreated, body)
-}
-
-// readTopic returns a topic's stored JSON and version, from the cache when
-// it holds it. A missing or deleted topic is a not_found error.
-func (r *Router) readTopic(c echo.Context, name string) ([]byte, uint64, error) {
-	ck := topicCacheKey(name)
-	if v, tomb, body, ok := r.cache.Get(ck); ok {
-		if tomb {
-			return nil, v, apierr.Errorf(apierr.CodeNotFound, "topic %q not found", name)
-		}
-		return body, v, nil
-	}
-	rec, err := r.coord.Get(c.Request().Context(), name, schema.BucketTopics, []byte(name))
-	if errors.Is(err, storage.ErrNotFound) {
-		return nil, 0, apierr.Errorf(apierr.CodeNotFound, "topic %q not found", name)
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	r.cache.Put(ck, rec.Version, rec.Tombstone, rec.Value)
-	if rec.Tombstone {
-		return nil, rec.Version, apierr.Errorf(apierr.CodeNotFound, "topic %q not found", name)
-	}
-	return rec.Value, rec.Version, nil
 }
 
 func (r *Router) getTopic(c echo.Context) error {
@@ -280,72 +232,22 @@ func (r *Router) getTopic(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	body, _, err := r.readTopic(c, name)
+	body, _, err := r.docs.Topic(c.Request().Context(), name)
 	if err != nil {
 		return err
 	}
 	return c.JSONBlob(http.StatusOK, body)
 }
 
-// deleteTopic tombstones the topic's contexts on every shard, then the
-// topic. If a shard is down nothing is reported as done: the client gets 503
-// and may retry, which finishes the job (every step is idempotent).
 func (r *Router) deleteTopic(c echo.Context) error {
 	name, err := topicParam(c)
 	if err != nil {
 		return err
 	}
-	ctx := c.Request().Context()
-	rec, err := r.coord.Get(ctx, name, schema.BucketTopics, []byte(name))
-	if errors.Is(err, storage.ErrNotFound) || (err == nil && rec.Tombstone) {
-		return apierr.Errorf(apierr.CodeNotFound, "topic %q not found", name)
-	}
-	if err != nil {
+	if err := r.docs.DeleteTopic(c.Request().Context(), name); err != nil {
 		return err
-	}
-	v := r.clock.Next()
-	prefix := []byte(name + schema.KeySep)
-	if err := r.coord.FanOutAll(ctx, 10*r.cfg.ShardTimeout, func(ctx context.Context, n *placement.Node) error {
-		// A topic's contexts, their vectors and their pending embeddings.
-		for _, bucket := range []string{schema.BucketContexts, schema.BucketVectors, schema.BucketEmbedPending} {
-			if _, err := n.Shard.DeletePrefix(ctx, bucket, prefix, v); err != nil {
-				return apierr.FromStorage("delete "+bucket+" on shard "+n.Name, err)
-			}
-		}
-		return nil
-	}); err != nil {
-		return err
-	}
-	r.deletedTopics.Store(name, v)
-	res, tv, err := r.coord.Write(ctx, name, schema.BucketTopics, []byte(name), true, nil, storage.CondExists, 0)
-	if err != nil {
-		return err
-	}
-	r.cache.Put(topicCacheKey(name), tv, true, nil)
-	r.pruneDeletedTopics()
-	if res.Outcome == storage.Conflict {
-		return apierr.Errorf(apierr.CodeNotFound, "topic %q not found", name)
 	}
 	return c.NoContent(http.StatusNoContent)
-}
-
-// pruneDeletedTopics forgets deletions the cache can no longer hold entries
-// from.
-func (r *Router) pruneDeletedTopics() {
-	horizon := time.Now().Add(-2 * r.cfg.CacheTTL)
-	r.deletedTopics.Range(func(k, v any) bool {
-		if hlc.Time(v.(uint64)).Before(horizon) {
-			r.deletedTopics.Delete(k)
-		}
-		return true
-	})
-}
-
-// maskedByTopicDelete reports whether a cached context of topic at version
-// predates the topic's deletion.
-func (r *Router) maskedByTopicDelete(topic string, version uint64) bool {
-	v, ok := r.deletedTopics.Load(topic)
-	return ok && version < v.(uint64)
 }
 
 // ---- contexts ----
@@ -355,44 +257,21 @@ func (r *Router) getContext(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	key := schema.ContextKey(topic, id)
-	ck := contextCacheKey(key)
-	if v, tomb, body, ok := r.cache.Get(ck); ok && !r.maskedByTopicDelete(topic, v) {
-		r.m.CacheHits.Inc()
-		if tomb || codec.RenderedExpired(body) {
-			return apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
-		}
-		return writeDocument(c, http.StatusOK, v, "hit", body)
-	}
-	r.m.CacheMisses.Inc()
-	rec, err := r.coord.Get(c.Request().Context(), schema.Placement(topic, id), schema.BucketContexts, []byte(key))
-	if errors.Is(err, storage.ErrNotFound) {
-		return apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
-	}
+	body, v, hit, err := r.docs.Context(c.Request().Context(), topic, id)
 	if err != nil {
 		return err
 	}
-	if rec.Tombstone {
-		r.cache.Put(ck, rec.Version, true, nil)
-		return apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
+	cache := "miss"
+	if hit {
+		cache = "hit"
 	}
-	if codec.StoredExpired(rec.Value, time.Now()) {
-		// Expired for good at this version: cached as deleted.
-		r.cache.Put(ck, rec.Version, true, nil)
-		return apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
-	}
-	body, err := r.codec.AppendDocumentJSON(nil, rec.Value, true)
-	if err != nil {
-		return &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf("context %q in topic %q cannot be decoded", id, topic), Err: err}
-	}
-	r.cache.Put(ck, rec.Version, false, body)
-	return writeDocument(c, http.StatusOK, rec.Version, "miss", body)
+	return writeDocument(c, http.StatusOK, v, cache, body)
 }
 
 func writeDocument(c echo.Context, status int, version uint64, cache string, body []byte) error {
 	h := c.Response().Header()
 	h.Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
-	h.Set("ETag", etag(version))
+	h.Set("ETag", schema.ETag(version))
 	if cache != "" {
 		h.Set("X-Kvdb-Cache", cache)
 	}
@@ -431,7 +310,7 @@ func (r *Router) createContext(c echo.Context) error {
 		if !hasPrecondition {
 			return apierr.Errorf(apierr.CodeAlreadyExists, "context %q already exists in topic %q", doc.Metadata.ID, topic)
 		}
-		return preconditionFailed(topic, doc.Metadata.ID, cond, match, res)
+		return docstore.PreconditionFailed(topic, doc.Metadata.ID, cond, match, res)
 	})
 }
 
@@ -453,56 +332,24 @@ func (r *Router) putContext(c echo.Context) error {
 		return err
 	}
 	return r.storeContext(c, topic, doc, cond, match, func(res storage.Result) error {
-		return preconditionFailed(topic, id, cond, match, res)
+		return docstore.PreconditionFailed(topic, id, cond, match, res)
 	})
-}
-
-// preconditionFailed explains why a conditional write did not apply.
-func preconditionFailed(topic, id string, cond storage.Cond, match uint64, res storage.Result) error {
-	switch {
-	case cond == storage.CondAbsent:
-		return apierr.Errorf(apierr.CodeFailedPrecondition, "context %q already exists in topic %q", id, topic)
-	case !res.PrevLive():
-		return apierr.Errorf(apierr.CodeFailedPrecondition, "context %q does not exist in topic %q", id, topic)
-	default:
-		return apierr.Errorf(apierr.CodeFailedPrecondition, "context %q is at version %s, not %s", id, etag(res.PrevVersion), etag(match))
-	}
 }
 
 // storeContext writes a validated document under cond and answers 201 for
 // a new context, 200 for a replaced one; a failed condition answers what
 // onConflict returns.
 func (r *Router) storeContext(c echo.Context, topic string, doc *schema.Document, cond storage.Cond, match uint64, onConflict func(storage.Result) error) error {
-	tbody, _, err := r.readTopic(c, topic)
+	w, err := r.docs.Put(c.Request().Context(), topic, doc, cond, match, onConflict)
 	if err != nil {
 		return err
 	}
-	schema.ApplyTopicTTL(doc, tbody, time.Now())
-	r.embedForWrite(c.Request().Context(), doc)
-	value, body, err := r.codec.EncodeRendered(doc)
-	if err != nil {
-		return &apierr.Error{Code: apierr.CodeInternal, Message: "encode context", Err: err}
-	}
-	id := doc.Metadata.ID
-	key := schema.ContextKey(topic, id)
-	res, v, err := r.coord.Write(c.Request().Context(), schema.Placement(topic, id), schema.BucketContexts, []byte(key), false, value, cond, match)
-	if err == nil && res.Outcome == storage.Conflict && cond == storage.CondAbsent {
-		res, v, err = r.replaceExpired(c.Request().Context(), topic, id, value, res)
-	}
-	if err != nil {
-		return err
-	}
-	if res.Outcome == storage.Conflict {
-		return onConflict(res)
-	}
-	r.afterContextWrite(c.Request().Context(), topic, doc, v, res.PrevLive())
-	r.cache.Put(contextCacheKey(key), v, false, body)
 	status := http.StatusOK
-	if !res.PrevLive() {
+	if w.Created {
 		status = http.StatusCreated
-		c.Response().Header().Set(echo.HeaderLocation, "/api/v1/topics/"+topic+"/contexts/"+id)
+		c.Response().Header().Set(echo.HeaderLocation, "/api/v1/topics/"+topic+"/contexts/"+doc.Metadata.ID)
 	}
-	return writeDocument(c, status, v, "", body)
+	return writeDocument(c, status, w.Version, "", w.Body)
 }
 
 func (r *Router) deleteContext(c echo.Context) error {
@@ -517,18 +364,8 @@ func (r *Router) deleteContext(c echo.Context) error {
 	if cond == storage.CondAbsent {
 		return apierr.Errorf(apierr.CodeInvalidArgument, "If-None-Match makes no sense on DELETE")
 	}
-	key := schema.ContextKey(topic, id)
-	res, v, err := r.coord.Write(c.Request().Context(), schema.Placement(topic, id), schema.BucketContexts, []byte(key), true, nil, cond, match)
-	if err != nil {
+	if err := r.docs.Delete(c.Request().Context(), topic, id, cond, match); err != nil {
 		return err
 	}
-	if res.Outcome == storage.Conflict {
-		if !res.PrevLive() {
-			return apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
-		}
-		return preconditionFailed(topic, id, cond, match, res)
-	}
-	r.cache.Put(contextCacheKey(key), v, true, nil)
-	r.afterContextDelete(c.Request().Context(), topic, id, v)
 	return c.NoContent(http.StatusNoContent)
 }

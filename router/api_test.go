@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/go-kvdb/go-kvdb/router/coord"
-	"github.com/go-kvdb/go-kvdb/router/hotcache"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -89,7 +88,7 @@ func TestListTopicsPages(t *testing.T) {
 	if len(all) != 58 || !slices.IsSorted(all) {
 		t.Errorf("list all topics = %d sorted=%v, want 58 sorted", len(all), slices.IsSorted(all))
 	}
-	for _, q := range []string{"limit=0", "limit=1001", "limit=x", "cursor=%21%21", "cursor=" + encodeCursor("-bad"), "prefix=a/b"} {
+	for _, q := range []string{"limit=0", "limit=1001", "limit=x", "cursor=%21%21", "cursor=" + schema.EncodeCursor("-bad"), "prefix=a/b"} {
 		r := call(t, "GET", tc.URL+"/api/v1/topics?"+q, nil)
 		if r.Status != 400 || r.errCode() != "invalid_argument" {
 			t.Errorf("GET topics?%s = %d %s, want 400 invalid_argument", q, r.Status, r.Raw)
@@ -264,8 +263,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		t.Errorf("GET after bad writes = %s %s, want %s %s", g.Raw, g.Header.Get("ETag"), orig.Raw, orig.Header.Get("ETag"))
 	}
 	// Bypass the cache: the shard must hold the original too.
-	tc.router.cache.Close()
-	tc.router.cache = &hotcache.Cache{}
+	tc.router.cache.Reset()
 	if g := must(t, call(t, "GET", base+"/doc", nil), 200, "GET from shard"); string(g.Raw) != string(orig.Raw) {
 		t.Errorf("shard holds %s, want %s", g.Raw, orig.Raw)
 	}
@@ -381,8 +379,7 @@ func TestShardDownAnswers503(t *testing.T) {
 	for i := range 30 {
 		tc.putContext(t, "t", fmt.Sprintf("c%d", i), `{"content":{"text":"x"}}`)
 	}
-	tc.router.cache.Close()
-	tc.router.cache = &hotcache.Cache{} // reads must reach the shards
+	tc.router.cache.Reset() // reads must reach the shards
 	tc.faults[1].down.Store(true)
 	var ok, unavailable int
 	for i := range 30 {

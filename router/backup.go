@@ -383,12 +383,7 @@ func (r *Router) restoreOn(ctx context.Context, t *placement.Topology, recs []re
 		if !dry && applied[i] {
 			newestSeen = max(newestSeen, rr.rec.Version)
 			// The cache may hold what the restored record superseded.
-			switch rr.bucket {
-			case schema.BucketTopics:
-				r.cache.Drop(topicCacheKey(string(rr.rec.Key)), rr.rec.Version)
-			case schema.BucketContexts:
-				r.cache.Drop(contextCacheKey(string(rr.rec.Key)), rr.rec.Version)
-			}
+			r.docs.Superseded(rr.bucket, rr.rec.Key, rr.rec.Version)
 		}
 	}
 	// Later writes of this router must be newer than what it restored.

@@ -9,6 +9,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/llmbridge"
 	"github.com/go-kvdb/go-kvdb/llmbridge/memory"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/docstore"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/labstack/echo/v4"
 )
@@ -144,18 +145,18 @@ func (r *Router) chatHandler(c echo.Context) error {
 	if err := r.needLLM(); err != nil {
 		return err
 	}
-	if _, _, err := r.readTopic(c, topic); err != nil {
+	if _, _, err := r.docs.Topic(c.Request().Context(), topic); err != nil {
 		return err
 	}
 	budget := req.MaxTokens
 	if budget == 0 {
-		budget = r.topicMaxTokens(c, topic)
+		budget = r.docs.TopicMaxTokens(c.Request().Context(), topic)
 	}
 	if budget == 0 {
 		budget = r.llm.cfg.MaxTokens
 	}
 	ctx := c.Request().Context()
-	doc, _, err := r.readContext(ctx, topic, id)
+	doc, _, err := r.docs.ReadContext(ctx, topic, id)
 	var notFound *apierr.Error
 	if errors.As(err, &notFound) && notFound.Code == apierr.CodeNotFound {
 		doc, err = &schema.Document{}, nil
@@ -202,10 +203,10 @@ func (r *Router) chatHandler(c echo.Context) error {
 	if err == nil {
 		r.llm.tokens.Learn(model, win.prompt, last.PromptTokens)
 	}
-	var stored appendResult
+	var stored docstore.Appended
 	if err == nil {
 		turns := []schema.Message{turn, {Role: "assistant", Content: answer.String()}}
-		stored, err = r.appendMessages(ctx, topic, id, turns, 0, func(d *schema.Document) {
+		stored, err = r.docs.Append(ctx, topic, id, turns, 0, func(d *schema.Document) {
 			if win.summary != nil && (d.Content.Summary == nil || d.Content.Summary.Messages < win.summary.Messages) {
 				d.Content.Summary = win.summary
 			}
@@ -240,7 +241,7 @@ func (r *Router) chatHandler(c echo.Context) error {
 		DoneReason:       last.DoneReason,
 		PromptTokens:     last.PromptTokens,
 		CompletionTokens: last.CompletionTokens,
-		MessagesCount:    len(stored.doc.Content.Messages),
+		MessagesCount:    len(stored.Doc.Content.Messages),
 	}
 	if out.PromptTokens == 0 {
 		out.PromptTokens = win.tokens
@@ -249,11 +250,11 @@ func (r *Router) chatHandler(c echo.Context) error {
 		out.CompletionTokens = memory.EstimateTokens(out.Message.Content)
 	}
 	if !req.Stream {
-		resp.Header().Set("ETag", etag(stored.version))
+		resp.Header().Set("ETag", schema.ETag(stored.Version))
 		return c.JSONBlob(http.StatusOK, schema.MustJSON(out))
 	}
 	out.Message.Content = ""
-	out.ETag = etag(stored.version)
+	out.ETag = schema.ETag(stored.Version)
 	line(out)
 	return nil
 }

@@ -142,19 +142,10 @@ func (r *Router) embedPending(ctx context.Context, mark storage.Record) error {
 	if doc.Metadata.EmbeddingPending {
 		return apierr.Errorf(apierr.CodeUnavailable, "Ollama at %s still cannot embed", r.ollamaURL())
 	}
-	value, body, err := r.codec.EncodeRendered(doc)
-	if err != nil {
-		return err
+	replaced, err := r.docs.Replace(ctx, topic, doc, rec.Version)
+	if err != nil || !replaced {
+		return err // !replaced: rewritten meanwhile, and that write embedded it or marked it again
 	}
-	res, v, err := r.coord.Write(ctx, pk, schema.BucketContexts, mark.Key, false, value, storage.CondVersion, rec.Version)
-	if err != nil {
-		return err
-	}
-	if res.Outcome == storage.Conflict {
-		return nil // rewritten meanwhile: that write embedded it or marked it again
-	}
-	r.cache.Put(contextCacheKey(string(mark.Key)), v, false, body)
-	r.afterContextWrite(ctx, topic, doc, v, true)
 	return r.clearMark(ctx, topic, id, mark)
 }
 

@@ -281,8 +281,6 @@ func (r *Router) embedForWrite(ctx context.Context, d *schema.Document) {
 // failure here is logged, not returned: the context is stored, search
 // checks versions, and the next write or the retry loop repairs it.
 func (r *Router) afterContextWrite(ctx context.Context, topic string, d *schema.Document, v uint64, prevLive bool) {
-	// The context is stored: finish even if its client has gone.
-	ctx = context.WithoutCancel(ctx)
 	pk := schema.Placement(topic, d.Metadata.ID)
 	key := []byte(schema.ContextKey(topic, d.Metadata.ID))
 	if len(d.Content.Embeddings) > 0 {
@@ -299,7 +297,6 @@ func (r *Router) afterContextWrite(ctx context.Context, topic string, d *schema.
 			r.log.Warn("pending embedding not recorded", "topic", topic, "id", d.Metadata.ID, "err", err)
 		}
 	}
-	r.indexExpiry(ctx, topic, d, v)
 }
 
 // afterContextDelete deletes a deleted context's vector.
@@ -311,4 +308,17 @@ func (r *Router) afterContextDelete(_ context.Context, topic, id string, v uint6
 			r.log.Warn("vector of a deleted context not deleted", "topic", topic, "id", id, "err", err)
 		}
 	})
+}
+
+// llmHooks are the LLM features' part in every context write (see
+// docstore.Hooks).
+type llmHooks struct{ r *Router }
+
+func (h llmHooks) Prepare(ctx context.Context, d *schema.Document) { h.r.embedForWrite(ctx, d) }
+func (h llmHooks) Derived(d *schema.Document) bool                 { return h.r.autoEmbedded(d) }
+func (h llmHooks) Written(ctx context.Context, topic string, d *schema.Document, v uint64, prevLive bool) {
+	h.r.afterContextWrite(ctx, topic, d, v, prevLive)
+}
+func (h llmHooks) Deleted(ctx context.Context, topic, id string, v uint64) {
+	h.r.afterContextDelete(ctx, topic, id, v)
 }

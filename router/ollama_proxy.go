@@ -17,7 +17,6 @@ import (
 	"github.com/go-kvdb/go-kvdb/llmbridge/memory"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/schema"
-	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
 )
 
@@ -287,11 +286,11 @@ func (r *Router) ollamaChat(c echo.Context) error {
 	}
 
 	ctx := c.Request().Context()
-	if err := r.ensureTopic(c, topic); err != nil {
+	if err := r.docs.EnsureTopic(ctx, topic, "created by the drop-in Ollama endpoint"); err != nil {
 		return r.ollamaFail(c, err)
 	}
-	budget := memory.Budget(r.topicMaxTokens(c, topic), r.llm.cfg.MaxTokens)
-	doc, _, err := r.readContext(ctx, topic, id)
+	budget := memory.Budget(r.docs.TopicMaxTokens(c.Request().Context(), topic), r.llm.cfg.MaxTokens)
+	doc, _, err := r.docs.ReadContext(ctx, topic, id)
 	var apiErr *apierr.Error
 	if errors.As(err, &apiErr) && apiErr.Code == apierr.CodeNotFound {
 		doc, err = &schema.Document{}, nil
@@ -334,7 +333,7 @@ func (r *Router) ollamaChat(c echo.Context) error {
 			turns = append(turns, schema.Message(m))
 		}
 		turns = append(turns, schema.Message{Role: "assistant", Content: answer.String()})
-		_, err := r.appendMessages(ctx, topic, id, turns, 0, func(d *schema.Document) {
+		_, err := r.docs.Append(ctx, topic, id, turns, 0, func(d *schema.Document) {
 			if folded != nil && (d.Content.Summary == nil || d.Content.Summary.Messages < folded.Messages) {
 				d.Content.Summary = folded
 			}
@@ -387,25 +386,6 @@ func (r *Router) ollamaChat(c echo.Context) error {
 	return nil
 }
 
-// ensureTopic creates a topic on first use.
-func (r *Router) ensureTopic(c echo.Context, name string) error {
-	_, _, err := r.readTopic(c, name)
-	var apiErr *apierr.Error
-	if !errors.As(err, &apiErr) || apiErr.Code != apierr.CodeNotFound {
-		return err
-	}
-	t := schema.Topic{Name: name, Description: "created by the drop-in Ollama endpoint", CreatedAt: time.Now().UTC().Format(time.RFC3339Nano)}
-	body := schema.TopicJSON(&t)
-	res, v, err := r.coord.Write(c.Request().Context(), name, schema.BucketTopics, []byte(name), false, body, storage.CondAbsent, 0)
-	if err != nil {
-		return err
-	}
-	if res.Outcome == storage.Applied {
-		r.cache.Put(topicCacheKey(name), v, false, body)
-	}
-	return nil
-}
-
 // sentTurns is what the memory policy compares of a client's chat
 // history: its messages of the roles a context stores.
 func sentTurns(msgs []proxyMessage) []llmbridge.Message {
@@ -416,17 +396,6 @@ func sentTurns(msgs []proxyMessage) []llmbridge.Message {
 		}
 	}
 	return out
-}
-
-// topicMaxTokens is a topic's max_tokens, 0 when it has none or cannot be
-// read.
-func (r *Router) topicMaxTokens(c echo.Context, topic string) int {
-	body, _, err := r.readTopic(c, topic)
-	var t schema.Topic
-	if err != nil || json.Unmarshal(body, &t) != nil {
-		return 0
-	}
-	return t.MaxTokens
 }
 
 // foldMemory keeps a drop-in conversation's memory within its budget by

@@ -12,6 +12,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/cluster"
 	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/coord"
+	"github.com/go-kvdb/go-kvdb/router/docstore"
 	"github.com/go-kvdb/go-kvdb/router/hlc"
 	"github.com/go-kvdb/go-kvdb/router/hotcache"
 	"github.com/go-kvdb/go-kvdb/router/placement"
@@ -101,6 +102,7 @@ type Router struct {
 		Load() *placement.Topology
 	}
 	coord *coord.Coordinator
+	docs  *docstore.Store
 	codec *codec.Codec
 	cache *hotcache.Cache
 	echo  *echo.Echo
@@ -191,11 +193,16 @@ func New(cfg Config) (*Router, error) {
 		return nil, err
 	}
 	metrics.RegisterCache(cfg.Registry, r.cache.Stats)
+	r.docs = docstore.New(docstore.Config{
+		Coord: r.coord, Codec: r.codec, Cache: r.cache, Clock: &r.clock, Topology: r.cluster.Topology,
+		Hooks: llmHooks{r}, Metrics: r.m, Registry: cfg.Registry, Log: r.log,
+		CacheTTL: cfg.CacheTTL, ShardTimeout: cfg.ShardTimeout, ExpiryInterval: cfg.ExpiryInterval, Go: r.background,
+	})
 	r.echo = r.routes()
 
 	r.cluster.Start()
 	r.background(r.compressionLoop)
-	r.startExpiry()
+	r.docs.Start()
 	return r, nil
 }
 

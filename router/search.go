@@ -90,7 +90,7 @@ func (r *Router) search(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, _, err := r.readTopic(c, topic); err != nil {
+	if _, _, err := r.docs.Topic(c.Request().Context(), topic); err != nil {
 		return err
 	}
 	ctx := c.Request().Context()

@@ -124,8 +124,17 @@ func (c *Cache) Stats() (entries int, bytes int) {
 	return c.bc.Len(), c.bc.Capacity()
 }
 
+// Close releases the cache.
 func (c *Cache) Close() {
 	if c.bc != nil {
 		c.bc.Close()
+	}
+}
+
+// Reset drops every entry: reads go to the shards until they fill the
+// cache again.
+func (c *Cache) Reset() {
+	if c.bc != nil {
+		c.bc.Reset()
 	}
 }

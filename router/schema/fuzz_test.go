@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 )
 
 // FuzzNames: names and ids accepted by validation hold only the characters
@@ -120,4 +122,24 @@ func refDuplicateKey(body []byte) (string, bool) {
 			}
 		}
 	}
+}
+
+// FuzzDecodeCursor: a cursor decodes to a valid id or is a client error.
+func FuzzDecodeCursor(f *testing.F) {
+	for _, s := range []string{"", EncodeCursor("c1"), EncodeCursor("a\x00b"), "!!!", "YQ==", EncodeCursor(strings.Repeat("a", 300)), "Li4vZXRj"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		last, err := DecodeCursor(s, ValidID)
+		if err != nil {
+			var apiErr *apierr.Error
+			if !errors.As(err, &apiErr) || apiErr.Code != apierr.CodeInvalidArgument {
+				t.Fatalf("DecodeCursor(%q) = %v, want invalid_argument", s, err)
+			}
+			return
+		}
+		if !ValidID(last) {
+			t.Fatalf("DecodeCursor(%q) = %q, not an id", s, last)
+		}
+	})
 }

@@ -2,10 +2,13 @@ package schema
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
 
@@ -82,4 +85,28 @@ func ParseExpiryKey(k []byte) (ctxKey []byte, ok bool) {
 		return nil, false
 	}
 	return k[expiryKeyDigits+1:], true
+}
+
+// ETag renders a record version as the API's entity tag.
+func ETag(v uint64) string { return `"` + strconv.FormatUint(v, 16) + `"` }
+
+// ParseETag accepts a strong or weak entity tag, quoted or not.
+func ParseETag(s string) (uint64, bool) {
+	s = strings.TrimPrefix(strings.TrimSpace(s), "W/")
+	s = strings.Trim(s, `"`)
+	v, err := strconv.ParseUint(s, 16, 64)
+	return v, err == nil && v != 0
+}
+
+// Cursors are opaque to clients: the last name or id of the page, base64.
+func EncodeCursor(last string) string { return base64.RawURLEncoding.EncodeToString([]byte(last)) }
+
+// DecodeCursor reads a cursor back; one that does not decode to a valid
+// name or id (valid) is invalid_argument.
+func DecodeCursor(s string, valid func(string) bool) (string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || !valid(string(b)) {
+		return "", apierr.Errorf(apierr.CodeInvalidArgument, "cursor %q is malformed: pass back a next_cursor unchanged", Truncate(s))
+	}
+	return string(b), nil
 }

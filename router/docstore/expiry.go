@@ -1,4 +1,4 @@
-package router
+package docstore
 
 import (
 	"bytes"
@@ -12,7 +12,6 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -44,14 +43,14 @@ const (
 
 // topicTTL returns the default TTL of a topic, from the cache when it
 // holds the topic (it does right after the write path checked the topic).
-func (r *Router) topicTTL(ctx context.Context, topic string) int64 {
-	if _, tomb, body, ok := r.cache.Get(topicCacheKey(topic)); ok {
+func (s *Store) topicTTL(ctx context.Context, topic string) int64 {
+	if _, tomb, body, ok := s.cache.Get(topicCacheKey(topic)); ok {
 		if tomb {
 			return 0
 		}
 		return schema.TopicDefaultTTL(body)
 	}
-	rec, err := r.coord.Get(ctx, topic, schema.BucketTopics, []byte(topic))
+	rec, err := s.coord.Get(ctx, topic, schema.BucketTopics, []byte(topic))
 	if err != nil || rec.Tombstone {
 		return 0
 	}
@@ -62,19 +61,19 @@ func (r *Router) topicTTL(ctx context.Context, topic string) int64 {
 // if what holds it is an expired context, the write replaces it (on that
 // exact version, so a concurrent rewrite wins) and reports it as a create.
 // Otherwise it returns the conflict unchanged.
-func (r *Router) replaceExpired(ctx context.Context, topic, id string, value []byte, conflict storage.Result) (storage.Result, uint64, error) {
+func (s *Store) replaceExpired(ctx context.Context, topic, id string, value []byte, conflict storage.Result) (storage.Result, uint64, error) {
 	pk, key := schema.Placement(topic, id), []byte(schema.ContextKey(topic, id))
-	rec, err := r.coord.Get(ctx, pk, schema.BucketContexts, key)
+	rec, err := s.coord.Get(ctx, pk, schema.BucketContexts, key)
 	if err != nil || rec.Tombstone || !codec.StoredExpired(rec.Value, time.Now()) {
 		return conflict, 0, nil
 	}
-	res, v, err := r.coord.Write(ctx, pk, schema.BucketContexts, key, false, value, storage.CondVersion, rec.Version)
+	res, v, err := s.coord.Write(ctx, pk, schema.BucketContexts, key, false, value, storage.CondVersion, rec.Version)
 	if err != nil || res.Outcome != storage.Applied {
 		return conflict, 0, err
 	}
 	// The expired context's vector goes; a new one, if any, is written
 	// at v, which is newer.
-	r.afterContextDelete(ctx, topic, id, rec.Version+1)
+	s.cfg.Hooks.Deleted(ctx, topic, id, rec.Version+1)
 	return storage.Result{Outcome: storage.Applied, PrevVersion: rec.Version, PrevTombstone: true}, v, nil
 }
 
@@ -83,7 +82,7 @@ func (r *Router) replaceExpired(ctx context.Context, topic, id string, value []b
 // indexExpiry writes the index entry of a context just written at version
 // v, if it expires. A failure is logged: the context still disappears from
 // reads when due, it is only not purged.
-func (r *Router) indexExpiry(ctx context.Context, topic string, d *schema.Document, v uint64) {
+func (s *Store) indexExpiry(ctx context.Context, topic string, d *schema.Document, v uint64) {
 	if d.Metadata.ExpiresAt == "" {
 		return
 	}
@@ -92,30 +91,14 @@ func (r *Router) indexExpiry(ctx context.Context, topic string, d *schema.Docume
 		return
 	}
 	k := schema.ExpiryKey(t, []byte(schema.ContextKey(topic, d.Metadata.ID)))
-	if err := r.coord.WriteAt(ctx, schema.PlacementOf(k), schema.BucketExpiry, k, v, false, []byte{}); err != nil {
-		r.log.Warn("expiry not indexed; the context will not be purged", "topic", topic, "id", d.Metadata.ID, "err", err)
+	if err := s.coord.WriteAt(ctx, schema.PlacementOf(k), schema.BucketExpiry, k, v, false, []byte{}); err != nil {
+		s.log.Warn("expiry not indexed; the context will not be purged", "topic", topic, "id", d.Metadata.ID, "err", err)
 	}
-}
-
-// startExpiry registers the purge's metric and starts its loop.
-func (r *Router) startExpiry() {
-	c := prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: "kvdb", Name: "expired_contexts_purged_total",
-		Help: "Expired contexts replaced by a tombstone by the background purge.",
-	})
-	if err := r.cfg.Registry.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			c = are.ExistingCollector.(prometheus.Counter)
-		}
-	}
-	r.expiredPurged = c
-	r.background(r.expiryLoop)
 }
 
 // expiryLoop purges expired contexts every ExpiryInterval.
-func (r *Router) expiryLoop(ctx context.Context) {
-	tick := time.NewTicker(r.cfg.ExpiryInterval)
+func (s *Store) expiryLoop(ctx context.Context) {
+	tick := time.NewTicker(s.cfg.ExpiryInterval)
 	defer tick.Stop()
 	for {
 		select {
@@ -123,22 +106,22 @@ func (r *Router) expiryLoop(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		if r.topo.Load().Epoch == 0 {
+		if s.cfg.Topology().Epoch == 0 {
 			continue // the cluster map is not loaded yet
 		}
-		if n, err := r.purgeExpired(ctx); err != nil && ctx.Err() == nil {
-			r.log.Warn("expiry purge stopped; the next pass resumes", "purged", n, "err", err)
+		if n, err := s.PurgeExpired(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("expiry purge stopped; the next pass resumes", "purged", n, "err", err)
 		}
 	}
 }
 
-// purgeExpired tombstones the contexts whose expiry is due and drops their
+// PurgeExpired tombstones the contexts whose expiry is due and drops their
 // index entries, and returns how many contexts it deleted. Several routers
 // may run it at once: the tombstone is written only on the version found
 // expired (CondVersion), so a concurrent rewrite, or another purge, wins.
-func (r *Router) purgeExpired(ctx context.Context) (int, error) {
+func (s *Store) PurgeExpired(ctx context.Context) (int, error) {
 	now := time.Now()
-	due, err := r.dueExpiries(ctx, now)
+	due, err := s.dueExpiries(ctx, now)
 	if err != nil {
 		return 0, err
 	}
@@ -147,13 +130,13 @@ func (r *Router) purgeExpired(ctx context.Context) (int, error) {
 		if err := ctx.Err(); err != nil {
 			return purged, err
 		}
-		done, err := r.purgeOne(ctx, e, now)
+		done, err := s.purgeOne(ctx, e, now)
 		if err != nil {
 			return purged, err
 		}
 		if done {
 			purged++
-			r.expiredPurged.Inc()
+			s.expiredPurged.Inc()
 		}
 	}
 	return purged, nil
@@ -161,10 +144,10 @@ func (r *Router) purgeExpired(ctx context.Context) (int, error) {
 
 // dueExpiries reads the live index entries due at now from every node,
 // newest version of each key, in key (time) order.
-func (r *Router) dueExpiries(ctx context.Context, now time.Time) ([]storage.Record, error) {
+func (s *Store) dueExpiries(ctx context.Context, now time.Time) ([]storage.Record, error) {
 	limit := schema.ExpiryKey(now, nil) // every due key sorts before it
-	t := r.topo.Load()
-	nodes, err := r.coord.LiveReadNodes(t)
+	t := s.cfg.Topology()
+	nodes, err := s.coord.LiveReadNodes(t)
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +155,7 @@ func (r *Router) dueExpiries(ctx context.Context, now time.Time) ([]storage.Reco
 	g, gctx := errgroup.WithContext(ctx)
 	for i, n := range nodes {
 		g.Go(func() error {
-			err := placement.Walk(gctx, n.Shard, schema.BucketExpiry, storage.ScanOptions{Limit: 1000, KeysOnly: true}, r.cfg.ShardTimeout, func(recs []storage.Record) error {
+			err := placement.Walk(gctx, n.Shard, schema.BucketExpiry, storage.ScanOptions{Limit: 1000, KeysOnly: true}, s.cfg.ShardTimeout, func(recs []storage.Record) error {
 				for _, rec := range recs {
 					if bytes.Compare(rec.Key, limit) >= 0 {
 						return placement.ErrStop
@@ -206,36 +189,36 @@ func (r *Router) dueExpiries(ctx context.Context, now time.Time) ([]storage.Reco
 
 // purgeOne handles one due index entry: it tombstones the context if it
 // has expired, then drops the entry. It reports whether it deleted.
-func (r *Router) purgeOne(ctx context.Context, entry storage.Record, now time.Time) (bool, error) {
+func (s *Store) purgeOne(ctx context.Context, entry storage.Record, now time.Time) (bool, error) {
 	ck, ok := schema.ParseExpiryKey(entry.Key)
 	topic, id, ok2 := schema.SplitContextKey(ck)
 	if !ok || !ok2 {
-		return false, r.dropExpiry(ctx, entry)
+		return false, s.dropExpiry(ctx, entry)
 	}
 	pk := schema.Placement(topic, id)
-	rec, err := r.coord.Get(ctx, pk, schema.BucketContexts, ck)
+	rec, err := s.coord.Get(ctx, pk, schema.BucketContexts, ck)
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return false, err
 	}
 	deleted := false
 	if err == nil && !rec.Tombstone && codec.StoredExpired(rec.Value, now) {
-		res, v, err := r.coord.Write(ctx, pk, schema.BucketContexts, ck, true, nil, storage.CondVersion, rec.Version)
+		res, v, err := s.coord.Write(ctx, pk, schema.BucketContexts, ck, true, nil, storage.CondVersion, rec.Version)
 		if err != nil {
 			return false, err
 		}
 		if res.Outcome == storage.Applied {
-			r.cache.Put(contextCacheKey(string(ck)), v, true, nil)
-			r.afterContextDelete(ctx, topic, id, v)
+			s.cache.Put(contextCacheKey(string(ck)), v, true, nil)
+			s.cfg.Hooks.Deleted(ctx, topic, id, v)
 			deleted = true
 		}
 		// A conflict: rewritten meanwhile; that write indexed itself.
 	}
-	return deleted, r.dropExpiry(ctx, entry)
+	return deleted, s.dropExpiry(ctx, entry)
 }
 
 // dropExpiry deletes an index entry just above its own version, so an
 // entry rewritten since (the same context and expiry, written again)
 // survives.
-func (r *Router) dropExpiry(ctx context.Context, entry storage.Record) error {
-	return r.coord.WriteAt(ctx, schema.PlacementOf(entry.Key), schema.BucketExpiry, entry.Key, entry.Version+1, true, nil)
+func (s *Store) dropExpiry(ctx context.Context, entry storage.Record) error {
+	return s.coord.WriteAt(ctx, schema.PlacementOf(entry.Key), schema.BucketExpiry, entry.Key, entry.Version+1, true, nil)
 }

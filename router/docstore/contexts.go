@@ -1,0 +1,163 @@
+package docstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/codec"
+	"github.com/go-kvdb/go-kvdb/router/schema"
+	"github.com/go-kvdb/go-kvdb/storage"
+)
+
+// preconditionFailed explains why a conditional write did not apply.
+func preconditionFailed(topic, id string, cond storage.Cond, match uint64, res storage.Result) error {
+	switch {
+	case cond == storage.CondAbsent:
+		return apierr.Errorf(apierr.CodeFailedPrecondition, "context %q already exists in topic %q", id, topic)
+	case !res.PrevLive():
+		return apierr.Errorf(apierr.CodeFailedPrecondition, "context %q does not exist in topic %q", id, topic)
+	default:
+		return apierr.Errorf(apierr.CodeFailedPrecondition, "context %q is at version %s, not %s", id, schema.ETag(res.PrevVersion), schema.ETag(match))
+	}
+}
+
+// Context returns a context's rendered JSON and version, and whether the
+// hot cache answered. A missing, deleted or expired context is not_found.
+func (s *Store) Context(ctx context.Context, topic, id string) (body []byte, version uint64, hit bool, err error) {
+	key := schema.ContextKey(topic, id)
+	ck := contextCacheKey(key)
+	if v, tomb, body, ok := s.cache.Get(ck); ok && !s.maskedByTopicDelete(topic, v) {
+		s.m.CacheHits.Inc()
+		if tomb || codec.RenderedExpired(body) {
+			return nil, 0, true, notFound(topic, id)
+		}
+		return body, v, true, nil
+	}
+	s.m.CacheMisses.Inc()
+	rec, err := s.coord.Get(ctx, schema.Placement(topic, id), schema.BucketContexts, []byte(key))
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, 0, false, notFound(topic, id)
+	}
+	if err != nil {
+		return nil, 0, false, err
+	}
+	if rec.Tombstone || codec.StoredExpired(rec.Value, time.Now()) {
+		// Deleted, or expired for good at this version: cached as deleted.
+		s.cache.Put(ck, rec.Version, true, nil)
+		return nil, 0, false, notFound(topic, id)
+	}
+	body, err = s.codec.AppendDocumentJSON(nil, rec.Value, true)
+	if err != nil {
+		return nil, 0, false, &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf("context %q in topic %q cannot be decoded", id, topic), Err: err}
+	}
+	s.cache.Put(ck, rec.Version, false, body)
+	return body, rec.Version, false, nil
+}
+
+func notFound(topic, id string) error {
+	return apierr.Errorf(apierr.CodeNotFound, "context %q not found in topic %q", id, topic)
+}
+
+// Written is what Put stored.
+type Written struct {
+	Version uint64
+	Created bool   // no live context was replaced
+	Body    []byte // the rendered document
+}
+
+// Put writes a validated document of an existing topic under cond (with
+// match for CondVersion). A failed condition answers what onConflict
+// returns for the shard's result.
+func (s *Store) Put(ctx context.Context, topic string, doc *schema.Document, cond storage.Cond, match uint64, onConflict func(storage.Result) error) (Written, error) {
+	tbody, _, err := s.Topic(ctx, topic)
+	if err != nil {
+		return Written{}, err
+	}
+	schema.ApplyTopicTTL(doc, tbody, time.Now())
+	s.cfg.Hooks.Prepare(ctx, doc)
+	value, body, err := s.codec.EncodeRendered(doc)
+	if err != nil {
+		return Written{}, &apierr.Error{Code: apierr.CodeInternal, Message: "encode context", Err: err}
+	}
+	id := doc.Metadata.ID
+	key := schema.ContextKey(topic, id)
+	res, v, err := s.coord.Write(ctx, schema.Placement(topic, id), schema.BucketContexts, []byte(key), false, value, cond, match)
+	if err == nil && res.Outcome == storage.Conflict && cond == storage.CondAbsent {
+		res, v, err = s.replaceExpired(ctx, topic, id, value, res)
+	}
+	if err != nil {
+		return Written{}, err
+	}
+	if res.Outcome == storage.Conflict {
+		return Written{}, onConflict(res)
+	}
+	s.AfterWrite(ctx, topic, doc, v, res.PrevLive())
+	s.cache.Put(contextCacheKey(key), v, false, body)
+	return Written{Version: v, Created: !res.PrevLive(), Body: body}, nil
+}
+
+// AfterWrite runs what follows every write of a context at version v: the
+// LLM hooks (its vector, its pending mark) and its expiry index entry.
+// The context is stored: this finishes even if its client has gone, and
+// never fails the write.
+func (s *Store) AfterWrite(ctx context.Context, topic string, d *schema.Document, v uint64, prevLive bool) {
+	ctx = context.WithoutCancel(ctx)
+	s.cfg.Hooks.Written(ctx, topic, d, v, prevLive)
+	s.indexExpiry(ctx, topic, d, v)
+}
+
+// Delete tombstones a context under cond (CondExists, or CondVersion with
+// match). A context that is not there is not_found.
+func (s *Store) Delete(ctx context.Context, topic, id string, cond storage.Cond, match uint64) error {
+	key := schema.ContextKey(topic, id)
+	res, v, err := s.coord.Write(ctx, schema.Placement(topic, id), schema.BucketContexts, []byte(key), true, nil, cond, match)
+	if err != nil {
+		return err
+	}
+	if res.Outcome == storage.Conflict {
+		if !res.PrevLive() {
+			return notFound(topic, id)
+		}
+		return preconditionFailed(topic, id, cond, match, res)
+	}
+	s.cache.Put(contextCacheKey(key), v, true, nil)
+	s.cfg.Hooks.Deleted(ctx, topic, id, v)
+	return nil
+}
+
+// PreconditionFailed explains why a conditional write did not apply.
+func PreconditionFailed(topic, id string, cond storage.Cond, match uint64, res storage.Result) error {
+	return preconditionFailed(topic, id, cond, match, res)
+}
+
+// Replace writes doc over the live context version (the embedding retry
+// fills in what a write left pending) and reports whether it did: false
+// when the context was written meanwhile, which wins.
+func (s *Store) Replace(ctx context.Context, topic string, doc *schema.Document, version uint64) (bool, error) {
+	value, body, err := s.codec.EncodeRendered(doc)
+	if err != nil {
+		return false, err
+	}
+	key := schema.ContextKey(topic, doc.Metadata.ID)
+	res, v, err := s.coord.Write(ctx, schema.Placement(topic, doc.Metadata.ID), schema.BucketContexts, []byte(key), false, value, storage.CondVersion, version)
+	if err != nil || res.Outcome == storage.Conflict {
+		return false, err
+	}
+	s.cache.Put(contextCacheKey(key), v, false, body)
+	s.AfterWrite(ctx, topic, doc, v, true)
+	return true, nil
+}
+
+// Superseded drops what the hot cache holds of a topic or context record
+// older than version: a restore wrote a newer one underneath.
+func (s *Store) Superseded(bucket string, key []byte, version uint64) {
+	switch bucket {
+	case schema.BucketTopics:
+		s.cache.Drop(topicCacheKey(string(key)), version)
+	case schema.BucketContexts:
+		s.cache.Drop(contextCacheKey(string(key)), version)
+	}
+}

@@ -1,0 +1,101 @@
+package docstore
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/go-kvdb/go-kvdb/metrics"
+	"github.com/go-kvdb/go-kvdb/router/codec"
+	"github.com/go-kvdb/go-kvdb/router/coord"
+	"github.com/go-kvdb/go-kvdb/router/hlc"
+	"github.com/go-kvdb/go-kvdb/router/hotcache"
+	"github.com/go-kvdb/go-kvdb/router/placement"
+	"github.com/go-kvdb/go-kvdb/router/schema"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Hooks is what the LLM features do around a context write: embed its
+// text before it is stored, keep its vector and pending mark in step
+// after, and drop its vector when it goes. Nil hooks do nothing.
+type Hooks interface {
+	// Prepare fills what the router owns of d before it is encoded (its
+	// embeddings, or the pending mark). It never fails the write.
+	Prepare(ctx context.Context, d *schema.Document)
+	// Derived reports whether d's embeddings were made by the router, so
+	// a change of content must drop them.
+	Derived(d *schema.Document) bool
+	// Written runs after d was stored at version v (prevLive: a live
+	// version was replaced). It must not fail the write.
+	Written(ctx context.Context, topic string, d *schema.Document, v uint64, prevLive bool)
+	// Deleted runs after the context topic/id was deleted at version v.
+	Deleted(ctx context.Context, topic, id string, v uint64)
+}
+
+// Config wires a Store. Every field but Hooks is required.
+type Config struct {
+	Coord *coord.Coordinator
+	Codec *codec.Codec
+	Cache *hotcache.Cache
+	Clock *hlc.Clock
+	// Topology is the cluster's current view (for fan-outs and the purge).
+	Topology func() *placement.Topology
+	Hooks    Hooks
+	Metrics  *metrics.Router
+	Registry prometheus.Registerer
+	Log      *slog.Logger
+	// CacheTTL is the cache's life window: topic deletions are remembered
+	// twice as long (see maskedByTopicDelete).
+	CacheTTL     time.Duration
+	ShardTimeout time.Duration
+	// ExpiryInterval is how often expired contexts are purged.
+	ExpiryInterval time.Duration
+	// Go runs fn in the background under the owner's lifetime.
+	Go func(fn func(ctx context.Context))
+}
+
+// Store serves topics, contexts and their messages over the cluster: it
+// validates nothing (the HTTP layer decoded and checked the request),
+// encodes and decodes stored values, keeps the hot cache in step with
+// every write it makes, and purges expired contexts.
+type Store struct {
+	cfg   Config
+	coord *coord.Coordinator
+	codec *codec.Codec
+	cache *hotcache.Cache
+	log   *slog.Logger
+	m     *metrics.Router
+
+	// deletedTopics maps a topic name to the version of its last deletion.
+	// Cached contexts of that topic older than it are treated as misses, so
+	// a deleted topic's contexts vanish from this router's cache at once.
+	// Entries older than twice the cache TTL are pruned: the cache has
+	// forgotten everything they could mask.
+	deletedTopics sync.Map // string → uint64
+
+	expiredPurged prometheus.Counter // contexts the expiry purge deleted
+}
+
+// New builds a store; Start begins the expiry purge.
+func New(cfg Config) *Store {
+	s := &Store{cfg: cfg, coord: cfg.Coord, codec: cfg.Codec, cache: cfg.Cache, log: cfg.Log, m: cfg.Metrics}
+	if s.cfg.Hooks == nil {
+		s.cfg.Hooks = noHooks{}
+	}
+	s.expiredPurged = s.m.ExpiredPurged
+	return s
+}
+
+// SetHooks installs the LLM features' hooks; call it before serving.
+func (s *Store) SetHooks(h Hooks) { s.cfg.Hooks = h }
+
+// Start begins the expiry purge loop.
+func (s *Store) Start() { s.cfg.Go(s.expiryLoop) }
+
+type noHooks struct{}
+
+func (noHooks) Prepare(context.Context, *schema.Document)                       {}
+func (noHooks) Derived(*schema.Document) bool                                   { return false }
+func (noHooks) Written(context.Context, string, *schema.Document, uint64, bool) {}
+func (noHooks) Deleted(context.Context, string, string, uint64)                 {}
