@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/go-kvdb/go-kvdb/backup"
+	"github.com/go-kvdb/go-kvdb/router/maintenance"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
@@ -22,7 +23,7 @@ func (f *faultyShard) Snapshot(ctx context.Context) (io.ReadCloser, error) {
 	if f.down.Load() {
 		return nil, errDown
 	}
-	return f.Shard.(snapshotShard).Snapshot(ctx)
+	return f.Shard.(maintenance.Snapshotter).Snapshot(ctx)
 }
 
 type bucketRecord struct {
@@ -98,14 +99,14 @@ func restoreBody(t testing.TB, recs []bucketRecord) []byte {
 	return buf.Bytes()
 }
 
-func postRestore(t testing.TB, url string, body []byte, dry bool) (response, restoreReport) {
+func postRestore(t testing.TB, url string, body []byte, dry bool) (response, maintenance.RestoreReport) {
 	t.Helper()
 	q := ""
 	if dry {
 		q = "?dry_run=true"
 	}
 	r := call(t, "POST", url+"/api/v1/admin/restore"+q, body, "Content-Type", backup.RecordsContentType)
-	var rep restoreReport
+	var rep maintenance.RestoreReport
 	if r.Status == 200 {
 		if err := json.Unmarshal(r.Raw, &rep); err != nil {
 			t.Fatalf("restore answer %s: %v", r.Raw, err)

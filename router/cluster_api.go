@@ -42,7 +42,11 @@ func (r *Router) clusterStatus(c echo.Context) error {
 // adminRepair starts a repair pass; with ?wait=true it runs it and answers
 // with its outcome.
 func (r *Router) adminRepair(c echo.Context) error {
-	if c.QueryParam("wait") == "true" {
+	wait, err := boolParam(c, "wait")
+	if err != nil {
+		return err
+	}
+	if wait {
 		st, err := r.cluster.Repair(c.Request().Context())
 		if err != nil {
 			return &apierr.Error{Code: apierr.CodeUnavailable, Message: "repair failed: " + err.Error(), Err: err}

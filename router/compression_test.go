@@ -15,6 +15,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/internal/chatgen"
 	"github.com/go-kvdb/go-kvdb/router/codec"
+	"github.com/go-kvdb/go-kvdb/router/maintenance"
 
 	"github.com/go-kvdb/go-kvdb/backup"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
@@ -41,10 +42,10 @@ func fillChats(t testing.TB, tc *testCluster, topic string, from, n int) {
 }
 
 // trainDict posts a training and decodes its answer.
-func trainDict(t testing.TB, url, query string) (response, TrainResult) {
+func trainDict(t testing.TB, url, query string) (response, maintenance.TrainResult) {
 	t.Helper()
 	r := call(t, "POST", url+"/api/v1/admin/compression/train"+query, nil)
-	var res TrainResult
+	var res maintenance.TrainResult
 	if r.Status == 200 {
 		if err := json.Unmarshal(r.Raw, &res); err != nil {
 			t.Fatalf("train answer %s: %v", r.Raw, err)
@@ -262,10 +263,10 @@ func TestOtherRoutersLearnTheDictionary(t *testing.T) {
 
 func TestTrainTooFewSamples(t *testing.T) {
 	tc := newTestCluster(t, clusterOpts{shards: 2})
-	fillChats(t, tc, "chat", 0, trainMinSamples-1)
+	fillChats(t, tc, "chat", 0, maintenance.TrainMinSamples-1)
 	r, _ := trainDict(t, tc.URL, "")
 	if r.Status != 412 || r.errCode() != string(apierr.CodeFailedPrecondition) || !strings.Contains(r.errMessage(), "at least 50") {
-		t.Errorf("train on %d contexts = %d %s, want 412 asking for at least 50", trainMinSamples-1, r.Status, r.Raw)
+		t.Errorf("train on %d contexts = %d %s, want 412 asking for at least 50", maintenance.TrainMinSamples-1, r.Status, r.Raw)
 	}
 	for _, bad := range []string{"?rewrite=yes", "?rewrite=1"} {
 		if r, _ := trainDict(t, tc.URL, bad); r.Status != 400 || r.errCode() != string(apierr.CodeInvalidArgument) {
@@ -401,7 +402,7 @@ func TestRewriteKeepsDocuments(t *testing.T) {
 	}
 	// Again: nothing left to do.
 	r = must(t, call(t, "POST", tc.URL+"/api/v1/admin/compression/rewrite?wait=true", nil), 200, "second rewrite")
-	var again RewriteResult
+	var again maintenance.RewriteResult
 	json.Unmarshal(r.Raw, &again)
 	if again.Rewritten != 0 || again.Current != 81 {
 		t.Errorf("second rewrite = %s, want nothing rewritten", r.Raw)

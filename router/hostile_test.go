@@ -221,3 +221,25 @@ func TestHostileInputs(t *testing.T) {
 		t.Errorf("c1 = %s", r.Raw)
 	}
 }
+
+// TestBooleanParametersAgree checks that every route with a boolean query
+// parameter reads it the same way: "true" and "false" only, anything else
+// a 400 that names the parameter (never a silent false).
+func TestBooleanParametersAgree(t *testing.T) {
+	kr := keyring(t, newKey(t))
+	tc := newSecureCluster(t, 1, func(c *Config) { c.Security.Keyring = kr })
+	for _, tc2 := range []struct{ method, path, param string }{
+		{"POST", "/api/v1/admin/repair", "wait"},
+		{"POST", "/api/v1/admin/reencrypt", "wait"},
+		{"POST", "/api/v1/admin/compression/rewrite", "wait"},
+		{"POST", "/api/v1/admin/compression/train", "rewrite"},
+		{"POST", "/api/v1/admin/restore", "dry_run"},
+	} {
+		for _, v := range []string{"1", "yes", "TRUE"} {
+			r := call(t, tc2.method, tc.URL+tc2.path+"?"+tc2.param+"="+v, nil)
+			if r.Status != 400 || r.errCode() != "invalid_argument" || !strings.Contains(r.errMessage(), tc2.param) {
+				t.Errorf("%s %s?%s=%s = %d %s, want 400 invalid_argument naming %s", tc2.method, tc2.path, tc2.param, v, r.Status, r.Raw, tc2.param)
+			}
+		}
+	}
+}

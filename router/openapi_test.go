@@ -20,6 +20,7 @@ import (
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/go-kvdb/go-kvdb/backup"
 	"github.com/go-kvdb/go-kvdb/metrics"
+	"github.com/go-kvdb/go-kvdb/router/maintenance"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 )
 
@@ -267,7 +268,7 @@ func TestOpenAPI(t *testing.T) {
 	s.want(s.call("POST", "/api/v1/admin/compression/train", nil, true), 412, "train on too few contexts")
 	s.want(s.call("POST", "/api/v1/admin/compression/train?rewrite=maybe", nil, false), 400, "train?rewrite=maybe")
 	must(t, call(t, "POST", srv.URL+"/api/v1/topics", map[string]any{"name": "corpus"}), 201, "create corpus")
-	for i := range trainMinSamples + 10 {
+	for i := range maintenance.TrainMinSamples + 10 {
 		must(t, call(t, "PUT", fmt.Sprintf("%s/api/v1/topics/corpus/contexts/c%03d", srv.URL, i), chatDoc(i)), 201, "PUT corpus")
 	}
 	s.want(s.call("POST", "/api/v1/admin/compression/train?rewrite=true", nil, true), 200, "train")

@@ -15,6 +15,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/docstore"
 	"github.com/go-kvdb/go-kvdb/router/hlc"
 	"github.com/go-kvdb/go-kvdb/router/hotcache"
+	"github.com/go-kvdb/go-kvdb/router/maintenance"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -103,12 +104,12 @@ type Router struct {
 	}
 	coord *coord.Coordinator
 	docs  *docstore.Store
+	maint *maintenance.Service
 	codec *codec.Codec
 	cache *hotcache.Cache
 	echo  *echo.Echo
-	llm   *llmState    // the Ollama bridge; set by llmRoutes
-	sec   *security    // keys, limits, audit; set by secure
-	comp  *compression // trained dictionaries (compression.go)
+	llm   *llmState // the Ollama bridge; set by llmRoutes
+	sec   *security // keys, limits, audit; set by secure
 
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
@@ -170,8 +171,8 @@ func New(cfg Config) (*Router, error) {
 		RepairInterval: cfg.RepairInterval, SyncRate: cfg.SyncRate,
 		Wrap:    func(sh placement.Shard) placement.Shard { return codec.Seal(sh, cfg.Security.Keyring) },
 		Metrics: r.m, Registry: cfg.Registry, Log: r.log, Go: r.background,
-		OnReload:   func() { r.requestDictReload(true) },
-		SyncShared: r.syncDicts,
+		OnReload:   func() { r.maint.RequestDictReload(true) },
+		SyncShared: func(ctx context.Context, live []*placement.Node) (int64, error) { return r.maint.SyncDicts(ctx, live) },
 	})
 	if err != nil {
 		r.bgCancel()
@@ -182,13 +183,12 @@ func New(cfg Config) (*Router, error) {
 		Topology: r.cluster.Topology, Refresh: r.cluster.RefreshMap, Clock: &r.clock, ShardTimeout: cfg.ShardTimeout,
 		Metrics: r.m, Go: r.background, Log: r.log,
 	})
-	if r.codec, err = codec.New(codec.Options{Fetch: r.fetchDict, Observe: func(in, out int) {
+	if r.codec, err = codec.New(codec.Options{Fetch: func(id uint32) ([]byte, error) { return r.maint.FetchDict(id) }, Observe: func(in, out int) {
 		r.m.CodecInputBytes.Add(float64(in))
 		r.m.CodecOutputBytes.Add(float64(out))
 	}}); err != nil {
 		return nil, err
 	}
-	r.initCompression()
 	if r.cache, err = hotcache.New(cfg.CacheBytes, cfg.CacheTTL, r.m.CacheEvictions.Inc); err != nil {
 		return nil, err
 	}
@@ -198,10 +198,15 @@ func New(cfg Config) (*Router, error) {
 		Hooks: llmHooks{r}, Metrics: r.m, Registry: cfg.Registry, Log: r.log,
 		CacheTTL: cfg.CacheTTL, ShardTimeout: cfg.ShardTimeout, ExpiryInterval: cfg.ExpiryInterval, Go: r.background,
 	})
+	r.maint = maintenance.New(maintenance.Config{
+		Cluster: r.cluster, Coord: r.coord, Codec: r.codec, Docs: r.docs, Clock: &r.clock, Keyring: cfg.Security.Keyring,
+		Metrics: r.m, Log: r.log, Mode: cfg.Mode, ShardTimeout: cfg.ShardTimeout, ProbeInterval: cfg.ProbeInterval,
+		RepairInterval: cfg.RepairInterval, Context: r.bgCtx, Go: r.background,
+	})
 	r.echo = r.routes()
 
 	r.cluster.Start()
-	r.background(r.compressionLoop)
+	r.maint.Start()
 	r.docs.Start()
 	return r, nil
 }

@@ -57,7 +57,6 @@ type security struct {
 	authFailures *prometheus.CounterVec
 	rejected     *prometheus.CounterVec
 
-	reencrypting sync.Mutex // held by the one re-encrypt pass that may run
 }
 
 func newSecurity(cfg SecurityConfig, reg prometheus.Registerer, log *slog.Logger) *security {

@@ -1,4 +1,4 @@
-package router
+package maintenance
 
 import (
 	"bytes"
@@ -7,11 +7,8 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
-	"net/http"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
@@ -21,7 +18,6 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
-	"github.com/labstack/echo/v4"
 )
 
 // Trained compression dictionaries. Chat contexts repeat the same JSON
@@ -59,9 +55,9 @@ import (
 //	version 1 (1) | SHA-256 of the dictionary (32) | dictionary (zstd's format)
 const (
 
-	// trainMinSamples: fewer stored bodies than this make no dictionary
+	// TrainMinSamples: fewer stored bodies than this make no dictionary
 	// worth having.
-	trainMinSamples = 50
+	TrainMinSamples = 50
 	// trainMaxSamples and trainMaxBytes bound what a training reads and
 	// feeds the builder; trainSampleMax cuts each body (the builder uses
 	// the beginning of samples).
@@ -75,37 +71,14 @@ const (
 	trainHoldOut = 10
 )
 
-// compression is the router's dictionary state beside the codec's.
-type compression struct {
-	training   sync.Mutex // held by the one training that may run
-	rewriting  sync.Mutex // held by the one rewrite pass that may run
-	adoptMu    sync.Mutex // serialises adoptions of a current pointer
-	pointer    atomic.Pointer[codec.Pointer]
-	refresh    chan struct{} // asks the compression loop to read the pointer again
-	fullReload atomic.Bool   // ... and every dictionary
-}
-
-// initCompression wires the codec to the shards; New calls it.
-func (r *Router) initCompression() {
-	r.comp = &compression{refresh: make(chan struct{}, 1)}
-	r.m.DictionaryID.Set(0)
-}
-
-// compressionRoutes registers the dictionary endpoints.
-func (r *Router) compressionRoutes(v1 *echo.Group) {
-	v1.GET("/admin/compression", r.adminCompression)
-	v1.POST("/admin/compression/train", r.adminTrain)
-	v1.POST("/admin/compression/rewrite", r.adminRewrite)
-}
-
-// requestDictReload asks the compression loop to read the pointer again
+// RequestDictReload asks the compression loop to read the pointer again
 // (full: every dictionary too).
-func (r *Router) requestDictReload(full bool) {
+func (s *Service) RequestDictReload(full bool) {
 	if full {
-		r.comp.fullReload.Store(true)
+		s.fullReload.Store(true)
 	}
 	select {
-	case r.comp.refresh <- struct{}{}:
+	case s.refresh <- struct{}{}:
 	default:
 	}
 }
@@ -113,16 +86,16 @@ func (r *Router) requestDictReload(full bool) {
 // compressionLoop loads the dictionaries once the cluster map is known
 // (retrying until a Quorum of shards answers), then reads the current
 // pointer again every repair interval and whenever asked.
-func (r *Router) compressionLoop(ctx context.Context) {
-	for r.topo.Load().Epoch == 0 {
+func (s *Service) compressionLoop(ctx context.Context) {
+	for s.cfg.Cluster.Topology().Epoch == 0 {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(r.cfg.ProbeInterval / 10):
+		case <-time.After(s.cfg.ProbeInterval / 10):
 		}
 	}
 	for {
-		err := r.loadDicts(ctx, true)
+		err := s.loadDicts(ctx, true)
 		if err == nil {
 			break
 		}
@@ -130,27 +103,27 @@ func (r *Router) compressionLoop(ctx context.Context) {
 			// The shards answered; retrying at once would not help. Reads
 			// of that dictionary's records fail and say why; the next
 			// refresh (repair interval, reload) tries again.
-			r.log.Error("compression dictionaries loaded, but the current one cannot be used", "err", err)
+			s.cfg.Log.Error("compression dictionaries loaded, but the current one cannot be used", "err", err)
 			break
 		}
-		r.log.Warn("compression dictionaries not loaded yet; retrying", "err", err)
+		s.cfg.Log.Warn("compression dictionaries not loaded yet; retrying", "err", err)
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(r.cfg.ProbeInterval):
+		case <-time.After(s.cfg.ProbeInterval):
 		}
 	}
-	tick := time.NewTicker(r.cfg.RepairInterval)
+	tick := time.NewTicker(s.cfg.RepairInterval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-		case <-r.comp.refresh:
+		case <-s.refresh:
 		}
-		if err := r.loadDicts(ctx, r.comp.fullReload.Swap(false)); err != nil && ctx.Err() == nil {
-			r.log.Warn("compression dictionaries: reload failed", "err", err)
+		if err := s.loadDicts(ctx, s.fullReload.Swap(false)); err != nil && ctx.Err() == nil {
+			s.cfg.Log.Warn("compression dictionaries: reload failed", "err", err)
 		}
 	}
 }
@@ -159,8 +132,8 @@ func (r *Router) compressionLoop(ctx context.Context) {
 // the newest if it is newer than the router's; with full it also loads
 // every dictionary the shards hold. It fails when fewer than a majority of
 // the shards answer.
-func (r *Router) loadDicts(ctx context.Context, full bool) error {
-	t := r.topo.Load()
+func (s *Service) loadDicts(ctx context.Context, full bool) error {
+	t := s.cfg.Cluster.Topology()
 	var best *codec.Pointer
 	answered := 0
 	var errs []error
@@ -168,7 +141,7 @@ func (r *Router) loadDicts(ctx context.Context, full bool) error {
 		if !n.Up() {
 			continue
 		}
-		p, err := r.loadDictsFrom(ctx, n, full)
+		p, err := s.loadDictsFrom(ctx, n, full)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("shard %s: %w", n.Name, err))
 			continue
@@ -182,7 +155,7 @@ func (r *Router) loadDicts(ctx context.Context, full bool) error {
 		return fmt.Errorf("%d of %d shards answered: %w", answered, len(t.All), errors.Join(errs...))
 	}
 	if best != nil {
-		if err := r.adoptPointer(best); err != nil {
+		if err := s.adoptPointer(best); err != nil {
 			return fmt.Errorf("%w: %v", errNotAdopted, err)
 		}
 	}
@@ -193,9 +166,9 @@ func (r *Router) loadDicts(ctx context.Context, full bool) error {
 // load.
 var errNotAdopted = errors.New("current compression dictionary not adopted")
 
-func (r *Router) loadDictsFrom(ctx context.Context, n *placement.Node, full bool) (*codec.Pointer, error) {
+func (s *Service) loadDictsFrom(ctx context.Context, n *placement.Node, full bool) (*codec.Pointer, error) {
 	if !full {
-		sctx, cancel := r.coord.ShardCtx(ctx)
+		sctx, cancel := s.cfg.Coord.ShardCtx(ctx)
 		rec, err := n.Shard.Get(sctx, schema.BucketDicts, []byte(codec.DictCurrentKey))
 		cancel()
 		if errors.Is(err, storage.ErrNotFound) || (err == nil && rec.Tombstone) {
@@ -207,7 +180,7 @@ func (r *Router) loadDictsFrom(ctx context.Context, n *placement.Node, full bool
 		return codec.ParsePointer(rec)
 	}
 	var p *codec.Pointer
-	err := placement.Walk(ctx, n.Shard, schema.BucketDicts, storage.ScanOptions{Limit: 64}, r.cfg.ShardTimeout, func(recs []storage.Record) error {
+	err := placement.Walk(ctx, n.Shard, schema.BucketDicts, storage.ScanOptions{Limit: 64}, s.cfg.ShardTimeout, func(recs []storage.Record) error {
 		for _, rec := range recs {
 			if string(rec.Key) == codec.DictCurrentKey {
 				var err error
@@ -220,16 +193,16 @@ func (r *Router) loadDictsFrom(ctx context.Context, n *placement.Node, full bool
 			if !ok {
 				continue
 			}
-			if _, known := r.codec.Dict(id); known {
+			if _, known := s.cfg.Codec.Dict(id); known {
 				continue
 			}
 			raw, err := codec.ParseDictRecord(id, rec.Value)
 			if err == nil {
-				err = r.codec.AddDict(id, raw)
+				err = s.cfg.Codec.AddDict(id, raw)
 			}
 			if err != nil {
 				// Another shard's copy may be sound: fetchDict tries them all.
-				r.log.Error("compression dictionary unreadable on a shard", "shard", n.Name, "err", err)
+				s.cfg.Log.Error("compression dictionary unreadable on a shard", "shard", n.Name, "err", err)
 			}
 		}
 		return nil
@@ -242,32 +215,32 @@ func (r *Router) loadDictsFrom(ctx context.Context, n *placement.Node, full bool
 
 // adoptPointer makes p's dictionary current if p is newer than the
 // pointer the router follows, loading the dictionary if needed.
-func (r *Router) adoptPointer(p *codec.Pointer) error {
-	r.comp.adoptMu.Lock()
-	defer r.comp.adoptMu.Unlock()
-	if cur := r.comp.pointer.Load(); cur != nil && cur.Version >= p.Version {
+func (s *Service) adoptPointer(p *codec.Pointer) error {
+	s.adoptMu.Lock()
+	defer s.adoptMu.Unlock()
+	if cur := s.pointer.Load(); cur != nil && cur.Version >= p.Version {
 		return nil
 	}
-	if _, err := r.codec.DecoderFor(p.ID); err != nil {
+	if _, err := s.cfg.Codec.DecoderFor(p.ID); err != nil {
 		return fmt.Errorf("current dictionary %d: %w", p.ID, err)
 	}
-	if err := r.codec.SetCurrent(p.ID); err != nil {
+	if err := s.cfg.Codec.SetCurrent(p.ID); err != nil {
 		return err
 	}
-	r.comp.pointer.Store(p)
-	r.m.DictionaryID.Set(float64(p.ID))
-	r.log.Info("compression dictionary adopted", "id", p.ID, "trained_at", p.TrainedAt)
+	s.pointer.Store(p)
+	s.cfg.Metrics.DictionaryID.Set(float64(p.ID))
+	s.cfg.Log.Info("compression dictionary adopted", "id", p.ID, "trained_at", p.TrainedAt)
 	return nil
 }
 
-// fetchDict loads dictionary id from the shards (the codec's fetch): any
+// FetchDict loads dictionary id from the shards (the codec's fetch): any
 // shard's sound copy will do, dictionaries being immutable. A dictionary
 // the router did not know suggests a newer training: the pointer is read
 // again in the background.
-func (r *Router) fetchDict(id uint32) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(r.bgCtx, r.cfg.ShardTimeout)
+func (s *Service) FetchDict(id uint32) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(s.cfg.Context, s.cfg.ShardTimeout)
 	defer cancel()
-	t := r.topo.Load()
+	t := s.cfg.Cluster.Topology()
 	nodes := slices.Clone(t.All)
 	slices.SortStableFunc(nodes, func(a, b *placement.Node) int { // live shards first
 		switch {
@@ -293,7 +266,7 @@ func (r *Router) fetchDict(id uint32) ([]byte, error) {
 			problems = append(problems, n.Name+": "+err.Error())
 			continue
 		}
-		r.requestDictReload(false)
+		s.RequestDictReload(false)
 		return raw, nil
 	}
 	if len(problems) > 0 {
@@ -308,12 +281,6 @@ func (r *Router) fetchDict(id uint32) ([]byte, error) {
 type compressionStatus struct {
 	Current      *codec.Pointer `json:"current"`
 	Dictionaries []uint32       `json:"dictionaries"`
-}
-
-func (r *Router) adminCompression(c echo.Context) error {
-	ids := r.codec.DictIDs()
-	slices.Sort(ids)
-	return c.JSON(http.StatusOK, compressionStatus{Current: r.comp.pointer.Load(), Dictionaries: ids})
 }
 
 // ---- training ----
@@ -331,56 +298,18 @@ type TrainResult struct {
 	Rewrite         *RewriteResult `json:"rewrite,omitempty"` // with ?rewrite=true
 }
 
-// adminTrain serves POST /api/v1/admin/compression/train[?rewrite=true].
-func (r *Router) adminTrain(c echo.Context) error {
-	rewrite, err := boolParam(c, "rewrite")
-	if err != nil {
-		return err
-	}
-	if !r.comp.training.TryLock() {
-		return apierr.Errorf(apierr.CodeFailedPrecondition, "a training is running already")
-	}
-	defer r.comp.training.Unlock()
-	ctx := c.Request().Context()
-	res, err := r.train(ctx)
-	if err != nil {
-		return err
-	}
-	if rewrite {
-		if !r.comp.rewriting.TryLock() {
-			return apierr.Errorf(apierr.CodeFailedPrecondition, "dictionary %d is current, but a rewrite pass is running already: run it again once that one ends", res.ID)
-		}
-		defer r.comp.rewriting.Unlock()
-		rw := r.rewrite(ctx)
-		res.Rewrite = &rw
-	}
-	return c.JSON(http.StatusOK, res)
-}
-
-// boolParam reads an optional true/false query parameter.
-func boolParam(c echo.Context, name string) (bool, error) {
-	switch v := c.QueryParam(name); v {
-	case "", "false":
-		return false, nil
-	case "true":
-		return true, nil
-	default:
-		return false, apierr.Errorf(apierr.CodeInvalidArgument, "%s %q: want true or false", name, schema.Truncate(v))
-	}
-}
-
 // train samples, builds, checks, stores and adopts a dictionary.
-func (r *Router) train(ctx context.Context) (*TrainResult, error) {
-	t := r.topo.Load()
+func (s *Service) train(ctx context.Context) (*TrainResult, error) {
+	t := s.cfg.Cluster.Topology()
 	if err := coord.AllUp(t, "train a compression dictionary"); err != nil {
 		return nil, err
 	}
-	samples, err := r.sampleBodies(ctx, t)
+	samples, err := s.sampleBodies(ctx, t)
 	if err != nil {
 		return nil, err
 	}
-	if len(samples) < trainMinSamples {
-		return nil, apierr.Errorf(apierr.CodeFailedPrecondition, "only %d stored context bodies to learn from (at least %d are needed): store more contexts and train again", len(samples), trainMinSamples)
+	if len(samples) < TrainMinSamples {
+		return nil, apierr.Errorf(apierr.CodeFailedPrecondition, "only %d stored context bodies to learn from (at least %d are needed): store more contexts and train again", len(samples), TrainMinSamples)
 	}
 	res := &TrainResult{Samples: len(samples), TrainedAt: time.Now().UTC()}
 	var learn, measure [][]byte
@@ -393,7 +322,7 @@ func (r *Router) train(ctx context.Context) (*TrainResult, error) {
 		}
 	}
 	res.Measured = len(measure)
-	id, err := r.codec.NewDictID()
+	id, err := s.cfg.Codec.NewDictID()
 	if err != nil {
 		return nil, err
 	}
@@ -407,7 +336,7 @@ func (r *Router) train(ctx context.Context) (*TrainResult, error) {
 			buildErrs = append(buildErrs, err.Error())
 			continue
 		}
-		before, after, err := r.codec.MeasureDict(cand, id, measure)
+		before, after, err := s.cfg.Codec.MeasureDict(cand, id, measure)
 		if err != nil {
 			return nil, &apierr.Error{Code: apierr.CodeInternal, Message: "check the new dictionary", Err: err}
 		}
@@ -422,23 +351,23 @@ func (r *Router) train(ctx context.Context) (*TrainResult, error) {
 	if res.RatioAfter >= res.RatioBefore {
 		return nil, apierr.Errorf(apierr.CodeFailedPrecondition, "the trained dictionary does not improve compression of the held-out bodies (%.3f with it, %.3f without): not adopted", res.RatioAfter, res.RatioBefore)
 	}
-	if err := r.storeDict(ctx, t, id, raw); err != nil {
+	if err := s.storeDict(ctx, t, id, raw); err != nil {
 		return nil, err
 	}
-	if err := r.codec.AddDict(id, raw); err != nil {
+	if err := s.cfg.Codec.AddDict(id, raw); err != nil {
 		return nil, &apierr.Error{Code: apierr.CodeInternal, Message: "load the new dictionary", Err: err}
 	}
 	p := &codec.Pointer{ID: id, TrainedAt: res.TrainedAt, Samples: res.Samples, DictionaryBytes: res.DictionaryBytes,
-		RatioBefore: res.RatioBefore, RatioAfter: res.RatioAfter, Version: r.clock.Next()}
-	if err := r.coord.WriteEverywhere(ctx, t, []byte(codec.DictCurrentKey), p.Version, schema.MustJSON(p), storage.CondNone,
+		RatioBefore: res.RatioBefore, RatioAfter: res.RatioAfter, Version: s.cfg.Clock.Next()}
+	if err := s.cfg.Coord.WriteEverywhere(ctx, t, []byte(codec.DictCurrentKey), p.Version, schema.MustJSON(p), storage.CondNone,
 		fmt.Sprintf("dictionary %d is stored on every shard but was not made current", id)); err != nil {
 		return nil, err
 	}
-	if err := r.adoptPointer(p); err != nil {
+	if err := s.adoptPointer(p); err != nil {
 		return nil, &apierr.Error{Code: apierr.CodeInternal, Message: "adopt the new dictionary", Err: err}
 	}
-	r.m.DictionaryTrainings.Inc()
-	r.log.Info("compression dictionary trained", "id", id, "samples", res.Samples, "bytes", res.DictionaryBytes,
+	s.cfg.Metrics.DictionaryTrainings.Inc()
+	s.cfg.Log.Info("compression dictionary trained", "id", id, "samples", res.Samples, "bytes", res.DictionaryBytes,
 		"ratio_before", res.RatioBefore, "ratio_after", res.RatioAfter)
 	return res, nil
 }
@@ -448,7 +377,7 @@ func (r *Router) train(ctx context.Context) (*TrainResult, error) {
 // live contexts, scanned from a random point of the key space (at most
 // trainScanLimit records a shard). A context held by several replicas
 // counts once.
-func (r *Router) sampleBodies(ctx context.Context, t *placement.Topology) ([][]byte, error) {
+func (s *Service) sampleBodies(ctx context.Context, t *placement.Topology) ([][]byte, error) {
 	per := (trainMaxSamples + len(t.All) - 1) / len(t.All)
 	seen := map[string]bool{}
 	var out [][]byte
@@ -470,7 +399,7 @@ func (r *Router) sampleBodies(ctx context.Context, t *placement.Topology) ([][]b
 					return nil
 				}
 			}
-			body, err := r.codec.ContentJSON(rec.Value)
+			body, err := s.cfg.Codec.ContentJSON(rec.Value)
 			if err != nil {
 				return nil // a corrupt record teaches nothing
 			}
@@ -486,10 +415,10 @@ func (r *Router) sampleBodies(ctx context.Context, t *placement.Topology) ([][]b
 			return nil
 		}
 		// From the random point to the end, then from the start up to it.
-		if err := r.scanContexts(ctx, n, start[:], nil, &budget, visit); err != nil {
+		if err := s.scanContexts(ctx, n, start[:], nil, &budget, visit); err != nil {
 			return nil, apierr.FromStorage("sample contexts on shard "+n.Name, err)
 		}
-		if err := r.scanContexts(ctx, n, nil, start[:], &budget, visit); err != nil {
+		if err := s.scanContexts(ctx, n, nil, start[:], &budget, visit); err != nil {
 			return nil, apierr.FromStorage("sample contexts on shard "+n.Name, err)
 		}
 		out = append(out, reservoir...)
@@ -507,11 +436,11 @@ func (r *Router) sampleBodies(ctx context.Context, t *placement.Topology) ([][]b
 // scanContexts visits the contexts of shard n after key after (nil: from
 // the start) up to key until (inclusive; nil: to the end), at most
 // *budget of them (it counts them off).
-func (r *Router) scanContexts(ctx context.Context, n *placement.Node, after, until []byte, budget *int, visit func(storage.Record) error) error {
+func (s *Service) scanContexts(ctx context.Context, n *placement.Node, after, until []byte, budget *int, visit func(storage.Record) error) error {
 	if *budget <= 0 {
 		return nil
 	}
-	return placement.Walk(ctx, n.Shard, schema.BucketContexts, storage.ScanOptions{After: after, Limit: min(200, *budget)}, r.cfg.ShardTimeout, func(recs []storage.Record) error {
+	return placement.Walk(ctx, n.Shard, schema.BucketContexts, storage.ScanOptions{After: after, Limit: min(200, *budget)}, s.cfg.ShardTimeout, func(recs []storage.Record) error {
 		for _, rec := range recs {
 			if until != nil && bytes.Compare(rec.Key, until) > 0 || *budget <= 0 {
 				return placement.ErrStop
@@ -526,8 +455,8 @@ func (r *Router) scanContexts(ctx context.Context, n *placement.Node, after, unt
 }
 
 // storeDict writes a new dictionary to every shard, create-only.
-func (r *Router) storeDict(ctx context.Context, t *placement.Topology, id uint32, raw []byte) error {
-	return r.coord.WriteEverywhere(ctx, t, codec.DictKey(id), r.clock.Next(), codec.EncodeDictRecord(raw), storage.CondAbsent,
+func (s *Service) storeDict(ctx context.Context, t *placement.Topology, id uint32, raw []byte) error {
+	return s.cfg.Coord.WriteEverywhere(ctx, t, codec.DictKey(id), s.cfg.Clock.Next(), codec.EncodeDictRecord(raw), storage.CondAbsent,
 		fmt.Sprintf("dictionary %d could not be stored on every shard, so it was not made current", id))
 }
 
@@ -548,51 +477,19 @@ type RewriteResult struct {
 	End         time.Time `json:"end"`
 }
 
-// adminRewrite serves POST /api/v1/admin/compression/rewrite: re-encode
-// every context not compressed with the current dictionary, in place at
-// the same version, on every live shard. 202 starts the pass in the
-// background; ?wait=true runs it and answers 200 with its outcome.
-func (r *Router) adminRewrite(c echo.Context) error {
-	wait, err := boolParam(c, "wait")
-	if err != nil {
-		return err
-	}
-	id := r.codec.Current()
-	if id == 0 {
-		return apierr.Errorf(apierr.CodeFailedPrecondition, "no compression dictionary is current: train one first (POST /api/v1/admin/compression/train)")
-	}
-	if wait {
-		if !r.comp.rewriting.TryLock() {
-			return apierr.Errorf(apierr.CodeFailedPrecondition, "a rewrite pass is running already")
-		}
-		defer r.comp.rewriting.Unlock()
-		return c.JSON(http.StatusOK, r.rewrite(c.Request().Context()))
-	}
-	if !r.comp.rewriting.TryLock() {
-		return c.JSON(http.StatusAccepted, map[string]any{"status": "a rewrite pass is running already"})
-	}
-	r.background(func(ctx context.Context) {
-		defer r.comp.rewriting.Unlock()
-		res := r.rewrite(ctx)
-		r.log.Info("compression rewrite pass done", "dictionary", res.Dictionary, "scanned", res.Scanned,
-			"rewritten", res.Rewritten, "bytes_before", res.BytesBefore, "bytes_after", res.BytesAfter, "errors", len(res.Errors))
-	})
-	return c.JSON(http.StatusAccepted, map[string]any{"status": "started", "dictionary": id})
-}
-
 // rewrite walks the contexts of every live shard and re-encodes, with
 // storage.CondRewrite (same version, only if the record is still the one
 // read), each whose body is not under the current dictionary. The
 // document a context renders does not change by a byte: metadata and
 // embeddings are copied, the body decompressed and compressed again.
-func (r *Router) rewrite(ctx context.Context) RewriteResult {
-	res := RewriteResult{Dictionary: r.codec.Current(), Start: time.Now().UTC()}
-	for _, n := range r.topo.Load().All {
+func (s *Service) rewrite(ctx context.Context) RewriteResult {
+	res := RewriteResult{Dictionary: s.cfg.Codec.Current(), Start: time.Now().UTC()}
+	for _, n := range s.cfg.Cluster.Topology().All {
 		if !n.Up() {
 			res.Errors = append(res.Errors, "shard "+n.Name+" is down: run the pass again when it is back")
 			continue
 		}
-		if err := r.rewriteShard(ctx, n, &res); err != nil {
+		if err := s.rewriteShard(ctx, n, &res); err != nil {
 			res.Errors = append(res.Errors, fmt.Sprintf("shard %s: %v", n.Name, err))
 		}
 	}
@@ -600,12 +497,12 @@ func (r *Router) rewrite(ctx context.Context) RewriteResult {
 	return res
 }
 
-func (r *Router) rewriteShard(ctx context.Context, n *placement.Node, res *RewriteResult) error {
-	kr := r.cfg.Security.Keyring
+func (s *Service) rewriteShard(ctx context.Context, n *placement.Node, res *RewriteResult) error {
+	kr := s.cfg.Keyring
 	now := time.Now()
 	type sizes struct{ before, after int }
 	// Read as stored; write through n.Shard, which seals.
-	return rewritePass(ctx, r, rawShard(n), n.Shard, schema.BucketContexts, func(rec storage.Record) ([]byte, sizes, bool) {
+	return rewritePass(ctx, s, rawShard(n), n.Shard, schema.BucketContexts, func(rec storage.Record) ([]byte, sizes, bool) {
 		plain, err := kr.Open(schema.BucketContexts, rec.Key, rec.Value)
 		if err != nil {
 			res.Failed++
@@ -616,7 +513,7 @@ func (r *Router) rewriteShard(ctx context.Context, n *placement.Node, res *Rewri
 			return nil, sizes{}, false
 		}
 		res.Scanned++
-		out, changed, err := r.codec.Recompress(plain)
+		out, changed, err := s.cfg.Codec.Recompress(plain)
 		if err != nil {
 			res.Failed++
 			res.Errors = appendCapped(res.Errors, fmt.Sprintf("context %s: %v", schema.PrintableKey(rec.Key), err))
@@ -648,12 +545,12 @@ func appendCapped(list []string, msg string) []string {
 
 // ---- repair, rebalance and restore ----
 
-// syncDicts gives every live shard every record of the dictionary bucket
+// SyncDicts gives every live shard every record of the dictionary bucket
 // it lacks (or holds older), copied as stored from a shard that has the
 // newest: a shard that joins the cluster or comes back gets the
 // dictionaries before records compressed with them can reach it through
 // the pass. It returns how many records it copied.
-func (r *Router) syncDicts(ctx context.Context, live []*placement.Node) (int64, error) {
+func (s *Service) SyncDicts(ctx context.Context, live []*placement.Node) (int64, error) {
 	type holding struct {
 		source  *placement.Node
 		version uint64
@@ -661,7 +558,7 @@ func (r *Router) syncDicts(ctx context.Context, live []*placement.Node) (int64, 
 	}
 	keys := map[string]*holding{}
 	for _, n := range live {
-		err := placement.Walk(ctx, n.Shard, schema.BucketDicts, storage.ScanOptions{Limit: cluster.PageSize, Tombstones: true, KeysOnly: true}, r.cfg.ShardTimeout, func(recs []storage.Record) error {
+		err := placement.Walk(ctx, n.Shard, schema.BucketDicts, storage.ScanOptions{Limit: cluster.PageSize, Tombstones: true, KeysOnly: true}, s.cfg.ShardTimeout, func(recs []storage.Record) error {
 			for _, rec := range recs {
 				h := keys[string(rec.Key)]
 				if h == nil {
@@ -690,7 +587,7 @@ func (r *Router) syncDicts(ctx context.Context, live []*placement.Node) (int64, 
 		if len(targets) == 0 {
 			continue
 		}
-		gctx, cancel := r.coord.ShardCtx(ctx)
+		gctx, cancel := s.cfg.Coord.ShardCtx(ctx)
 		recs, err := h.source.Shard.MultiGet(gctx, schema.BucketDicts, [][]byte{[]byte(k)})
 		cancel()
 		if err != nil {
@@ -700,7 +597,7 @@ func (r *Router) syncDicts(ctx context.Context, live []*placement.Node) (int64, 
 			continue
 		}
 		for _, n := range targets {
-			wctx, cancel := r.coord.ShardCtx(ctx)
+			wctx, cancel := s.cfg.Coord.ShardCtx(ctx)
 			res, err := n.Shard.Apply(wctx, schema.BucketDicts, []storage.Write{{Record: recs[0]}})
 			cancel()
 			if err != nil {
@@ -719,7 +616,7 @@ func (r *Router) syncDicts(ctx context.Context, live []*placement.Node) (int64, 
 // record counts as applied when some shard stored it (would store it).
 // Every shard must be up and answer, else 503: the records that need the
 // dictionaries may land anywhere.
-func (r *Router) restoreDicts(ctx context.Context, t *placement.Topology, recs []storage.Record, dry bool) ([]bool, error) {
+func (s *Service) restoreDicts(ctx context.Context, t *placement.Topology, recs []storage.Record, dry bool) ([]bool, error) {
 	applied := make([]bool, len(recs))
 	if len(recs) == 0 {
 		return applied, nil
@@ -733,7 +630,7 @@ func (r *Router) restoreDicts(ctx context.Context, t *placement.Topology, recs [
 		keys[i], writes[i] = rec.Key, storage.Write{Record: rec}
 	}
 	for _, n := range t.All {
-		sctx, cancel := r.coord.ShardCtx(ctx)
+		sctx, cancel := s.cfg.Coord.ShardCtx(ctx)
 		var err error
 		if dry {
 			var got []storage.Record
@@ -756,4 +653,55 @@ func (r *Router) restoreDicts(ctx context.Context, t *placement.Topology, recs [
 		}
 	}
 	return applied, nil
+}
+
+// CompressionStatus is the answer of GET /api/v1/admin/compression.
+type CompressionStatus struct {
+	Current      *codec.Pointer `json:"current"`
+	Dictionaries []uint32       `json:"dictionaries"`
+}
+
+// CompressionStatus says which dictionary is current and which are known.
+func (s *Service) CompressionStatus() CompressionStatus {
+	ids := s.cfg.Codec.DictIDs()
+	slices.Sort(ids)
+	return CompressionStatus{Current: s.pointer.Load(), Dictionaries: ids}
+}
+
+// Train samples, builds, checks, stores and adopts a dictionary; with
+// rewrite it then re-encodes every context with it (see Rewrite).
+func (s *Service) Train(ctx context.Context, rewrite bool) (*TrainResult, error) {
+	if !s.training.TryLock() {
+		return nil, apierr.Errorf(apierr.CodeFailedPrecondition, "a training is running already")
+	}
+	defer s.training.Unlock()
+	res, err := s.train(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if rewrite {
+		rw, ok := runPass(s, &s.rewriting, ctx, true, s.rewrite, nil)
+		if !ok {
+			return nil, apierr.Errorf(apierr.CodeFailedPrecondition, "dictionary %d is current, but a rewrite pass is running already: run it again once that one ends", res.ID)
+		}
+		res.Rewrite = rw
+	}
+	return res, nil
+}
+
+// Rewrite runs the compression rewrite pass: at once with wait (its
+// result), else in the background (started false: one is running; with
+// wait that is failed_precondition).
+func (s *Service) Rewrite(ctx context.Context, wait bool) (res *RewriteResult, started bool, err error) {
+	if s.cfg.Codec.Current() == 0 {
+		return nil, false, apierr.Errorf(apierr.CodeFailedPrecondition, "no compression dictionary is current: train one first (POST /api/v1/admin/compression/train)")
+	}
+	res, started = runPass(s, &s.rewriting, ctx, wait, s.rewrite, func(res RewriteResult) {
+		s.cfg.Log.Info("compression rewrite pass done", "dictionary", res.Dictionary, "scanned", res.Scanned,
+			"rewritten", res.Rewritten, "bytes_before", res.BytesBefore, "bytes_after", res.BytesAfter, "errors", len(res.Errors))
+	})
+	if wait && !started {
+		return nil, false, apierr.Errorf(apierr.CodeFailedPrecondition, "a rewrite pass is running already")
+	}
+	return res, started, nil
 }

@@ -1,9 +1,8 @@
-package router
+package maintenance
 
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
@@ -12,7 +11,6 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
-	"github.com/labstack/echo/v4"
 )
 
 // MultiGet returns records as the shard holds them, sealed: it serves
@@ -34,49 +32,20 @@ type ReencryptResult struct {
 	End        time.Time `json:"end"`
 }
 
-// adminReencrypt serves POST /api/v1/admin/reencrypt: rewrite every record
-// not sealed with the current key (older keys, or stored before encryption
-// was on) under it, on every live shard. 202 starts the pass in the
-// background; ?wait=true runs it and answers 200 with its outcome.
-func (r *Router) adminReencrypt(c echo.Context) error {
-	kr := r.cfg.Security.Keyring
-	if kr == nil {
-		return apierr.Errorf(apierr.CodeFailedPrecondition, "this router has no -encryption-key-file: nothing to re-encrypt with")
-	}
-	if c.QueryParam("wait") == "true" {
-		if !r.sec.reencrypting.TryLock() {
-			return apierr.Errorf(apierr.CodeFailedPrecondition, "a re-encrypt pass is running already")
-		}
-		defer r.sec.reencrypting.Unlock()
-		res := r.reencrypt(c.Request().Context(), kr)
-		return c.JSON(http.StatusOK, res)
-	}
-	if !r.sec.reencrypting.TryLock() {
-		return c.JSON(http.StatusAccepted, map[string]string{"status": "a re-encrypt pass is running already"})
-	}
-	r.background(func(ctx context.Context) {
-		defer r.sec.reencrypting.Unlock()
-		res := r.reencrypt(ctx, kr)
-		r.log.Info("re-encrypt pass done", "key", res.Key, "scanned", res.Scanned, "resealed", res.Resealed,
-			"missing_key", res.MissingKey, "errors", len(res.Errors))
-	})
-	return c.JSON(http.StatusAccepted, map[string]string{"status": "started", "key": kr.CurrentID()})
-}
-
 // reencrypt walks every bucket on every live shard and re-seals, in place
 // and at the same version (storage.CondRewrite), each record not sealed
 // with the current key. A record rewritten meanwhile is left alone: the
 // new write was sealed with the current key.
-func (r *Router) reencrypt(ctx context.Context, kr *codec.Keyring) ReencryptResult {
+func (s *Service) reencrypt(ctx context.Context, kr *codec.Keyring) ReencryptResult {
 	res := ReencryptResult{Key: kr.CurrentID(), Start: time.Now().UTC()}
-	for _, n := range r.topo.Load().All {
+	for _, n := range s.cfg.Cluster.Topology().All {
 		if !n.Up() {
 			res.Errors = append(res.Errors, "shard "+n.Name+" is down: run the pass again when it is back")
 			continue
 		}
 		raw := rawShard(n)
 		for _, bucket := range append([]string{schema.BucketDicts}, cluster.Buckets...) {
-			if err := r.reencryptBucket(ctx, kr, raw, bucket, &res); err != nil {
+			if err := s.reencryptBucket(ctx, kr, raw, bucket, &res); err != nil {
 				res.Errors = append(res.Errors, fmt.Sprintf("shard %s, bucket %s: %v", n.Name, bucket, err))
 			}
 		}
@@ -85,8 +54,8 @@ func (r *Router) reencrypt(ctx context.Context, kr *codec.Keyring) ReencryptResu
 	return res
 }
 
-func (r *Router) reencryptBucket(ctx context.Context, kr *codec.Keyring, sh Shard, bucket string, res *ReencryptResult) error {
-	return rewritePass(ctx, r, sh, sh, bucket, func(rec storage.Record) ([]byte, struct{}, bool) {
+func (s *Service) reencryptBucket(ctx context.Context, kr *codec.Keyring, sh placement.Shard, bucket string, res *ReencryptResult) error {
+	return rewritePass(ctx, s, sh, sh, bucket, func(rec storage.Record) ([]byte, struct{}, bool) {
 		res.Scanned++
 		if kr.SealedWithCurrent(rec.Value) {
 			res.Current++
@@ -114,9 +83,9 @@ func (r *Router) reencryptBucket(ctx context.Context, kr *codec.Keyring, sh Shar
 // written meanwhile keeps that write; done hears whether each write
 // applied. Writes are throttled by -sync-rate like repair's. The
 // re-encrypt and compression-rewrite passes are both this walk.
-func rewritePass[T any](ctx context.Context, r *Router, read, write Shard, bucket string,
+func rewritePass[T any](ctx context.Context, s *Service, read, write placement.Shard, bucket string,
 	fix func(rec storage.Record) (value []byte, tag T, ok bool), done func(tag T, applied bool)) error {
-	return placement.Walk(ctx, read, bucket, storage.ScanOptions{Limit: cluster.PageSize}, r.cfg.ShardTimeout, func(recs []storage.Record) error {
+	return placement.Walk(ctx, read, bucket, storage.ScanOptions{Limit: cluster.PageSize}, s.cfg.ShardTimeout, func(recs []storage.Record) error {
 		var writes []storage.Write
 		var tags []T
 		for _, rec := range recs {
@@ -133,10 +102,10 @@ func rewritePass[T any](ctx context.Context, r *Router, read, write Shard, bucke
 		if len(writes) == 0 {
 			return nil
 		}
-		if err := r.cluster.Throttle(ctx, len(writes)); err != nil {
+		if err := s.cfg.Cluster.Throttle(ctx, len(writes)); err != nil {
 			return err
 		}
-		wctx, cancel := r.coord.ShardCtx(ctx)
+		wctx, cancel := s.cfg.Coord.ShardCtx(ctx)
 		results, err := write.Apply(wctx, bucket, writes)
 		cancel()
 		if err != nil {
@@ -151,4 +120,22 @@ func rewritePass[T any](ctx context.Context, r *Router, read, write Shard, bucke
 
 // rawShard is a node's shard below the sealing layer: what it holds, as
 // it holds it.
-func rawShard(n *placement.Node) Shard { return placement.Base(n.Shard) }
+func rawShard(n *placement.Node) placement.Shard { return placement.Base(n.Shard) }
+
+// Reencrypt runs the re-encrypt pass under the keyring (see Rewrite for
+// wait and started). Without a keyring it is failed_precondition.
+func (s *Service) Reencrypt(ctx context.Context, wait bool) (res *ReencryptResult, started bool, err error) {
+	kr := s.cfg.Keyring
+	if kr == nil {
+		return nil, false, apierr.Errorf(apierr.CodeFailedPrecondition, "this router has no -encryption-key-file: nothing to re-encrypt with")
+	}
+	run := func(ctx context.Context) ReencryptResult { return s.reencrypt(ctx, kr) }
+	res, started = runPass(s, &s.reencrypting, ctx, wait, run, func(res ReencryptResult) {
+		s.cfg.Log.Info("re-encrypt pass done", "key", res.Key, "scanned", res.Scanned, "resealed", res.Resealed,
+			"missing_key", res.MissingKey, "errors", len(res.Errors))
+	})
+	if wait && !started {
+		return nil, false, apierr.Errorf(apierr.CodeFailedPrecondition, "a re-encrypt pass is running already")
+	}
+	return res, started, nil
+}

@@ -1,10 +1,9 @@
-package router
+package maintenance
 
 import (
 	"context"
 	"errors"
 	"io"
-	"mime"
 	"net/http"
 	"slices"
 	"strings"
@@ -18,7 +17,6 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
-	"github.com/labstack/echo/v4"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -33,9 +31,9 @@ import (
 // client's (see package client and kvdbctl).
 
 const (
-	// maxRestoreBody bounds one restore request: a batch of records, not a
+	// MaxRestoreBody bounds one restore request: a batch of records, not a
 	// whole archive (the client sends an archive in batches).
-	maxRestoreBody = 96 << 20
+	MaxRestoreBody = 96 << 20
 	// restoreChunk bounds the writes of one Apply call to a shard, in
 	// records and in bytes.
 	restoreChunk      = 1000
@@ -44,15 +42,9 @@ const (
 	restoreParallel = 8
 )
 
-// backupRoutes registers the backup and restore endpoints.
-func (r *Router) backupRoutes(v1 *echo.Group) {
-	v1.GET("/admin/backup", r.adminBackup)
-	v1.POST("/admin/restore", r.adminRestore)
-}
-
-// snapshotShard is what a backup needs of a shard beside Shard:
+// Snapshotter is what a backup needs of a shard beside placement.Shard:
 // storage.Store and storage.Client have it.
-type snapshotShard interface {
+type Snapshotter interface {
 	Snapshot(ctx context.Context) (io.ReadCloser, error)
 }
 
@@ -62,157 +54,35 @@ var errNoSnapshot = errors.New("this shard cannot take snapshots")
 // (metrics, encryption): a backup carries records exactly as the shard
 // stores them, sealed values included, and a restore hands them back
 // through the same wrappers, which leave sealed values as they are.
-func snapshotOf(sh Shard) (snapshotShard, bool) { return placement.As[snapshotShard](sh) }
+func snapshotOf(sh placement.Shard) (Snapshotter, bool) { return placement.As[Snapshotter](sh) }
 
-// adminBackup serves GET /api/v1/admin/backup. Every shard that serves
-// reads is asked for its snapshot at once (so they are taken at about the
-// same moment), then they are relayed one after the other, each checked
-// as it passes. Before the answer starts, a failure is an ordinary error
-// answer; after, it is an error frame that ends the stream, which a
-// reader cannot mistake for a complete backup.
-func (r *Router) adminBackup(c echo.Context) error {
-	t := r.topo.Load()
-	nodes, err := r.coord.LiveReadNodes(t)
-	if err != nil {
-		return err
-	}
-	ctx := c.Request().Context()
-	rcs := make([]io.ReadCloser, len(nodes))
-	defer func() {
-		for _, rc := range rcs {
-			if rc != nil {
-				rc.Close()
-			}
-		}
-	}()
-	var g errgroup.Group // not WithContext: the snapshots outlive Wait
-	for i, n := range nodes {
-		g.Go(func() error {
-			ss, ok := snapshotOf(n.Shard)
-			if !ok {
-				return apierr.Errorf(apierr.CodeUnavailable, "snapshot of shard %s: %v", n.Name, errNoSnapshot)
-			}
-			rc, err := ss.Snapshot(ctx)
-			if err != nil {
-				return apierr.FromStorage("snapshot of shard "+n.Name, err)
-			}
-			rcs[i] = rc
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	info := backup.Info{CreatedAt: time.Now().UTC(), Mode: r.cfg.Mode, Epoch: t.Epoch, State: t.State, Replicas: t.Cur.Replicas}
-	for _, n := range nodes {
-		info.Shards = append(info.Shards, n.Name)
-	}
-	resp := c.Response()
-	resp.Header().Set(echo.HeaderContentType, backup.ContentType)
-	resp.WriteHeader(http.StatusOK)
-	sw, err := backup.NewStreamWriter(resp, info)
-	if err != nil {
-		return nil // the client is gone
-	}
-	start := time.Now()
-	var total int64
-	for i, n := range nodes {
-		st, err := sw.Section(n.Name, rcs[i])
-		if err != nil {
-			r.log.Error("backup broken off", "shard", n.Name, "err", err)
-			sw.Fail("snapshot of shard " + n.Name + ": " + err.Error())
-			return nil
-		}
-		total += st.Records
-		rcs[i].Close()
-		rcs[i] = nil
-	}
-	if err := sw.End(); err == nil {
-		r.log.Info("backup streamed", "shards", len(nodes), "records", total, "took", time.Since(start))
-	}
-	return nil
-}
-
-// restoreReport is the answer of a restore: how many of the records sent
+// RestoreReport is the answer of a restore: how many of the records sent
 // were stored (in a dry run: would be) and how many were skipped because
 // the cluster holds the same version or a newer one.
-type restoreReport struct {
+type RestoreReport struct {
 	DryRun  bool                      `json:"dry_run"`
 	Records int64                     `json:"records"`
 	Applied int64                     `json:"applied"`
 	Skipped int64                     `json:"skipped"`
-	Buckets map[string]*restoreCounts `json:"buckets"`
+	Buckets map[string]*RestoreCounts `json:"buckets"`
 }
 
-type restoreCounts struct {
+type RestoreCounts struct {
 	Records int64 `json:"records"`
 	Applied int64 `json:"applied"`
 	Skipped int64 `json:"skipped"`
 }
 
-type restoreRec struct {
+// Record is one record of a restore body, of the bucket it belongs to.
+type Record struct {
 	bucket string
 	rec    storage.Record
 }
 
-// adminRestore serves POST /api/v1/admin/restore[?dry_run=true]: the body
-// is a snapshot (backup.RecordsContentType) of the records to replay. The
-// whole body is read and checked before anything is written, so a
-// truncated or malformed body changes nothing.
-func (r *Router) adminRestore(c echo.Context) error {
-	dry := false
-	switch v := c.QueryParam("dry_run"); v {
-	case "", "false":
-	case "true":
-		dry = true
-	default:
-		return apierr.Errorf(apierr.CodeInvalidArgument, "dry_run %q: want true or false", schema.Truncate(v))
-	}
-	req := c.Request()
-	ct := req.Header.Get(echo.HeaderContentType)
-	if mt, _, err := mime.ParseMediaType(ct); err != nil || (mt != backup.RecordsContentType && mt != echo.MIMEOctetStream) {
-		return apierr.Errorf(apierr.CodeUnsupportedMediaType, "Content-Type must be %s, got %q", backup.RecordsContentType, schema.Truncate(ct))
-	}
-	if req.ContentLength > maxRestoreBody {
-		return apierr.Errorf(apierr.CodePayloadTooLarge, "restore body of %d bytes exceeds the limit of %d: send the records in batches", req.ContentLength, maxRestoreBody)
-	}
-	var recs []restoreRec
-	_, err := backup.ReadSnapshot(http.MaxBytesReader(c.Response(), req.Body, maxRestoreBody), "restore body", func(bucket string, rec backup.Record) error {
-		if bucket == storage.ClusterBucket {
-			return apierr.Errorf(apierr.CodeInvalidArgument, "bucket %q cannot be restored: the cluster map belongs to the cluster", bucket)
-		}
-		if bucket == schema.BucketDicts {
-			if err := codec.CheckRestoredDictKey(rec.Key); err != nil {
-				return err
-			}
-		}
-		recs = append(recs, restoreRec{bucket: bucket, rec: storage.Record{Key: rec.Key, Version: rec.Version, Tombstone: rec.Tombstone, Value: rec.Value}})
-		return nil
-	})
-	var apiErr *apierr.Error
-	var tooLarge *http.MaxBytesError
-	switch {
-	case err == nil:
-	case errors.As(err, &apiErr):
-		return apiErr
-	case errors.As(err, &tooLarge):
-		return apierr.Errorf(apierr.CodePayloadTooLarge, "restore body exceeds the limit of %d bytes: send the records in batches", maxRestoreBody)
-	case errors.Is(err, backup.ErrTruncated), errors.Is(err, backup.ErrCorrupt):
-		return apierr.Errorf(apierr.CodeInvalidArgument, "%v; nothing was restored", err)
-	default:
-		return apierr.Errorf(apierr.CodeInvalidArgument, "read the restore body: %v; nothing was restored", err)
-	}
-	rep, err := r.restore(req.Context(), recs, dry)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, rep)
-}
-
-// restore writes recs (or, in a dry run, compares them) under the current
+// Restore writes recs (or, in a dry run, compares them) under the current
 // Placement, planning again when the cluster map moved on meanwhile.
 // Compression dictionaries go first, to every shard (see restoreDicts).
-func (r *Router) restore(ctx context.Context, recs []restoreRec, dry bool) (*restoreReport, error) {
+func (s *Service) Restore(ctx context.Context, recs []Record, dry bool) (*RestoreReport, error) {
 	var dicts []storage.Record
 	others := recs[:0:0]
 	for _, rr := range recs {
@@ -222,23 +92,23 @@ func (r *Router) restore(ctx context.Context, recs []restoreRec, dry bool) (*res
 			others = append(others, rr)
 		}
 	}
-	dictApplied, err := r.restoreDicts(ctx, r.topo.Load(), dicts, dry)
+	dictApplied, err := s.restoreDicts(ctx, s.cfg.Cluster.Topology(), dicts, dry)
 	if err != nil {
 		return nil, err
 	}
 	if len(dicts) > 0 && !dry {
 		for _, d := range dicts {
-			r.clock.Observe(d.Version) // a later training must win over a restored pointer
+			s.cfg.Clock.Observe(d.Version) // a later training must win over a restored pointer
 		}
 		// Adopt what was restored now, not at the next reload: the records
 		// that follow may need it, and a newer current pointer applies.
-		if err := r.loadDicts(ctx, true); err != nil {
-			r.log.Warn("restored compression dictionaries not loaded yet", "err", err)
+		if err := s.loadDicts(ctx, true); err != nil {
+			s.cfg.Log.Warn("restored compression dictionaries not loaded yet", "err", err)
 		}
 	}
-	var rep *restoreReport
-	err = r.coord.Settle(ctx, "restore (restoring is idempotent)", func(t *placement.Topology) error {
-		rep, err = r.restoreOn(ctx, t, others, dry)
+	var rep *RestoreReport
+	err = s.cfg.Coord.Settle(ctx, "restore (restoring is idempotent)", func(t *placement.Topology) error {
+		rep, err = s.restoreOn(ctx, t, others, dry)
 		return err
 	})
 	if err != nil {
@@ -249,13 +119,13 @@ func (r *Router) restore(ctx context.Context, recs []restoreRec, dry bool) (*res
 }
 
 // addRestored counts records of bucket restored outside restoreOn.
-func addRestored(rep *restoreReport, bucket string, recs []storage.Record, applied []bool) {
+func addRestored(rep *RestoreReport, bucket string, recs []storage.Record, applied []bool) {
 	if len(recs) == 0 {
 		return
 	}
 	bc := rep.Buckets[bucket]
 	if bc == nil {
-		bc = &restoreCounts{}
+		bc = &RestoreCounts{}
 		rep.Buckets[bucket] = bc
 	}
 	for i := range recs {
@@ -276,7 +146,7 @@ func addRestored(rep *restoreReport, bucket string, recs []storage.Record, appli
 // applied if any owner stored it. Each record must reach a Quorum of its
 // owners, as a write must, or the request fails (503) and may be retried:
 // what did land is newer-wins and stays correct.
-func (r *Router) restoreOn(ctx context.Context, t *placement.Topology, recs []restoreRec, dry bool) (*restoreReport, error) {
+func (s *Service) restoreOn(ctx context.Context, t *placement.Topology, recs []Record, dry bool) (*RestoreReport, error) {
 	sets := make([]placement.ReplicaSet, len(recs))
 	work := map[*placement.Node]map[string][]int{} // node → bucket → indexes into recs
 	for i, rr := range recs {
@@ -305,7 +175,7 @@ func (r *Router) restoreOn(ctx context.Context, t *placement.Topology, recs []re
 		for bucket, idx := range byBucket {
 			for _, chunk := range restoreChunks(recs, idx) {
 				g.Go(func() error {
-					sctx, cancel := r.coord.ShardCtx(coord.EpochCtx(ctx, t))
+					sctx, cancel := s.cfg.Coord.ShardCtx(coord.EpochCtx(ctx, t))
 					defer cancel()
 					var err error
 					if dry {
@@ -354,18 +224,18 @@ func (r *Router) restoreOn(ctx context.Context, t *placement.Topology, recs []re
 	}
 	for i := range recs {
 		if !coord.Quorate(sets[i], func(n *placement.Node) bool { return slices.Contains(answered[i], n) }) {
-			r.m.QuorumFailures.WithLabelValues("write").Inc()
-			e := r.coord.NoQuorum("restore of "+recs[i].bucket+" "+schema.Truncate(strings.ToValidUTF8(string(recs[i].rec.Key), "?")), sets[i], len(answered[i]), failed)
+			s.cfg.Metrics.QuorumFailures.WithLabelValues("write").Inc()
+			e := s.cfg.Coord.NoQuorum("restore of "+recs[i].bucket+" "+schema.Truncate(strings.ToValidUTF8(string(recs[i].rec.Key), "?")), sets[i], len(answered[i]), failed)
 			e.Message += "; records already written stay (restoring again is safe)"
 			return nil, e
 		}
 	}
-	rep := &restoreReport{DryRun: dry, Records: int64(len(recs)), Buckets: map[string]*restoreCounts{}}
+	rep := &RestoreReport{DryRun: dry, Records: int64(len(recs)), Buckets: map[string]*RestoreCounts{}}
 	var newestSeen uint64
 	for i, rr := range recs {
 		bc := rep.Buckets[rr.bucket]
 		if bc == nil {
-			bc = &restoreCounts{}
+			bc = &RestoreCounts{}
 			rep.Buckets[rr.bucket] = bc
 		}
 		bc.Records++
@@ -383,16 +253,16 @@ func (r *Router) restoreOn(ctx context.Context, t *placement.Topology, recs []re
 		if !dry && applied[i] {
 			newestSeen = max(newestSeen, rr.rec.Version)
 			// The cache may hold what the restored record superseded.
-			r.docs.Superseded(rr.bucket, rr.rec.Key, rr.rec.Version)
+			s.cfg.Docs.Superseded(rr.bucket, rr.rec.Key, rr.rec.Version)
 		}
 	}
 	// Later writes of this router must be newer than what it restored.
-	r.clock.Observe(newestSeen)
+	s.cfg.Clock.Observe(newestSeen)
 	return rep, nil
 }
 
 // restoreChunks cuts the records at idx into batches for one Apply.
-func restoreChunks(recs []restoreRec, idx []int) [][]int {
+func restoreChunks(recs []Record, idx []int) [][]int {
 	var out [][]int
 	start, size := 0, 0
 	for j, i := range idx {
@@ -407,4 +277,105 @@ func restoreChunks(recs []restoreRec, idx []int) [][]int {
 		out = append(out, idx[start:])
 	}
 	return out
+}
+
+// Backup streams a backup of the cluster (GET /api/v1/admin/backup). Every shard that serves
+// reads is asked for its snapshot at once (so they are taken at about the
+// same moment), then they are relayed one after the other, each checked
+// as it passes. Before the answer starts, a failure is an ordinary error
+// answer; after, it is an error frame that ends the stream, which a
+// reader cannot mistake for a complete backup.
+// begin is called once every snapshot is open, and returns where the
+// stream goes (the handler sets its headers then).
+func (s *Service) Backup(ctx context.Context, begin func() io.Writer) error {
+	t := s.cfg.Cluster.Topology()
+	nodes, err := s.cfg.Coord.LiveReadNodes(t)
+	if err != nil {
+		return err
+	}
+	rcs := make([]io.ReadCloser, len(nodes))
+	defer func() {
+		for _, rc := range rcs {
+			if rc != nil {
+				rc.Close()
+			}
+		}
+	}()
+	var g errgroup.Group // not WithContext: the snapshots outlive Wait
+	for i, n := range nodes {
+		g.Go(func() error {
+			ss, ok := snapshotOf(n.Shard)
+			if !ok {
+				return apierr.Errorf(apierr.CodeUnavailable, "snapshot of shard %s: %v", n.Name, errNoSnapshot)
+			}
+			rc, err := ss.Snapshot(ctx)
+			if err != nil {
+				return apierr.FromStorage("snapshot of shard "+n.Name, err)
+			}
+			rcs[i] = rc
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	info := backup.Info{CreatedAt: time.Now().UTC(), Mode: s.cfg.Mode, Epoch: t.Epoch, State: t.State, Replicas: t.Cur.Replicas}
+	for _, n := range nodes {
+		info.Shards = append(info.Shards, n.Name)
+	}
+	sw, err := backup.NewStreamWriter(begin(), info)
+	if err != nil {
+		return nil // the client is gone
+	}
+	start := time.Now()
+	var total int64
+	for i, n := range nodes {
+		st, err := sw.Section(n.Name, rcs[i])
+		if err != nil {
+			s.cfg.Log.Error("backup broken off", "shard", n.Name, "err", err)
+			sw.Fail("snapshot of shard " + n.Name + ": " + err.Error())
+			return nil
+		}
+		total += st.Records
+		rcs[i].Close()
+		rcs[i] = nil
+	}
+	if err := sw.End(); err == nil {
+		s.cfg.Log.Info("backup streamed", "shards", len(nodes), "records", total, "took", time.Since(start))
+	}
+	return nil
+}
+
+// ParseRestore reads a restore body (a snapshot in backup's format) whole
+// and checks it: nothing is written from a truncated or malformed body.
+// body should be bounded by MaxRestoreBody (an *http.MaxBytesError past
+// it is payload_too_large).
+func ParseRestore(body io.Reader) ([]Record, error) {
+	var recs []Record
+	_, err := backup.ReadSnapshot(body, "restore body", func(bucket string, rec backup.Record) error {
+		if bucket == storage.ClusterBucket {
+			return apierr.Errorf(apierr.CodeInvalidArgument, "bucket %q cannot be restored: the cluster map belongs to the cluster", bucket)
+		}
+		if bucket == schema.BucketDicts {
+			if err := codec.CheckRestoredDictKey(rec.Key); err != nil {
+				return err
+			}
+		}
+		recs = append(recs, Record{bucket: bucket, rec: storage.Record{Key: rec.Key, Version: rec.Version, Tombstone: rec.Tombstone, Value: rec.Value}})
+		return nil
+	})
+	var apiErr *apierr.Error
+	var tooLarge *http.MaxBytesError
+	switch {
+	case err == nil:
+	case errors.As(err, &apiErr):
+		return nil, apiErr
+	case errors.As(err, &tooLarge):
+		return nil, apierr.Errorf(apierr.CodePayloadTooLarge, "restore body exceeds the limit of %d bytes: send the records in batches", MaxRestoreBody)
+	case errors.Is(err, backup.ErrTruncated), errors.Is(err, backup.ErrCorrupt):
+		return nil, apierr.Errorf(apierr.CodeInvalidArgument, "%v; nothing was restored", err)
+	default:
+		return nil, apierr.Errorf(apierr.CodeInvalidArgument, "read the restore body: %v; nothing was restored", err)
+	}
+	return recs, nil
 }
