@@ -56,7 +56,6 @@ type security struct {
 
 	authFailures *prometheus.CounterVec
 	rejected     *prometheus.CounterVec
-
 }
 
 func newSecurity(cfg SecurityConfig, reg prometheus.Registerer, log *slog.Logger) *security {
