@@ -46,7 +46,7 @@ func TestChat(t *testing.T) {
 		t.Errorf("Ollama received %+v, want the stored turns then the new one", sent)
 	}
 
-	m := tc.router.llm.m
+	m := tc.router.llm.Metrics()
 	if n := testutil.ToFloat64(m.Requests.WithLabelValues("chat", "chat-model", "ok")); n != 2 {
 		t.Errorf("ollama requests_total{chat,chat-model,ok} = %v, want 2", n)
 	}
@@ -140,7 +140,7 @@ func TestChatFailureStoresNothing(t *testing.T) {
 	}
 	cancel()
 	resp.Body.Close()
-	errs := tc.router.llm.m.Requests.WithLabelValues("chat", "chat-model", "error")
+	errs := tc.router.llm.Metrics().Requests.WithLabelValues("chat", "chat-model", "error")
 	waitFor(t, "the abandoned chat to end", func() bool { return testutil.ToFloat64(errs) == 3 })
 	if got := messagesOf(t, tc, "t", "c"); len(got) != 2 {
 		t.Errorf("after failures the context holds %d messages, want the first exchange only: %v", len(got), got)
@@ -201,7 +201,7 @@ func TestChatBudgetFolding(t *testing.T) {
 		t.Errorf("stored %d messages, summary %+v; want all 23 and a summary", len(d.Content.Messages), d.Content.Summary)
 	}
 	// Ollama's own count teaches the estimate: the fake counts words.
-	if _, ok := tc.router.llm.tokens.Ratio("chat-model"); !ok {
+	if _, ok := tc.router.llm.Tokens().Ratio("chat-model"); !ok {
 		t.Errorf("no token calibration learnt from prompt_eval_count")
 	}
 

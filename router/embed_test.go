@@ -63,7 +63,7 @@ func TestEmbeddingRetried(t *testing.T) {
 			t.Errorf("context %s written while Ollama is down: pending %v, %d values", id, d.Metadata.EmbeddingPending, len(d.Content.Embeddings))
 		}
 	}
-	backlog := tc.router.llm.m.EmbedBacklog
+	backlog := tc.router.llm.Metrics().EmbedBacklog
 	waitFor(t, "backlog counted", func() bool { return testutil.ToFloat64(backlog) == 3 })
 	fake.SetDown(false)
 	for _, id := range []string{"a", "b", "c"} {

@@ -3,7 +3,6 @@ package router
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/llmbridge"
-	"github.com/go-kvdb/go-kvdb/llmbridge/memory"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/labstack/echo/v4"
@@ -106,7 +104,7 @@ func (r *Router) ollamaForward(c echo.Context) error {
 	if _, _, err := contextParams(c); err != nil {
 		return r.ollamaFail(c, err)
 	}
-	if err := r.needLLM(); err != nil {
+	if err := r.llm.Need(); err != nil {
 		return r.ollamaFail(c, err)
 	}
 	path := upstreamPath(c)
@@ -116,17 +114,17 @@ func (r *Router) ollamaForward(c echo.Context) error {
 	}
 	req := c.Request()
 	start := time.Now()
-	resp, err := r.llm.cfg.Client.Do(req.Context(), req.Method, path, relayHeaders(c), http.MaxBytesReader(c.Response(), req.Body, r.cfg.MaxBodyBytes))
+	resp, err := r.llm.Config().Client.Do(req.Context(), req.Method, path, relayHeaders(c), http.MaxBytesReader(c.Response(), req.Body, r.cfg.MaxBodyBytes))
 	if err != nil {
-		r.llm.m.Observe(op, "", start, err)
-		return r.ollamaFail(c, r.llmError(req.Method+" "+path, err))
+		r.llm.Metrics().Observe(op, "", start, err)
+		return r.ollamaFail(c, r.llm.Error(req.Method+" "+path, err))
 	}
 	defer resp.Body.Close()
 	err = relay(c, resp, nil)
 	if err == nil && resp.StatusCode >= 400 {
 		err = fmt.Errorf("ollama answered %d", resp.StatusCode)
 	}
-	r.llm.m.Observe(op, "", start, err)
+	r.llm.Metrics().Observe(op, "", start, err)
 	return nil
 }
 
@@ -248,7 +246,7 @@ func (r *Router) ollamaChat(c echo.Context) error {
 	if err != nil {
 		return r.ollamaFail(c, err)
 	}
-	if err := r.needLLM(); err != nil {
+	if err := r.llm.Need(); err != nil {
 		return r.ollamaFail(c, err)
 	}
 	// Ollama takes a body whatever its Content-Type; so does its stand-in.
@@ -286,29 +284,11 @@ func (r *Router) ollamaChat(c echo.Context) error {
 	}
 
 	ctx := c.Request().Context()
-	if err := r.docs.EnsureTopic(ctx, topic, "created by the drop-in Ollama endpoint"); err != nil {
-		return r.ollamaFail(c, err)
-	}
-	budget := memory.Budget(r.docs.TopicMaxTokens(c.Request().Context(), topic), r.llm.cfg.MaxTokens)
-	doc, _, err := r.docs.ReadContext(ctx, topic, id)
-	var apiErr *apierr.Error
-	if errors.As(err, &apiErr) && apiErr.Code == apierr.CodeNotFound {
-		doc, err = &schema.Document{}, nil
-	}
+	turn, err := r.llm.Recall(ctx, topic, id, sentTurns(msgs))
 	if err != nil {
 		return r.ollamaFail(c, err)
 	}
-	stored := bridgeMessages(doc.Content.Messages)
-	fresh, missing := memory.SplitNew(stored, sentTurns(msgs))
-	var sum memory.Summary
-	if s := doc.Content.Summary; s != nil {
-		sum = memory.Summary(*s)
-	}
-	folded := r.foldMemory(ctx, stored, sum, missing, budget)
-	if folded != nil {
-		sum = memory.Summary(*folded)
-	}
-	if text := memory.Render(stored, sum, missing, budget); text != "" {
+	if text := turn.Memory; text != "" {
 		injectMemory(&msgs, text)
 		out := make([]json.RawMessage, len(msgs))
 		for i, m := range msgs {
@@ -318,29 +298,17 @@ func (r *Router) ollamaChat(c echo.Context) error {
 	}
 
 	start := time.Now()
-	resp, err := r.llm.cfg.Client.Do(ctx, http.MethodPost, "/api/chat", relayHeaders(c), bytes.NewReader(schema.MustJSON(body)))
+	resp, err := r.llm.Config().Client.Do(ctx, http.MethodPost, "/api/chat", relayHeaders(c), bytes.NewReader(schema.MustJSON(body)))
 	if err != nil {
-		r.llm.m.Observe("proxy_chat", "", start, err)
-		return r.ollamaFail(c, r.llmError("chat with "+model, err))
+		r.llm.Metrics().Observe("proxy_chat", "", start, err)
+		return r.ollamaFail(c, r.llm.Error("chat with "+model, err))
 	}
 	defer resp.Body.Close()
 	var answer strings.Builder
 	var last chatLine
 	finished := false
 	store := func() error {
-		turns := make([]schema.Message, 0, len(fresh)+1)
-		for _, m := range fresh {
-			turns = append(turns, schema.Message(m))
-		}
-		turns = append(turns, schema.Message{Role: "assistant", Content: answer.String()})
-		_, err := r.docs.Append(ctx, topic, id, turns, 0, func(d *schema.Document) {
-			if folded != nil && (d.Content.Summary == nil || d.Content.Summary.Messages < folded.Messages) {
-				d.Content.Summary = folded
-			}
-		})
-		if err != nil {
-			r.log.Error("drop-in chat answered but its turns were not stored", "topic", topic, "id", id, "err", err)
-		}
+		r.llm.Remember(ctx, turn, answer.String())
 		return nil // the answer is the client's either way
 	}
 	var relayErr error
@@ -379,44 +347,11 @@ func (r *Router) ollamaChat(c echo.Context) error {
 	case !finished && callErr == nil:
 		callErr = errors.New("the answer ended without a done line")
 	}
-	r.llm.m.Observe("proxy_chat", r.modelLabel(model, callErr), start, callErr)
+	r.llm.Metrics().Observe("proxy_chat", r.llm.ModelLabel(model, callErr), start, callErr)
 	if finished {
-		r.llm.m.AddTokens(model, last.PromptEvalCount, last.EvalCount)
+		r.llm.Metrics().AddTokens(model, last.PromptEvalCount, last.EvalCount)
 	}
 	return nil
-}
-
-// sentTurns is what the memory policy compares of a client's chat
-// history: its messages of the roles a context stores.
-func sentTurns(msgs []proxyMessage) []llmbridge.Message {
-	out := make([]llmbridge.Message, 0, len(msgs))
-	for _, m := range msgs {
-		if schema.ValidRoles[m.Role] {
-			out = append(out, llmbridge.Message{Role: m.Role, Content: m.Content})
-		}
-	}
-	return out
-}
-
-// foldMemory keeps a drop-in conversation's memory within its budget by
-// folding the oldest turns the client lacks into the summary, as
-// memory.PlanFold plans it. It returns the new summary, or nil when none
-// is needed or the summary model fails (the memory then holds the most
-// recent turns only).
-func (r *Router) foldMemory(ctx context.Context, stored []llmbridge.Message, sum memory.Summary, missing []llmbridge.Message, budget int) *schema.Summary {
-	if r.llm.cfg.SummaryModel == "" {
-		return nil
-	}
-	fold, end, ok := memory.PlanFold(stored, sum, missing, budget)
-	if !ok {
-		return nil
-	}
-	text, err := r.summarize(ctx, sum.Text, fold, memory.SummaryTokens(budget))
-	if err != nil {
-		r.log.Warn("drop-in memory not summarised; sending the latest turns only", "err", err)
-		return nil
-	}
-	return &schema.Summary{Text: text, Messages: end}
 }
 
 // injectMemory merges memory into the first system message, or puts a
@@ -442,4 +377,16 @@ func injectMemory(msgs *[]proxyMessage, text string) {
 	sys := proxyMessage{Role: "system", Content: text}
 	sys.raw = schema.MustJSON(map[string]string{"role": "system", "content": text})
 	*msgs = append([]proxyMessage{sys}, *msgs...)
+}
+
+// sentTurns is what the memory policy compares of a client's chat
+// history: its messages of the roles a context stores.
+func sentTurns(msgs []proxyMessage) []llmbridge.Message {
+	out := make([]llmbridge.Message, 0, len(msgs))
+	for _, m := range msgs {
+		if schema.ValidRoles[m.Role] {
+			out = append(out, llmbridge.Message{Role: m.Role, Content: m.Content})
+		}
+	}
+	return out
 }

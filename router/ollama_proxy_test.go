@@ -128,7 +128,7 @@ func TestDropInOllama(t *testing.T) {
 	if got := messagesOf(t, tc, "cli", "raw"); len(got) != 2 || got[0].Content != "plain curl" {
 		t.Errorf("stored %v", got)
 	}
-	if n := testutil.ToFloat64(tc.router.llm.m.Requests.WithLabelValues("proxy_chat", "chat-model", "ok")); n != 5 {
+	if n := testutil.ToFloat64(tc.router.llm.Metrics().Requests.WithLabelValues("proxy_chat", "chat-model", "ok")); n != 5 {
 		t.Errorf("requests_total{proxy_chat,chat-model,ok} = %v, want 5", n)
 	}
 

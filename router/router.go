@@ -15,6 +15,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/docstore"
 	"github.com/go-kvdb/go-kvdb/router/hlc"
 	"github.com/go-kvdb/go-kvdb/router/hotcache"
+	"github.com/go-kvdb/go-kvdb/router/llm"
 	"github.com/go-kvdb/go-kvdb/router/maintenance"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/labstack/echo/v4"
@@ -83,6 +84,9 @@ type Config struct {
 	Security SecurityConfig
 }
 
+// LLMConfig configures the LLM features (see package llm).
+type LLMConfig = llm.Config
+
 // Node and Shard are placement's: a shard as the configuration names it,
 // and what the router needs of one.
 type (
@@ -108,7 +112,7 @@ type Router struct {
 	codec *codec.Codec
 	cache *hotcache.Cache
 	echo  *echo.Echo
-	llm   *llmState // the Ollama bridge; set by llmRoutes
+	llm   *llm.Service // the LLM features
 	sec   *security // keys, limits, audit; set by secure
 
 	bgCtx    context.Context
@@ -195,9 +199,14 @@ func New(cfg Config) (*Router, error) {
 	metrics.RegisterCache(cfg.Registry, r.cache.Stats)
 	r.docs = docstore.New(docstore.Config{
 		Coord: r.coord, Codec: r.codec, Cache: r.cache, Clock: &r.clock, Topology: r.cluster.Topology,
-		Hooks: llmHooks{r}, Metrics: r.m, Registry: cfg.Registry, Log: r.log,
+		Metrics: r.m, Registry: cfg.Registry, Log: r.log,
 		CacheTTL: cfg.CacheTTL, ShardTimeout: cfg.ShardTimeout, ExpiryInterval: cfg.ExpiryInterval, Go: r.background,
 	})
+	r.llm = llm.New(cfg.LLM, llm.Deps{
+		Docs: r.docs, Records: r.coord, Codec: r.codec, Topology: r.cluster.Topology, Registry: cfg.Registry,
+		Log: r.log, ShardTimeout: cfg.ShardTimeout, Go: r.background,
+	})
+	r.docs.SetHooks(r.llm)
 	r.maint = maintenance.New(maintenance.Config{
 		Cluster: r.cluster, Coord: r.coord, Codec: r.codec, Docs: r.docs, Clock: &r.clock, Keyring: cfg.Security.Keyring,
 		Metrics: r.m, Log: r.log, Mode: cfg.Mode, ShardTimeout: cfg.ShardTimeout, ProbeInterval: cfg.ProbeInterval,
@@ -207,6 +216,7 @@ func New(cfg Config) (*Router, error) {
 
 	r.cluster.Start()
 	r.maint.Start()
+	r.llm.Start()
 	r.docs.Start()
 	return r, nil
 }
@@ -217,7 +227,6 @@ func (r *Router) Handler() http.Handler { return r.echo }
 // Close stops the background work and releases the cache. It does not
 // close the shards: their owner does.
 func (r *Router) Close() {
-	r.closeLLM()
 	r.bgCancel()
 	r.bgWG.Wait()
 	r.cache.Close()

@@ -1,4 +1,4 @@
-package router
+package llm
 
 import (
 	"context"
@@ -27,8 +27,8 @@ func encodeVector(d *schema.Document) []byte {
 // the loop at once: a context is written back only if it did not change
 // meanwhile (compare-and-set on its version), so they cannot clobber
 // each other or a client.
-func (r *Router) embedRetryLoop(ctx context.Context) {
-	delay := r.llm.cfg.RetryInterval
+func (l *Service) embedRetryLoop(ctx context.Context) {
+	delay := l.cfg.RetryInterval
 	timer := time.NewTimer(0) // a first pass at start: marks left by a previous run
 	defer timer.Stop()
 	for {
@@ -37,48 +37,48 @@ func (r *Router) embedRetryLoop(ctx context.Context) {
 			return
 		case <-timer.C:
 		}
-		if err := r.embedPendingPass(ctx); err != nil {
+		if err := l.embedPendingPass(ctx); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			r.log.Warn("embedding retry pass stopped", "next_in", delay, "err", err)
+			l.log.Warn("embedding retry pass stopped", "next_in", delay, "err", err)
 			timer.Reset(delay)
-			delay = min(2*delay, r.llm.cfg.RetryMax)
+			delay = min(2*delay, l.cfg.RetryMax)
 			continue
 		}
-		delay = r.llm.cfg.RetryInterval
+		delay = l.cfg.RetryInterval
 		timer.Reset(delay)
 	}
 }
 
 // embedPendingPass embeds every context marked pending. It returns the
 // first error that means "try later" (Ollama or a shard unavailable).
-func (r *Router) embedPendingPass(ctx context.Context) error {
-	marks, err := r.pendingMarks(ctx)
+func (l *Service) embedPendingPass(ctx context.Context) error {
+	marks, err := l.pendingMarks(ctx)
 	if err != nil {
 		return err
 	}
-	r.llm.m.EmbedBacklog.Set(float64(len(marks)))
+	l.m.EmbedBacklog.Set(float64(len(marks)))
 	left := len(marks)
 	for _, mark := range marks {
-		if err := r.embedPending(ctx, mark); err != nil {
+		if err := l.embedPending(ctx, mark); err != nil {
 			return err
 		}
 		left--
-		r.llm.m.EmbedBacklog.Set(float64(left))
+		l.m.EmbedBacklog.Set(float64(left))
 	}
 	return nil
 }
 
 // pendingMarks reads the live pending marks of every shard, newest version
 // of each key (a key held by several replicas appears once).
-func (r *Router) pendingMarks(ctx context.Context) ([]storage.Record, error) {
-	nodes := r.topo.Load().ReadNodes()
+func (l *Service) pendingMarks(ctx context.Context) ([]storage.Record, error) {
+	nodes := l.topo().ReadNodes()
 	pages := make([][]storage.Record, len(nodes))
 	g, gctx := errgroup.WithContext(ctx)
 	for i, n := range nodes {
 		g.Go(func() error {
-			err := placement.Walk(gctx, n.Shard, schema.BucketEmbedPending, storage.ScanOptions{Limit: 1000}, r.cfg.ShardTimeout, func(recs []storage.Record) error {
+			err := placement.Walk(gctx, n.Shard, schema.BucketEmbedPending, storage.ScanOptions{Limit: 1000}, l.shardTimeout, func(recs []storage.Record) error {
 				pages[i] = append(pages[i], recs...)
 				return nil
 			})
@@ -114,43 +114,43 @@ func (r *Router) pendingMarks(ctx context.Context) ([]storage.Record, error) {
 
 // embedPending embeds one pending context and clears its mark. A context
 // deleted, rewritten or already embedded meanwhile only loses its mark.
-func (r *Router) embedPending(ctx context.Context, mark storage.Record) error {
+func (l *Service) embedPending(ctx context.Context, mark storage.Record) error {
 	topic, id, ok := schema.SplitContextKey(mark.Key)
 	if !ok {
-		return r.clearMark(ctx, topic, id, mark)
+		return l.clearMark(ctx, topic, id, mark)
 	}
 	pk := schema.Placement(topic, id)
-	rec, err := r.coord.Get(ctx, pk, schema.BucketContexts, mark.Key)
+	rec, err := l.coord.Get(ctx, pk, schema.BucketContexts, mark.Key)
 	if errors.Is(err, storage.ErrNotFound) {
-		return r.clearMark(ctx, topic, id, mark)
+		return l.clearMark(ctx, topic, id, mark)
 	}
 	if err != nil {
 		return err
 	}
 	if !codec.LiveRecord(rec, time.Now()) {
-		return r.clearMark(ctx, topic, id, mark)
+		return l.clearMark(ctx, topic, id, mark)
 	}
-	doc, err := r.codec.DecodeDocument(rec.Value)
+	doc, err := l.codec.DecodeDocument(rec.Value)
 	if err != nil {
-		r.log.Error("pending context cannot be decoded; dropping its mark", "topic", topic, "id", id, "err", err)
-		return r.clearMark(ctx, topic, id, mark)
+		l.log.Error("pending context cannot be decoded; dropping its mark", "topic", topic, "id", id, "err", err)
+		return l.clearMark(ctx, topic, id, mark)
 	}
 	if !doc.Metadata.EmbeddingPending {
-		return r.clearMark(ctx, topic, id, mark)
+		return l.clearMark(ctx, topic, id, mark)
 	}
-	r.embedForWrite(ctx, doc)
+	l.embedForWrite(ctx, doc)
 	if doc.Metadata.EmbeddingPending {
-		return apierr.Errorf(apierr.CodeUnavailable, "Ollama at %s still cannot embed", r.ollamaURL())
+		return apierr.Errorf(apierr.CodeUnavailable, "Ollama at %s still cannot embed", l.URL())
 	}
-	replaced, err := r.docs.Replace(ctx, topic, doc, rec.Version)
+	replaced, err := l.docs.Replace(ctx, topic, doc, rec.Version)
 	if err != nil || !replaced {
 		return err // !replaced: rewritten meanwhile, and that write embedded it or marked it again
 	}
-	return r.clearMark(ctx, topic, id, mark)
+	return l.clearMark(ctx, topic, id, mark)
 }
 
 // clearMark deletes a pending mark just above its own version, so a newer
 // mark (a later write that could not be embedded either) survives.
-func (r *Router) clearMark(ctx context.Context, topic, id string, mark storage.Record) error {
-	return r.coord.WriteAt(ctx, schema.Placement(topic, id), schema.BucketEmbedPending, mark.Key, mark.Version+1, true, nil)
+func (l *Service) clearMark(ctx context.Context, topic, id string, mark storage.Record) error {
+	return l.coord.WriteAt(ctx, schema.Placement(topic, id), schema.BucketEmbedPending, mark.Key, mark.Version+1, true, nil)
 }
