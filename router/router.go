@@ -113,7 +113,7 @@ type Router struct {
 	cache *hotcache.Cache
 	echo  *echo.Echo
 	llm   *llm.Service // the LLM features
-	sec   *security // keys, limits, audit; set by secure
+	sec   *security    // keys, limits, audit; set by secure
 
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
