@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/go-kvdb/go-kvdb/router/authfile/authfiletest"
+	"github.com/go-kvdb/go-kvdb/router/httpapi"
 )
 
 // auditBuffer collects audit lines.
@@ -32,16 +33,16 @@ func (a *auditBuffer) Write(p []byte) (int, error) {
 	return a.buf.Write(p)
 }
 
-func (a *auditBuffer) lines(t testing.TB) []auditLine {
+func (a *auditBuffer) lines(t testing.TB) []httpapi.AuditLine {
 	t.Helper()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var out []auditLine
+	var out []httpapi.AuditLine
 	for _, l := range strings.Split(strings.TrimSpace(a.buf.String()), "\n") {
 		if l == "" {
 			continue
 		}
-		var al auditLine
+		var al httpapi.AuditLine
 		if err := json.Unmarshal([]byte(l), &al); err != nil {
 			t.Fatalf("audit line %q: %v", l, err)
 		}

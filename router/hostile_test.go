@@ -15,6 +15,7 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/router/authfile/authfiletest"
 	"github.com/go-kvdb/go-kvdb/router/cluster"
+	"github.com/go-kvdb/go-kvdb/router/httpapi"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
@@ -59,7 +60,7 @@ func snapshot(t testing.TB, tc *testCluster) string {
 }
 
 func isErrorBody(b []byte) bool {
-	var e errorBody
+	var e httpapi.ErrorBody
 	return json.Unmarshal(b, &e) == nil && e.Error.Code != "" && e.Error.Message != ""
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/go-kvdb/go-kvdb/backup"
 	"github.com/go-kvdb/go-kvdb/metrics"
+	"github.com/go-kvdb/go-kvdb/router/httpapi"
 	"github.com/go-kvdb/go-kvdb/router/maintenance"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 )
@@ -59,7 +60,7 @@ func newSpecChecker(t *testing.T, base string) *specChecker {
 		openapi3filter.RegisterBodyDecoder(backup.RecordsContentType, openapi3filter.FileBodyDecoder)
 	})
 	loader := openapi3.NewLoader()
-	doc, err := loader.LoadFromData(OpenAPI())
+	doc, err := loader.LoadFromData(httpapi.OpenAPI())
 	if err != nil {
 		t.Fatalf("load openapi.yaml: %v", err)
 	}
@@ -188,7 +189,7 @@ func TestOpenAPI(t *testing.T) {
 	s.want(s.call("GET", "/readyz", nil, true), 200, "readyz")
 	s.want(s.call("GET", "/metrics", nil, true), 200, "metrics")
 	r := s.want(s.call("GET", "/openapi.yaml", nil, true), 200, "openapi.yaml")
-	if r.Header.Get("Content-Type") != "application/yaml" || !bytes.Equal(r.Raw, OpenAPI()) {
+	if r.Header.Get("Content-Type") != "application/yaml" || !bytes.Equal(r.Raw, httpapi.OpenAPI()) {
 		t.Errorf("GET /openapi.yaml: Content-Type %q, want application/yaml and the embedded file", r.Header.Get("Content-Type"))
 	}
 	s.want(s.call("GET", "/api/v1/cluster", nil, true), 200, "cluster")

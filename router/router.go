@@ -9,16 +9,17 @@ import (
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/metrics"
+	"github.com/go-kvdb/go-kvdb/router/authfile"
 	"github.com/go-kvdb/go-kvdb/router/cluster"
 	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/coord"
 	"github.com/go-kvdb/go-kvdb/router/docstore"
 	"github.com/go-kvdb/go-kvdb/router/hlc"
 	"github.com/go-kvdb/go-kvdb/router/hotcache"
+	"github.com/go-kvdb/go-kvdb/router/httpapi"
 	"github.com/go-kvdb/go-kvdb/router/llm"
 	"github.com/go-kvdb/go-kvdb/router/maintenance"
 	"github.com/go-kvdb/go-kvdb/router/placement"
-	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -84,8 +85,13 @@ type Config struct {
 	Security SecurityConfig
 }
 
-// LLMConfig configures the LLM features (see package llm).
-type LLMConfig = llm.Config
+// LLMConfig configures the LLM features (see package llm), and
+// SecurityConfig the API's keys, limits and audit trail and encryption at
+// rest (see package httpapi).
+type (
+	LLMConfig      = llm.Config
+	SecurityConfig = httpapi.SecurityConfig
+)
 
 // Node and Shard are placement's: a shard as the configuration names it,
 // and what the router needs of one.
@@ -111,9 +117,8 @@ type Router struct {
 	maint *maintenance.Service
 	codec *codec.Codec
 	cache *hotcache.Cache
-	echo  *echo.Echo
+	api   *httpapi.API
 	llm   *llm.Service // the LLM features
-	sec   *security    // keys, limits, audit; set by secure
 
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
@@ -212,7 +217,10 @@ func New(cfg Config) (*Router, error) {
 		Metrics: r.m, Log: r.log, Mode: cfg.Mode, ShardTimeout: cfg.ShardTimeout, ProbeInterval: cfg.ProbeInterval,
 		RepairInterval: cfg.RepairInterval, Context: r.bgCtx, Go: r.background,
 	})
-	r.echo = r.routes()
+	r.api = httpapi.New(httpapi.Config{
+		Cluster: r.cluster, Docs: r.docs, LLM: r.llm, Maint: r.maint, Codec: r.codec, Security: cfg.Security,
+		MaxBodyBytes: cfg.MaxBodyBytes, MetricsHandler: cfg.MetricsHandler, Metrics: r.m, Registry: cfg.Registry, Log: r.log,
+	})
 
 	r.cluster.Start()
 	r.maint.Start()
@@ -222,7 +230,12 @@ func New(cfg Config) (*Router, error) {
 }
 
 // Handler is the router's HTTP handler.
-func (r *Router) Handler() http.Handler { return r.echo }
+func (r *Router) Handler() http.Handler { return r.api.Handler() }
+
+// SetAuth swaps the API keys (a reloaded auth file). A nil Auth is
+// ignored: a router started with keys never opens up, and one started
+// open stays open.
+func (r *Router) SetAuth(a *authfile.Auth) { r.api.SetAuth(a) }
 
 // Close stops the background work and releases the cache. It does not
 // close the shards: their owner does.

@@ -1,4 +1,4 @@
-package router
+package httpapi
 
 import (
 	"net/http"
@@ -42,7 +42,7 @@ func includeContent(c echo.Context) (bool, error) {
 // validPrefix accepts what can begin a topic name (or nothing).
 func validPrefix(s string) bool { return s == "" || schema.ValidName(s) }
 
-func (r *Router) listTopics(c echo.Context) error {
+func (a *API) listTopics(c echo.Context) error {
 	limit, err := pageLimit(c)
 	if err != nil {
 		return err
@@ -57,14 +57,14 @@ func (r *Router) listTopics(c echo.Context) error {
 			return err
 		}
 	}
-	out, err := r.docs.ListTopics(c.Request().Context(), prefix, after, limit, r.topicFilter(c))
+	out, err := a.docs.ListTopics(c.Request().Context(), prefix, after, limit, a.topicFilter(c))
 	if err != nil {
 		return err
 	}
 	return c.JSONBlob(http.StatusOK, out)
 }
 
-func (r *Router) listContexts(c echo.Context) error {
+func (a *API) listContexts(c echo.Context) error {
 	topic, err := topicParam(c)
 	if err != nil {
 		return err
@@ -92,7 +92,7 @@ func (r *Router) listContexts(c echo.Context) error {
 			return err
 		}
 	}
-	out, err := r.docs.ListContexts(c.Request().Context(), topic, after, limit, withContent, f)
+	out, err := a.docs.ListContexts(c.Request().Context(), topic, after, limit, withContent, f)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package router
+package httpapi
 
 import (
 	"fmt"
@@ -16,12 +16,12 @@ type messagesRequest struct {
 }
 
 // appendMessagesHandler serves POST …/contexts/{id}/messages.
-func (r *Router) appendMessagesHandler(c echo.Context) error {
+func (a *API) appendMessagesHandler(c echo.Context) error {
 	topic, id, err := contextParams(c)
 	if err != nil {
 		return err
 	}
-	req, err := withBody(r, c, func(b []byte) (messagesRequest, error) {
+	req, err := withBody(a, c, func(b []byte) (messagesRequest, error) {
 		var m messagesRequest
 		if err := schema.DecodeJSON(b, &m); err != nil {
 			return m, err
@@ -47,10 +47,10 @@ func (r *Router) appendMessagesHandler(c echo.Context) error {
 		}
 		match = v
 	}
-	if _, _, err := r.docs.Topic(c.Request().Context(), topic); err != nil {
+	if _, _, err := a.docs.Topic(c.Request().Context(), topic); err != nil {
 		return err
 	}
-	res, err := r.docs.Append(c.Request().Context(), topic, id, req.Messages, match, nil)
+	res, err := a.docs.Append(c.Request().Context(), topic, id, req.Messages, match, nil)
 	if err != nil {
 		return err
 	}
@@ -60,7 +60,7 @@ func (r *Router) appendMessagesHandler(c echo.Context) error {
 
 // getMessages serves GET …/contexts/{id}/messages?last=N: the last N
 // messages (all without last), oldest first.
-func (r *Router) getMessages(c echo.Context) error {
+func (a *API) getMessages(c echo.Context) error {
 	topic, id, err := contextParams(c)
 	if err != nil {
 		return err
@@ -73,7 +73,7 @@ func (r *Router) getMessages(c echo.Context) error {
 		}
 		last = n
 	}
-	doc, v, err := r.docs.ReadContext(c.Request().Context(), topic, id)
+	doc, v, err := a.docs.ReadContext(c.Request().Context(), topic, id)
 	if err != nil {
 		return err
 	}

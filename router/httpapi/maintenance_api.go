@@ -1,4 +1,4 @@
-package router
+package httpapi
 
 import (
 	"io"
@@ -12,15 +12,9 @@ import (
 	"github.com/labstack/echo/v4"
 )
 
-// backupRoutes registers the backup and restore endpoints.
-func (r *Router) backupRoutes(v1 *echo.Group) {
-	v1.GET("/admin/backup", r.adminBackup)
-	v1.POST("/admin/restore", r.adminRestore)
-}
-
 // adminBackup serves GET /api/v1/admin/backup (see maintenance.Backup).
-func (r *Router) adminBackup(c echo.Context) error {
-	return r.maint.Backup(c.Request().Context(), func() io.Writer {
+func (a *API) adminBackup(c echo.Context) error {
+	return a.maint.Backup(c.Request().Context(), func() io.Writer {
 		resp := c.Response()
 		resp.Header().Set(echo.HeaderContentType, backup.ContentType)
 		resp.WriteHeader(http.StatusOK)
@@ -32,7 +26,7 @@ func (r *Router) adminBackup(c echo.Context) error {
 // is a snapshot (backup.RecordsContentType) of the records to replay. The
 // whole body is read and checked before anything is written, so a
 // truncated or malformed body changes nothing.
-func (r *Router) adminRestore(c echo.Context) error {
+func (a *API) adminRestore(c echo.Context) error {
 	dry, err := boolParam(c, "dry_run")
 	if err != nil {
 		return err
@@ -49,31 +43,24 @@ func (r *Router) adminRestore(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	rep, err := r.maint.Restore(req.Context(), recs, dry)
+	rep, err := a.maint.Restore(req.Context(), recs, dry)
 	if err != nil {
 		return err
 	}
 	return c.JSON(http.StatusOK, rep)
 }
 
-// compressionRoutes registers the dictionary endpoints.
-func (r *Router) compressionRoutes(v1 *echo.Group) {
-	v1.GET("/admin/compression", r.adminCompression)
-	v1.POST("/admin/compression/train", r.adminTrain)
-	v1.POST("/admin/compression/rewrite", r.adminRewrite)
-}
-
-func (r *Router) adminCompression(c echo.Context) error {
-	return c.JSON(http.StatusOK, r.maint.CompressionStatus())
+func (a *API) adminCompression(c echo.Context) error {
+	return c.JSON(http.StatusOK, a.maint.CompressionStatus())
 }
 
 // adminTrain serves POST /api/v1/admin/compression/train[?rewrite=true].
-func (r *Router) adminTrain(c echo.Context) error {
+func (a *API) adminTrain(c echo.Context) error {
 	rewrite, err := boolParam(c, "rewrite")
 	if err != nil {
 		return err
 	}
-	res, err := r.maint.Train(c.Request().Context(), rewrite)
+	res, err := a.maint.Train(c.Request().Context(), rewrite)
 	if err != nil {
 		return err
 	}
@@ -99,12 +86,12 @@ func boolParam(c echo.Context, name string) (bool, error) {
 // every context not compressed with the current dictionary, in place at
 // the same version, on every live shard. 202 starts the pass in the
 // background; ?wait=true runs it and answers 200 with its outcome.
-func (r *Router) adminRewrite(c echo.Context) error {
+func (a *API) adminRewrite(c echo.Context) error {
 	wait, err := boolParam(c, "wait")
 	if err != nil {
 		return err
 	}
-	res, started, err := r.maint.Rewrite(c.Request().Context(), wait)
+	res, started, err := a.maint.Rewrite(c.Request().Context(), wait)
 	switch {
 	case err != nil:
 		return err
@@ -113,19 +100,19 @@ func (r *Router) adminRewrite(c echo.Context) error {
 	case !started:
 		return c.JSON(http.StatusAccepted, map[string]any{"status": "a rewrite pass is running already"})
 	}
-	return c.JSON(http.StatusAccepted, map[string]any{"status": "started", "dictionary": r.codec.Current()})
+	return c.JSON(http.StatusAccepted, map[string]any{"status": "started", "dictionary": a.codec.Current()})
 }
 
 // adminReencrypt serves POST /api/v1/admin/reencrypt: re-seal every
 // record not sealed with the current key (older keys, or stored before
 // encryption was on) under it, on every live shard. 202 starts the pass in
 // the background; ?wait=true runs it and answers 200 with its outcome.
-func (r *Router) adminReencrypt(c echo.Context) error {
+func (a *API) adminReencrypt(c echo.Context) error {
 	wait, err := boolParam(c, "wait")
 	if err != nil {
 		return err
 	}
-	res, started, err := r.maint.Reencrypt(c.Request().Context(), wait)
+	res, started, err := a.maint.Reencrypt(c.Request().Context(), wait)
 	switch {
 	case err != nil:
 		return err
@@ -134,5 +121,5 @@ func (r *Router) adminReencrypt(c echo.Context) error {
 	case !started:
 		return c.JSON(http.StatusAccepted, map[string]string{"status": "a re-encrypt pass is running already"})
 	}
-	return c.JSON(http.StatusAccepted, map[string]string{"status": "started", "key": r.cfg.Security.Keyring.CurrentID()})
+	return c.JSON(http.StatusAccepted, map[string]string{"status": "started", "key": a.cfg.Security.Keyring.CurrentID()})
 }

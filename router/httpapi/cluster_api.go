@@ -1,4 +1,4 @@
-package router
+package httpapi
 
 import (
 	"net/http"
@@ -8,20 +8,13 @@ import (
 	"github.com/labstack/echo/v4"
 )
 
-// adminRoutes registers the membership endpoints.
-func (r *Router) adminRoutes(v1 *echo.Group) {
-	v1.POST("/admin/remove", r.adminRemove)
-	v1.DELETE("/admin/shards/:shard", r.adminRemove)
-	r.compressionRoutes(v1)
-}
-
 // adminRemove takes a shard out of the wanted Shape and starts the
 // rebalance that drains it: POST /api/v1/admin/remove?shard=NAME or
 // DELETE /api/v1/admin/shards/NAME. It answers 202 with the cluster; 404
 // for a shard the cluster does not hold; 412 when the router's shards come
 // from a config file (edit it and reload instead) or when the removal would
 // leave fewer shards than replicas.
-func (r *Router) adminRemove(c echo.Context) error {
+func (a *API) adminRemove(c echo.Context) error {
 	name := c.QueryParam("shard")
 	if name == "" {
 		name = param(c, "shard")
@@ -29,45 +22,47 @@ func (r *Router) adminRemove(c echo.Context) error {
 	if name == "" {
 		return apierr.Errorf(apierr.CodeInvalidArgument, "shard: required (?shard=NAME)")
 	}
-	if err := r.cluster.Remove(name); err != nil {
+	if err := a.cluster.Remove(name); err != nil {
 		return err
 	}
-	return c.JSON(http.StatusAccepted, r.cluster.Info())
+	return c.JSON(http.StatusAccepted, a.cluster.Info())
 }
 
-func (r *Router) clusterStatus(c echo.Context) error {
-	return c.JSON(http.StatusOK, r.cluster.Info())
+func (a *API) clusterStatus(c echo.Context) error {
+	return c.JSON(http.StatusOK, a.cluster.Info())
 }
 
 // adminRepair starts a repair pass; with ?wait=true it runs it and answers
 // with its outcome.
-func (r *Router) adminRepair(c echo.Context) error {
+func (a *API) adminRepair(c echo.Context) error {
 	wait, err := boolParam(c, "wait")
 	if err != nil {
 		return err
 	}
 	if wait {
-		st, err := r.cluster.Repair(c.Request().Context())
+		st, err := a.cluster.Repair(c.Request().Context())
 		if err != nil {
 			return &apierr.Error{Code: apierr.CodeUnavailable, Message: "repair failed: " + err.Error(), Err: err}
 		}
 		return c.JSON(http.StatusOK, map[string]any{"repair": st})
 	}
-	r.cluster.RequestRepair()
-	return c.JSON(http.StatusAccepted, map[string]any{"repair": r.cluster.RepairStatus()})
+	a.cluster.RequestRepair()
+	return c.JSON(http.StatusAccepted, map[string]any{"repair": a.cluster.RepairStatus()})
 }
 
 // adminReload re-reads the configuration and starts a rebalance if the
 // Shape changed.
-func (r *Router) adminReload(c echo.Context) error {
-	if err := r.cluster.Reload(); err != nil {
+func (a *API) adminReload(c echo.Context) error {
+	if err := a.cluster.Reload(); err != nil {
 		return apierr.Errorf(apierr.CodeFailedPrecondition, "%v", err)
 	}
-	return c.JSON(http.StatusAccepted, r.cluster.Info())
+	return c.JSON(http.StatusAccepted, a.cluster.Info())
 }
 
-func (r *Router) ready(c echo.Context) error {
-	t := r.topo.Load()
+// ready answers /readyz: 503 while so many shards are down that some key
+// may have no live replica holding its newest write.
+func (a *API) ready(c echo.Context) error {
+	t := a.cluster.Topology()
 	for _, sh := range t.Shapes() {
 		down := 0
 		var names []string

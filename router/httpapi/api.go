@@ -1,4 +1,4 @@
-package router
+package httpapi
 
 import (
 	"bytes"
@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"mime"
 	"net/http"
 	"net/url"
@@ -13,50 +14,87 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/metrics"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/cluster"
+	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/docstore"
+	"github.com/go-kvdb/go-kvdb/router/llm"
+	"github.com/go-kvdb/go-kvdb/router/maintenance"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
-func (r *Router) routes() *echo.Echo {
+// Config wires the API. Every field but MetricsHandler is required.
+type Config struct {
+	Cluster *cluster.Cluster
+	Docs    *docstore.Store
+	LLM     *llm.Service
+	Maint   *maintenance.Service
+	Codec   *codec.Codec
+	// Security configures keys, limits, the audit trail (and names the
+	// keyring the maintenance passes seal with).
+	Security SecurityConfig
+	// MaxBodyBytes caps request bodies (413 beyond).
+	MaxBodyBytes int64
+	// MetricsHandler serves /metrics; nil leaves the route out.
+	MetricsHandler http.Handler
+	Metrics        *metrics.Router
+	Registry       prometheus.Registerer
+	Log            *slog.Logger
+}
+
+// API is the HTTP face of the router: the REST API under /api/v1, the
+// drop-in Ollama endpoint under /ollama, probes, metrics and the OpenAPI
+// description, behind the security middleware.
+type API struct {
+	cfg     Config
+	log     *slog.Logger
+	m       *metrics.Router
+	cluster *cluster.Cluster
+	docs    *docstore.Store
+	llm     *llm.Service
+	maint   *maintenance.Service
+	codec   *codec.Codec
+	sec     *security
+	echo    *echo.Echo
+	access  map[string]route // the route table by method and path (see classify)
+}
+
+// New builds the API over cfg's parts.
+func New(cfg Config) *API {
+	a := &API{cfg: cfg, log: cfg.Log, m: cfg.Metrics, cluster: cfg.Cluster, docs: cfg.Docs, llm: cfg.LLM, maint: cfg.Maint, codec: cfg.Codec}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	e.HTTPErrorHandler = r.handleError
-	e.Use(r.m.HTTP.Echo())
+	e.HTTPErrorHandler = a.handleError
+	e.Use(a.m.HTTP.Echo())
+	a.sec = newSecurity(cfg.Security, cfg.Registry, cfg.Log)
+	a.sec.classify = a.classify
+	e.Use(a.sec.middleware)
 
+	// Open routes: probes, metrics and the API's description.
 	e.GET("/healthz", func(c echo.Context) error {
 		return c.JSONBlob(http.StatusOK, []byte(`{"status":"ok"}`))
 	})
-	e.GET("/readyz", r.ready)
-	r.openAPIRoutes(e)
-	if r.cfg.MetricsHandler != nil {
-		e.GET("/metrics", echo.WrapHandler(r.cfg.MetricsHandler))
+	e.GET("/readyz", a.ready)
+	e.GET("/openapi.yaml", func(c echo.Context) error {
+		return c.Blob(http.StatusOK, "application/yaml", openAPISpec)
+	})
+	if cfg.MetricsHandler != nil {
+		e.GET("/metrics", echo.WrapHandler(cfg.MetricsHandler))
 	}
-
-	v1 := e.Group("/api/v1")
-	r.secure(e, v1)
-	v1.GET("/cluster", r.clusterStatus)
-	v1.POST("/admin/repair", r.adminRepair)
-	v1.POST("/admin/reload", r.adminReload)
-	r.backupRoutes(v1)
-	r.adminRoutes(v1)
-	v1.POST("/topics", r.createTopic)
-	v1.GET("/topics", r.listTopics)
-	v1.GET("/topics/:topic", r.getTopic)
-	v1.DELETE("/topics/:topic", r.deleteTopic)
-	v1.POST("/topics/:topic/contexts", r.createContext)
-	v1.GET("/topics/:topic/contexts", r.listContexts)
-	v1.GET("/topics/:topic/contexts/:id", r.getContext)
-	v1.PUT("/topics/:topic/contexts/:id", r.putContext)
-	v1.DELETE("/topics/:topic/contexts/:id", r.deleteContext)
-	r.llmRoutes(e, v1)
-	return e
+	a.register(e)
+	a.echo = e
+	return a
 }
 
-// errorBody is the API's one error Shape.
-type errorBody struct {
+// Handler is the API's HTTP handler.
+func (a *API) Handler() http.Handler { return a.echo }
+
+// ErrorBody is the API's one error shape, {"error":{"code","message"}}.
+type ErrorBody struct {
 	Error struct {
 		Code    apierr.Code `json:"code"`
 		Message string      `json:"message"`
@@ -65,7 +103,7 @@ type errorBody struct {
 
 // handleError writes every error as {"error":{"code","message"}}, and logs
 // server-side failures (5xx), not client mistakes.
-func (r *Router) handleError(err error, c echo.Context) {
+func (a *API) handleError(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
 	}
@@ -82,12 +120,12 @@ func (r *Router) handleError(err error, c echo.Context) {
 	switch {
 	case status >= 500 && c.Request().Context().Err() != nil:
 		// The client went away mid-request: its shard calls were cancelled.
-		r.log.Debug("request abandoned by the client", "method", c.Request().Method, "path", c.Request().URL.Path)
+		a.log.Debug("request abandoned by the client", "method", c.Request().Method, "path", c.Request().URL.Path)
 	case status >= 500:
-		r.log.Error("request failed", "method", c.Request().Method, "path", c.Request().URL.Path,
+		a.log.Error("request failed", "method", c.Request().Method, "path", c.Request().URL.Path,
 			"status", status, "err", apiErr.Error())
 	}
-	var body errorBody
+	var body ErrorBody
 	body.Error.Code, body.Error.Message = apiErr.Code, apiErr.Message
 	if c.Request().Method == http.MethodHead {
 		c.NoContent(status)
@@ -146,20 +184,20 @@ func contextParams(c echo.Context) (topic, id string, err error) {
 var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // readJSON reads a JSON request body of at most MaxBodyBytes into buf.
-func (r *Router) readJSON(c echo.Context, buf *bytes.Buffer) error {
+func (a *API) readJSON(c echo.Context, buf *bytes.Buffer) error {
 	req := c.Request()
 	ct := req.Header.Get(echo.HeaderContentType)
 	mt, _, err := mime.ParseMediaType(ct)
 	if ct == "" || err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
 		return apierr.Errorf(apierr.CodeUnsupportedMediaType, "Content-Type must be application/json, got %q", schema.Truncate(ct))
 	}
-	if req.ContentLength > r.cfg.MaxBodyBytes {
-		return apierr.Errorf(apierr.CodePayloadTooLarge, "request body of %d bytes exceeds the limit of %d", req.ContentLength, r.cfg.MaxBodyBytes)
+	if req.ContentLength > a.cfg.MaxBodyBytes {
+		return apierr.Errorf(apierr.CodePayloadTooLarge, "request body of %d bytes exceeds the limit of %d", req.ContentLength, a.cfg.MaxBodyBytes)
 	}
-	_, err = buf.ReadFrom(http.MaxBytesReader(c.Response(), req.Body, r.cfg.MaxBodyBytes))
+	_, err = buf.ReadFrom(http.MaxBytesReader(c.Response(), req.Body, a.cfg.MaxBodyBytes))
 	var tooLarge *http.MaxBytesError
 	if errors.As(err, &tooLarge) {
-		return apierr.Errorf(apierr.CodePayloadTooLarge, "request body exceeds the limit of %d bytes", r.cfg.MaxBodyBytes)
+		return apierr.Errorf(apierr.CodePayloadTooLarge, "request body exceeds the limit of %d bytes", a.cfg.MaxBodyBytes)
 	}
 	if err != nil {
 		return apierr.Errorf(apierr.CodeInvalidArgument, "read request body: %v", err)
@@ -167,7 +205,7 @@ func (r *Router) readJSON(c echo.Context, buf *bytes.Buffer) error {
 	return nil
 }
 
-func withBody[T any](r *Router, c echo.Context, fn func([]byte) (T, error)) (T, error) {
+func withBody[T any](a *API, c echo.Context, fn func([]byte) (T, error)) (T, error) {
 	buf := bodyPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer func() {
@@ -175,7 +213,7 @@ func withBody[T any](r *Router, c echo.Context, fn func([]byte) (T, error)) (T, 
 			bodyPool.Put(buf)
 		}
 	}()
-	if err := r.readJSON(c, buf); err != nil {
+	if err := a.readJSON(c, buf); err != nil {
 		var zero T
 		return zero, err
 	}
@@ -205,8 +243,8 @@ func precondition(req *http.Request, def storage.Cond) (storage.Cond, uint64, er
 
 // ---- topics ----
 
-func (r *Router) createTopic(c echo.Context) error {
-	req, err := withBody(r, c, func(b []byte) (schema.TopicRequest, error) {
+func (a *API) createTopic(c echo.Context) error {
+	req, err := withBody(a, c, func(b []byte) (schema.TopicRequest, error) {
 		var t schema.TopicRequest
 		if err := schema.DecodeJSON(b, &t); err != nil {
 			return t, err
@@ -216,10 +254,10 @@ func (r *Router) createTopic(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := r.allowTopic(c, req.Name); err != nil {
+	if err := a.allowTopic(c, req.Name); err != nil {
 		return err
 	}
-	body, err := r.docs.CreateTopic(c.Request().Context(), schema.Topic{Name: req.Name, Description: req.Description, MaxTokens: req.MaxTokens, DefaultTTLSeconds: req.DefaultTTLSeconds})
+	body, err := a.docs.CreateTopic(c.Request().Context(), schema.Topic{Name: req.Name, Description: req.Description, MaxTokens: req.MaxTokens, DefaultTTLSeconds: req.DefaultTTLSeconds})
 	if err != nil {
 		return err
 	}
@@ -227,24 +265,24 @@ func (r *Router) createTopic(c echo.Context) error {
 	return c.JSONBlob(http.StatusCreated, body)
 }
 
-func (r *Router) getTopic(c echo.Context) error {
+func (a *API) getTopic(c echo.Context) error {
 	name, err := topicParam(c)
 	if err != nil {
 		return err
 	}
-	body, _, err := r.docs.Topic(c.Request().Context(), name)
+	body, _, err := a.docs.Topic(c.Request().Context(), name)
 	if err != nil {
 		return err
 	}
 	return c.JSONBlob(http.StatusOK, body)
 }
 
-func (r *Router) deleteTopic(c echo.Context) error {
+func (a *API) deleteTopic(c echo.Context) error {
 	name, err := topicParam(c)
 	if err != nil {
 		return err
 	}
-	if err := r.docs.DeleteTopic(c.Request().Context(), name); err != nil {
+	if err := a.docs.DeleteTopic(c.Request().Context(), name); err != nil {
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)
@@ -252,12 +290,12 @@ func (r *Router) deleteTopic(c echo.Context) error {
 
 // ---- contexts ----
 
-func (r *Router) getContext(c echo.Context) error {
+func (a *API) getContext(c echo.Context) error {
 	topic, id, err := contextParams(c)
 	if err != nil {
 		return err
 	}
-	body, v, hit, err := r.docs.Context(c.Request().Context(), topic, id)
+	body, v, hit, err := a.docs.Context(c.Request().Context(), topic, id)
 	if err != nil {
 		return err
 	}
@@ -288,13 +326,13 @@ func newID(now time.Time) string {
 	return fmt.Sprintf("%012x%s", now.UnixMilli(), hex.EncodeToString(b[:]))
 }
 
-func (r *Router) createContext(c echo.Context) error {
+func (a *API) createContext(c echo.Context) error {
 	topic, err := topicParam(c)
 	if err != nil {
 		return err
 	}
 	now := time.Now().UTC()
-	doc, err := withBody(r, c, func(b []byte) (*schema.Document, error) { return schema.DecodeDocument(b, now) })
+	doc, err := withBody(a, c, func(b []byte) (*schema.Document, error) { return schema.DecodeDocument(b, now) })
 	if err != nil {
 		return err
 	}
@@ -306,7 +344,7 @@ func (r *Router) createContext(c echo.Context) error {
 		return err
 	}
 	hasPrecondition := cond != storage.CondAbsent || c.Request().Header.Get("If-None-Match") != ""
-	return r.storeContext(c, topic, doc, cond, match, func(res storage.Result) error {
+	return a.storeContext(c, topic, doc, cond, match, func(res storage.Result) error {
 		if !hasPrecondition {
 			return apierr.Errorf(apierr.CodeAlreadyExists, "context %q already exists in topic %q", doc.Metadata.ID, topic)
 		}
@@ -314,12 +352,12 @@ func (r *Router) createContext(c echo.Context) error {
 	})
 }
 
-func (r *Router) putContext(c echo.Context) error {
+func (a *API) putContext(c echo.Context) error {
 	topic, id, err := contextParams(c)
 	if err != nil {
 		return err
 	}
-	doc, err := withBody(r, c, func(b []byte) (*schema.Document, error) { return schema.DecodeDocument(b, time.Now().UTC()) })
+	doc, err := withBody(a, c, func(b []byte) (*schema.Document, error) { return schema.DecodeDocument(b, time.Now().UTC()) })
 	if err != nil {
 		return err
 	}
@@ -331,7 +369,7 @@ func (r *Router) putContext(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return r.storeContext(c, topic, doc, cond, match, func(res storage.Result) error {
+	return a.storeContext(c, topic, doc, cond, match, func(res storage.Result) error {
 		return docstore.PreconditionFailed(topic, id, cond, match, res)
 	})
 }
@@ -339,8 +377,8 @@ func (r *Router) putContext(c echo.Context) error {
 // storeContext writes a validated document under cond and answers 201 for
 // a new context, 200 for a replaced one; a failed condition answers what
 // onConflict returns.
-func (r *Router) storeContext(c echo.Context, topic string, doc *schema.Document, cond storage.Cond, match uint64, onConflict func(storage.Result) error) error {
-	w, err := r.docs.Put(c.Request().Context(), topic, doc, cond, match, onConflict)
+func (a *API) storeContext(c echo.Context, topic string, doc *schema.Document, cond storage.Cond, match uint64, onConflict func(storage.Result) error) error {
+	w, err := a.docs.Put(c.Request().Context(), topic, doc, cond, match, onConflict)
 	if err != nil {
 		return err
 	}
@@ -352,7 +390,7 @@ func (r *Router) storeContext(c echo.Context, topic string, doc *schema.Document
 	return writeDocument(c, status, w.Version, "", w.Body)
 }
 
-func (r *Router) deleteContext(c echo.Context) error {
+func (a *API) deleteContext(c echo.Context) error {
 	topic, id, err := contextParams(c)
 	if err != nil {
 		return err
@@ -364,7 +402,7 @@ func (r *Router) deleteContext(c echo.Context) error {
 	if cond == storage.CondAbsent {
 		return apierr.Errorf(apierr.CodeInvalidArgument, "If-None-Match makes no sense on DELETE")
 	}
-	if err := r.docs.Delete(c.Request().Context(), topic, id, cond, match); err != nil {
+	if err := a.docs.Delete(c.Request().Context(), topic, id, cond, match); err != nil {
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)

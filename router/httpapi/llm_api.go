@@ -1,4 +1,4 @@
-package router
+package httpapi
 
 import (
 	"errors"
@@ -10,23 +10,14 @@ import (
 	"github.com/labstack/echo/v4"
 )
 
-// llmRoutes registers the LLM endpoints. routes calls it once.
-func (r *Router) llmRoutes(e *echo.Echo, v1 *echo.Group) {
-	v1.POST("/topics/:topic/contexts/:id/messages", r.appendMessagesHandler)
-	v1.GET("/topics/:topic/contexts/:id/messages", r.getMessages)
-	v1.POST("/topics/:topic/search", r.search)
-	v1.POST("/topics/:topic/contexts/:id/chat", r.chatHandler)
-	r.ollamaRoutes(e)
-}
-
 // chatHandler serves POST …/contexts/{id}/chat (see llm.Chat): the
 // model's reply streamed as NDJSON lines, or whole.
-func (r *Router) chatHandler(c echo.Context) error {
+func (a *API) chatHandler(c echo.Context) error {
 	topic, id, err := contextParams(c)
 	if err != nil {
 		return err
 	}
-	req, err := withBody(r, c, func(b []byte) (llm.ChatRequest, error) {
+	req, err := withBody(a, c, func(b []byte) (llm.ChatRequest, error) {
 		var q llm.ChatRequest
 		if err := schema.DecodeJSON(b, &q); err != nil {
 			return q, err
@@ -57,10 +48,10 @@ func (r *Router) chatHandler(c echo.Context) error {
 		}
 	}
 	ctx := c.Request().Context()
-	out, err := r.llm.Chat(ctx, topic, id, req, piece)
+	out, err := a.llm.Chat(ctx, topic, id, req, piece)
 	switch {
 	case err != nil && ctx.Err() != nil:
-		r.log.Info("chat abandoned by its client; nothing stored", "topic", topic, "id", id)
+		a.log.Info("chat abandoned by its client; nothing stored", "topic", topic, "id", id)
 		return nil
 	case err != nil && started:
 		var apiErr *apierr.Error
@@ -68,9 +59,9 @@ func (r *Router) chatHandler(c echo.Context) error {
 			apiErr = &apierr.Error{Code: apierr.CodeInternal, Message: "internal error", Err: err}
 		}
 		if apiErr.Status() >= 500 {
-			r.log.Error("chat failed mid-stream", "topic", topic, "id", id, "err", apiErr.Error())
+			a.log.Error("chat failed mid-stream", "topic", topic, "id", id, "err", apiErr.Error())
 		}
-		var body errorBody
+		var body ErrorBody
 		body.Error.Code, body.Error.Message = apiErr.Code, apiErr.Message
 		line(body)
 		return nil
@@ -90,7 +81,7 @@ func (r *Router) chatHandler(c echo.Context) error {
 // vectors are most similar (cosine) to the query's, best first.
 //
 // search serves POST /api/v1/topics/{t}/search (see llm.Search).
-func (r *Router) search(c echo.Context) error {
+func (a *API) search(c echo.Context) error {
 	topic, err := topicParam(c)
 	if err != nil {
 		return err
@@ -99,7 +90,7 @@ func (r *Router) search(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	req, err := withBody(r, c, func(b []byte) (llm.SearchRequest, error) {
+	req, err := withBody(a, c, func(b []byte) (llm.SearchRequest, error) {
 		var s llm.SearchRequest
 		if err := schema.DecodeJSON(b, &s); err != nil {
 			return s, err
@@ -109,7 +100,7 @@ func (r *Router) search(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	out, err := r.llm.Search(c.Request().Context(), topic, req, withContent)
+	out, err := a.llm.Search(c.Request().Context(), topic, req, withContent)
 	if err != nil {
 		return err
 	}

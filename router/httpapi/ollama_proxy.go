@@ -1,4 +1,4 @@
-package router
+package httpapi
 
 import (
 	"bufio"
@@ -30,42 +30,34 @@ import (
 // ollamaPrefix is where the drop-in endpoint lives.
 const ollamaPrefix = "/ollama"
 
-func (r *Router) ollamaRoutes(e *echo.Echo) {
-	g := e.Group(ollamaPrefix + "/:topic/:id")
-	g.Any("", r.ollamaRoot)
-	g.Any("/", r.ollamaRoot)
-	g.POST("/api/chat", r.ollamaChat)
-	g.Any("/*", r.ollamaForward)
-}
-
 // ollamaError writes an error as Ollama does.
 func ollamaError(c echo.Context, status int, msg string) error {
 	return c.JSON(status, map[string]string{"error": msg})
 }
 
 // ollamaFail writes an API error in Ollama's Shape.
-func (r *Router) ollamaFail(c echo.Context, err error) error {
+func (a *API) ollamaFail(c echo.Context, err error) error {
 	var apiErr *apierr.Error
 	if !errors.As(err, &apiErr) {
 		apiErr = &apierr.Error{Code: apierr.CodeInternal, Message: "internal error", Err: err}
 	}
 	if apiErr.Status() >= 500 {
-		r.log.Error("ollama endpoint failed", "path", c.Request().URL.Path, "err", apiErr.Error())
+		a.log.Error("ollama endpoint failed", "path", c.Request().URL.Path, "err", apiErr.Error())
 	}
 	return ollamaError(c, apiErr.Status(), apiErr.Message)
 }
 
 // ollamaRoot answers HEAD / and GET / as Ollama does; clients use it to
 // check that the server is up.
-func (r *Router) ollamaRoot(c echo.Context) error {
+func (a *API) ollamaRoot(c echo.Context) error {
 	if _, _, err := contextParams(c); err != nil {
-		return r.ollamaFail(c, err)
+		return a.ollamaFail(c, err)
 	}
 	switch c.Request().Method {
 	case http.MethodGet, http.MethodHead:
 		return c.String(http.StatusOK, "Ollama is running")
 	}
-	return r.ollamaForward(c)
+	return a.ollamaForward(c)
 }
 
 // upstreamPath is the request's path below the context's prefix, with its
@@ -100,12 +92,12 @@ var answerHeaders = []string{"Content-Type", "Content-Length"}
 
 // ollamaForward relays a request to Ollama and its answer back, flushing
 // as the answer arrives so streams stay streams.
-func (r *Router) ollamaForward(c echo.Context) error {
+func (a *API) ollamaForward(c echo.Context) error {
 	if _, _, err := contextParams(c); err != nil {
-		return r.ollamaFail(c, err)
+		return a.ollamaFail(c, err)
 	}
-	if err := r.llm.Need(); err != nil {
-		return r.ollamaFail(c, err)
+	if err := a.llm.Need(); err != nil {
+		return a.ollamaFail(c, err)
 	}
 	path := upstreamPath(c)
 	op := "proxy_other"
@@ -114,17 +106,17 @@ func (r *Router) ollamaForward(c echo.Context) error {
 	}
 	req := c.Request()
 	start := time.Now()
-	resp, err := r.llm.Config().Client.Do(req.Context(), req.Method, path, relayHeaders(c), http.MaxBytesReader(c.Response(), req.Body, r.cfg.MaxBodyBytes))
+	resp, err := a.llm.Config().Client.Do(req.Context(), req.Method, path, relayHeaders(c), http.MaxBytesReader(c.Response(), req.Body, a.cfg.MaxBodyBytes))
 	if err != nil {
-		r.llm.Metrics().Observe(op, "", start, err)
-		return r.ollamaFail(c, r.llm.Error(req.Method+" "+path, err))
+		a.llm.Metrics().Observe(op, "", start, err)
+		return a.ollamaFail(c, a.llm.Error(req.Method+" "+path, err))
 	}
 	defer resp.Body.Close()
 	err = relay(c, resp, nil)
 	if err == nil && resp.StatusCode >= 400 {
 		err = fmt.Errorf("ollama answered %d", resp.StatusCode)
 	}
-	r.llm.Metrics().Observe(op, "", start, err)
+	a.llm.Metrics().Observe(op, "", start, err)
 	return nil
 }
 
@@ -241,20 +233,20 @@ type chatLine struct {
 }
 
 // ollamaChat serves /api/chat with memory.
-func (r *Router) ollamaChat(c echo.Context) error {
+func (a *API) ollamaChat(c echo.Context) error {
 	topic, id, err := contextParams(c)
 	if err != nil {
-		return r.ollamaFail(c, err)
+		return a.ollamaFail(c, err)
 	}
-	if err := r.llm.Need(); err != nil {
-		return r.ollamaFail(c, err)
+	if err := a.llm.Need(); err != nil {
+		return a.ollamaFail(c, err)
 	}
 	// Ollama takes a body whatever its Content-Type; so does its stand-in.
 	buf := new(bytes.Buffer)
-	if _, err := buf.ReadFrom(http.MaxBytesReader(c.Response(), c.Request().Body, r.cfg.MaxBodyBytes)); err != nil {
+	if _, err := buf.ReadFrom(http.MaxBytesReader(c.Response(), c.Request().Body, a.cfg.MaxBodyBytes)); err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return ollamaError(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds the limit of %d bytes", r.cfg.MaxBodyBytes))
+			return ollamaError(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds the limit of %d bytes", a.cfg.MaxBodyBytes))
 		}
 		return ollamaError(c, http.StatusBadRequest, "read request body: "+err.Error())
 	}
@@ -284,9 +276,9 @@ func (r *Router) ollamaChat(c echo.Context) error {
 	}
 
 	ctx := c.Request().Context()
-	turn, err := r.llm.Recall(ctx, topic, id, sentTurns(msgs))
+	turn, err := a.llm.Recall(ctx, topic, id, sentTurns(msgs))
 	if err != nil {
-		return r.ollamaFail(c, err)
+		return a.ollamaFail(c, err)
 	}
 	if text := turn.Memory; text != "" {
 		injectMemory(&msgs, text)
@@ -298,17 +290,17 @@ func (r *Router) ollamaChat(c echo.Context) error {
 	}
 
 	start := time.Now()
-	resp, err := r.llm.Config().Client.Do(ctx, http.MethodPost, "/api/chat", relayHeaders(c), bytes.NewReader(schema.MustJSON(body)))
+	resp, err := a.llm.Config().Client.Do(ctx, http.MethodPost, "/api/chat", relayHeaders(c), bytes.NewReader(schema.MustJSON(body)))
 	if err != nil {
-		r.llm.Metrics().Observe("proxy_chat", "", start, err)
-		return r.ollamaFail(c, r.llm.Error("chat with "+model, err))
+		a.llm.Metrics().Observe("proxy_chat", "", start, err)
+		return a.ollamaFail(c, a.llm.Error("chat with "+model, err))
 	}
 	defer resp.Body.Close()
 	var answer strings.Builder
 	var last chatLine
 	finished := false
 	store := func() error {
-		r.llm.Remember(ctx, turn, answer.String())
+		a.llm.Remember(ctx, turn, answer.String())
 		return nil // the answer is the client's either way
 	}
 	var relayErr error
@@ -347,9 +339,9 @@ func (r *Router) ollamaChat(c echo.Context) error {
 	case !finished && callErr == nil:
 		callErr = errors.New("the answer ended without a done line")
 	}
-	r.llm.Metrics().Observe("proxy_chat", r.llm.ModelLabel(model, callErr), start, callErr)
+	a.llm.Metrics().Observe("proxy_chat", a.llm.ModelLabel(model, callErr), start, callErr)
 	if finished {
-		r.llm.Metrics().AddTokens(model, last.PromptEvalCount, last.EvalCount)
+		a.llm.Metrics().AddTokens(model, last.PromptEvalCount, last.EvalCount)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package router
+package httpapi
 
 import (
 	"net"
@@ -47,65 +47,6 @@ func openPath(p string) bool {
 func guarded(p string) bool {
 	return p == "/api/v1" || strings.HasPrefix(p, "/api/v1/") ||
 		p == ollamaPrefix || strings.HasPrefix(p, ollamaPrefix+"/")
-}
-
-// ollamaReadOnly are the Ollama paths relayed as they are that neither
-// store anything nor change the Ollama server: a reader may use them. Any
-// other relayed path (pull, push, create, copy, delete, blobs) changes the
-// Ollama server and needs an admin key.
-var ollamaReadOnly = map[string]bool{
-	"/api/generate": true, "/api/embed": true, "/api/embeddings": true,
-	"/api/show": true, "/api/tags": true, "/api/ps": true, "/api/version": true,
-	"/v1/chat/completions": true, "/v1/completions": true, "/v1/embeddings": true, "/v1/models": true,
-}
-
-// classify says what a routed request needs. Routes are matched by their
-// pattern (c.Path()), so a new route under /topics/:topic is scoped to its
-// topic at once. A route this function does not know needs admin to
-// change anything and read to GET: new routes are closed until placed.
-func classify(c echo.Context) (need authfile.Access, topic, id string, scoped bool) {
-	route, method := c.Path(), c.Request().Method
-	read := method == http.MethodGet || method == http.MethodHead
-	switch {
-	case unrouted(c):
-		return authfile.AccessAuth, "", "", false
-	case strings.HasPrefix(route, ollamaPrefix+"/:topic/:id"):
-		topic, id = param(c, "topic"), param(c, "id")
-		sub := strings.TrimPrefix(route, ollamaPrefix+"/:topic/:id")
-		switch {
-		case sub == "" || sub == "/":
-			if read {
-				return authfile.AccessRead, topic, id, true
-			}
-			return authfile.AccessAdmin, topic, id, true
-		case sub == "/api/chat":
-			return authfile.AccessWrite, topic, id, true
-		case read || ollamaReadOnly["/"+c.Param("*")]:
-			return authfile.AccessRead, topic, id, true
-		}
-		return authfile.AccessAdmin, topic, id, true
-	case strings.HasPrefix(route, "/api/v1/admin/") || route == "/api/v1/cluster":
-		return authfile.AccessAdmin, "", "", false
-	case route == "/api/v1/topics":
-		// POST names its topic in the body: createTopic checks it.
-		if read {
-			return authfile.AccessRead, "", "", false
-		}
-		return authfile.AccessWrite, "", "", false
-	case strings.HasPrefix(route, "/api/v1/topics/:topic"):
-		topic = param(c, "topic")
-		if strings.Contains(route, "/:id") {
-			id = param(c, "id")
-		}
-		if read || (method == http.MethodPost && strings.HasSuffix(route, "/search")) {
-			return authfile.AccessRead, topic, id, true
-		}
-		return authfile.AccessWrite, topic, id, true
-	}
-	if read {
-		return authfile.AccessRead, "", "", false
-	}
-	return authfile.AccessAdmin, "", "", false
 }
 
 var notFoundHandler = reflect.ValueOf(echo.NotFoundHandler).Pointer()
@@ -173,19 +114,19 @@ func (s *security) authorize(ri *reqInfo) *apierr.Error {
 
 // allowTopic checks that the request's key may act on topic, for routes
 // that name their topic in the body (POST /api/v1/topics).
-func (r *Router) allowTopic(c echo.Context, topic string) error {
+func (a *API) allowTopic(c echo.Context, topic string) error {
 	ri := infoOf(c)
 	if ri == nil || ri.key == nil || ri.key.TopicAllowed(topic) {
 		return nil
 	}
-	r.sec.authFailures.WithLabelValues("topic").Inc()
+	a.sec.authFailures.WithLabelValues("topic").Inc()
 	return apierr.Errorf(apierr.CodePermissionDenied, "key %q may not use topic %q", ri.key.Label(), schema.Truncate(topic))
 }
 
 // topicFilter returns the predicate a topic list keeps records by: only
 // the topics the request's key may see. Nil keeps all. The list's pager
 // applies it while it merges, so pages stay full and cursors stay right.
-func (r *Router) topicFilter(c echo.Context) func(storage.Record) bool {
+func (a *API) topicFilter(c echo.Context) func(storage.Record) bool {
 	ri := infoOf(c)
 	if ri == nil || !ri.key.Scoped() {
 		return nil

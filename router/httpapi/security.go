@@ -1,4 +1,4 @@
-package router
+package httpapi
 
 import (
 	"errors"
@@ -48,7 +48,8 @@ type SecurityConfig struct {
 // security is the router's gatekeeping state.
 type security struct {
 	cfg         SecurityConfig
-	auth        atomic.Pointer[authfile.Auth] // nil: open
+	classify    func(echo.Context) (need authfile.Access, topic, id string, scoped bool) // the route table's (API.classify)
+	auth        atomic.Pointer[authfile.Auth]                                            // nil: open
 	limits      *limiters
 	sem         chan struct{} // nil: no concurrency cap
 	audit       *auditLog     // nil: no trail
@@ -85,22 +86,14 @@ func newSecurity(cfg SecurityConfig, reg prometheus.Registerer, log *slog.Logger
 	return s
 }
 
-// secure installs the security middleware and its admin route. routes
-// calls it once.
-func (r *Router) secure(e *echo.Echo, v1 *echo.Group) {
-	r.sec = newSecurity(r.cfg.Security, r.cfg.Registry, r.log)
-	e.Use(r.sec.middleware)
-	v1.POST("/admin/reencrypt", r.adminReencrypt)
-}
-
 // SetAuth swaps the API keys (a reloaded auth file). A nil Auth is
 // ignored: a router started with keys never opens up, and one started
 // open stays open.
-func (r *Router) SetAuth(a *authfile.Auth) {
-	if a == nil || r.sec.auth.Load() == nil {
+func (a *API) SetAuth(auth *authfile.Auth) {
+	if auth == nil || a.sec.auth.Load() == nil {
 		return
 	}
-	r.sec.auth.Store(a)
+	a.sec.auth.Store(auth)
 }
 
 // middleware runs, in order, for every request to a guarded path: a
@@ -115,7 +108,7 @@ func (s *security) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 		if openPath(req.URL.Path) || !guarded(req.URL.Path) {
 			return next(c)
 		}
-		need, topic, id, scoped := classify(c)
+		need, topic, id, scoped := s.classify(c)
 		ri := &reqInfo{
 			need: need, topic: topic, id: id, scoped: scoped,
 			ip: clientIP(req), reqID: rid, mutating: need >= authfile.AccessWrite,

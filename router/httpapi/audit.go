@@ -1,4 +1,4 @@
-package router
+package httpapi
 
 import (
 	"crypto/rand"
@@ -28,9 +28,9 @@ type auditLog struct {
 	w  io.Writer
 }
 
-// auditLine is the trail's record. It never holds a secret: a key is
+// AuditLine is the trail's record. It never holds a secret: a key is
 // named by the name the auth file gives it.
-type auditLine struct {
+type AuditLine struct {
 	Time      string `json:"time"`
 	Event     string `json:"event"` // "mutation" or "auth_failure"
 	Key       string `json:"key,omitempty"`
@@ -44,7 +44,7 @@ type auditLine struct {
 	RequestID string `json:"request_id"`
 }
 
-func (a *auditLog) write(l *auditLine) {
+func (a *auditLog) write(l *AuditLine) {
 	b, err := json.Marshal(l)
 	if err != nil {
 		return // a struct of strings and ints always marshals
@@ -75,7 +75,7 @@ func (a *auditLog) record(c echo.Context, ri *reqInfo, status int) {
 	if unrouted(c) {
 		route = ""
 	}
-	a.write(&auditLine{
+	a.write(&AuditLine{
 		Time:      time.Now().UTC().Format(time.RFC3339Nano),
 		Event:     event,
 		Key:       ri.key.Label(),
