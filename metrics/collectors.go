@@ -177,3 +177,60 @@ func RegisterStore(reg prometheus.Registerer, stats StoreStats) {
 		Help: "Size of the BoltDB file.",
 	}, func() float64 { return float64(stats()) }))
 }
+
+// Security holds the API gate's metrics.
+type Security struct {
+	// AuthFailures counts requests refused by authentication (missing,
+	// malformed, unknown) or authorization (role, topic), by reason.
+	AuthFailures *prometheus.CounterVec
+	// Rejected counts API requests refused before their handler:
+	// rate_limited (429) or concurrency (503).
+	Rejected *prometheus.CounterVec
+}
+
+// NewSecurity registers the API gate's metrics on reg.
+func NewSecurity(reg prometheus.Registerer) *Security {
+	m := &Security{
+		AuthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "auth", Name: "failures_total",
+			Help: "Requests refused by authentication (missing, malformed, unknown) or authorization (role, topic).",
+		}, []string{"reason"}),
+		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "http", Name: "rejected_total",
+			Help: "API requests refused before their handler: rate_limited (429) or concurrency (503).",
+		}, []string{"reason"}),
+	}
+	reg.MustRegister(m.AuthFailures, m.Rejected)
+	return m
+}
+
+// Sync holds the repair and rebalance passes' metrics, by kind (repair,
+// rebalance).
+type Sync struct {
+	Scanned, Copied, Bytes, Purged, Errors *prometheus.CounterVec
+}
+
+// NewSync registers the passes' metrics on reg; rebalancing reports
+// whether a rebalance moves data now (read at scrape time).
+func NewSync(reg prometheus.Registerer, rebalancing func() bool) *Sync {
+	vec := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Subsystem: "sync", Name: name, Help: help}, []string{"kind"})
+	}
+	m := &Sync{
+		Scanned: vec("keys_scanned_total", "Keys examined by repair and rebalance passes."),
+		Copied:  vec("keys_copied_total", "Keys copied to an owner that lacked their newest version."),
+		Bytes:   vec("bytes_copied_total", "Bytes of keys and values copied between shards."),
+		Purged:  vec("keys_purged_total", "Records removed from shards that no longer own them, and collected tombstones."),
+		Errors:  vec("errors_total", "Repair and rebalance passes that failed."),
+	}
+	reg.MustRegister(m.Scanned, m.Copied, m.Bytes, m.Purged, m.Errors, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: "sync", Name: "rebalance_running",
+		Help: "1 while a rebalance moves data, else 0.",
+	}, func() float64 {
+		if rebalancing() {
+			return 1
+		}
+		return 0
+	}))
+	return m
+}

@@ -133,6 +133,6 @@ func (cl *Cluster) Remove(name string) error {
 	}
 	cl.desiredMu.Unlock()
 	cl.log.Info("shard removed by the operator; draining it", "shard", name)
-	cl.background(cl.converge)
+	cl.cfg.Go(cl.converge)
 	return nil
 }

@@ -147,7 +147,7 @@ func (cl *Cluster) adoptLocked(m *Map) error {
 	nodes := func(list []mapShard) ([]*placement.Node, error) {
 		out := make([]*placement.Node, 0, len(list))
 		for _, s := range list {
-			n := cl.register(s.Name, s.Address, nil)
+			n := cl.reg.register(s.Name, s.Address, nil)
 			if n == nil {
 				return nil, fmt.Errorf("shard %s at %s is in the cluster map but cannot be reached", s.Name, s.Address)
 			}
@@ -198,7 +198,7 @@ func (cl *Cluster) installLocked(ctx context.Context, m *Map) error {
 	targets := append([]*placement.Node(nil), t.All...)
 	for _, list := range [][]mapShard{m.Shards, m.Previous, m.Leaving} {
 		for _, s := range list {
-			if n := cl.register(s.Name, s.Address, nil); n != nil && !containsNode(targets, n) {
+			if n := cl.reg.register(s.Name, s.Address, nil); n != nil && !containsNode(targets, n) {
 				targets = append(targets, n)
 			}
 		}
@@ -317,14 +317,14 @@ func (cl *Cluster) Reload() error {
 	if err != nil {
 		return fmt.Errorf("reload: %w", err)
 	}
-	want, err := cl.shapeOf(nodes, replicas)
+	want, err := cl.reg.shapeOf(nodes, replicas)
 	if err != nil {
 		return fmt.Errorf("reload: %w", err)
 	}
 	cl.desiredMu.Lock()
 	cl.desired, cl.wantReplicas = want, max(1, replicas)
 	cl.desiredMu.Unlock()
-	cl.background(cl.converge)
+	cl.cfg.Go(cl.converge)
 	return nil
 }
 

@@ -1,11 +1,10 @@
 package cluster
 
 import (
-	"encoding/json"
-	"fmt"
 	"slices"
 
 	"github.com/go-kvdb/go-kvdb/router/placement"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 )
 
 // Map is the Shape of the cluster as stored on every storage node
@@ -29,13 +28,8 @@ type mapShard struct {
 	Address string `json:"address"`
 }
 
-func (m *Map) Encode() []byte {
-	b, err := json.Marshal(m)
-	if err != nil {
-		panic(fmt.Sprintf("marshal cluster map: %v", err))
-	}
-	return b
-}
+// Encode is the map as stored on every shard.
+func (m *Map) Encode() []byte { return schema.MustJSON(m) }
 
 func mapShards(nodes []*placement.Node) []mapShard {
 	out := make([]mapShard, len(nodes))

@@ -59,16 +59,12 @@ type Config struct {
 // Cluster is the router's view of its shards and the passes that keep
 // them in shape. Its methods are safe for concurrent use.
 type Cluster struct {
-	cfg        Config
-	log        *slog.Logger
-	m          *metrics.Router
-	batchCalls map[string]prometheus.Observer // m.ShardBatchCalls by op, resolved once (read only)
-	topo       atomic.Pointer[placement.Topology]
+	cfg  Config
+	log  *slog.Logger
+	m    *metrics.Router
+	topo atomic.Pointer[placement.Topology]
 
-	// nodesMu guards nodes, the registry of every shard the router has
-	// known: topologies share its *placement.Node values, so health outlives them.
-	nodesMu sync.Mutex
-	nodes   map[string]*placement.Node
+	reg registry // every shard the router has known
 
 	// desiredMu guards desired: the shape the configuration asks for;
 	// wantReplicas, the replicas it asks for (uncapped); and removed, the
@@ -89,15 +85,16 @@ type Cluster struct {
 // New registers cfg's nodes and returns the cluster at epoch 0 (the
 // configured shape); Start loads the real map.
 func New(cfg Config) (*Cluster, error) {
-	cl := &Cluster{cfg: cfg, log: cfg.Log, m: cfg.Metrics, nodes: map[string]*placement.Node{}, repairs: make(chan struct{}, 1)}
-	cl.batchCalls = map[string]prometheus.Observer{
-		"get":   cl.m.ShardBatchCalls.WithLabelValues("get"),
-		"apply": cl.m.ShardBatchCalls.WithLabelValues("apply"),
-	}
+	cl := &Cluster{cfg: cfg, log: cfg.Log, m: cfg.Metrics, repairs: make(chan struct{}, 1)}
+	cl.reg = registry{newShard: cfg.NewShard, wrap: cfg.Wrap, m: cfg.Metrics, nodes: map[string]*placement.Node{},
+		batchCalls: map[string]prometheus.Observer{
+			"get":   cfg.Metrics.ShardBatchCalls.WithLabelValues("get"),
+			"apply": cfg.Metrics.ShardBatchCalls.WithLabelValues("apply"),
+		}}
 	if cfg.SyncRate > 0 {
 		cl.syncLimit = rate.NewLimiter(rate.Limit(cfg.SyncRate), max(cfg.SyncRate, PageSize))
 	}
-	desired, err := cl.shapeOf(cfg.Nodes, cfg.Replicas)
+	desired, err := cl.reg.shapeOf(cfg.Nodes, cfg.Replicas)
 	if err != nil {
 		return nil, err
 	}
@@ -121,9 +118,7 @@ func (cl *Cluster) Topology() *placement.Topology { return cl.topo.Load() }
 
 // Node is the registry's node called name, or nil.
 func (cl *Cluster) Node(name string) *placement.Node {
-	cl.nodesMu.Lock()
-	defer cl.nodesMu.Unlock()
-	return cl.nodes[name]
+	return cl.reg.node(name)
 }
 
 // Throttle waits until n more keys may be copied under SyncRate.
@@ -137,8 +132,6 @@ func (cl *Cluster) Throttle(ctx context.Context, n int) error {
 func (cl *Cluster) shardCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, cl.cfg.ShardTimeout)
 }
-
-func (cl *Cluster) background(fn func(ctx context.Context)) { cl.cfg.Go(fn) }
 
 func (cl *Cluster) syncShared(ctx context.Context, live []*placement.Node) (int64, error) {
 	if cl.cfg.SyncShared == nil {

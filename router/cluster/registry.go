@@ -4,21 +4,43 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/metrics"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/storage"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
+// registry is every shard the router has known, by name: topologies
+// share its *Node values, so health outlives them. Each shard is reached
+// through the value layer (wrap) and instrumented.
+type registry struct {
+	newShard   func(name, address string) placement.Shard // nil: shards known only from a map are skipped
+	wrap       func(placement.Shard) placement.Shard      // nil: none
+	m          *metrics.Router
+	batchCalls map[string]prometheus.Observer // m.ShardBatchCalls by op, resolved once (read only)
+
+	mu    sync.Mutex // guards nodes
+	nodes map[string]*placement.Node
+}
+
+// node is the registry's node called name, or nil.
+func (g *registry) node(name string) *placement.Node {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.nodes[name]
+}
+
 // shapeOf registers nodes and builds the Shape they form.
-func (cl *Cluster) shapeOf(nodes []placement.Node, replicas int) (placement.Shape, error) {
+func (g *registry) shapeOf(nodes []placement.Node, replicas int) (placement.Shape, error) {
 	ptrs := make([]*placement.Node, 0, len(nodes))
 	for _, n := range nodes {
 		if n.Name == "" || n.Shard == nil {
 			return placement.Shape{}, fmt.Errorf("shard %q: name and shard are required", n.Name)
 		}
-		ptrs = append(ptrs, cl.register(n.Name, n.Address, n.Shard))
+		ptrs = append(ptrs, g.register(n.Name, n.Address, n.Shard))
 	}
 	return placement.NewShape(ptrs, replicas)
 }
@@ -26,23 +48,26 @@ func (cl *Cluster) shapeOf(nodes []placement.Node, replicas int) (placement.Shap
 // register returns the registry's node called name, creating it with sh
 // (or, when sh is nil, with Config.NewShard) the first time. A node whose
 // address changed is replaced.
-func (cl *Cluster) register(name, address string, sh placement.Shard) *placement.Node {
-	cl.nodesMu.Lock()
-	defer cl.nodesMu.Unlock()
-	if n, ok := cl.nodes[name]; ok && n.Address == address {
+func (g *registry) register(name, address string, sh placement.Shard) *placement.Node {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if n, ok := g.nodes[name]; ok && n.Address == address {
 		return n
 	}
 	if sh == nil {
-		if cl.cfg.NewShard == nil {
+		if g.newShard == nil {
 			return nil
 		}
-		sh = cl.cfg.NewShard(name, address)
+		sh = g.newShard(name, address)
 	}
 	if b, ok := sh.(batchObservable); ok {
-		b.ObserveBatches(cl.observeBatch)
+		b.ObserveBatches(g.observeBatch)
 	}
-	n := placement.NewNode(name, address, &instrumented{Shard: cl.wrap(sh), name: name, m: cl.m})
-	cl.nodes[name] = n
+	if g.wrap != nil {
+		sh = g.wrap(sh)
+	}
+	n := placement.NewNode(name, address, &instrumented{Shard: sh, name: name, m: g.m})
+	g.nodes[name] = n
 	return n
 }
 
@@ -55,8 +80,8 @@ type batchObservable interface {
 
 // observeBatch records how many calls one request to a shard carried. It
 // runs on every such request: the two series are resolved once, in New.
-func (cl *Cluster) observeBatch(op string, calls int) {
-	if o := cl.batchCalls[op]; o != nil {
+func (g *registry) observeBatch(op string, calls int) {
+	if o := g.batchCalls[op]; o != nil {
 		o.Observe(float64(calls))
 	}
 }
@@ -139,11 +164,4 @@ func (s *instrumented) TopK(ctx context.Context, bucket string, q storage.TopKQu
 	res, err := vs.TopK(ctx, bucket, q)
 	s.observe(ctx, "topk", start, err)
 	return res, err
-}
-
-func (cl *Cluster) wrap(sh placement.Shard) placement.Shard {
-	if cl.cfg.Wrap == nil {
-		return sh
-	}
-	return cl.cfg.Wrap(sh)
 }

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/metrics"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -32,7 +33,7 @@ type syncStatus struct {
 	mu  sync.Mutex // guards ops
 	ops map[string]*OpStatus
 
-	scanned, copied, bytes, purged, errors *prometheus.CounterVec
+	m *metrics.Sync // nil: not counted
 }
 
 func (s *syncStatus) get(kind string) *OpStatus {
@@ -79,12 +80,12 @@ func (s *syncStatus) add(kind string, res passResult, errs int64) {
 	op.KeysMissing += res.missing
 	op.Errors += errs
 	s.mu.Unlock()
-	if s.scanned != nil {
-		s.scanned.WithLabelValues(kind).Add(float64(res.scanned))
-		s.copied.WithLabelValues(kind).Add(float64(res.copied))
-		s.bytes.WithLabelValues(kind).Add(float64(res.bytes))
-		s.purged.WithLabelValues(kind).Add(float64(res.purged))
-		s.errors.WithLabelValues(kind).Add(float64(errs))
+	if s.m != nil {
+		s.m.Scanned.WithLabelValues(kind).Add(float64(res.scanned))
+		s.m.Copied.WithLabelValues(kind).Add(float64(res.copied))
+		s.m.Bytes.WithLabelValues(kind).Add(float64(res.bytes))
+		s.m.Purged.WithLabelValues(kind).Add(float64(res.purged))
+		s.m.Errors.WithLabelValues(kind).Add(float64(errs))
 	}
 }
 
@@ -116,25 +117,7 @@ func (s *syncStatus) snapshot(kind string) *OpStatus {
 }
 
 func (cl *Cluster) registerStatusMetrics(reg prometheus.Registerer) {
-	vec := func(name, help string) *prometheus.CounterVec {
-		c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kvdb", Subsystem: "sync", Name: name, Help: help}, []string{"kind"})
-		reg.MustRegister(c)
-		return c
-	}
-	cl.status.scanned = vec("keys_scanned_total", "Keys examined by repair and rebalance passes.")
-	cl.status.copied = vec("keys_copied_total", "Keys copied to an owner that lacked their newest version.")
-	cl.status.bytes = vec("bytes_copied_total", "Bytes of keys and values copied between shards.")
-	cl.status.purged = vec("keys_purged_total", "Records removed from shards that no longer own them, and collected tombstones.")
-	cl.status.errors = vec("errors_total", "Repair and rebalance passes that failed.")
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Namespace: "kvdb", Subsystem: "sync", Name: "rebalance_running",
-		Help: "1 while a rebalance moves data, else 0.",
-	}, func() float64 {
-		if cl.status.running("rebalance") {
-			return 1
-		}
-		return 0
-	}))
+	cl.status.m = metrics.NewSync(reg, func() bool { return cl.status.running("rebalance") })
 }
 
 // RequestRepair asks the repair loop for a pass soon; requests coalesce.

@@ -11,7 +11,6 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // reqInfo is what the security middleware learns about a request: its
@@ -143,13 +142,4 @@ func clientIP(req *http.Request) string {
 		return req.RemoteAddr
 	}
 	return host
-}
-
-func newAuthFailures(reg prometheus.Registerer) *prometheus.CounterVec {
-	v := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "kvdb", Subsystem: "auth", Name: "failures_total",
-		Help: "Requests refused by authentication (missing, malformed, unknown) or authorization (role, topic).",
-	}, []string{"reason"})
-	reg.MustRegister(v)
-	return v
 }

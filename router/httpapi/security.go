@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/metrics"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/authfile"
 	"github.com/go-kvdb/go-kvdb/router/codec"
@@ -77,12 +78,8 @@ func newSecurity(cfg SecurityConfig, reg prometheus.Registerer, log *slog.Logger
 	if cfg.Audit != nil {
 		s.audit = &auditLog{w: cfg.Audit, log: log}
 	}
-	s.authFailures = newAuthFailures(reg)
-	s.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "kvdb", Subsystem: "http", Name: "rejected_total",
-		Help: "API requests refused before their handler: rate_limited (429) or concurrency (503).",
-	}, []string{"reason"})
-	reg.MustRegister(s.rejected)
+	m := metrics.NewSecurity(reg)
+	s.authFailures, s.rejected = m.AuthFailures, m.Rejected
 	return s
 }
 
