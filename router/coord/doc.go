@@ -1,0 +1,7 @@
+// Package coord owns reading and writing records on their replicas:
+// quorum reads with read repair, writes acknowledged by a quorum of every
+// owner group (conditional ones decided at the key's primary), the one
+// Settle loop that plans again after a cluster-map change, fan-out and
+// merge of pages and top-k results, and writes to every shard. It keeps no
+// state beyond its Config and knows nothing of documents or HTTP.
+package coord
