@@ -64,12 +64,12 @@ func (x *Index) startRebuild() {
 	x.wg.Add(1)
 	go func() {
 		defer x.wg.Done()
-		x.rebuild(snap, live, old)
+		x.rebuild(snap, live)
 	}()
 }
 
-func (x *Index) rebuild(snap *state, live []uint32, old *state) {
-	next := newState(x.cfg, x.cfg.Seed+uint64(old.g.n))
+func (x *Index) rebuild(snap *state, live []uint32) {
+	next := newState(x.cfg, x.cfg.Seed+uint64(len(snap.keys)))
 	slots := make(map[string]int32, len(live))
 	for n, i := range live {
 		if n%256 == 0 && x.ctx.Err() != nil {
