@@ -36,13 +36,18 @@
 // file that is truncated or fails its checksum is refused (ErrCorrupt) and
 // removed; the owner rebuilds that index from its records.
 //
-// An insert costs about a millisecond at 768 dimensions (it searches the
-// graph with EfConstruction candidates); searches go on in parallel with
-// it, and the write lock is held only to link the new node. Memory is
-// about 3.3 KB a vector at 768 dimensions, nearly all of it the float32
-// values (Stats.Bytes estimates it).
+// An insert costs about 0.6 ms at 768 dimensions and 100,000 vectors (it
+// searches the graph with EfConstruction candidates: 1,500-1,700 inserts/s
+// on one core, hnswlib 930-960 on the same vectors); searches and other
+// Adds go on in parallel with that search, and the write lock is held only
+// to link the new node. Memory is about 3.4 KB a vector at 768 dimensions,
+// 3,072 bytes of it the float32 values (Stats.Bytes estimates it); the
+// file is 3.2 KB a vector and loads in a quarter to a third of a second
+// per 100,000. A filter that admits a tenth of the keys makes a search
+// walk about twenty times as far.
 //
-// Distances use vek's AVX2 assembly where the CPU has it (no cgo).
+// Distances use vek's AVX2 assembly where the CPU has it (no cgo): 2 to 4
+// times the plain Go loop's speed, for builds and searches alike.
 //
 // Package vindextest makes the clustered vectors that the tests, the
 // benchmarks and kvdb-bench's hnswlib anchor share.

@@ -209,13 +209,18 @@ func TestFilterAgainstBruteForce(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		every     int // keys i with i%every == 0 pass
+		ef        int
 		minRecall float64
 		mayExact  bool
+		mustExact bool
 	}{
-		{"half", 2, 0.95, false},
-		{"a tenth", 10, 0.95, false},
-		{"one in 200", 200, 1, true},
-		{"one in 2000", 2000, 1, true},
+		{"half", 2, 0, 0.95, false, false},
+		{"a tenth", 10, 0, 0.95, false, false},
+		{"one in 200", 200, 0, 1, true, false},
+		{"one in 2000", 2000, 0, 1, true, false},
+		// Six pass and ef is 10: the walk would cover the whole graph for
+		// fewer than k hits, so it gives up past half and says Exact.
+		{"one in 1000, small ef", 1000, 10, 1, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			keep := func(i int) bool { return i%tc.every == 0 }
@@ -231,7 +236,10 @@ func TestFilterAgainstBruteForce(t *testing.T) {
 			want := make([][]string, queries.Len())
 			exacts := 0
 			for q := range queries.Len() {
-				res := search(t, x, Query{Vector: queries.Row(q), K: 10, Filter: filter})
+				res := search(t, x, Query{Vector: queries.Row(q), K: 10, Ef: tc.ef, Filter: filter})
+				if tc.mustExact && !res.Exact {
+					t.Fatalf("Search with filter %s: %d hits after walking %d of %d, not exact", tc.name, len(res.Hits), res.Walked, x.Len())
+				}
 				for _, h := range res.Hits {
 					if !filter(h.Key) {
 						t.Fatalf("Search returned %s, which the filter rejects", h.Key)
@@ -396,5 +404,55 @@ func TestClosedIndexRefuses(t *testing.T) {
 	}
 	if _, err := x.Search(Query{Vector: base.Row(0), K: 1}); !errors.Is(err, ErrClosed) {
 		t.Errorf("Search after Close err = %v, want ErrClosed", err)
+	}
+}
+
+// Adds from several goroutines at once (as a parallel build or concurrent
+// commits make them) give a graph as good as one writer's.
+func TestConcurrentAdds(t *testing.T) {
+	base, queries := testSet(4000, 1), testSet(100, 2)
+	x, err := New(Config{Dim: testDim, Seed: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	const writers = 4
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < base.Len(); i += writers {
+				if ok, err := x.Add(keyOf(i), 1, base.Row(i)); !ok || err != nil {
+					t.Errorf("Add(%s) = %v, %v", keyOf(i), ok, err)
+					return
+				}
+			}
+		}()
+	}
+	// Rewrites of one key race with each other: the newest version wins.
+	for v := uint64(2); v < 40; v++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			x.Add("raced", v, base.Row(int(v)))
+		}()
+	}
+	wg.Wait()
+	if x.Len() != base.Len()+1 {
+		t.Fatalf("Len = %d, want %d", x.Len(), base.Len()+1)
+	}
+	if v, live, _ := x.Version("raced"); v != 39 || !live {
+		t.Errorf("Version(raced) = %d, %v; want 39, true", v, live)
+	}
+	exact := vindextest.Exact(base, queries, 10, nil)
+	got, want := make([][]string, queries.Len()), make([][]string, queries.Len())
+	for q := range queries.Len() {
+		res := search(t, x, Query{Vector: queries.Row(q), K: 11})
+		got[q] = slices.DeleteFunc(keysOf(res.Hits), func(k string) bool { return k == "raced" })
+		want[q] = exactKeys(exact[q])
+	}
+	if r := recallKeys(got, want); r < 0.95 {
+		t.Errorf("recall@10 after concurrent adds = %.4f, want ≥ 0.95", r)
 	}
 }

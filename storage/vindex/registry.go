@@ -127,13 +127,13 @@ func (r *Registry) Drop(k Key) bool {
 	return x != nil
 }
 
-// others returns the indexes of prefix but k's.
-func (r *Registry) others(prefix string, k Key) []*Index {
+// indexes returns the indexes of prefix but except's.
+func (r *Registry) indexes(prefix string, except Key) []*Index {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	var out []*Index
 	for _, o := range r.byPrefix[prefix] {
-		if o != k {
+		if o != except {
 			out = append(out, r.byKey[o])
 		}
 	}
@@ -144,11 +144,14 @@ func (r *Registry) others(prefix string, k Key) []*Index {
 // model at version. It creates the index it needs.
 func (r *Registry) Put(prefix, model, key string, version uint64, vec []float32) error {
 	k := Key{Prefix: prefix, Model: model, Dim: len(vec)}
+	if err := checkVector(vec); err != nil { // before Ensure: bad input makes no index
+		return err
+	}
 	x, err := r.Ensure(k)
 	if err != nil {
 		return err
 	}
-	for _, o := range r.others(prefix, k) {
+	for _, o := range r.indexes(prefix, k) {
 		if _, _, known := o.Version(key); known {
 			if _, err := o.Delete(key, version); err != nil {
 				return err
@@ -164,7 +167,7 @@ func (r *Registry) Put(prefix, model, key string, version uint64, vec []float32)
 // Delete applies a tombstone (or an expiry) of key under prefix at version
 // to every index of the prefix that knows the key.
 func (r *Registry) Delete(prefix, key string, version uint64) error {
-	for _, o := range r.others(prefix, Key{}) {
+	for _, o := range r.indexes(prefix, Key{}) {
 		if _, _, known := o.Version(key); known {
 			if _, err := o.Delete(key, version); err != nil {
 				return err
@@ -177,7 +180,7 @@ func (r *Registry) Delete(prefix, key string, version uint64) error {
 // Remove forgets key under prefix in every index, whatever its version
 // (the key left the shard).
 func (r *Registry) Remove(prefix, key string) error {
-	for _, o := range r.others(prefix, Key{}) {
+	for _, o := range r.indexes(prefix, Key{}) {
 		if _, err := o.Remove(key); err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package vindex
 
 import (
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -76,6 +77,9 @@ func TestRegistryRoutesWrites(t *testing.T) {
 	}
 	if err := r.Put("t1/", "m1", "t1/e", 1, nil); !errors.Is(err, ErrInvalid) {
 		t.Errorf("Put(empty vector) err = %v, want ErrInvalid", err)
+	}
+	if err := r.Put("t3/", "m1", "t3/a", 1, []float32{1, float32(math.NaN())}); !errors.Is(err, ErrInvalid) || r.Get(Key{"t3/", "m1", 2}) != nil {
+		t.Errorf("Put(NaN) err = %v, index %v; want ErrInvalid and no index made", err, r.Get(Key{"t3/", "m1", 2}))
 	}
 
 	st := r.Stats()
