@@ -444,3 +444,57 @@ func sortHits(hs []Hit) {
 		return strings.Compare(a.Key, b.Key)
 	})
 }
+
+// Reconcile brings the index in line with the records it should reflect,
+// for an index loaded from a file that may be older than they are. records
+// calls visit once for every live vector record the index should hold:
+// its key, version, and a function that decodes its vector (called only
+// when the index does not already hold that version). A key the index
+// holds live that records never visits is removed; a visited key whose
+// version differs is indexed anew, even when the index holds a newer
+// version (the records are the truth). Call it before SetReady(true);
+// writes applied meanwhile must also go to the index, and Reconcile does
+// not undo them (a key it visits at an older version than a write made
+// since is then re-added at the older one: reconcile before taking
+// writes, or repeat it).
+func (x *Index) Reconcile(records func(visit func(key string, version uint64, vector func() ([]float32, error)) error) error) (added, removed int, err error) {
+	seen := make(map[string]struct{})
+	err = records(func(key string, version uint64, vector func() ([]float32, error)) error {
+		seen[key] = struct{}{}
+		v, live, ok := x.Version(key)
+		if ok && live && v == version {
+			return nil
+		}
+		vec, err := vector()
+		if err != nil {
+			return fmt.Errorf("vector of %q: %w", key, err)
+		}
+		if ok && v >= version {
+			if _, err := x.Remove(key); err != nil {
+				return err
+			}
+		}
+		if _, err := x.Add(key, version, vec); err != nil {
+			return fmt.Errorf("index %q: %w", key, err)
+		}
+		added++
+		return nil
+	})
+	if err != nil {
+		return added, removed, fmt.Errorf("reconcile vector index: %w", err)
+	}
+	var stale []string
+	x.Keys(func(key string, _ uint64, live bool) bool {
+		if _, ok := seen[key]; live && !ok {
+			stale = append(stale, key)
+		}
+		return true
+	})
+	for _, key := range stale {
+		if _, err := x.Remove(key); err != nil {
+			return added, removed, err
+		}
+		removed++
+	}
+	return added, removed, nil
+}

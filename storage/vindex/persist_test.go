@@ -145,3 +145,77 @@ func TestWriteFileKeepsOldFileOnFailure(t *testing.T) {
 		t.Errorf("temporary file left behind: %v", err)
 	}
 }
+
+// A file older than the records is brought in line by Reconcile: keys
+// written since are added, deleted since are removed, rewritten since are
+// replaced, and the rest is left alone (their vectors never decoded).
+func TestReconcileAfterLoad(t *testing.T) {
+	base := testSet(1000, 1)
+	x := newTestIndex(t, base)
+	var buf bytes.Buffer
+	if err := x.Save(&buf, Meta{}); err != nil {
+		t.Fatal(err)
+	}
+	// The records move on: 0..99 deleted, 100..199 rewritten at 2, 1000..1049 new.
+	type rec struct {
+		version uint64
+		vec     []float32
+	}
+	records := map[string]rec{}
+	for i := 100; i < 1000; i++ {
+		records[keyOf(i)] = rec{1, base.Row(i)}
+	}
+	for i := 100; i < 200; i++ {
+		records[keyOf(i)] = rec{2, base.Row(i - 100)}
+	}
+	extra := testSet(50, 3)
+	for i := range 50 {
+		records[keyOf(1000+i)] = rec{1, extra.Row(i)}
+	}
+	y, _, err := Load(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer y.Close()
+	decoded := 0
+	added, removed, err := y.Reconcile(func(visit func(string, uint64, func() ([]float32, error)) error) error {
+		for k, r := range records {
+			if err := visit(k, r.version, func() ([]float32, error) { decoded++; return r.vec, nil }); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil || added != 150 || removed != 100 || decoded != 150 {
+		t.Fatalf("Reconcile = %d added, %d removed, %v (%d decoded); want 150, 100, nil (150)", added, removed, err, decoded)
+	}
+	y.SetReady(true)
+	if y.Len() != len(records) {
+		t.Errorf("Len after Reconcile = %d, want %d", y.Len(), len(records))
+	}
+	for k, r := range records {
+		if v, live, _ := y.Version(k); v != r.version || !live {
+			t.Fatalf("Version(%s) = %d, %v; want %d, true", k, v, live, r.version)
+		}
+	}
+	for i := 0; i < 100; i++ {
+		res := search(t, y, Query{Vector: base.Row(i), K: 3})
+		for _, h := range res.Hits {
+			if h.Key == keyOf(i) {
+				t.Fatalf("Search found %s, deleted since the file was saved", h.Key)
+			}
+		}
+	}
+	res := search(t, y, Query{Vector: extra.Row(7), K: 1})
+	if len(res.Hits) != 1 || res.Hits[0].Key != keyOf(1007) {
+		t.Errorf("Search(new vector) = %v, want %s", res.Hits, keyOf(1007))
+	}
+	// A failing decode stops it with the error.
+	boom := errors.New("boom")
+	_, _, err = y.Reconcile(func(visit func(string, uint64, func() ([]float32, error)) error) error {
+		return visit("fresh", 1, func() ([]float32, error) { return nil, boom })
+	})
+	if !errors.Is(err, boom) {
+		t.Errorf("Reconcile with a failing decode err = %v, want boom", err)
+	}
+}
