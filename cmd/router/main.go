@@ -102,6 +102,7 @@ type options struct {
 	shardTimeout, cacheTTL, repairInterval, grace  time.Duration
 	syncRate, replicas                             int
 	ollamaURL, embedModel, chatModel, summaryModel string
+	llmProvider, llmURL, llmKeyFile                string
 	discover                                       string
 	discoverEvery                                  time.Duration
 	sec                                            *securityFlags
@@ -125,6 +126,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.repairInterval, "repair-interval", 10*time.Minute, "how often an anti-entropy pass runs; tombstones older than this are collected")
 	fs.DurationVar(&o.grace, "shutdown-grace", 10*time.Second, "how long in-flight requests may run after SIGINT/SIGTERM")
 	fs.StringVar(&o.ollamaURL, "ollama-url", llmbridge.DefaultURL(), "Ollama's base URL (default: OLLAMA_HOST as the ollama client reads it, else http://127.0.0.1:11434)")
+	fs.StringVar(&o.llmProvider, "llm-provider", llmbridge.ProviderOllama, "the model server's API: ollama, or openai (any OpenAI-compatible server: vLLM, llama.cpp, LM Studio, Ollama's /v1, …)")
+	fs.StringVar(&o.llmURL, "llm-url", "", "the model server's URL; for openai the base URL ending in /v1 (default for ollama: -ollama-url)")
+	fs.StringVar(&o.llmKeyFile, "llm-api-key-file", "", "file whose first line is the API key the router sends to an OpenAI-compatible server (never a client's)")
 	fs.StringVar(&o.embedModel, "embed-model", "", "Ollama model that embeds contexts written without embeddings, e.g. nomic-embed-text; empty turns auto-embedding off")
 	fs.StringVar(&o.chatModel, "chat-model", "", "default Ollama model of conversations (POST …/chat)")
 	fs.StringVar(&o.summaryModel, "summary-model", "", "Ollama model that folds old turns into a running summary (default: -chat-model)")
@@ -189,6 +193,10 @@ func (o *options) check(set map[string]bool) error {
 		return daemon.Usagef("-replicas %d: must be at least 1", o.replicas)
 	case o.discoverEvery <= 0:
 		return daemon.Usagef("-discover-interval %s: must be positive", o.discoverEvery)
+	case set["ollama-url"] && set["llm-url"]:
+		return daemon.Usagef("-ollama-url and -llm-url both name the model server: give one")
+	case set["ollama-url"] && o.llmProvider != llmbridge.ProviderOllama:
+		return daemon.Usagef("-ollama-url goes with -llm-provider=ollama; name an OpenAI-compatible server with -llm-url")
 	}
 	return nil
 }
@@ -216,9 +224,20 @@ func (o *options) config() (router.Config, error) {
 		Registry:       reg,
 		MetricsHandler: metrics.Handler(reg),
 	}
-	llm, err := llmbridge.New(o.ollamaURL, llmbridge.Options{})
+	url := o.llmURL
+	if url == "" && o.llmProvider == llmbridge.ProviderOllama {
+		url = o.ollamaURL
+	}
+	var key string
+	if o.llmKeyFile != "" {
+		var err error
+		if key, err = llmbridge.ReadKeyFile(o.llmKeyFile); err != nil {
+			return cfg, daemon.Usagef("-llm-api-key-file: %v", err)
+		}
+	}
+	llm, err := llmbridge.Open(llmbridge.Config{Provider: o.llmProvider, URL: url, APIKey: key})
 	if err != nil {
-		return cfg, daemon.Usagef("-ollama-url: %v", err)
+		return cfg, daemon.Usagef("-llm-provider %s: %v", o.llmProvider, err)
 	}
 	cfg.LLM = router.LLMConfig{Client: llm, EmbedModel: o.embedModel, ChatModel: o.chatModel, SummaryModel: o.summaryModel}
 	return cfg, nil

@@ -70,9 +70,9 @@ var ErrRetry = errors.New("retry on the same map")
 // Settle runs attempt on the current topology until it returns anything
 // but storage.ErrStaleEpoch or ErrRetry, at most maxAttempts times. After
 // ErrStaleEpoch it adopts the newer cluster map first (Config.Refresh).
-// what names the operation in the 503 that says it did not settle;
-// attempts must be idempotent.
-func (c *Coordinator) Settle(ctx context.Context, what string, attempt func(t *placement.Topology) error) error {
+// what names the operation in the 503 that says it did not settle (called
+// only then: it stays off the hot path); attempts must be idempotent.
+func (c *Coordinator) Settle(ctx context.Context, what func() string, attempt func(t *placement.Topology) error) error {
 	for range maxAttempts {
 		err := attempt(c.cfg.Topology())
 		switch {
@@ -83,5 +83,5 @@ func (c *Coordinator) Settle(ctx context.Context, what string, attempt func(t *p
 			return err
 		}
 	}
-	return apierr.Errorf(apierr.CodeUnavailable, "%s did not settle after %d attempts; retry", what, maxAttempts)
+	return apierr.Errorf(apierr.CodeUnavailable, "%s did not settle after %d attempts; retry", what(), maxAttempts)
 }

@@ -177,7 +177,7 @@ func (c *Coordinator) Write(ctx context.Context, pk, bucket string, key []byte, 
 	var d decision                      // set once some replica may hold the write
 	var res storage.Result
 	var v uint64
-	err := c.Settle(ctx, "write of "+strconv.Quote(schema.Truncate(string(key))), func(t *placement.Topology) error {
+	err := c.Settle(ctx, writeOf(key), func(t *placement.Topology) error {
 		set := t.Owners(pk)
 		var err error
 		if len(set.Union) == 1 && d.rec.Version == 0 {
@@ -397,8 +397,13 @@ func (c *Coordinator) Replicate(ctx context.Context, t *placement.Topology, set 
 // context's vector). A newer record held wins silently.
 func (c *Coordinator) WriteAt(ctx context.Context, pk, bucket string, key []byte, v uint64, tombstone bool, value []byte) error {
 	rec := storage.Record{Key: key, Version: v, Tombstone: tombstone, Value: value}
-	return c.Settle(ctx, "write of "+strconv.Quote(schema.Truncate(string(key))), func(t *placement.Topology) error {
+	return c.Settle(ctx, writeOf(key), func(t *placement.Topology) error {
 		_, err := c.Replicate(ctx, t, t.Owners(pk), bucket, rec, map[*placement.Node]bool{})
 		return err
 	})
+}
+
+// writeOf names a write of key in a message.
+func writeOf(key []byte) func() string {
+	return func() string { return "write of " + strconv.Quote(schema.Truncate(string(key))) }
 }

@@ -60,7 +60,7 @@ type API struct {
 	codec   *codec.Codec
 	sec     *security
 	echo    *echo.Echo
-	access  map[string]route // the route table by method and path (see classify)
+	access  map[routeKey]entry // the route table by method and path (see classify)
 }
 
 // New builds the API over cfg's parts.

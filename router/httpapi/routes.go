@@ -19,6 +19,16 @@ type route struct {
 	need         func(c echo.Context) authfile.Access
 }
 
+// entry is a route as the middleware looks it up.
+type entry struct {
+	route
+	scoped, byID bool // the path names :topic, :id
+}
+
+// routeKey finds a route by method ("" for every method) and echo path,
+// without building a string per request.
+type routeKey struct{ method, path string }
+
 // routes is the one route table of the API and the drop-in endpoint,
 // with the access level of each route. With an auth file every one of
 // them needs a key; /healthz, /readyz, /metrics and /openapi.yaml (see
@@ -100,14 +110,14 @@ func relayNeed(c echo.Context) authfile.Access {
 // register adds the table to e and indexes each route's access by method
 // and path for the security middleware.
 func (a *API) register(e *echo.Echo) {
-	a.access = map[string]route{}
+	a.access = map[routeKey]entry{}
 	for _, rt := range a.routes() {
 		if rt.method == "" {
 			e.Any(rt.path, rt.handler)
 		} else {
 			e.Add(rt.method, rt.path, rt.handler)
 		}
-		a.access[rt.method+" "+rt.path] = rt
+		a.access[routeKey{rt.method, rt.path}] = entry{rt, strings.Contains(rt.path, ":topic"), strings.Contains(rt.path, ":id")}
 	}
 }
 
@@ -123,9 +133,9 @@ func (a *API) classify(c echo.Context) (need authfile.Access, topic, id string, 
 	if method == http.MethodHead {
 		method = http.MethodGet
 	}
-	rt, ok := a.access[method+" "+c.Path()]
+	rt, ok := a.access[routeKey{method, c.Path()}]
 	if !ok {
-		rt, ok = a.access[" "+c.Path()]
+		rt, ok = a.access[routeKey{"", c.Path()}]
 	}
 	if !ok { // not in the table: closed until placed
 		return authfile.AccessAdmin, "", "", false
@@ -134,10 +144,10 @@ func (a *API) classify(c echo.Context) (need authfile.Access, topic, id string, 
 	if rt.need != nil {
 		need = rt.need(c)
 	}
-	if strings.Contains(rt.path, ":topic") {
+	if rt.scoped {
 		topic, scoped = param(c, "topic"), true
 	}
-	if strings.Contains(rt.path, ":id") {
+	if rt.byID {
 		id = param(c, "id")
 	}
 	return need, topic, id, scoped

@@ -140,7 +140,7 @@ func (l *Service) embedPending(ctx context.Context, mark storage.Record) error {
 	}
 	l.embedForWrite(ctx, doc)
 	if doc.Metadata.EmbeddingPending {
-		return apierr.Errorf(apierr.CodeUnavailable, "Ollama at %s still cannot embed", l.URL())
+		return apierr.Errorf(apierr.CodeUnavailable, "%s still cannot embed", l.server())
 	}
 	replaced, err := l.docs.Replace(ctx, topic, doc, rec.Version)
 	if err != nil || !replaced {

@@ -176,7 +176,7 @@ func (l *Service) URL() string {
 // Need answers 503 when no Ollama is configured.
 func (l *Service) Need() error {
 	if l.cfg.Client == nil {
-		return apierr.Errorf(apierr.CodeUnavailable, "no Ollama is configured: start the router with -ollama-url")
+		return apierr.Errorf(apierr.CodeUnavailable, "no model server is configured: start the router with -ollama-url, or -llm-provider=openai and -llm-url")
 	}
 	return nil
 }
@@ -188,17 +188,17 @@ func (l *Service) Error(what string, err error) error {
 	case errors.As(err, &apiErr):
 		return apiErr
 	case errors.Is(err, llmbridge.ErrModelNotFound):
-		return &apierr.Error{Code: apierr.CodeNotFound, Message: fmt.Sprintf("%s: the model is not available on Ollama at %s (pull it first): %v", what, l.URL(), err), Err: err}
+		return &apierr.Error{Code: apierr.CodeNotFound, Message: fmt.Sprintf("%s: the model is not available on %s (pull it first): %v", what, l.server(), err), Err: err}
 	case errors.Is(err, llmbridge.ErrInvalid):
-		return &apierr.Error{Code: apierr.CodeInvalidArgument, Message: fmt.Sprintf("%s: Ollama at %s refused the request: %v", what, l.URL(), err), Err: err}
+		return &apierr.Error{Code: apierr.CodeInvalidArgument, Message: fmt.Sprintf("%s: %s refused the request: %v", what, l.server(), err), Err: err}
 	case errors.Is(err, llmbridge.ErrUpstream):
-		return &apierr.Error{Code: apierr.CodeUnavailable, Message: fmt.Sprintf("%s: Ollama at %s failed: %v", what, l.URL(), err), Err: err}
+		return &apierr.Error{Code: apierr.CodeUnavailable, Message: fmt.Sprintf("%s: %s failed: %v", what, l.server(), err), Err: err}
 	case errors.Is(err, context.DeadlineExceeded):
-		return &apierr.Error{Code: apierr.CodeUnavailable, Message: fmt.Sprintf("%s: Ollama at %s did not answer in time", what, l.URL()), Err: err}
+		return &apierr.Error{Code: apierr.CodeUnavailable, Message: fmt.Sprintf("%s: %s did not answer in time", what, l.server()), Err: err}
 	}
 	// The cause is logged (Err), not sent: the client needs to know that
 	// Ollama is down and where, not the dialer's words.
-	return &apierr.Error{Code: apierr.CodeUnavailable, Message: fmt.Sprintf("%s: Ollama at %s is unavailable", what, l.URL()), Err: err}
+	return &apierr.Error{Code: apierr.CodeUnavailable, Message: fmt.Sprintf("%s: %s is unavailable", what, l.server()), Err: err}
 }
 
 // ModelLabel keeps the metrics' model label bounded: a failed call is
@@ -368,4 +368,13 @@ func (l *Service) Written(ctx context.Context, topic string, d *schema.Document,
 // Deleted drops the vector of a context deleted at v.
 func (l *Service) Deleted(ctx context.Context, topic, id string, v uint64) {
 	l.afterContextDelete(ctx, topic, id, v)
+}
+
+// server names the model server in messages: "Ollama at URL", or "the
+// OpenAI-compatible server at URL".
+func (l *Service) server() string {
+	if k, ok := l.cfg.Client.(interface{ Kind() string }); ok && k.Kind() == llmbridge.ProviderOpenAI {
+		return "the OpenAI-compatible server at " + l.URL()
+	}
+	return "Ollama at " + l.URL()
 }

@@ -107,7 +107,7 @@ func (s *Service) Restore(ctx context.Context, recs []Record, dry bool) (*Restor
 		}
 	}
 	var rep *RestoreReport
-	err = s.cfg.Coord.Settle(ctx, "restore (restoring is idempotent)", func(t *placement.Topology) error {
+	err = s.cfg.Coord.Settle(ctx, func() string { return "restore (restoring is idempotent)" }, func(t *placement.Topology) error {
 		rep, err = s.restoreOn(ctx, t, others, dry)
 		return err
 	})
