@@ -92,15 +92,7 @@ func (a *API) adminRewrite(c echo.Context) error {
 		return err
 	}
 	res, started, err := a.maint.Rewrite(c.Request().Context(), wait)
-	switch {
-	case err != nil:
-		return err
-	case wait:
-		return c.JSON(http.StatusOK, res)
-	case !started:
-		return c.JSON(http.StatusAccepted, map[string]any{"status": "a rewrite pass is running already"})
-	}
-	return c.JSON(http.StatusAccepted, map[string]any{"status": "started", "dictionary": a.codec.Current()})
+	return passAnswer(c, res, started, err, "a rewrite pass is running already", "dictionary", a.codec.Current)
 }
 
 // adminReencrypt serves POST /api/v1/admin/reencrypt: re-seal every
@@ -113,13 +105,21 @@ func (a *API) adminReencrypt(c echo.Context) error {
 		return err
 	}
 	res, started, err := a.maint.Reencrypt(c.Request().Context(), wait)
+	return passAnswer(c, res, started, err, "a re-encrypt pass is running already", "key", func() string { return a.cfg.Security.Keyring.CurrentID() })
+}
+
+// passAnswer answers a maintenance pass's request: its error, 200 with
+// the result of a pass run at once (res non-nil), else 202 saying it
+// started (naming what it works with: key, from what) or that one is
+// running already (busy).
+func passAnswer[T, V any](c echo.Context, res *T, started bool, err error, busy, key string, what func() V) error {
 	switch {
 	case err != nil:
 		return err
-	case wait:
+	case res != nil:
 		return c.JSON(http.StatusOK, res)
 	case !started:
-		return c.JSON(http.StatusAccepted, map[string]string{"status": "a re-encrypt pass is running already"})
+		return c.JSON(http.StatusAccepted, map[string]any{"status": busy})
 	}
-	return c.JSON(http.StatusAccepted, map[string]string{"status": "started", "key": a.cfg.Security.Keyring.CurrentID()})
+	return c.JSON(http.StatusAccepted, map[string]any{"status": "started", key: what()})
 }
