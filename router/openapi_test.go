@@ -19,6 +19,8 @@ import (
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/go-kvdb/go-kvdb/backup"
+	"github.com/go-kvdb/go-kvdb/llmbridge"
+	"github.com/go-kvdb/go-kvdb/llmbridge/openaitest"
 	"github.com/go-kvdb/go-kvdb/metrics"
 	"github.com/go-kvdb/go-kvdb/router/httpapi"
 	"github.com/go-kvdb/go-kvdb/router/maintenance"
@@ -57,6 +59,7 @@ func newSpecChecker(t *testing.T, base string) *specChecker {
 			return lines, sc.Err()
 		})
 		openapi3filter.RegisterBodyDecoder(backup.ContentType, openapi3filter.FileBodyDecoder)
+		openapi3filter.RegisterBodyDecoder("text/event-stream", openapi3filter.FileBodyDecoder)
 		openapi3filter.RegisterBodyDecoder(backup.RecordsContentType, openapi3filter.FileBodyDecoder)
 	})
 	loader := openapi3.NewLoader()
@@ -260,6 +263,28 @@ func TestOpenAPI(t *testing.T) {
 	s.want(s.call("POST", "/ollama/kb/drop-in/api/chat", `{"model":"chat-model","messages":[{"role":"user","content":"hi"}],"stream":false}`, true), 200, "ollama chat")
 	s.want(s.call("POST", "/ollama/kb/drop-in/api/chat", `{"model":"chat-model","messages":[{"role":"user","content":"more"}]}`, true), 200, "ollama chat streamed")
 	s.want(s.call("POST", "/ollama/kb/drop-in/api/chat", `{"model":"no-such-model","messages":[{"role":"user","content":"x"}],"stream":false}`, true), 404, "ollama chat with a missing model")
+
+	// The drop-in OpenAI endpoint, on a second router whose provider is
+	// an OpenAI-compatible server.
+	oa := openaitest.New(t)
+	oaCfg := llmConfig(t, fake.URL)
+	oaClient, err := llmbridge.NewOpenAI(oa.URL, "", llmbridge.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oaCfg.Client = oaClient
+	rt2 := tc.newRouter(t, Config{Nodes: tc.want, Registry: metrics.NewRegistry(), CacheBytes: 16 << 20, LLM: oaCfg})
+	srv2 := httptest.NewServer(rt2.Handler())
+	t.Cleanup(srv2.Close)
+	waitFor(t, "second router's cluster map loaded", func() bool { return rt2.topo.Load().Epoch > 0 })
+	s.base = srv2.URL
+	s.want(s.call("POST", "/openai/kb/oa/v1/chat/completions", `{"model":"chat-model","messages":[{"role":"user","content":"hi"}]}`, true), 200, "openai chat")
+	s.want(s.call("POST", "/openai/kb/oa/v1/chat/completions", `{"model":"chat-model","messages":[{"role":"user","content":"more"}],"stream":true}`, true), 200, "openai chat streamed")
+	s.want(s.call("POST", "/openai/kb/oa/v1/chat/completions", `{"model":"chat-model","messages":[]}`, false), 400, "openai chat without messages")
+	s.want(s.call("POST", "/openai/kb/oa/v1/chat/completions", `{"model":"no-such-model","messages":[{"role":"user","content":"x"}]}`, true), 404, "openai chat with a missing model")
+	s.want(s.call("GET", "/openai/kb/oa/v1/models", nil, true), 200, "openai models")
+	s.want(s.call("POST", "/openai/kb/oa/v1/embeddings", `{"model":"embed-a","input":"hi"}`, true), 200, "openai embeddings")
+	s.base = srv.URL
 
 	// Compression dictionaries: refused on too few contexts, then trained
 	// on a corpus (whose records the backup below carries).

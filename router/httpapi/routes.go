@@ -41,6 +41,7 @@ func (a *API) routes() []route {
 		v1    = "/api/v1"
 		ctx   = v1 + "/topics/:topic/contexts/:id"
 		drop  = ollamaPrefix + "/:topic/:id"
+		oa    = openaiPrefix + "/:topic/:id/v1"
 	)
 	return []route{
 		{http.MethodGet, v1 + "/cluster", a.clusterStatus, admin, nil},
@@ -77,7 +78,14 @@ func (a *API) routes() []route {
 		{"", drop, a.ollamaRoot, admin, readOrAdmin},
 		{"", drop + "/", a.ollamaRoot, admin, readOrAdmin},
 		{http.MethodPost, drop + "/api/chat", a.ollamaChat, write, nil},
+		{http.MethodPost, drop + "/v1/chat/completions", a.openaiChat, write, nil},
 		{"", drop + "/*", a.ollamaForward, admin, relayNeed},
+
+		// The drop-in OpenAI endpoint: chat completions store turns;
+		// the model list and embeddings are relayed.
+		{http.MethodPost, oa + "/chat/completions", a.openaiChat, write, nil},
+		{http.MethodGet, oa + "/models", a.openaiRelay, read, nil},
+		{http.MethodPost, oa + "/embeddings", a.openaiRelay, read, nil},
 	}
 }
 

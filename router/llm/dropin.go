@@ -93,3 +93,10 @@ func (l *Service) Remember(ctx context.Context, t *DropInTurn, answer string) {
 		l.log.Error("drop-in chat answered but its turns were not stored", "topic", t.topic, "id", t.id, "err", err)
 	}
 }
+
+// DropInChat asks the provider to continue req for a drop-in endpoint
+// (the OpenAI one, which renders the answer itself), recording the call
+// and its tokens as a proxied chat.
+func (l *Service) DropInChat(ctx context.Context, req llmbridge.ChatRequest, fn func(llmbridge.ChatChunk) error) error {
+	return l.chat(ctx, "proxy_chat", req, fn)
+}
