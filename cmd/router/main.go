@@ -88,7 +88,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := daemon.Serve(ctx, sec.listener(ln), rt.Handler(), log, o.grace); err != nil {
+	if err := daemon.ServeHeaders(ctx, sec.listener(ln), rt.Handler(), log, o.grace, router.ServerMaxHeaderBytes); err != nil {
 		return err
 	}
 	log.Info("stopped")

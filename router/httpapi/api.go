@@ -70,6 +70,7 @@ func New(cfg Config) *API {
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = a.handleError
 	e.Use(a.m.HTTP.Echo())
+	e.Use(a.checkRequest)
 	a.sec = newSecurity(cfg.Security, cfg.Registry, cfg.Log)
 	a.sec.classify = a.classify
 	e.Use(a.sec.middleware)
