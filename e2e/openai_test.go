@@ -272,6 +272,10 @@ func TestOpenAIDropIn(t *testing.T) {
 	if got := storedTurns(t, r.base, "oa", "session", auth); len(got) != 6 {
 		t.Errorf("failed chats stored turns: %q", got)
 	}
+	// A path the endpoint does not serve answers in OpenAI's shape too.
+	if nf := do(t, "GET", r.base+"/openai/oa/session/v1/assistants", nil, auth...); nf.Status != 404 || field(nf.Body, "error", "type") != "invalid_request_error" {
+		t.Errorf("%s = %d %s, want 404 in OpenAI's shape", nf.Req, nf.Status, nf.Raw)
+	}
 
 	// The same memory on /ollama/{t}/{c}/v1/chat/completions.
 	oc := openai.NewClient(option.WithBaseURL(r.base+"/ollama/oa/other/v1"), option.WithAPIKey(r.writer), option.WithMaxRetries(0))

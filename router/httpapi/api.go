@@ -132,6 +132,10 @@ func (a *API) handleError(err error, c echo.Context) {
 		c.NoContent(status)
 		return
 	}
+	if openaiShaped(c.Request().URL.Path) { // OpenAI's clients read their own shape
+		openaiError(c, status, apiErr.Code, apiErr.Message)
+		return
+	}
 	c.JSON(status, body)
 }
 

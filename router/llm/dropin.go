@@ -50,7 +50,7 @@ type DropInTurn struct {
 // turns the client lacks are folded into the summary when they overflow
 // the budget, and rendered as the memory to inject.
 func (l *Service) Recall(ctx context.Context, topic, id string, sent []llmbridge.Message) (*DropInTurn, error) {
-	if err := l.docs.EnsureTopic(ctx, topic, "created by the drop-in Ollama endpoint"); err != nil {
+	if err := l.docs.EnsureTopic(ctx, topic, "created by a drop-in endpoint (Ollama or OpenAI)"); err != nil {
 		return nil, err
 	}
 	budget := memory.Budget(l.docs.TopicMaxTokens(ctx, topic), l.cfg.MaxTokens)
