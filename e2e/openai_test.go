@@ -272,6 +272,23 @@ func TestOpenAIDropIn(t *testing.T) {
 	if got := storedTurns(t, r.base, "oa", "session", auth); len(got) != 6 {
 		t.Errorf("failed chats stored turns: %q", got)
 	}
+	// A provider stream cut short: the client's stream ends with an
+	// error event (no [DONE]) and nothing is stored.
+	r.fake.SetCutAfter(3)
+	cut := c.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{Model: "chat-model",
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("a long question that will be cut short")}})
+	pieces := 0
+	for cut.Next() {
+		pieces++
+	}
+	if cut.Err() == nil {
+		t.Errorf("a cut stream ended without an error after %d chunks", pieces)
+	}
+	r.fake.SetCutAfter(0)
+	if got := storedTurns(t, r.base, "oa", "session", auth); len(got) != 6 {
+		t.Errorf("a cut stream stored turns: %q", got)
+	}
+
 	// A path the endpoint does not serve answers in OpenAI's shape too.
 	if nf := do(t, "GET", r.base+"/openai/oa/session/v1/assistants", nil, auth...); nf.Status != 404 || field(nf.Body, "error", "type") != "invalid_request_error" {
 		t.Errorf("%s = %d %s, want 404 in OpenAI's shape", nf.Req, nf.Status, nf.Raw)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -47,7 +48,7 @@ func openaiError(c echo.Context, status int, code apierr.Code, msg string) error
 	case status >= 500:
 		typ = "server_error"
 	}
-	return c.JSON(status, map[string]any{"error": map[string]any{"message": msg, "type": typ, "code": code}})
+	return c.JSON(status, oaErrorBody{Error: oaErrorObject{Message: msg, Type: typ, Code: code}})
 }
 
 // openaiFail writes an API error in OpenAI's shape.
@@ -226,12 +227,22 @@ func (a *API) openaiChat(c echo.Context) error {
 	}
 
 	cid := "chatcmpl-kvdb-" + strconv.FormatUint(completionSeq.Add(1), 36) + strconv.FormatInt(time.Now().UnixNano(), 36)
-	created := time.Now().Unix()
+	ev := oaChunk{ID: cid, Object: "chat.completion.chunk", Created: time.Now().Unix(), Model: req.Model, Choices: make([]oaChunkChoice, 1)}
 	w := c.Response()
 	var answer strings.Builder
 	var last llmbridge.ChatChunk
-	started := false
-	var sse *bufio.Writer
+	var sse *sseWriter
+	begin := func() {
+		w.Header().Set(echo.HeaderContentType, "text/event-stream")
+		w.Header().Set(echo.HeaderCacheControl, "no-cache")
+		w.WriteHeader(http.StatusOK)
+		sse = newSSEWriter(w)
+	}
+	defer func() {
+		if sse != nil {
+			sse.release()
+		}
+	}()
 	err = a.llm.DropInChat(ctx, llmbridge.ChatRequest{Model: req.Model, Messages: msgs, Options: req.options()}, func(ch llmbridge.ChatChunk) error {
 		answer.WriteString(ch.Content)
 		if ch.Done {
@@ -240,29 +251,23 @@ func (a *API) openaiChat(c echo.Context) error {
 		if !req.Stream {
 			return nil
 		}
-		if !started {
-			started = true
-			w.Header().Set(echo.HeaderContentType, "text/event-stream")
-			w.Header().Set(echo.HeaderCacheControl, "no-cache")
-			w.WriteHeader(http.StatusOK)
-			sse = bufio.NewWriter(w)
-			writeEvent(sse, chunk(cid, created, req.Model, map[string]any{"role": "assistant", "content": ""}, nil))
+		if sse == nil {
+			begin()
+			ev.Choices[0].Delta = oaDelta{Role: "assistant"}
+			sse.event(&ev)
 		}
 		if ch.Content != "" {
-			writeEvent(sse, chunk(cid, created, req.Model, map[string]any{"content": ch.Content}, nil))
+			ev.Choices[0].Delta = oaDelta{Content: ch.Content}
+			sse.event(&ev)
 		}
 		if ch.Done {
 			return nil
 		}
-		if err := sse.Flush(); err != nil {
-			return err
-		}
-		w.Flush()
-		return nil
+		return sse.flush()
 	})
 	if err != nil {
 		apiErr := a.llm.Error("chat with "+req.Model, err)
-		if !started {
+		if sse == nil {
 			return a.openaiFail(c, apiErr)
 		}
 		// The stream has begun: the error is its last event, without
@@ -270,9 +275,9 @@ func (a *API) openaiChat(c echo.Context) error {
 		// stored.
 		var e *apierr.Error
 		errors.As(apiErr, &e)
-		writeEvent(sse, map[string]any{"error": map[string]any{"message": e.Message, "type": "server_error", "code": e.Code}})
-		sse.Flush()
-		w.Flush()
+		a.log.Warn("openai endpoint: chat failed mid-stream", "path", c.Request().URL.Path, "err", e.Error())
+		sse.event(oaErrorBody{Error: oaErrorObject{Message: e.Message, Type: "server_error", Code: e.Code}})
+		sse.flush()
 		return nil
 	}
 	a.llm.Remember(ctx, turn, answer.String())
@@ -280,43 +285,124 @@ func (a *API) openaiChat(c echo.Context) error {
 	if reason == "" {
 		reason = "stop"
 	}
-	usage := map[string]int{"prompt_tokens": last.PromptTokens, "completion_tokens": last.CompletionTokens, "total_tokens": last.PromptTokens + last.CompletionTokens}
+	usage := &oaUsage{PromptTokens: last.PromptTokens, CompletionTokens: last.CompletionTokens, TotalTokens: last.PromptTokens + last.CompletionTokens}
 	if !req.Stream {
-		return c.JSON(http.StatusOK, map[string]any{
-			"id": cid, "object": "chat.completion", "created": created, "model": req.Model,
-			"choices": []any{map[string]any{"index": 0, "message": map[string]any{"role": "assistant", "content": answer.String()}, "finish_reason": reason}},
-			"usage":   usage,
+		return c.JSON(http.StatusOK, oaCompletion{
+			ID: cid, Object: "chat.completion", Created: ev.Created, Model: req.Model,
+			Choices: []oaChoice{{Message: oaDelta{Role: "assistant", Content: answer.String()}, FinishReason: reason}},
+			Usage:   usage,
 		})
 	}
-	if !started { // an answer with no chunk at all
-		w.Header().Set(echo.HeaderContentType, "text/event-stream")
-		w.WriteHeader(http.StatusOK)
-		sse = bufio.NewWriter(w)
+	if sse == nil { // an answer with no chunk at all
+		begin()
 	}
-	writeEvent(sse, chunk(cid, created, req.Model, map[string]any{}, &reason))
+	ev.Choices[0].Delta, ev.Choices[0].FinishReason = oaDelta{}, &reason
+	sse.event(&ev)
 	if req.StreamOptions != nil && req.StreamOptions.IncludeUsage {
-		writeEvent(sse, map[string]any{"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.Model, "choices": []any{}, "usage": usage})
+		ev.Choices, ev.Usage = []oaChunkChoice{}, usage
+		sse.event(&ev)
 	}
-	sse.WriteString("data: [DONE]\n\n")
-	sse.Flush()
-	w.Flush()
+	sse.done()
 	return nil
 }
 
-// chunk is one chat.completion.chunk event; finish is nil until the last.
-func chunk(id string, created int64, model string, delta map[string]any, finish *string) map[string]any {
-	return map[string]any{
-		"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-		"choices": []any{map[string]any{"index": 0, "delta": delta, "finish_reason": finish}},
+// The answer's wire format: OpenAI's chat.completion and
+// chat.completion.chunk objects, as their clients decode them.
+type (
+	oaCompletion struct {
+		ID      string     `json:"id"`
+		Object  string     `json:"object"`
+		Created int64      `json:"created"`
+		Model   string     `json:"model"`
+		Choices []oaChoice `json:"choices"`
+		Usage   *oaUsage   `json:"usage,omitempty"`
 	}
+	oaChoice struct {
+		Index        int     `json:"index"`
+		Message      oaDelta `json:"message"`
+		FinishReason string  `json:"finish_reason"`
+	}
+	oaChunk struct {
+		ID      string          `json:"id"`
+		Object  string          `json:"object"`
+		Created int64           `json:"created"`
+		Model   string          `json:"model"`
+		Choices []oaChunkChoice `json:"choices"`
+		Usage   *oaUsage        `json:"usage,omitempty"`
+	}
+	oaChunkChoice struct {
+		Index        int     `json:"index"`
+		Delta        oaDelta `json:"delta"`
+		FinishReason *string `json:"finish_reason"` // null until the last
+	}
+	oaDelta struct {
+		Role    string `json:"role,omitempty"`
+		Content string `json:"content"`
+	}
+	oaUsage struct {
+		PromptTokens     int `json:"prompt_tokens"`
+		CompletionTokens int `json:"completion_tokens"`
+		TotalTokens      int `json:"total_tokens"`
+	}
+	oaErrorBody struct {
+		Error oaErrorObject `json:"error"`
+	}
+	oaErrorObject struct {
+		Message string      `json:"message"`
+		Type    string      `json:"type"`
+		Code    apierr.Code `json:"code"`
+	}
+)
+
+// sseWriter writes Server-Sent Events of JSON data to a response. Its
+// buffer and encoder are pooled: a streamed chat allocates neither.
+type sseWriter struct {
+	w   *echo.Response
+	buf *bufio.Writer
+	enc *json.Encoder
 }
 
-// writeEvent writes v as one SSE data event.
-func writeEvent(w *bufio.Writer, v any) {
-	b, _ := json.Marshal(v)
-	w.WriteString("data: ")
-	w.Write(b)
-	w.WriteString("\n\n")
+var ssePool = sync.Pool{New: func() any {
+	s := &sseWriter{buf: bufio.NewWriterSize(nil, 4<<10)}
+	s.enc = json.NewEncoder(s.buf)
+	s.enc.SetEscapeHTML(false)
+	return s
+}}
+
+func newSSEWriter(w *echo.Response) *sseWriter {
+	s := ssePool.Get().(*sseWriter)
+	s.w = w
+	s.buf.Reset(w)
+	return s
+}
+
+// event writes v as one "data:" event (the encoder ends it with a newline;
+// the blank line ends the event).
+func (s *sseWriter) event(v any) {
+	s.buf.WriteString("data: ")
+	s.enc.Encode(v)
+	s.buf.WriteByte('\n')
+}
+
+// flush sends what is buffered to the client now.
+func (s *sseWriter) flush() error {
+	if err := s.buf.Flush(); err != nil {
+		return err
+	}
+	s.w.Flush()
+	return nil
+}
+
+// done ends the stream as OpenAI does.
+func (s *sseWriter) done() {
+	s.buf.WriteString("data: [DONE]\n\n")
+	s.flush()
+}
+
+func (s *sseWriter) release() {
+	s.buf.Reset(nil)
+	s.w = nil
+	ssePool.Put(s)
 }
 
 // storedRoles is what the memory policy compares of a client's history:
