@@ -179,7 +179,11 @@ func TestOpenAIDropIn(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	client := func(key string) openai.Client {
-		return openai.NewClient(option.WithBaseURL(r.base+"/openai/oa/session/v1"), option.WithAPIKey(key), option.WithMaxRetries(0))
+		// Besides the key where the SDK puts it, the client's secret
+		// where a careless client might: none of it may reach the
+		// provider.
+		return openai.NewClient(option.WithBaseURL(r.base+"/openai/oa/session/v1"), option.WithAPIKey(key), option.WithMaxRetries(0),
+			option.WithHeader("Cookie", "kvdb_session="+key), option.WithHeader("X-Api-Key", key), option.WithHeader("Proxy-Authorization", "Basic "+key))
 	}
 	c := client(r.writer)
 

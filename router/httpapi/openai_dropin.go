@@ -110,16 +110,16 @@ type oaChatRequest struct {
 	StreamOptions *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
-	N                   *int     `json:"n"`
-	Temperature         *float64 `json:"temperature"`
-	TopP                *float64 `json:"top_p"`
-	Seed                *int64   `json:"seed"`
-	MaxTokens           *int     `json:"max_tokens"`
-	MaxCompletionTokens *int     `json:"max_completion_tokens"`
-	FrequencyPenalty    *float64 `json:"frequency_penalty"`
-	PresencePenalty     *float64 `json:"presence_penalty"`
-	Stop                any      `json:"stop"`
-	Tools               any      `json:"tools"`
+	N                   *int              `json:"n"`
+	Temperature         *float64          `json:"temperature"`
+	TopP                *float64          `json:"top_p"`
+	Seed                *int64            `json:"seed"`
+	MaxTokens           *int              `json:"max_tokens"`
+	MaxCompletionTokens *int              `json:"max_completion_tokens"`
+	FrequencyPenalty    *float64          `json:"frequency_penalty"`
+	PresencePenalty     *float64          `json:"presence_penalty"`
+	Stop                any               `json:"stop"`
+	Tools               []json.RawMessage `json:"tools"`
 }
 
 // options maps the request's sampling parameters to Ollama's names.
@@ -198,7 +198,7 @@ func (a *API) openaiChat(c echo.Context) error {
 		return openaiError(c, http.StatusBadRequest, apierr.CodeInvalidArgument, "messages: at least one message is required")
 	case req.N != nil && *req.N != 1:
 		return openaiError(c, http.StatusBadRequest, apierr.CodeInvalidArgument, "n: the drop-in endpoint answers one choice; send n=1 or none")
-	case req.Tools != nil:
+	case len(req.Tools) > 0:
 		return openaiError(c, http.StatusBadRequest, apierr.CodeInvalidArgument, "tools: not supported by the drop-in endpoint")
 	}
 	msgs := make([]llmbridge.Message, len(req.Messages))
