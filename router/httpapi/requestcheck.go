@@ -57,6 +57,7 @@ func headerBytes(req *http.Request) int {
 
 // badQuery returns the first parameter of a raw query string that does
 // not decode, named as sent when its name is what fails, and the reason.
+// It only checks (no decoded copy is made unless a pair fails).
 func badQuery(raw string) (string, error) {
 	for raw != "" {
 		var pair string
@@ -65,18 +66,45 @@ func badQuery(raw string) (string, error) {
 			continue
 		}
 		k, v, _ := strings.Cut(pair, "=")
-		name, err := url.QueryUnescape(k)
-		if err != nil {
+		if err := checkEscapes(k); err != nil {
 			return k, err
 		}
 		if strings.Contains(pair, ";") {
-			return name, errSemicolon
+			return paramName(k), errSemicolon
 		}
-		if _, err := url.QueryUnescape(v); err != nil {
-			return name, err
+		if err := checkEscapes(v); err != nil {
+			return paramName(k), err
 		}
 	}
 	return "", nil
+}
+
+// checkEscapes reports the first "%" of s not followed by two hex digits,
+// as url.QueryUnescape would.
+func checkEscapes(s string) error {
+	for i := 0; i < len(s); i++ {
+		if s[i] != '%' {
+			continue
+		}
+		if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+			return url.EscapeError(s[i:min(i+3, len(s))])
+		}
+		i += 2
+	}
+	return nil
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+// paramName is a well-escaped parameter name decoded.
+func paramName(k string) string {
+	name, err := url.QueryUnescape(k)
+	if err != nil {
+		return k
+	}
+	return name
 }
 
 type queryError string

@@ -55,3 +55,30 @@ func TestOpenAIShaped(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRequestCheck measures the checks every request pays (header
+// measure and query check) beside the anchor of one url.Query parse, which
+// a handler reading a parameter pays anyway.
+func BenchmarkRequestCheck(b *testing.B) {
+	req := httptest.NewRequest(http.MethodGet, "/api/v1/topics/docs/contexts?limit=100&cursor=eyJrIjoiYWJjIn0%3D&tag=a+b", nil)
+	req.Header.Set("Authorization", "Bearer kvdb_0123456789abcdef0123456789abcdef")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", "kvdb-go/1.0")
+	b.Run("anchor=url.Query", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = req.URL.Query()
+		}
+	})
+	b.Run("check", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if headerBytes(req) > MaxHeaderBytes {
+				b.Fatal("over")
+			}
+			if _, err := badQuery(req.URL.RawQuery); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
