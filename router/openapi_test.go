@@ -263,6 +263,9 @@ func TestOpenAPI(t *testing.T) {
 	s.want(s.call("POST", "/ollama/kb/drop-in/api/chat", `{"model":"chat-model","messages":[{"role":"user","content":"hi"}],"stream":false}`, true), 200, "ollama chat")
 	s.want(s.call("POST", "/ollama/kb/drop-in/api/chat", `{"model":"chat-model","messages":[{"role":"user","content":"more"}]}`, true), 200, "ollama chat streamed")
 	s.want(s.call("POST", "/ollama/kb/drop-in/api/chat", `{"model":"no-such-model","messages":[{"role":"user","content":"x"}],"stream":false}`, true), 404, "ollama chat with a missing model")
+	s.want(s.call("POST", "/ollama/kb/drop-in/v1/chat/completions", `{"model":"chat-model","messages":[{"role":"user","content":"hi"}]}`, true), 200, "ollama's OpenAI chat")
+	s.want(s.call("POST", "/ollama/kb/drop-in/v1/chat/completions", `{"model":"chat-model","messages":[{"role":"user","content":"hi"}],"stream":true}`, true), 200, "ollama's OpenAI chat streamed")
+	s.want(s.call("POST", "/ollama/kb/drop-in/v1/chat/completions", `{"messages":[{"role":"user","content":1}]}`, false), 400, "ollama's OpenAI chat with a bad message")
 
 	// The drop-in OpenAI endpoint, on a second router whose provider is
 	// an OpenAI-compatible server.
