@@ -307,6 +307,19 @@ func TestOpenAIDropIn(t *testing.T) {
 		t.Errorf("stored on /ollama/…/v1 = %q", got)
 	}
 
+	// Ollama's own API has no OpenAI-compatible server to go to: a
+	// clear 503, nothing relayed.
+	before := len(r.fake.Requests(""))
+	for _, p := range []string{"/api/chat", "/api/tags"} {
+		or := do(t, "POST", r.base+"/ollama/oa/other"+p, `{"model":"chat-model","messages":[]}`, auth...)
+		if msg, _ := or.Body["error"].(string); or.Status != 503 || !strings.Contains(msg, "/openai/") {
+			t.Errorf("%s with the openai provider = %d %s, want 503 pointing to /openai/", or.Req, or.Status, or.Raw)
+		}
+	}
+	if n := len(r.fake.Requests("")) - before; n != 0 {
+		t.Errorf("Ollama's API reached the OpenAI-compatible server %d times", n)
+	}
+
 	checkCredentials(t, r.fake, r.writer, "kvdb_not_a_key")
 }
 
