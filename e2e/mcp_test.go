@@ -102,7 +102,7 @@ func TestMCPTools(t *testing.T) {
 	t.Parallel()
 	fake := ollamatest.New(t)
 	dir := t.TempDir()
-	_, base := startSingle(t, filepath.Join(dir, "kvdb.db"), "-ollama-url="+fake.URL, "-embed-model=embed-a")
+	_, base := startSingle(t, filepath.Join(dir, "kvdb.db"), "-ollama-url="+fake.URL, "-embed-model=embed-a", "-max-body-size=1048576")
 	cs := mcpSession(t, base, "") // no -auth-file: open on loopback, like the REST API
 
 	tools, err := cs.ListTools(context.Background(), nil)
@@ -233,6 +233,13 @@ func TestMCPTools(t *testing.T) {
 	if r := do(t, "GET", base+"/api/v1/topics/fresh", nil); r.Status != http.StatusNotFound {
 		t.Errorf("after bad store_context/append_messages calls, GET topic fresh = %d, want 404 (nothing stored)", r.Status)
 	}
+
+	// What the transport refuses comes in the API's error shape.
+	accept := []string{"Accept", "application/json, text/event-stream"}
+	wantError(t, do(t, "GET", base+"/mcp", nil, accept...), http.StatusMethodNotAllowed, "method_not_allowed", "POST")
+	wantError(t, do(t, "POST", base+"/mcp", "x", append(accept, "Content-Type", "text/plain")...), http.StatusUnsupportedMediaType, "unsupported_media_type")
+	huge := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"store_context","arguments":{"topic":"fresh","text":"` + strings.Repeat("x", 2<<20) + `"}}}`
+	wantError(t, do(t, "POST", base+"/mcp", huge, accept...), http.StatusRequestEntityTooLarge, "payload_too_large")
 
 	// Tool calls are counted by tool and outcome.
 	m := do(t, "GET", base+"/metrics", nil)

@@ -1,10 +1,13 @@
 package httpapi
 
 import (
+	"mime"
 	"net/http"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/mcpserver"
+	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/labstack/echo/v4"
 )
 
@@ -16,6 +19,9 @@ const mcpPath = "/mcp"
 // check it per tool; each tool call that changes data, or is refused, gets
 // its own audit line, as a REST write does.
 func (a *API) mcpHandler(c echo.Context) error {
+	if err := a.mcpRequest(c.Request()); err != nil {
+		return err
+	}
 	ri := infoOf(c)
 	caller := mcpserver.Caller{Denied: func(reason string) { a.sec.authFailures.WithLabelValues(reason).Inc() }}
 	if ri != nil {
@@ -26,6 +32,25 @@ func (a *API) mcpHandler(c echo.Context) error {
 	}
 	req := c.Request()
 	a.mcp.Handler().ServeHTTP(c.Response(), req.WithContext(mcpserver.WithCaller(req.Context(), caller)))
+	return nil
+}
+
+// mcpRequest refuses, in the API's error shape, what the SDK's handler
+// would refuse in plain text: another method than POST (the server is
+// stateless: no GET stream, no DELETE of a session), another media type,
+// a body declared larger than the API's limit. (A chunked body over the
+// limit is cut by the SDK, which answers 413 in plain text.)
+func (a *API) mcpRequest(req *http.Request) error {
+	if req.Method != http.MethodPost {
+		return apierr.Errorf(apierr.CodeMethodNotAllowed, "the MCP server is stateless: send every message with POST")
+	}
+	ct := req.Header.Get(echo.HeaderContentType)
+	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != echo.MIMEApplicationJSON {
+		return apierr.Errorf(apierr.CodeUnsupportedMediaType, "Content-Type must be application/json, got %q", schema.Truncate(ct))
+	}
+	if req.ContentLength > a.cfg.MaxBodyBytes {
+		return apierr.Errorf(apierr.CodePayloadTooLarge, "request body of %d bytes exceeds the limit of %d", req.ContentLength, a.cfg.MaxBodyBytes)
+	}
 	return nil
 }
 
