@@ -303,6 +303,8 @@ func TestMCPAuth(t *testing.T) {
 
 	// A key limited to a* works in alpha, and cannot touch beta at all.
 	mustTool(t, s, "store_context", map[string]any{"topic": "alpha", "id": "z", "text": "scoped write"}, nil)
+	var made mcpserver.StoreContextOut
+	mustTool(t, s, "store_context", map[string]any{"topic": "alpha", "text": "a new id"}, &made)
 	mustTool(t, s, "append_messages", map[string]any{"topic": "alpha", "id": "conv", "messages": []map[string]string{{"role": "user", "content": "hi"}}}, nil)
 	for _, c := range []struct {
 		tool string
@@ -334,6 +336,15 @@ func TestMCPAuth(t *testing.T) {
 	}
 	mustTool(t, w, "delete_context", map[string]any{"topic": "alpha", "id": "z"}, nil)
 
+	// Refused tool calls count as the REST API's refusals do.
+	m := do(t, "GET", base+"/metrics", nil)
+	for _, want := range []string{`kvdb_auth_failures_total{reason="role"} 3`, `kvdb_auth_failures_total{reason="topic"} 7`,
+		`kvdb_mcp_tool_calls_total{outcome="permission_denied",tool="delete_context"} 2`} {
+		if !strings.Contains(string(m.Raw), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
 	// The audit trail has a line per write tool call and per refusal.
 	type line struct{ Event, Key, Tool, Topic, Context string }
 	var lines []line
@@ -364,6 +375,7 @@ func TestMCPAuth(t *testing.T) {
 	has(line{"mutation", "writer", "store_context", "beta", "y"})
 	has(line{"mutation", "writer", "delete_context", "alpha", "z"})
 	has(line{"mutation", "scoped", "append_messages", "alpha", "conv"})
+	has(line{"mutation", "scoped", "store_context", "alpha", made.ID}) // the id it made
 	has(line{"auth_failure", "reader", "delete_context", "alpha", "x"})
 	has(line{"auth_failure", "scoped", "get_context", "beta", "y"})
 	for _, l := range lines {

@@ -85,6 +85,10 @@ type StoreContextOut struct {
 	Created bool   `json:"created" jsonschema:"false when an existing context was replaced"`
 }
 
+// madeID names the context a call made, for its Call when the input
+// named none.
+func (o StoreContextOut) madeID() string { return o.ID }
+
 type AppendMessagesIn struct {
 	Topic    string           `json:"topic" jsonschema:"the topic name; created on first use"`
 	ID       string           `json:"id" jsonschema:"the conversation's context id; created on first use"`
@@ -168,6 +172,9 @@ func addTool[In, Out any](s *Server, ms *mcp.Server, t *mcp.Tool, need authfile.
 		err := c.allow(need, topic)
 		if err == nil {
 			out, err = run(ctx, c, in)
+		}
+		if m, ok := any(out).(interface{ madeID() string }); ok && id == "" && err == nil {
+			id = m.madeID()
 		}
 		call := Call{Tool: t.Name, Topic: schema.Truncate(topic), ID: schema.Truncate(id), Mutating: need >= authfile.AccessWrite, Status: http.StatusOK}
 		outcome := "ok"
