@@ -42,9 +42,9 @@ func openPath(p string) bool {
 }
 
 // guarded reports the paths that need a key when the router has an auth
-// file: the API and the drop-in Ollama endpoint.
+// file: the API, the MCP server and the drop-in Ollama endpoint.
 func guarded(p string) bool {
-	return p == "/api/v1" || strings.HasPrefix(p, "/api/v1/") ||
+	return p == "/api/v1" || strings.HasPrefix(p, "/api/v1/") || p == mcpPath ||
 		p == ollamaPrefix || strings.HasPrefix(p, ollamaPrefix+"/")
 }
 
