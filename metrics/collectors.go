@@ -234,3 +234,21 @@ func NewSync(reg prometheus.Registerer, rebalancing func() bool) *Sync {
 	}))
 	return m
 }
+
+// MCP holds the MCP server's metrics.
+type MCP struct {
+	// ToolCalls counts tool calls that reached their handler, by tool and
+	// outcome: ok, or the API error code the call failed with
+	// (invalid_argument, permission_denied, not_found, unavailable, …).
+	ToolCalls *prometheus.CounterVec
+}
+
+// NewMCP registers the MCP server's metrics on reg.
+func NewMCP(reg prometheus.Registerer) *MCP {
+	m := &MCP{ToolCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "mcp", Name: "tool_calls_total",
+		Help: "MCP tool calls by tool and outcome (ok, or the API error code).",
+	}, []string{"tool", "outcome"})}
+	reg.MustRegister(m.ToolCalls)
+	return m
+}

@@ -321,6 +321,10 @@ func TestOpenAPI(t *testing.T) {
 	s.want(s.call("POST", "/api/v1/admin/restore", snap[:len(snap)-1], true), 400, "truncated restore")
 	s.want(s.call("POST", "/api/v1/admin/restore", `{}`, false), 415, "restore of JSON")
 
+	// The MCP server answers JSON-RPC.
+	s.want(s.call("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"spec","version":"1"}}}`, true,
+		"Accept", "application/json, text/event-stream"), 200, "mcp initialize")
+
 	// Deletes last.
 	s.want(s.call("DELETE", "/api/v1/topics/kb/contexts/c1", nil, true, "If-Match", `"1"`), 412, "delete with a stale If-Match")
 	s.want(s.call("DELETE", "/api/v1/topics/kb/contexts/c1", nil, true), 204, "delete context")

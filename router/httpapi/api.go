@@ -21,6 +21,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/docstore"
 	"github.com/go-kvdb/go-kvdb/router/llm"
 	"github.com/go-kvdb/go-kvdb/router/maintenance"
+	"github.com/go-kvdb/go-kvdb/router/mcpserver"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
@@ -59,6 +60,7 @@ type API struct {
 	maint   *maintenance.Service
 	codec   *codec.Codec
 	sec     *security
+	mcp     *mcpserver.Server
 	echo    *echo.Echo
 	access  map[routeKey]entry // the route table by method and path (see classify)
 }
@@ -74,6 +76,10 @@ func New(cfg Config) *API {
 	a.sec = newSecurity(cfg.Security, cfg.Registry, cfg.Log)
 	a.sec.classify = a.classify
 	e.Use(a.sec.middleware)
+	a.mcp = mcpserver.New(mcpserver.Config{
+		Docs: cfg.Docs, LLM: cfg.LLM, MaxBodyBytes: cfg.MaxBodyBytes, Version: "1",
+		Metrics: metrics.NewMCP(cfg.Registry), Log: cfg.Log,
+	})
 
 	// Open routes: probes, metrics and the API's description.
 	e.GET("/healthz", func(c echo.Context) error {

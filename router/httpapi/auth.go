@@ -43,9 +43,10 @@ func openPath(p string) bool {
 }
 
 // guarded reports the paths that need a key when the router has an auth
-// file: the API and the drop-in Ollama and OpenAI endpoints.
+// file: the API, the MCP server and the drop-in Ollama and OpenAI
+// endpoints.
 func guarded(p string) bool {
-	return p == "/api/v1" || strings.HasPrefix(p, "/api/v1/") ||
+	return p == "/api/v1" || strings.HasPrefix(p, "/api/v1/") || p == mcpPath ||
 		p == ollamaPrefix || strings.HasPrefix(p, ollamaPrefix+"/") ||
 		p == openaiPrefix || strings.HasPrefix(p, openaiPrefix+"/")
 }

@@ -72,6 +72,10 @@ func (a *API) routes() []route {
 		{http.MethodGet, ctx + "/messages", a.getMessages, read, nil},
 		{http.MethodPost, ctx + "/chat", a.chatHandler, write, nil},
 
+		// The MCP server: any key may connect; each tool checks the key's
+		// role and topic patterns itself (router/mcpserver).
+		{"", mcpPath, a.mcpHandler, read, nil},
+
 		// The drop-in Ollama endpoint: its root answers reads itself and
 		// relays the rest; /api/chat stores turns; every other path is
 		// relayed, a reader's when it changes nothing on the model server.
