@@ -418,8 +418,9 @@ func (r *commitReq) bucketOf(i int) string {
 }
 
 // Txn applies writes to any buckets in one transaction, all or none: when
-// the condition of any write fails, that write is a Conflict, every other
-// one is Aborted and nothing changes. Otherwise each write applies as in
+// the condition of any write fails, that write is a Conflict (or Stale, for
+// a conditional write not newer than what is held), every other one is
+// Aborted and nothing changes. Otherwise each write applies as in
 // Apply (a write not newer than what is held is Stale and changes nothing,
 // which is what lets a replica replay a transaction). Conditions are
 // checked against what was held before the transaction; writes apply in
@@ -507,14 +508,21 @@ func applyTxn(tx *bolt.Tx, r *commitReq) error {
 		if err != nil {
 			return err
 		}
-		if conflicts(&r.writes[i], res) {
+		w := &r.writes[i]
+		switch {
+		case conflicts(w, res):
 			res.Outcome, failed = Conflict, true
+		case w.Cond != CondNone && w.Cond != CondRewrite && res.PrevVersion >= w.Version:
+			// A condition holds only for a write that applies.
+			res.Outcome, failed = Stale, true
+		default:
+			res.Outcome = Applied // for now: Aborted below if another fails
 		}
 		r.results[i] = res
 	}
 	if failed {
 		for i := range r.results {
-			if r.results[i].Outcome != Conflict {
+			if r.results[i].Outcome == Applied {
 				r.results[i].Outcome = Aborted
 			}
 		}

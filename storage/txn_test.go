@@ -83,6 +83,21 @@ func TestTxn(t *testing.T) {
 			t.Errorf("Get(contexts, h) = %s, want header-6", show(got))
 		}
 
+		// A conditional write whose condition holds but that is not newer
+		// than what is held is Stale, and fails the transaction too.
+		res, err = ts.Txn(ctx, []TxnWrite{
+			tw("contexts", cond(put("h", 6, "other"), CondExact, 6)),
+			tw("messages", put("m9", 6, "nine")),
+		})
+		if err != nil {
+			t.Fatalf("Txn(stale header) = %v, want nil", err)
+		}
+		want = []Result{{Outcome: Stale, PrevVersion: 6}, {Outcome: Aborted}}
+		if fmt.Sprint(res) != fmt.Sprint(want) {
+			t.Errorf("Txn(stale header) = %v, want %v", res, want)
+		}
+		absentKey(t, sh, "messages", "m9")
+
 		// A replica replaying a transaction it partly holds: what it holds
 		// is Stale, the rest applies, and the condition-free replay never
 		// aborts.
