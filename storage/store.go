@@ -28,6 +28,10 @@ type Options struct {
 	// Observer, when set, is told how long each commit took and how many
 	// writes it carried.
 	Observer func(commit time.Duration, writes int)
+	// Written, when set, is told how many bytes each commit wrote to the
+	// file: the pages it allocated (values, leaves, branches) and its meta
+	// page. It runs on the committer after the commit; it must be cheap.
+	Written func(bytes int64)
 	// ChangesRetain and ChangesMaxAge bound the change log (changes.go):
 	// an entry goes once this many newer ones are held or once it is this
 	// old, whichever comes first. Zero means DefaultChangesRetain and
@@ -42,7 +46,10 @@ type Store struct {
 	path   string
 	nodeID string
 	obs    func(time.Duration, int)
-	epoch  atomic.Uint64 // version of the cluster map record held
+	// written and pageSize serve Options.Written (nil: not asked).
+	written  func(int64)
+	pageSize int64
+	epoch    atomic.Uint64 // version of the cluster map record held
 	// arriving counts write requests the HTTP handler is still reading:
 	// the committer waits up to maxGather for them (see commitLoop).
 	arriving atomic.Int64
@@ -147,9 +154,11 @@ func Open(path string, opts Options) (*Store, error) {
 		db:      db,
 		path:    path,
 		obs:     opts.Observer,
+		written: opts.Written,
 		commits: make(chan *commitReq, 1024),
 		done:    make(chan struct{}),
 	}
+	s.pageSize = int64(db.Info().PageSize)
 	if err := s.loadNodeID(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
@@ -350,6 +359,12 @@ func (s *Store) commitLoop() {
 		var logged logState
 		var changed int
 		err := s.db.Update(func(tx *bolt.Tx) error {
+			if s.written != nil {
+				tx.OnCommit(func() {
+					st := tx.Stats()
+					s.written(st.GetPageAlloc() + s.pageSize)
+				})
+			}
 			for _, r := range batch {
 				if err := applyTx(tx, r); err != nil {
 					return err

@@ -262,3 +262,41 @@ func TestHandlerMalformedTxn(t *testing.T) {
 		})
 	}
 }
+
+// TestWrittenBytes checks that a commit reports what it wrote to the file,
+// and that a small write costs a small number of bytes however large the
+// records of the bucket are, once they are not its neighbours. (BoltDB
+// rewrites a whole leaf, and a leaf never holds fewer than two keys: a
+// write beside a large value rewrites it. Appended messages are each
+// other's neighbours, at the end of their range.)
+func TestWrittenBytes(t *testing.T) {
+	var mu sync.Mutex // guards last
+	var last int64
+	s := openTestStoreAt(t, t.TempDir()+"/shard.db", Options{NoSync: true, Written: func(n int64) {
+		mu.Lock()
+		last = n
+		mu.Unlock()
+	}})
+	written := func(w Write) int64 {
+		t.Helper()
+		mustApply(t, s, "messages", w)
+		mu.Lock()
+		defer mu.Unlock()
+		return last
+	}
+	kb := string(make([]byte, 1024)) // a message's size
+	var small, again int64
+	for i := range 8 {
+		small = written(put(fmt.Sprintf("a%02d", i), uint64(1+i), kb))
+	}
+	big := written(put("0", 10, string(make([]byte, 1<<20)))) // before them all
+	for i := range 8 {
+		again = written(put(fmt.Sprintf("b%02d", i), uint64(11+i), kb))
+	}
+	if big < 1<<20 {
+		t.Errorf("a commit of a 1 MiB value wrote %d bytes, want at least 1 MiB", big)
+	}
+	if small <= 0 || again > 4*small {
+		t.Errorf("a small commit wrote %d bytes first, %d beside a 1 MiB record; want about the same", small, again)
+	}
+}
