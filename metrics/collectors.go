@@ -146,6 +146,9 @@ type Storage struct {
 	// included; CommitWrites is how many writes it carried (group commit).
 	CommitDuration prometheus.Histogram
 	CommitWrites   prometheus.Histogram
+	// WrittenBytes counts what the commits wrote to the file (see
+	// storage.Options.Written).
+	WrittenBytes prometheus.Counter
 }
 
 // NewStorage registers storaged's metrics on reg.
@@ -163,7 +166,11 @@ func NewStorage(reg prometheus.Registerer) *Storage {
 			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
 		}),
 	}
-	reg.MustRegister(m.CommitDuration, m.CommitWrites)
+	m.WrittenBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "bolt", Name: "written_bytes_total",
+		Help: "Bytes BoltDB commits wrote to the file: the pages each allocated and its meta page.",
+	})
+	reg.MustRegister(m.CommitDuration, m.CommitWrites, m.WrittenBytes)
 	return m
 }
 
