@@ -864,9 +864,21 @@ func TestRepairAfterMissedWrites(t *testing.T) {
 	// the repair, which is what this measures, sees the same thing.
 	ctx := context.Background()
 	live := []*storage.Client{storage.NewClient("sh-1", c.shards[0].addr, nil), storage.NewClient("sh-2", c.shards[1].addr, nil)}
-	tmpl, err := live[0].Get(ctx, "contexts", []byte("miss\x00template"))
-	if err != nil {
-		t.Fatalf("read the template context from sh-1: %v", err)
+	// The PUT was acknowledged by a quorum of two, which may have been sh-3
+	// and one other: the third copy can still be on its way. Take the
+	// template from whichever live daemon holds it, within a bound.
+	var tmpl storage.Record
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if tmpl, err = live[0].Get(ctx, "contexts", []byte("miss\x00template")); err == nil {
+			break
+		}
+		if tmpl, err = live[1].Get(ctx, "contexts", []byte("miss\x00template")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("read the template context from sh-1 or sh-2: %v", err)
+		}
 	}
 	writes := make([]storage.Write, n)
 	for i := range writes {
