@@ -162,3 +162,46 @@ func TestCutSubscriptionServesNoCachedEntry(t *testing.T) {
 		t.Fatalf("GET through B after sh-1 resumed = %s, want the new version", r.Raw)
 	}
 }
+
+// metric reads one unlabelled value from a router's /metrics.
+func metric(t *testing.T, base, name string) string {
+	t.Helper()
+	r := do(t, "GET", base+"/metrics", nil)
+	for _, line := range strings.Split(string(r.Raw), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	t.Fatalf("%s/metrics has no %s", base, name)
+	return ""
+}
+
+// TestSubscriptionSurvivesStoragedRestart: while a storaged is down the
+// other router serves nothing cached of the keys it owns, and once it is
+// back the router resumes its stream (no cache reset) and caches again.
+func TestSubscriptionSurvivesStoragedRestart(t *testing.T) {
+	c := startReplicated(t, 3, 3, "-shard-timeout=1s")
+	a := c.url("")
+	b := secondRouter(t, c, "-shard-timeout=1s")
+	mustStatus(t, do(t, "POST", a+"/api/v1/topics", map[string]any{"name": "kb"}), 201)
+	path := "/api/v1/topics/kb/contexts/r"
+	mustStatus(t, do(t, "PUT", a+path, `{"content":{"text":"one"}}`), 201)
+	untilCacheHit(t, b+path)
+	resets := metric(t, b, "kvdb_cache_resets_total")
+
+	s := c.shards[0]
+	s.proc.stopClean(t)
+	untilChanged(t, b+path, func(r reply) bool { return r.Header.Get("X-Kvdb-Cache") == "hit" })
+	mustStatus(t, do(t, "PUT", a+path, `{"content":{"text":"two"}}`), 200)
+	if r := do(t, "GET", b+path, nil); !strings.Contains(string(r.Raw), `"text":"two"`) || r.Header.Get("X-Kvdb-Cache") != "miss" {
+		t.Fatalf("GET through B with sh-1 down = %s (X-Kvdb-Cache %s), want two, not cached", r.Raw, r.Header.Get("X-Kvdb-Cache"))
+	}
+
+	c.startShard(t, s)
+	if r := untilCacheHit(t, b+path); !strings.Contains(string(r.Raw), `"text":"two"`) {
+		t.Fatalf("GET through B after sh-1 restarted = %s, want two", r.Raw)
+	}
+	if got := metric(t, b, "kvdb_cache_resets_total"); got != resets {
+		t.Errorf("kvdb_cache_resets_total went from %s to %s across a restart, want a resumed stream", resets, got)
+	}
+}
