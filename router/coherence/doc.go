@@ -13,7 +13,9 @@
 // read serves a cached entry only when every owner of its key is caught
 // up (Fresh); otherwise it reads from the replicas and does not cache.
 // So a shard paused or cut off stops cached answers within StaleAfter
-// (by default 250 ms, under the router's default probe interval).
+// (by default 250 ms, under the router's default probe interval). A shard
+// without a change stream (no Source in its decorator chain) is never
+// caught up: the keys it owns are never served from the cache.
 //
 // # Resets
 //
