@@ -62,8 +62,9 @@ type suite struct {
 	routerPathList          []string // the paths of rows 4/5, for warming
 	putKeys, putPaths       string   // key and path files of rows 7a and 7b/7c
 	listPaths               map[int]string
-	searchPaths             string // row 9: the search route
-	searchBodies            string // row 9: query bodies
+	searchPaths             string     // row 9: the search route
+	searchBodies            string     // row 9: query bodies
+	convSingle, convR3      *convSetup // row 11
 }
 
 type stepResult struct{ err error }
