@@ -44,6 +44,17 @@ type Router struct {
 	// ExpiredPurged counts expired contexts the background purge replaced
 	// with a tombstone.
 	ExpiredPurged prometheus.Counter
+
+	// Invalidations counts cached entries a shard's change stream
+	// invalidated (writes made through any router); CacheResets counts
+	// the times the cache was emptied because a stream had a gap or began
+	// anew. SubscriptionLag is, per shard, how many changes the router's
+	// follower is behind the shard's log head (as of the last batch), and
+	// SubscriptionCaughtUp is 1 while its cached entries may be served.
+	Invalidations        prometheus.Counter
+	CacheResets          prometheus.Counter
+	SubscriptionLag      *prometheus.GaugeVec
+	SubscriptionCaughtUp *prometheus.GaugeVec
 }
 
 // NewRouter registers the router's metrics on reg.
@@ -113,6 +124,23 @@ func NewRouter(reg prometheus.Registerer) *Router {
 		Namespace: namespace, Name: "expired_contexts_purged_total",
 		Help: "Expired contexts replaced by a tombstone by the background purge.",
 	})
+	m.Invalidations = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "cache", Name: "invalidations_total",
+		Help: "Changes from the shards' change streams applied to the hot cache (a write through any router).",
+	})
+	m.CacheResets = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "cache", Name: "resets_total",
+		Help: "Times the hot cache was emptied because a shard's change stream had a gap or began anew.",
+	})
+	m.SubscriptionLag = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: "subscription", Name: "lag_changes",
+		Help: "Changes the router's follower of a shard's change stream is behind the shard's log head, by shard.",
+	}, []string{"shard"})
+	m.SubscriptionCaughtUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: "subscription", Name: "caught_up",
+		Help: "1 while the router follows a shard's change stream closely enough to serve cached entries it owns, else 0.",
+	}, []string{"shard"})
+	reg.MustRegister(m.Invalidations, m.CacheResets, m.SubscriptionLag, m.SubscriptionCaughtUp)
 	reg.MustRegister(m.CacheHits, m.CacheMisses, m.CacheEvictions, m.ExpiredPurged,
 		m.ShardRequestDuration, m.ShardRequestErrors, m.ShardUp,
 		m.QuorumFailures, m.ReadRepairs, m.ClusterEpoch,

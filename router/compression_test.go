@@ -294,6 +294,7 @@ func TestTrainTooFewSamples(t *testing.T) {
 // dictFault fails writes to the dictionary bucket while armed.
 type dictFault struct {
 	Shard
+	streams
 	armed atomic.Bool
 }
 
@@ -309,7 +310,7 @@ func TestTrainNeedsEveryShard(t *testing.T) {
 	var faults []*dictFault
 	for range 3 {
 		n := tc.addShard(t)
-		f := &dictFault{Shard: n.Shard}
+		f := &dictFault{Shard: n.Shard, streams: streams{n.Shard}}
 		n.Shard = f
 		faults = append(faults, f)
 		tc.want = append(tc.want, n)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-kvdb/go-kvdb/router/coherence"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus"
@@ -78,6 +79,7 @@ func newTestCluster(t testing.TB, o clusterOpts) *testCluster {
 	t.Cleanup(srv.Close)
 	tc.URL = srv.URL
 	waitFor(t, "cluster map installed", func() bool { return tc.router.topo.Load().Epoch > 0 })
+	waitFor(t, "change streams followed", tc.router.CacheCoherent)
 	return tc
 }
 
@@ -105,6 +107,9 @@ func (tc *testCluster) newRouter(t testing.TB, cfg Config) *Router {
 		t.Fatalf("router.New: %v", err)
 	}
 	t.Cleanup(rt.Close)
+	// Until it follows every shard's change stream the router caches
+	// nothing; tests of the cache need it to.
+	waitFor(t, "change streams followed", rt.CacheCoherent)
 	return rt
 }
 
@@ -118,6 +123,7 @@ func (tc *testCluster) addShard(t testing.TB) placement.Node {
 	}
 	srv := httptest.NewServer(storage.NewHandler(st, quietLogger()))
 	t.Cleanup(func() {
+		srv.CloseClientConnections() // a router's change stream may still be open
 		srv.Close()
 		st.Close()
 	})
@@ -212,6 +218,39 @@ func (f *faultyShard) Health(ctx context.Context) (storage.Health, error) {
 		return storage.Health{}, errDown
 	}
 	return f.Shard.Health(ctx)
+}
+
+// ChangesHead and Changes pass the change stream through, failing while
+// the shard is down as an unreachable daemon's stream would.
+func (f *faultyShard) ChangesHead(ctx context.Context) (storage.ChangeLog, error) {
+	if f.down.Load() {
+		return storage.ChangeLog{}, errDown
+	}
+	return f.Shard.(*storage.Client).ChangesHead(ctx)
+}
+
+// streams passes the change stream of the shard a test wrapper embeds
+// through it (the wrapper changes nothing of it).
+type streams struct{ of Shard }
+
+func (s streams) ChangesHead(ctx context.Context) (storage.ChangeLog, error) {
+	return s.of.(coherence.Source).ChangesHead(ctx)
+}
+
+func (s streams) Changes(ctx context.Context, req storage.ChangesRequest, fn func(storage.ChangeBatch) error) error {
+	return s.of.(coherence.Source).Changes(ctx, req, fn)
+}
+
+func (f *faultyShard) Changes(ctx context.Context, req storage.ChangesRequest, fn func(storage.ChangeBatch) error) error {
+	if f.down.Load() {
+		return errDown
+	}
+	return f.Shard.(*storage.Client).Changes(ctx, req, func(b storage.ChangeBatch) error {
+		if f.down.Load() {
+			return errDown
+		}
+		return fn(b)
+	})
 }
 
 // response is an HTTP answer with its body decoded as JSON (when it is).

@@ -443,6 +443,7 @@ func TestConditionalWriteAcrossEpochChange(t *testing.T) {
 // over it cannot load the map.
 type gatedShard struct {
 	Shard
+	streams
 	gate chan struct{}
 }
 
@@ -475,7 +476,7 @@ func TestRepairWaitsForClusterMap(t *testing.T) {
 	gate := make(chan struct{})
 	var nodes []placement.Node
 	for _, n := range tc.nodes {
-		nodes = append(nodes, placement.Node{Name: n.Name, Address: n.Address, Shard: &gatedShard{Shard: n.Shard, gate: gate}})
+		nodes = append(nodes, placement.Node{Name: n.Name, Address: n.Address, Shard: &gatedShard{Shard: n.Shard, streams: streams{n.Shard}, gate: gate}})
 	}
 	r2 := tc.newRouter(t, Config{Nodes: nodes, Replicas: 3, CacheBytes: 1, RepairInterval: time.Hour})
 	done := make(chan error, 1)

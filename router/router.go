@@ -12,6 +12,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/authfile"
 	"github.com/go-kvdb/go-kvdb/router/cluster"
 	"github.com/go-kvdb/go-kvdb/router/codec"
+	"github.com/go-kvdb/go-kvdb/router/coherence"
 	"github.com/go-kvdb/go-kvdb/router/coord"
 	"github.com/go-kvdb/go-kvdb/router/docstore"
 	"github.com/go-kvdb/go-kvdb/router/hlc"
@@ -20,6 +21,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/llm"
 	"github.com/go-kvdb/go-kvdb/router/maintenance"
 	"github.com/go-kvdb/go-kvdb/router/placement"
+	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -48,10 +50,15 @@ type Config struct {
 	Mode string
 	// CacheBytes sizes the hot cache; below 1 MiB it is off.
 	CacheBytes int64
-	// CacheTTL bounds how long an entry is served without a shard read,
-	// which bounds staleness when several routers write the same keys.
+	// CacheTTL bounds how long an entry is served without a shard read: a
+	// last bound, since the router follows every shard's change stream
+	// and drops what other routers' writes changed (package coherence).
 	// Zero means one minute.
 	CacheTTL time.Duration
+	// ChangesHeartbeat is the heartbeat asked of each shard's change
+	// stream: a stream silent for 2.5 of them stops cached answers for the
+	// keys its shard owns. Zero means 100 ms.
+	ChangesHeartbeat time.Duration
 	// MaxBodyBytes caps request bodies (413 beyond). Zero means 8 MiB.
 	MaxBodyBytes int64
 	// ShardTimeout bounds each call to a shard. Zero means 5 seconds.
@@ -119,6 +126,7 @@ type Router struct {
 	cache *hotcache.Cache
 	api   *httpapi.API
 	llm   *llm.Service // the LLM features
+	subs  *coherence.Followers
 
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
@@ -202,10 +210,17 @@ func New(cfg Config) (*Router, error) {
 		return nil, err
 	}
 	metrics.RegisterCache(cfg.Registry, r.cache.Stats)
+	r.subs = coherence.New(coherence.Config{
+		Topology:  r.cluster.Topology,
+		OnChange:  func(ch *storage.Change) { r.docs.Changed(ch.Bucket, ch.Key, ch.Version) },
+		OnReset:   func() { r.docs.ForgetCached() },
+		Heartbeat: cfg.ChangesHeartbeat, Reconcile: cfg.ProbeInterval, Metrics: r.m, Log: r.log, Go: r.background,
+	})
 	r.docs = docstore.New(docstore.Config{
 		Coord: r.coord, Codec: r.codec, Cache: r.cache, Clock: &r.clock, Topology: r.cluster.Topology,
 		Metrics: r.m, Registry: cfg.Registry, Log: r.log,
 		CacheTTL: cfg.CacheTTL, ShardTimeout: cfg.ShardTimeout, ExpiryInterval: cfg.ExpiryInterval, Go: r.background,
+		Fresh: r.subs.Fresh,
 	})
 	r.llm = llm.New(cfg.LLM, llm.Deps{
 		Docs: r.docs, Records: r.coord, Codec: r.codec, Topology: r.cluster.Topology, Registry: cfg.Registry,
@@ -223,6 +238,7 @@ func New(cfg Config) (*Router, error) {
 	})
 
 	r.cluster.Start()
+	r.subs.Start()
 	r.maint.Start()
 	r.llm.Start()
 	r.docs.Start()
@@ -231,6 +247,10 @@ func New(cfg Config) (*Router, error) {
 
 // Handler is the router's HTTP handler.
 func (r *Router) Handler() http.Handler { return r.api.Handler() }
+
+// CacheCoherent reports whether the router follows every shard's change
+// stream and is caught up with it: its hot cache then serves every key.
+func (r *Router) CacheCoherent() bool { return r.subs.CaughtUp() }
 
 // ServerMaxHeaderBytes is the http.Server's MaxHeaderBytes for the
 // router's handler: above the API's own limit (httpapi.MaxHeaderBytes),

@@ -29,7 +29,11 @@ func preconditionFailed(topic, id string, cond storage.Cond, match uint64, res s
 func (s *Store) Context(ctx context.Context, topic, id string) (body []byte, version uint64, hit bool, err error) {
 	key := schema.ContextKey(topic, id)
 	ck := contextCacheKey(key)
-	if v, tomb, body, ok := s.cache.Get(ck); ok && !s.maskedByTopicDelete(topic, v) {
+	pk := schema.Placement(topic, id)
+	// Decided before the read: a read that began while the router was not
+	// caught up may have missed a change it will not be told of again.
+	cached := s.useCache(ctx, pk)
+	if v, tomb, body, ok := s.cache.Get(ck); cached && ok && !s.maskedByTopicDelete(topic, v) {
 		s.m.CacheHits.Inc()
 		if tomb || codec.RenderedExpired(body) {
 			return nil, 0, true, notFound(topic, id)
@@ -37,7 +41,7 @@ func (s *Store) Context(ctx context.Context, topic, id string) (body []byte, ver
 		return body, v, true, nil
 	}
 	s.m.CacheMisses.Inc()
-	rec, err := s.coord.Get(ctx, schema.Placement(topic, id), schema.BucketContexts, []byte(key))
+	rec, err := s.coord.Get(ctx, pk, schema.BucketContexts, []byte(key))
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, 0, false, notFound(topic, id)
 	}
@@ -46,14 +50,18 @@ func (s *Store) Context(ctx context.Context, topic, id string) (body []byte, ver
 	}
 	if rec.Tombstone || codec.StoredExpired(rec.Value, time.Now()) {
 		// Deleted, or expired for good at this version: cached as deleted.
-		s.cache.Put(ck, rec.Version, true, nil)
+		if cached {
+			s.cache.Put(ck, rec.Version, true, nil)
+		}
 		return nil, 0, false, notFound(topic, id)
 	}
 	body, err = s.codec.AppendDocumentJSON(nil, rec.Value, true)
 	if err != nil {
 		return nil, 0, false, &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf("context %q in topic %q cannot be decoded", id, topic), Err: err}
 	}
-	s.cache.Put(ck, rec.Version, false, body)
+	if cached {
+		s.cache.Put(ck, rec.Version, false, body)
+	}
 	return body, rec.Version, false, nil
 }
 

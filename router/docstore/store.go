@@ -53,6 +53,10 @@ type Config struct {
 	ExpiryInterval time.Duration
 	// Go runs fn in the background under the owner's lifetime.
 	Go func(fn func(ctx context.Context))
+	// Fresh reports whether the cache may serve (and be filled with) the
+	// key placed at pk: the router follows its owners' change streams
+	// closely (package coherence). Nil: always.
+	Fresh func(pk string) bool
 }
 
 // Store serves topics, contexts and their messages over the cluster: it
@@ -84,8 +88,46 @@ func New(cfg Config) *Store {
 		s.cfg.Hooks = noHooks{}
 	}
 	s.expiredPurged = s.m.ExpiredPurged
+	if s.cfg.Fresh == nil {
+		s.cfg.Fresh = func(string) bool { return true }
+	}
 	return s
 }
+
+// useCache reports whether a read of the key placed at pk may use the
+// cache: the request did not ask to skip it (WithoutCache) and the router
+// is caught up with the key's owners.
+func (s *Store) useCache(ctx context.Context, pk string) bool {
+	return ctx.Value(noCacheKey{}) == nil && s.cfg.Fresh(pk)
+}
+
+type noCacheKey struct{}
+
+// WithoutCache marks ctx so that Context and Topic neither answer from the
+// hot cache nor fill it: they read from a quorum of the replicas (a
+// request's Cache-Control: no-cache).
+func WithoutCache(ctx context.Context) context.Context {
+	return context.WithValue(ctx, noCacheKey{}, true)
+}
+
+// Changed applies a change another router (or this one) made, as a shard's
+// change stream reports it: what the cache holds of the key older than
+// version is dropped, and no older read can fill it back.
+func (s *Store) Changed(bucket string, key []byte, version uint64) {
+	switch bucket {
+	case schema.BucketTopics:
+		s.cache.Invalidate(topicCacheKey(string(key)), version)
+	case schema.BucketContexts:
+		s.cache.Invalidate(contextCacheKey(string(key)), version)
+	default:
+		return
+	}
+	s.m.Invalidations.Inc()
+}
+
+// ForgetCached empties the hot cache: a shard's change stream had a gap,
+// so any entry may be stale.
+func (s *Store) ForgetCached() { s.cache.Reset() }
 
 // SetHooks installs the LLM features' hooks; call it before serving.
 func (s *Store) SetHooks(h Hooks) { s.cfg.Hooks = h }

@@ -63,7 +63,8 @@ func (s *Store) createTopic(ctx context.Context, t schema.Topic) (body []byte, c
 // holds it. A missing or deleted topic is a not_found error.
 func (s *Store) Topic(ctx context.Context, name string) ([]byte, uint64, error) {
 	ck := topicCacheKey(name)
-	if v, tomb, body, ok := s.cache.Get(ck); ok {
+	cached := s.useCache(ctx, name) // before the read: see Context
+	if v, tomb, body, ok := s.cache.Get(ck); cached && ok {
 		if tomb {
 			return nil, v, apierr.Errorf(apierr.CodeNotFound, "topic %q not found", name)
 		}
@@ -76,7 +77,9 @@ func (s *Store) Topic(ctx context.Context, name string) ([]byte, uint64, error) 
 	if err != nil {
 		return nil, 0, err
 	}
-	s.cache.Put(ck, rec.Version, rec.Tombstone, rec.Value)
+	if cached {
+		s.cache.Put(ck, rec.Version, rec.Tombstone, rec.Value)
+	}
 	if rec.Tombstone {
 		return nil, rec.Version, apierr.Errorf(apierr.CodeNotFound, "topic %q not found", name)
 	}

@@ -29,6 +29,14 @@ type Cache struct {
 
 const cacheHeader = 9 // version (8) | flags (1)
 
+// Entry flags. A marker holds no body: it says "version v of this key
+// exists, unread here", so Get misses and a read that fetched an older
+// version cannot cache it (Invalidate leaves one behind).
+const (
+	flagTombstone = 1
+	flagMarker    = 2
+)
+
 // New sizes a cache of about size bytes; below 1 MiB it is off.
 func New(size int64, lifeWindow time.Duration, onEvict func()) (*Cache, error) {
 	c := &Cache{seed: maphash.MakeSeed(), onEvict: onEvict}
@@ -67,16 +75,34 @@ func New(size int64, lifeWindow time.Duration, onEvict func()) (*Cache, error) {
 	return c, nil
 }
 
-// get returns the cached version, tombstone flag and body for key.
+// Get returns the cached version, tombstone flag and body for key.
 func (c *Cache) Get(key string) (version uint64, tombstone bool, body []byte, ok bool) {
-	if c.bc == nil {
+	e, ok := c.lookup(key)
+	if !ok || e[8] == flagMarker {
 		return 0, false, nil, false
+	}
+	return binary.BigEndian.Uint64(e), e[8] == flagTombstone, e[cacheHeader:], true
+}
+
+// lookup returns key's raw entry, a marker included.
+func (c *Cache) lookup(key string) ([]byte, bool) {
+	if c.bc == nil {
+		return nil, false
 	}
 	e, err := c.bc.Get(key)
 	if err != nil || len(e) < cacheHeader {
-		return 0, false, nil, false
+		return nil, false
 	}
-	return binary.BigEndian.Uint64(e), e[8] == 1, e[cacheHeader:], true
+	return e, true
+}
+
+// held is the version cached for key, a marker's included.
+func (c *Cache) held(key string) (uint64, bool) {
+	e, ok := c.lookup(key)
+	if !ok {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(e), true
 }
 
 // put stores body for key at version unless a newer version is cached.
@@ -91,13 +117,17 @@ func (c *Cache) Put(key string, version uint64, tombstone bool, body []byte) {
 	mu := &c.stripes[maphash.String(c.seed, key)%uint64(len(c.stripes))]
 	mu.Lock()
 	defer mu.Unlock()
-	if v, _, _, ok := c.Get(key); ok && v >= version {
-		return
+	// A marker of this very version is filled in; anything else cached
+	// at it or newer stays.
+	if e, ok := c.lookup(key); ok {
+		if v := binary.BigEndian.Uint64(e); v > version || (v == version && e[8] != flagMarker) {
+			return
+		}
 	}
 	e := make([]byte, cacheHeader+len(body))
 	binary.BigEndian.PutUint64(e, version)
 	if tombstone {
-		e[8] = 1
+		e[8] = flagTombstone
 	}
 	copy(e[cacheHeader:], body)
 	c.bc.Set(key, e) // an error means no room even after eviction: not cached
@@ -111,8 +141,30 @@ func (c *Cache) Drop(key string, version uint64) {
 	mu := &c.stripes[maphash.String(c.seed, key)%uint64(len(c.stripes))]
 	mu.Lock()
 	defer mu.Unlock()
-	if v, _, _, ok := c.Get(key); ok && v < version {
+	if v, ok := c.held(key); ok && v < version {
 		c.bc.Delete(key)
+	}
+}
+
+// Invalidate records that key changed to version elsewhere: an older
+// cached entry is replaced by a marker of version, so Get misses and a
+// slower read that fetched an older version cannot cache it afterwards.
+// An entry at version or newer stays.
+func (c *Cache) Invalidate(key string, version uint64) {
+	if c.bc == nil {
+		return
+	}
+	mu := &c.stripes[maphash.String(c.seed, key)%uint64(len(c.stripes))]
+	mu.Lock()
+	defer mu.Unlock()
+	if v, ok := c.held(key); ok && v >= version {
+		return
+	}
+	var e [cacheHeader]byte
+	binary.BigEndian.PutUint64(e[:], version)
+	e[8] = flagMarker
+	if c.bc.Set(key, e[:]) != nil {
+		c.bc.Delete(key) // no room for the marker: at least the old entry goes
 	}
 }
 

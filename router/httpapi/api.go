@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -281,7 +282,7 @@ func (a *API) getTopic(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	body, _, err := a.docs.Topic(c.Request().Context(), name)
+	body, _, err := a.docs.Topic(readContext(c), name)
 	if err != nil {
 		return err
 	}
@@ -306,7 +307,7 @@ func (a *API) getContext(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	body, v, hit, err := a.docs.Context(c.Request().Context(), topic, id)
+	body, v, hit, err := a.docs.Context(readContext(c), topic, id)
 	if err != nil {
 		return err
 	}
@@ -315,6 +316,21 @@ func (a *API) getContext(c echo.Context) error {
 		cache = "hit"
 	}
 	return writeDocument(c, http.StatusOK, v, cache, body)
+}
+
+// readContext is a read's context: marked to skip the hot cache when the
+// client asks for a fresh answer (Cache-Control: no-cache or max-age=0).
+func readContext(c echo.Context) context.Context {
+	ctx := c.Request().Context()
+	for _, v := range c.Request().Header.Values("Cache-Control") {
+		for d := range strings.SplitSeq(v, ",") {
+			d = strings.ToLower(strings.TrimSpace(d))
+			if d == "no-cache" || d == "max-age=0" {
+				return docstore.WithoutCache(ctx)
+			}
+		}
+	}
+	return ctx
 }
 
 func writeDocument(c echo.Context, status int, version uint64, cache string, body []byte) error {
