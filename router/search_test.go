@@ -21,12 +21,35 @@ type searchResult struct {
 
 func searchFor(t testing.TB, tc *testCluster, topic, query string, body any) []searchResult {
 	t.Helper()
+	res, _ := searchExact(t, tc, topic, query, body)
+	return res
+}
+
+// searchExact is searchFor that also returns the answer's "exact".
+func searchExact(t testing.TB, tc *testCluster, topic, query string, body any) ([]searchResult, bool) {
+	t.Helper()
 	r := must(t, call(t, "POST", tc.URL+"/api/v1/topics/"+topic+"/search"+query, body), 200, "search")
-	var out struct{ Results []searchResult }
-	if err := json.Unmarshal(r.Raw, &out); err != nil {
-		t.Fatalf("search answer %s: %v", r.Raw, err)
+	var out struct {
+		Results []searchResult
+		Exact   *bool
 	}
-	return out.Results
+	if err := json.Unmarshal(r.Raw, &out); err != nil || out.Exact == nil {
+		t.Fatalf("search answer %s: %v; want results and exact", r.Raw, err)
+	}
+	return out.Results, *out.Exact
+}
+
+// waitIndexes waits until every shard's vector index is ready.
+func waitIndexes(t testing.TB, tc *testCluster) {
+	t.Helper()
+	waitFor(t, "vector indexes ready", func() bool {
+		for _, s := range tc.stores {
+			if !s.VectorIndexStats().Ready {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 func cosine32(a, b []float32) float64 {
@@ -131,6 +154,26 @@ func TestSearchMatchesBruteForce(t *testing.T) {
 				}
 			}
 		})
+	}
+	// The shards answered from their indexes; a request may ask for the
+	// exact scan, and gets the same answer, marked exact.
+	waitIndexes(t, tc)
+	for _, exact := range []bool{false, true} {
+		body := map[string]any{"query": "apple river", "k": 5}
+		if exact {
+			body["exact"] = true
+		}
+		got, said := searchExact(t, tc, "kb", "", body)
+		want := brute("apple river", 5, "")
+		if said != exact || len(got) != len(want) {
+			t.Errorf("search(exact %v) = %d results, exact %v; want %d, exact %v", exact, len(got), said, len(want), exact)
+			continue
+		}
+		for i := range want {
+			if math.Abs(got[i].Score-want[i].Score) > 1e-5 {
+				t.Errorf("search(exact %v) result %d = %s %.6f, want %s %.6f", exact, i, got[i].Metadata.ID, got[i].Score, want[i].Metadata.ID, want[i].Score)
+			}
+		}
 	}
 	got := searchFor(t, tc, "kb", "?include=content", map[string]any{"query": "piano violin piano", "k": 1})
 	if len(got) != 1 || got[0].Metadata.ID != "ctx-05" || got[0].Content == nil || got[0].Content.Text != texts["ctx-05"] || math.Abs(got[0].Score-1) > 1e-6 {
