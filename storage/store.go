@@ -38,6 +38,9 @@ type Options struct {
 	// that the store keeps an ANN index of (vindex.go). Nil means
 	// DefaultVectorBuckets; an empty slice, none.
 	VectorBuckets []string
+	// SearchObserver, when set, is told how long each TopK took and
+	// whether it scanned (exact) or walked an index.
+	SearchObserver func(d time.Duration, exact bool)
 }
 
 // Store is one shard's BoltDB file. Its methods are safe for concurrent use.
@@ -60,7 +63,8 @@ type Store struct {
 
 	changes changeLog // written by the committer only
 
-	vx *vectorIndex // the ANN indexes of the vector buckets
+	vx        *vectorIndex // the ANN indexes of the vector buckets
+	searchObs func(time.Duration, bool)
 }
 
 // maxGather bounds how long a commit waits for writes still arriving.
@@ -147,11 +151,12 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	s := &Store{
-		db:      db,
-		path:    path,
-		obs:     opts.Observer,
-		commits: make(chan *commitReq, 1024),
-		done:    make(chan struct{}),
+		db:        db,
+		path:      path,
+		obs:       opts.Observer,
+		searchObs: opts.SearchObserver,
+		commits:   make(chan *commitReq, 1024),
+		done:      make(chan struct{}),
 	}
 	if err := s.loadNodeID(); err != nil {
 		db.Close()
@@ -169,6 +174,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	go s.commitLoop()
+	s.vx.passing.Store(true)
 	s.startPass()
 	return s, nil
 }

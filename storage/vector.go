@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"slices"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -197,10 +198,17 @@ func (s *Store) TopK(ctx context.Context, bucket string, q TopKQuery) (TopKResul
 	if rk.qnorm == 0 {
 		return TopKResult{}, nil
 	}
+	start := time.Now()
 	if res, ok, err := s.annTopK(bucket, &q); ok || err != nil {
+		if ok && s.searchObs != nil {
+			s.searchObs(time.Since(start), false)
+		}
 		return res, err
 	}
 	rk.res.Exact = true
+	if s.searchObs != nil {
+		defer func() { s.searchObs(time.Since(start), true) }()
+	}
 	err = s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte(bucket))
 		if b == nil {

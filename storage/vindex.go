@@ -48,7 +48,8 @@ type vectorIndex struct {
 	dir  string
 	regs map[string]*vindex.Registry // by bucket; fixed at Open
 
-	ready atomic.Bool // the start (or reindex) pass has ended
+	ready   atomic.Bool // the start (or reindex) pass has ended
+	passing atomic.Bool // a pass runs
 
 	// mu guards touched. While a pass runs, every write to an index notes
 	// its key in touched, and the pass skips touched keys (their index
@@ -101,7 +102,8 @@ func (vx *vectorIndex) bucketDir(bucket string) string {
 }
 
 // startPass starts the pass that brings the indexes in line with the
-// records; searches scan until it ends. Caller makes sure no pass runs.
+// records; searches scan until it ends. Caller has set passing (from
+// false), so one pass runs at a time.
 func (s *Store) startPass() {
 	vx := s.vx
 	vx.mu.Lock()
@@ -111,6 +113,7 @@ func (s *Store) startPass() {
 	vx.wg.Add(1)
 	go func() {
 		defer vx.wg.Done()
+		defer vx.passing.Store(false)
 		for b, reg := range vx.regs {
 			if err := s.reconcile(b, reg); err != nil {
 				return // closed: the next Open starts over
@@ -400,4 +403,31 @@ func (s *Store) VectorIndexStats() VectorIndexStats {
 		st.Indexes[b] = reg.Stats()
 	}
 	return st
+}
+
+// Reindex rebuilds every index's graph from its live vectors and runs the
+// pass that reconciles the indexes with the records again, both in the
+// background: for an operator who suspects an index, or after a bulk
+// load. Searches scan (and say Exact) until the pass ends. A Reindex
+// while a pass runs only rebuilds the graphs.
+func (s *Store) Reindex(context.Context) error {
+	if err := s.Ping(context.Background()); err != nil {
+		return err
+	}
+	vx := s.vx
+	for _, reg := range vx.regs {
+		for _, k := range reg.Keys() {
+			if x := reg.Get(k); x != nil {
+				if err := x.Rebuild(); err != nil && !errors.Is(err, vindex.ErrClosed) {
+					return fmt.Errorf("rebuild index %s: %w", k, err)
+				}
+			}
+		}
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if !s.closed && vx.passing.CompareAndSwap(false, true) {
+		s.startPass()
+	}
+	return nil
 }

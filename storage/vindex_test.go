@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"fmt"
+	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -233,5 +234,38 @@ func TestVectorIndexSkipsSealedValues(t *testing.T) {
 	res, err := s.TopK(ctx, "vectors", TopKQuery{Prefix: []byte("t\x00"), Query: base.Row(5), K: 3, Model: "m"})
 	if err != nil || res.Exact || len(res.Matches) != 3 || slices.Contains(matchKeys(res.Matches), string(annKey(5))) {
 		t.Errorf("TopK = %+v, %v; want 3 index matches without the sealed key", res, err)
+	}
+}
+
+// Reindex, asked over the wire, rebuilds the graphs and reruns the pass;
+// the index answers as before once it ends.
+func TestVectorIndexReindex(t *testing.T) {
+	s := openTestStore(t)
+	base := vindextest.Clustered(1, 2, 1500, annDim, 20, 1)
+	queries := vindextest.Clustered(1, 3, 20, annDim, 20, 1)
+	putVectors(t, s, base)
+	ctx := context.Background()
+	if _, err := s.Apply(ctx, "vectors", []Write{{Record: Record{Key: annKey(3), Version: 100000, Tombstone: true}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, s)
+	srv := httptest.NewServer(NewHandler(s, nil))
+	defer srv.Close()
+	if err := NewClient("sh", srv.URL, nil).Reindex(ctx); err != nil {
+		t.Fatalf("Reindex = %v, want nil", err)
+	}
+	waitReady(t, s)
+	for range 2000 {
+		if ix := s.VectorIndexStats().Indexes["vectors"]; len(ix) == 1 && !ix[0].Building {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ix := s.VectorIndexStats().Indexes["vectors"]
+	if len(ix) != 1 || ix[0].Vectors != base.Len()-1 || ix[0].Deleted != 0 || ix[0].Building {
+		t.Fatalf("indexes after reindex = %+v, want one of %d vectors, no deleted slots, built", ix, base.Len()-1)
+	}
+	if r := recallVsExact(t, s, queries, 10, nil); r < 0.95 {
+		t.Errorf("recall@10 after reindex = %.3f, want >= 0.95", r)
 	}
 }

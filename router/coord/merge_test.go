@@ -41,7 +41,9 @@ func BenchmarkMergePages(b *testing.B) {
 }
 
 func TestMergeMatchesExactAndNewest(t *testing.T) {
-	m := func(k string, v uint64, s float64) storage.Match { return storage.Match{Key: []byte(k), Version: v, Score: s} }
+	m := func(k string, v uint64, s float64) storage.Match {
+		return storage.Match{Key: []byte(k), Version: v, Score: s}
+	}
 	res := MergeMatches([]storage.TopKResult{
 		{Matches: []storage.Match{m("a", 1, 0.9), m("b", 1, 0.5)}, Scanned: 10, OtherDim: 2},
 		{Matches: []storage.Match{m("a", 2, 0.7), m("c", 1, 0.6)}, Scanned: 5, OtherDim: 1, Exact: true},
