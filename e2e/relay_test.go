@@ -61,24 +61,39 @@ func TestRelayKeepsCredentials(t *testing.T) {
 		contains           string // in the relayed answer
 		stream             bool   // the answer is NDJSON of several lines
 		admin              bool   // a path only an admin key may use
+		// upstream is the path the model server sees when it is not the
+		// relayed path: the OpenAI chat is asked through the provider
+		// interface (Ollama's /api/chat, the router's own User-Agent).
+		upstream string
+		// openai sends the request to the drop-in OpenAI endpoint
+		// (path is below its /v1) instead of the Ollama one.
+		openai bool
 	}{
-		{"GET", "/api/version", "", 200, ollamatest.Version, false, false},
-		{"GET", "/api/tags", "", 200, "chat-model", false, false},
-		{"GET", "/api/ps", "", 200, "models", false, false},
-		{"POST", "/api/show", `{"model":"chat-model"}`, 200, "fake", false, false},
-		{"POST", "/api/show", `{"model":"nope"}`, 404, "not found", false, false},
-		{"POST", "/api/generate", `{"model":"chat-model","prompt":"why not"}`, 200, `"done":true`, true, false},
-		{"POST", "/api/generate", `{"model":"chat-model","prompt":"why","stream":false}`, 200, "You said: why", false, false},
-		{"POST", "/api/embed", `{"model":"embed-a","input":"hi"}`, 200, "embeddings", false, false},
-		{"POST", "/api/embeddings", `{"model":"embed-a","prompt":"hi"}`, 200, "embedding", false, false},
-		{"POST", "/api/chat", strings.Replace(chat, "%s", "true", 1), 200, `"done":true`, true, false},
-		{"POST", "/api/chat", strings.Replace(chat, "%s", "false", 1), 200, "hello there", false, false},
-		{"GET", "/v1/models", "", 0, "", false, false},
-		{"POST", "/v1/chat/completions", `{"model":"chat-model","messages":[{"role":"user","content":"hi"}],"stream":true}`, 0, "", false, false},
-		{"POST", "/v1/embeddings", `{"model":"embed-a","input":"hi"}`, 0, "", false, false},
-		{"DELETE", "/api/delete", `{"model":"chat-model"}`, 0, "", false, true},
-		{"POST", "/api/pull", `{"model":"chat-model","stream":false}`, 0, "", false, true},
-		{"POST", "/", "", 0, "", false, true},
+		{"GET", "/api/version", "", 200, ollamatest.Version, false, false, "", false},
+		{"GET", "/api/tags", "", 200, "chat-model", false, false, "", false},
+		{"GET", "/api/ps", "", 200, "models", false, false, "", false},
+		{"POST", "/api/show", `{"model":"chat-model"}`, 200, "fake", false, false, "", false},
+		{"POST", "/api/show", `{"model":"nope"}`, 404, "not found", false, false, "", false},
+		{"POST", "/api/generate", `{"model":"chat-model","prompt":"why not"}`, 200, `"done":true`, true, false, "", false},
+		{"POST", "/api/generate", `{"model":"chat-model","prompt":"why","stream":false}`, 200, "You said: why", false, false, "", false},
+		{"POST", "/api/embed", `{"model":"embed-a","input":"hi"}`, 200, "embeddings", false, false, "", false},
+		{"POST", "/api/embeddings", `{"model":"embed-a","prompt":"hi"}`, 200, "embedding", false, false, "", false},
+		{"POST", "/api/chat", strings.Replace(chat, "%s", "true", 1), 200, `"done":true`, true, false, "", false},
+		{"POST", "/api/chat", strings.Replace(chat, "%s", "false", 1), 200, "hello there", false, false, "", false},
+		{"GET", "/v1/models", "", 0, "", false, false, "", false},
+		{"POST", "/v1/chat/completions", `{"model":"chat-model","messages":[{"role":"user","content":"hi"}],"stream":true}`, 200, "data: [DONE]", true, false, "/api/chat", false},
+		{"POST", "/v1/chat/completions", `{"model":"chat-model","messages":[{"role":"user","content":"hi"}]}`, 200, "You said: hi", false, false, "/api/chat", false},
+		{"POST", "/v1/embeddings", `{"model":"embed-a","input":"hi"}`, 0, "", false, false, "", false},
+		{"DELETE", "/api/delete", `{"model":"chat-model"}`, 0, "", false, true, "", false},
+		{"POST", "/api/pull", `{"model":"chat-model","stream":false}`, 0, "", false, true, "", false},
+		{"POST", "/", "", 0, "", false, true, "", false},
+
+		// The drop-in OpenAI endpoint, Ollama behind it: chat through the
+		// provider interface, the rest relayed to Ollama's own /v1.
+		{"POST", "/chat/completions", `{"model":"chat-model","messages":[{"role":"user","content":"hi"}],"stream":true}`, 200, "data: [DONE]", true, false, "/api/chat", true},
+		{"POST", "/chat/completions", `{"model":"chat-model","messages":[{"role":"user","content":"hi"}]}`, 200, "You said: hi", false, false, "/api/chat", true},
+		{"GET", "/models", "", 0, "", false, false, "/v1/models", true},
+		{"POST", "/embeddings", `{"model":"embed-a","input":"hi"}`, 0, "", false, false, "/v1/embeddings", true},
 	}
 	for _, tc := range cases {
 		before := len(fake.Requests(""))
@@ -90,14 +105,22 @@ func TestRelayKeepsCredentials(t *testing.T) {
 		if tc.admin {
 			secret = admin
 		}
-		r := do(t, tc.method, prefix+tc.path, body, hostile(secret)...)
+		url := prefix + tc.path
+		if tc.openai {
+			url = base + "/openai/relay/session/v1" + tc.path
+		}
+		r := do(t, tc.method, url, body, hostile(secret)...)
 		got := fake.Requests("")
 		if len(got) != before+1 {
 			t.Errorf("%s = %d %s: the model server saw %d requests, want 1", r.Req, r.Status, r.Raw, len(got)-before)
 			continue
 		}
 		seen := got[len(got)-1]
-		if seen.Method != tc.method || seen.Path != tc.path {
+		wantPath := tc.path
+		if tc.upstream != "" {
+			wantPath = tc.upstream
+		}
+		if seen.Method != tc.method || seen.Path != wantPath {
 			t.Errorf("%s reached the model server as %s %s", r.Req, seen.Method, seen.Path)
 		}
 		for _, h := range forbidden {
@@ -116,7 +139,7 @@ func TestRelayKeepsCredentials(t *testing.T) {
 			t.Errorf("%s: the model server saw the client's secret in the request", r.Req)
 		}
 		// End-to-end headers the model server needs still arrive.
-		if got := seen.Header.Get("User-Agent"); got != "relay-test/1.0" {
+		if got := seen.Header.Get("User-Agent"); tc.upstream != "/api/chat" && got != "relay-test/1.0" {
 			t.Errorf("%s: the model server saw User-Agent %q, want the client's", r.Req, got)
 		}
 		if tc.body != "" && seen.Header.Get("Content-Type") != "application/json" {

@@ -146,6 +146,9 @@ type Storage struct {
 	// included; CommitWrites is how many writes it carried (group commit).
 	CommitDuration prometheus.Histogram
 	CommitWrites   prometheus.Histogram
+	// WrittenBytes counts what the commits wrote to the file (see
+	// storage.Options.Written).
+	WrittenBytes prometheus.Counter
 }
 
 // NewStorage registers storaged's metrics on reg.
@@ -163,7 +166,11 @@ func NewStorage(reg prometheus.Registerer) *Storage {
 			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
 		}),
 	}
-	reg.MustRegister(m.CommitDuration, m.CommitWrites)
+	m.WrittenBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "bolt", Name: "written_bytes_total",
+		Help: "Bytes BoltDB commits wrote to the file: the pages each allocated and its meta page.",
+	})
+	reg.MustRegister(m.CommitDuration, m.CommitWrites, m.WrittenBytes)
 	return m
 }
 
@@ -232,5 +239,23 @@ func NewSync(reg prometheus.Registerer, rebalancing func() bool) *Sync {
 		}
 		return 0
 	}))
+	return m
+}
+
+// MCP holds the MCP server's metrics.
+type MCP struct {
+	// ToolCalls counts tool calls that reached their handler, by tool and
+	// outcome: ok, or the API error code the call failed with
+	// (invalid_argument, permission_denied, not_found, unavailable, …).
+	ToolCalls *prometheus.CounterVec
+}
+
+// NewMCP registers the MCP server's metrics on reg.
+func NewMCP(reg prometheus.Registerer) *MCP {
+	m := &MCP{ToolCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "mcp", Name: "tool_calls_total",
+		Help: "MCP tool calls by tool and outcome (ok, or the API error code).",
+	}, []string{"tool", "outcome"})}
+	reg.MustRegister(m.ToolCalls)
 	return m
 }

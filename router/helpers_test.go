@@ -178,6 +178,13 @@ func (f *faultyShard) Apply(ctx context.Context, b string, w []storage.Write) ([
 	return f.Shard.Apply(ctx, b, w)
 }
 
+func (f *faultyShard) Txn(ctx context.Context, w []storage.TxnWrite) ([]storage.Result, error) {
+	if f.down.Load() {
+		return nil, errDown
+	}
+	return f.Shard.Txn(ctx, w)
+}
+
 func (f *faultyShard) Scan(ctx context.Context, b string, o storage.ScanOptions) (storage.ScanPage, error) {
 	if f.down.Load() {
 		return storage.ScanPage{}, errDown

@@ -19,6 +19,8 @@ import (
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/go-kvdb/go-kvdb/backup"
+	"github.com/go-kvdb/go-kvdb/llmbridge"
+	"github.com/go-kvdb/go-kvdb/llmbridge/openaitest"
 	"github.com/go-kvdb/go-kvdb/metrics"
 	"github.com/go-kvdb/go-kvdb/router/httpapi"
 	"github.com/go-kvdb/go-kvdb/router/maintenance"
@@ -57,6 +59,7 @@ func newSpecChecker(t *testing.T, base string) *specChecker {
 			return lines, sc.Err()
 		})
 		openapi3filter.RegisterBodyDecoder(backup.ContentType, openapi3filter.FileBodyDecoder)
+		openapi3filter.RegisterBodyDecoder("text/event-stream", openapi3filter.FileBodyDecoder)
 		openapi3filter.RegisterBodyDecoder(backup.RecordsContentType, openapi3filter.FileBodyDecoder)
 	})
 	loader := openapi3.NewLoader()
@@ -261,6 +264,31 @@ func TestOpenAPI(t *testing.T) {
 	s.want(s.call("POST", "/ollama/kb/drop-in/api/chat", `{"model":"chat-model","messages":[{"role":"user","content":"hi"}],"stream":false}`, true), 200, "ollama chat")
 	s.want(s.call("POST", "/ollama/kb/drop-in/api/chat", `{"model":"chat-model","messages":[{"role":"user","content":"more"}]}`, true), 200, "ollama chat streamed")
 	s.want(s.call("POST", "/ollama/kb/drop-in/api/chat", `{"model":"no-such-model","messages":[{"role":"user","content":"x"}],"stream":false}`, true), 404, "ollama chat with a missing model")
+	s.want(s.call("POST", "/ollama/kb/drop-in/v1/chat/completions", `{"model":"chat-model","messages":[{"role":"user","content":"hi"}]}`, true), 200, "ollama's OpenAI chat")
+	s.want(s.call("POST", "/ollama/kb/drop-in/v1/chat/completions", `{"model":"chat-model","messages":[{"role":"user","content":"hi"}],"stream":true}`, true), 200, "ollama's OpenAI chat streamed")
+	s.want(s.call("POST", "/ollama/kb/drop-in/v1/chat/completions", `{"messages":[{"role":"user","content":1}]}`, false), 400, "ollama's OpenAI chat with a bad message")
+
+	// The drop-in OpenAI endpoint, on a second router whose provider is
+	// an OpenAI-compatible server.
+	oa := openaitest.New(t)
+	oaCfg := llmConfig(t, fake.URL)
+	oaClient, err := llmbridge.NewOpenAI(oa.URL, "", llmbridge.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oaCfg.Client = oaClient
+	rt2 := tc.newRouter(t, Config{Nodes: tc.want, Registry: metrics.NewRegistry(), CacheBytes: 16 << 20, LLM: oaCfg})
+	srv2 := httptest.NewServer(rt2.Handler())
+	t.Cleanup(srv2.Close)
+	waitFor(t, "second router's cluster map loaded", func() bool { return rt2.topo.Load().Epoch > 0 })
+	s.base = srv2.URL
+	s.want(s.call("POST", "/openai/kb/oa/v1/chat/completions", `{"model":"chat-model","messages":[{"role":"user","content":"hi"}]}`, true), 200, "openai chat")
+	s.want(s.call("POST", "/openai/kb/oa/v1/chat/completions", `{"model":"chat-model","messages":[{"role":"user","content":"more"}],"stream":true}`, true), 200, "openai chat streamed")
+	s.want(s.call("POST", "/openai/kb/oa/v1/chat/completions", `{"model":"chat-model","messages":[]}`, false), 400, "openai chat without messages")
+	s.want(s.call("POST", "/openai/kb/oa/v1/chat/completions", `{"model":"no-such-model","messages":[{"role":"user","content":"x"}]}`, true), 404, "openai chat with a missing model")
+	s.want(s.call("GET", "/openai/kb/oa/v1/models", nil, true), 200, "openai models")
+	s.want(s.call("POST", "/openai/kb/oa/v1/embeddings", `{"model":"embed-a","input":"hi"}`, true), 200, "openai embeddings")
+	s.base = srv.URL
 
 	// Compression dictionaries: refused on too few contexts, then trained
 	// on a corpus (whose records the backup below carries).
@@ -293,6 +321,10 @@ func TestOpenAPI(t *testing.T) {
 	s.want(s.call("POST", "/api/v1/admin/restore", snap, true), 200, "restore")
 	s.want(s.call("POST", "/api/v1/admin/restore", snap[:len(snap)-1], true), 400, "truncated restore")
 	s.want(s.call("POST", "/api/v1/admin/restore", `{}`, false), 415, "restore of JSON")
+
+	// The MCP server answers JSON-RPC.
+	s.want(s.call("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"spec","version":"1"}}}`, true,
+		"Accept", "application/json, text/event-stream"), 200, "mcp initialize")
 
 	// Deletes last.
 	s.want(s.call("DELETE", "/api/v1/topics/kb/contexts/c1", nil, true, "If-Match", `"1"`), 412, "delete with a stale If-Match")

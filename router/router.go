@@ -232,6 +232,11 @@ func New(cfg Config) (*Router, error) {
 // Handler is the router's HTTP handler.
 func (r *Router) Handler() http.Handler { return r.api.Handler() }
 
+// ServerMaxHeaderBytes is the http.Server's MaxHeaderBytes for the
+// router's handler: above the API's own limit (httpapi.MaxHeaderBytes),
+// which the handler answers with a 431 in the API's error shape.
+const ServerMaxHeaderBytes = httpapi.ServerMaxHeaderBytes
+
 // SetAuth swaps the API keys (a reloaded auth file). A nil Auth is
 // ignored: a router started with keys never opens up, and one started
 // open stays open.

@@ -273,3 +273,23 @@ func (c *Client) applyMany(ctx context.Context, batch []*pending[[]Write, []Resu
 		res = res[len(p.req):]
 	}
 }
+
+// Txn sends a transaction (Store.Txn) to the shard in a request of its own:
+// its writes apply all or none, so it never shares a request with others.
+func (c *Client) Txn(ctx context.Context, writes []TxnWrite) ([]Result, error) {
+	if err := checkTxn(writes); err != nil {
+		return nil, fmt.Errorf("shard %s: %w", c.name, err)
+	}
+	buf := getBuf()
+	defer putBuf(buf)
+	buf.Write(appendTxn(buf.AvailableBuffer(), writes))
+	body, err := c.do(ctx, http.MethodPost, pathTxn, buf.Bytes())
+	if err != nil {
+		return nil, err
+	}
+	res, err := parseResults(body, len(writes))
+	if err != nil {
+		return nil, fmt.Errorf("shard %s: %v: %w", c.name, err, ErrInternal)
+	}
+	return res, nil
+}

@@ -319,8 +319,9 @@ func (l *changeLog) append(tx *bolt.Tx, batch []*commitReq, now time.Time) (logS
 				flags |= flagTombstone
 			}
 			arena = append(arena, flags)
-			arena = binary.AppendUvarint(arena, uint64(len(r.bucket)))
-			arena = append(arena, r.bucket...)
+			bucket := r.bucketOf(i)
+			arena = binary.AppendUvarint(arena, uint64(len(bucket)))
+			arena = append(arena, bucket...)
 			arena = append(arena, w.Key...)
 			entry := arena[start:len(arena):len(arena)]
 			if err := b.Put(entry[:8], entry[8:]); err != nil {

@@ -16,6 +16,13 @@
 // store checks in the same transaction, which gives create-only, delete-only-
 // if-present and compare-and-set without a lock in the router.
 //
+// Txn applies writes to several buckets in one transaction, all or none:
+// when any write's condition fails, nothing changes (that write is a
+// Conflict, the others Aborted). A conversation's append is one: its
+// header written iff it is still at the version the router read, with the
+// new message records beside it. A replica replays the same writes without
+// conditions, put-if-newer, so a replay of what it already holds is Stale.
+//
 // Concurrent writers share one transaction and one fsync: a single committer
 // goroutine takes every write queued while the previous commit was syncing
 // (group commit). A lone writer is committed at once, never delayed.

@@ -19,6 +19,7 @@ const (
 	pathInfo         = "/v1/info"
 	pathGet          = "/v1/get/"
 	pathApply        = "/v1/apply/"
+	pathTxn          = "/v1/txn"
 	pathScan         = "/v1/scan/"
 	pathDeletePrefix = "/v1/delete-prefix/"
 	pathMultiGet     = "/v1/multiget/"
@@ -62,6 +63,7 @@ func NewHandler(store *Store, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET "+pathInfo, h.info)
 	mux.HandleFunc("GET "+pathGet+"{bucket}", h.get)
 	mux.HandleFunc("POST "+pathApply+"{bucket}", h.apply)
+	mux.HandleFunc("POST "+pathTxn, h.txn)
 	mux.HandleFunc("GET "+pathScan+"{bucket}", h.scan)
 	mux.HandleFunc("POST "+pathDeletePrefix+"{bucket}", h.deletePrefix)
 	mux.HandleFunc("POST "+pathTopK+"{bucket}", h.topK)
@@ -147,6 +149,44 @@ func (h *handler) apply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	results, err := h.store.Apply(WithCaller(ctx, r.RemoteAddr), r.PathValue("bucket"), writes)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	out := getBuf()
+	defer putBuf(out)
+	out.Write(appendResults(out.AvailableBuffer(), results))
+	writeBinary(w, out.Bytes())
+}
+
+// txn applies a transaction of writes to several buckets (Store.Txn).
+func (h *handler) txn(w http.ResponseWriter, r *http.Request) {
+	h.store.arriving.Add(1)
+	arrived := false
+	defer func() {
+		if !arrived {
+			h.store.arriving.Add(-1)
+		}
+	}()
+	body := getBuf()
+	defer putBuf(body)
+	if _, err := body.ReadFrom(http.MaxBytesReader(w, r.Body, maxRequestBody)); err != nil {
+		h.fail(w, r, fmt.Errorf("read request: %v: %w", err, ErrInvalid))
+		return
+	}
+	writes, err := parseTxn(body.Bytes())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	arrived = true
+	h.store.arriving.Add(-1)
+	ctx, err := epochContext(r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	results, err := h.store.Txn(WithCaller(ctx, r.RemoteAddr), writes)
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -51,6 +51,13 @@ type Write struct {
 	Match uint64 // for CondVersion
 }
 
+// TxnWrite is one write of a transaction (see Store.Txn): a Write to a
+// bucket of its own.
+type TxnWrite struct {
+	Bucket string
+	Write
+}
+
 // Outcome says what happened to one Write.
 type Outcome uint8
 
@@ -58,6 +65,9 @@ const (
 	Applied  Outcome = iota // the write is stored
 	Stale                   // a record with a version >= the write's is held; nothing changed
 	Conflict                // the condition did not hold; nothing changed
+	// Aborted is the outcome of a write of a transaction (Txn) that
+	// another of its writes' conditions failed: nothing of it changed.
+	Aborted
 )
 
 func (o Outcome) String() string {
@@ -68,6 +78,8 @@ func (o Outcome) String() string {
 		return "stale"
 	case Conflict:
 		return "conflict"
+	case Aborted:
+		return "aborted"
 	}
 	return fmt.Sprintf("outcome(%d)", uint8(o))
 }

@@ -28,6 +28,10 @@ type Options struct {
 	// Observer, when set, is told how long each commit took and how many
 	// writes it carried.
 	Observer func(commit time.Duration, writes int)
+	// Written, when set, is told how many bytes each commit wrote to the
+	// file: the pages it allocated (values, leaves, branches) and its meta
+	// page. It runs on the committer after the commit; it must be cheap.
+	Written func(bytes int64)
 	// ChangesRetain and ChangesMaxAge bound the change log (changes.go):
 	// an entry goes once this many newer ones are held or once it is this
 	// old, whichever comes first. Zero means DefaultChangesRetain and
@@ -49,7 +53,10 @@ type Store struct {
 	path   string
 	nodeID string
 	obs    func(time.Duration, int)
-	epoch  atomic.Uint64 // version of the cluster map record held
+	// written and pageSize serve Options.Written (nil: not asked).
+	written  func(int64)
+	pageSize int64
+	epoch    atomic.Uint64 // version of the cluster map record held
 	// arriving counts write requests the HTTP handler is still reading:
 	// the committer waits up to maxGather for them (see commitLoop).
 	arriving atomic.Int64
@@ -121,8 +128,11 @@ func (w *writers) join(caller string) int {
 }
 
 type commitReq struct {
-	caller  string // see WithCaller
-	bucket  string
+	caller string // see WithCaller
+	bucket string
+	// buckets, when set, is the bucket of each write (a Txn, whose writes
+	// apply all or none); bucket is then unused.
+	buckets []string
 	writes  []Write
 	results []Result
 	err     chan error
@@ -154,10 +164,12 @@ func Open(path string, opts Options) (*Store, error) {
 		db:        db,
 		path:      path,
 		obs:       opts.Observer,
+		written:   opts.Written,
 		searchObs: opts.SearchObserver,
 		commits:   make(chan *commitReq, 1024),
 		done:      make(chan struct{}),
 	}
+	s.pageSize = int64(db.Info().PageSize)
 	if err := s.loadNodeID(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
@@ -365,6 +377,12 @@ func (s *Store) commitLoop() {
 		var logged logState
 		var changed int
 		err := s.db.Update(func(tx *bolt.Tx) error {
+			if s.written != nil {
+				tx.OnCommit(func() {
+					st := tx.Stats()
+					s.written(st.GetPageAlloc() + s.pageSize)
+				})
+			}
 			for _, r := range batch {
 				if err := applyTx(tx, r); err != nil {
 					return err
@@ -415,7 +433,7 @@ func (s *Store) committed(batch []*commitReq, changed int) {
 // noteEpoch remembers the newest cluster map version committed.
 func (s *Store) noteEpoch(batch []*commitReq) {
 	for _, r := range batch {
-		if r.bucket != ClusterBucket {
+		if r.bucket != ClusterBucket || r.buckets != nil {
 			continue
 		}
 		for i, w := range r.writes {
@@ -426,28 +444,164 @@ func (s *Store) noteEpoch(batch []*commitReq) {
 	}
 }
 
+// bucketOf is the bucket write i of r goes to.
+func (r *commitReq) bucketOf(i int) string {
+	if r.buckets != nil {
+		return r.buckets[i]
+	}
+	return r.bucket
+}
+
+// Txn applies writes to any buckets in one transaction, all or none: when
+// the condition of any write fails, that write is a Conflict (or Stale, for
+// a conditional write not newer than what is held), every other one is
+// Aborted and nothing changes. Otherwise each write applies as in
+// Apply (a write not newer than what is held is Stale and changes nothing,
+// which is what lets a replica replay a transaction). Conditions are
+// checked against what was held before the transaction; writes apply in
+// order. The cluster bucket cannot be written in a transaction.
+func (s *Store) Txn(ctx context.Context, writes []TxnWrite) ([]Result, error) {
+	if err := checkTxn(writes); err != nil {
+		return nil, err
+	}
+	req := &commitReq{buckets: make([]string, len(writes)), writes: make([]Write, len(writes)), results: make([]Result, len(writes)), err: make(chan error, 1)}
+	for i := range writes {
+		req.buckets[i], req.writes[i] = writes[i].Bucket, writes[i].Write
+		if err := s.checkEpoch(ctx, writes[i].Bucket); err != nil {
+			return nil, err
+		}
+	}
+	req.caller, _ = ctx.Value(callerKey{}).(string)
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return nil, ErrClosed
+	}
+	s.commits <- req
+	s.mu.RUnlock()
+	if err := <-req.err; err != nil {
+		return nil, err
+	}
+	return req.results, nil
+}
+
+// checkTxn checks a transaction the way Apply checks its writes.
+func checkTxn(writes []TxnWrite) error {
+	if len(writes) == 0 || len(writes) > MaxBatch {
+		return fmt.Errorf("transaction of %d writes (want 1..%d): %w", len(writes), MaxBatch, ErrInvalid)
+	}
+	for i := range writes {
+		if err := checkBucket(writes[i].Bucket); err != nil {
+			return err
+		}
+		if writes[i].Bucket == ClusterBucket {
+			return fmt.Errorf("bucket %s in a transaction: %w", ClusterBucket, ErrInvalid)
+		}
+		if err := checkWrite(&writes[i].Write); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// conflicts reports whether w's condition fails against res, what is held.
+func conflicts(w *Write, res Result) bool {
+	live := res.PrevLive()
+	switch {
+	case w.Cond == CondAbsent && live,
+		w.Cond == CondExists && !live,
+		w.Cond == CondVersion && (!live || res.PrevVersion != w.Match),
+		w.Cond == CondExact && res.PrevVersion != w.Match,
+		w.Cond == CondRewrite && (!live || res.PrevVersion != w.Version || w.Tombstone):
+		return true
+	}
+	return false
+}
+
+// held is what b holds for key, as the Prev fields of a Result.
+func held(b *bolt.Bucket, key []byte) (Result, error) {
+	var res Result
+	if b == nil {
+		return res, nil
+	}
+	if raw := b.Get(key); raw != nil {
+		v, tomb, _, err := parseStored(raw)
+		if err != nil {
+			return res, fmt.Errorf("key %q: %w", key, err)
+		}
+		res.PrevVersion, res.PrevTombstone = v, tomb
+	}
+	return res, nil
+}
+
+// applyTxn applies a transaction in tx: every condition is checked first,
+// then all writes apply, or none.
+func applyTxn(tx *bolt.Tx, r *commitReq) error {
+	failed := false
+	for i := range r.writes {
+		res, err := held(tx.Bucket([]byte(r.buckets[i])), r.writes[i].Key)
+		if err != nil {
+			return err
+		}
+		w := &r.writes[i]
+		switch {
+		case conflicts(w, res):
+			res.Outcome, failed = Conflict, true
+		case w.Cond != CondNone && w.Cond != CondRewrite && res.PrevVersion >= w.Version:
+			// A condition holds only for a write that applies.
+			res.Outcome, failed = Stale, true
+		default:
+			res.Outcome = Applied // for now: Aborted below if another fails
+		}
+		r.results[i] = res
+	}
+	if failed {
+		for i := range r.results {
+			if r.results[i].Outcome == Applied {
+				r.results[i].Outcome = Aborted
+			}
+		}
+		return nil
+	}
+	for i := range r.writes {
+		b, err := tx.CreateBucketIfNotExists([]byte(r.buckets[i]))
+		if err != nil {
+			return fmt.Errorf("bucket %s: %w", r.buckets[i], err)
+		}
+		w := &r.writes[i]
+		cur, err := held(b, w.Key)
+		if err != nil {
+			return err
+		}
+		if cur.PrevVersion >= w.Version && w.Cond != CondRewrite {
+			r.results[i].Outcome = Stale
+			continue
+		}
+		val := appendStored(make([]byte, 0, headerSize+len(w.Value)), w.Version, w.Tombstone, w.Value)
+		if err := b.Put(bytes.Clone(w.Key), val); err != nil {
+			return fmt.Errorf("put %q: %w", w.Key, err)
+		}
+		r.results[i].Outcome = Applied
+	}
+	return nil
+}
+
 func applyTx(tx *bolt.Tx, r *commitReq) error {
+	if r.buckets != nil {
+		return applyTxn(tx, r)
+	}
 	b, err := tx.CreateBucketIfNotExists([]byte(r.bucket))
 	if err != nil {
 		return fmt.Errorf("bucket %s: %w", r.bucket, err)
 	}
 	for i := range r.writes {
 		w := &r.writes[i]
-		var res Result
-		if raw := b.Get(w.Key); raw != nil {
-			v, tomb, _, err := parseStored(raw)
-			if err != nil {
-				return fmt.Errorf("key %q: %w", w.Key, err)
-			}
-			res.PrevVersion, res.PrevTombstone = v, tomb
+		res, err := held(b, w.Key)
+		if err != nil {
+			return err
 		}
-		live := res.PrevLive()
 		switch {
-		case w.Cond == CondAbsent && live,
-			w.Cond == CondExists && !live,
-			w.Cond == CondVersion && (!live || res.PrevVersion != w.Match),
-			w.Cond == CondExact && res.PrevVersion != w.Match,
-			w.Cond == CondRewrite && (!live || res.PrevVersion != w.Version || w.Tombstone):
+		case conflicts(w, res):
 			res.Outcome = Conflict
 		case res.PrevVersion >= w.Version && w.Cond != CondRewrite:
 			res.Outcome = Stale

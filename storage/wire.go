@@ -12,6 +12,7 @@ import (
 //	record  = uvarint(len key) key | version (8) | flags (1) | uvarint(len value) value
 //	write   = cond (1) | match (8) | record
 //	apply request  = write*
+//	txn request    = (uvarint(len bucket) bucket | write)*
 //	apply response = (outcome (1) | prev version (8) | prev flags (1))*
 //	scan response  = more (1) | record*
 //	get response   = version (8) | flags (1) | value   (the stored form)
@@ -110,6 +111,32 @@ func parseWrites(b []byte) ([]Write, error) {
 			return nil, fmt.Errorf("more than %d writes: %w", MaxBatch, ErrInvalid)
 		}
 		var w Write
+		w.Cond = Cond(r.byte("write condition"))
+		w.Match = r.uint64("write match")
+		w.Record = r.record()
+		writes = append(writes, w)
+	}
+	return writes, r.err
+}
+
+func appendTxn(dst []byte, writes []TxnWrite) []byte {
+	for i := range writes {
+		dst = binary.AppendUvarint(dst, uint64(len(writes[i].Bucket)))
+		dst = append(dst, writes[i].Bucket...)
+		dst = appendWrites(dst, []Write{writes[i].Write})
+	}
+	return dst
+}
+
+func parseTxn(b []byte) ([]TxnWrite, error) {
+	r := wireReader{b: b}
+	var writes []TxnWrite
+	for len(r.b) > 0 && r.err == nil {
+		if len(writes) == MaxBatch {
+			return nil, fmt.Errorf("more than %d writes: %w", MaxBatch, ErrInvalid)
+		}
+		var w TxnWrite
+		w.Bucket = string(r.bytes("write bucket", 32))
 		w.Cond = Cond(r.byte("write condition"))
 		w.Match = r.uint64("write match")
 		w.Record = r.record()

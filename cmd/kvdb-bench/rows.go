@@ -188,6 +188,62 @@ var rowDefs = []rowDef{
 		}
 		return s.hnswlibTarget(), nil
 	}},
+	{"11a", 11, "ours: append one 1 KB message to a conversation of 10 messages, single-node", func(s *suite, ctx context.Context) (*target, error) {
+		cs, err := s.stepConvSingle(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return s.convTarget(cs, convShort, false), nil
+	}},
+	{"11b", 11, "ours: append one 1 KB message to a conversation of 10,000 messages, single-node", func(s *suite, ctx context.Context) (*target, error) {
+		cs, err := s.stepConvSingle(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return s.convTarget(cs, convLong, false), nil
+	}},
+	{"11c", 11, "ours: GET …/messages?last=20 to a conversation of 10 messages, single-node", func(s *suite, ctx context.Context) (*target, error) {
+		cs, err := s.stepConvSingle(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return s.convTarget(cs, convShort, true), nil
+	}},
+	{"11d", 11, "ours: GET …/messages?last=20 to a conversation of 10,000 messages, single-node", func(s *suite, ctx context.Context) (*target, error) {
+		cs, err := s.stepConvSingle(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return s.convTarget(cs, convLong, true), nil
+	}},
+	{"11e", 11, "ours: append one 1 KB message to a conversation of 10 messages, 3 shards, replicas = 3", func(s *suite, ctx context.Context) (*target, error) {
+		cs, err := s.stepConvR3(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return s.convTarget(cs, convShort, false), nil
+	}},
+	{"11f", 11, "ours: append one 1 KB message to a conversation of 10,000 messages, 3 shards, replicas = 3", func(s *suite, ctx context.Context) (*target, error) {
+		cs, err := s.stepConvR3(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return s.convTarget(cs, convLong, false), nil
+	}},
+	{"11g", 11, "ours: GET …/messages?last=20 to a conversation of 10 messages, 3 shards, replicas = 3", func(s *suite, ctx context.Context) (*target, error) {
+		cs, err := s.stepConvR3(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return s.convTarget(cs, convShort, true), nil
+	}},
+	{"11h", 11, "ours: GET …/messages?last=20 to a conversation of 10,000 messages, 3 shards, replicas = 3", func(s *suite, ctx context.Context) (*target, error) {
+		cs, err := s.stepConvR3(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return s.convTarget(cs, convLong, true), nil
+	}},
 }
 
 // withCommitStats makes a write row report, from the storage daemons' own
@@ -324,7 +380,7 @@ func selectRows(spec string) (selection, error) {
 	for f := range strings.SplitSeq(spec, ",") {
 		f = strings.TrimSpace(f)
 		if !known[f] {
-			return nil, fmt.Errorf("-rows: unknown row %q (rows are 1..10, or 3a, 3b, 3c, 7a, 7b, 7c, 8a, 8b, 9h)", f)
+			return nil, fmt.Errorf("-rows: unknown row %q (rows are 1..11, or 3a, 3b, 3c, 7a, 7b, 7c, 8a, 8b, 9h, 11a..11h)", f)
 		}
 		sel[f] = true
 	}
@@ -342,9 +398,11 @@ func toolsFor(sel selection) []tool {
 		if !sel.has(d) {
 			continue
 		}
-		if d.num == 3 {
+		switch d.num {
+		case 3:
 			needRedis = true
-		} else {
+		case 11: // its own load generator
+		default:
 			needWrk = true
 		}
 	}

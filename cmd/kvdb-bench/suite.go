@@ -71,6 +71,7 @@ type suite struct {
 	vecBuild                float64      // row 9: vectors stored and indexed per second per shard
 	hnswBuild               anchorLine   // row 9h: the anchor's build
 	hnswEf                  []anchorLine // row 9h: its queries at each ef
+	convSingle, convR3      *convSetup   // row 11
 }
 
 type stepResult struct{ err error }

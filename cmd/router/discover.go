@@ -283,6 +283,14 @@ func (m *member) Apply(ctx context.Context, bucket string, writes []storage.Writ
 	return c.Apply(ctx, bucket, writes)
 }
 
+func (m *member) Txn(ctx context.Context, writes []storage.TxnWrite) ([]storage.Result, error) {
+	c, err := m.c()
+	if err != nil {
+		return nil, err
+	}
+	return c.Txn(ctx, writes)
+}
+
 func (m *member) Scan(ctx context.Context, bucket string, opts storage.ScanOptions) (storage.ScanPage, error) {
 	c, err := m.c()
 	if err != nil {

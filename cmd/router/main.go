@@ -88,7 +88,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := daemon.Serve(ctx, sec.listener(ln), rt.Handler(), log, o.grace); err != nil {
+	if err := daemon.ServeHeaders(ctx, sec.listener(ln), rt.Handler(), log, o.grace, router.ServerMaxHeaderBytes); err != nil {
 		return err
 	}
 	log.Info("stopped")
@@ -235,6 +235,9 @@ func (o *options) config() (router.Config, error) {
 			return cfg, daemon.Usagef("-llm-api-key-file: %v", err)
 		}
 	}
+	if o.llmProvider == llmbridge.ProviderOpenAI && url == "" {
+		return cfg, daemon.Usagef("-llm-provider=openai needs -llm-url, the server's base URL ending in /v1 (like https://api.openai.com/v1 or http://127.0.0.1:11434/v1)")
+	}
 	llm, err := llmbridge.Open(llmbridge.Config{Provider: o.llmProvider, URL: url, APIKey: key})
 	if err != nil {
 		return cfg, daemon.Usagef("-llm-provider %s: %v", o.llmProvider, err)
@@ -278,6 +281,7 @@ func (o *options) openShards(ctx context.Context, cfg *router.Config, sec *secur
 		metrics.RegisterVectorIndex(cfg.Registry, daemon.VectorIndexStats(store))
 		sh.close = func() { store.Close() }
 		cfg.Mode = "single"
+		sec.local = true
 		cfg.Nodes = []router.Node{{Name: "local", Address: o.dbLocation, Shard: store}}
 		log.Info("single-node mode", "db", o.dbLocation)
 	default:

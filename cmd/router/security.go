@@ -62,6 +62,9 @@ type securitySetup struct {
 	audit     *reopener
 	log       *slog.Logger
 	addr      string
+	// local is set in single-node mode: no storage daemons, so no
+	// cluster token to warn about.
+	local bool
 }
 
 // load checks the flags and reads the files they name; a problem is a
@@ -126,7 +129,7 @@ func (s *securitySetup) announce() {
 	} else {
 		log.Info("API keys loaded", "auth_file", *s.f.authFile, "keys", s.auth.Len())
 	}
-	if s.token == "" {
+	if s.token == "" && !s.local {
 		log.Warn("no cluster token: storage daemons must be reachable by this router only (loopback, or storaged -insecure)")
 	}
 	if s.keyring != nil {

@@ -92,6 +92,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			m.CommitDuration.Observe(d.Seconds())
 			m.CommitWrites.Observe(float64(writes))
 		},
+		Written: func(n int64) { m.WrittenBytes.Add(float64(n)) },
 	})
 	if err != nil {
 		return err

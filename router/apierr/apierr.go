@@ -23,6 +23,7 @@ const (
 	CodeUnauthenticated      Code = "unauthenticated"   // no API key, or one the router does not know
 	CodePermissionDenied     Code = "permission_denied" // a key without the role or topic the request needs
 	CodeRateLimited          Code = "rate_limited"      // the key's (or client's) requests per second are spent
+	CodeHeaderTooLarge       Code = "header_too_large"  // the request's header is over the router's limit
 	CodeUnavailable          Code = "unavailable"
 	CodeInternal             Code = "internal"
 )
@@ -39,6 +40,7 @@ var statusOf = map[Code]int{
 	CodeUnauthenticated:      http.StatusUnauthorized,
 	CodePermissionDenied:     http.StatusForbidden,
 	CodeRateLimited:          http.StatusTooManyRequests,
+	CodeHeaderTooLarge:       http.StatusRequestHeaderFieldsTooLarge,
 	CodeUnavailable:          http.StatusServiceUnavailable,
 	CodeInternal:             http.StatusInternalServerError,
 }

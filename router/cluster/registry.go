@@ -119,6 +119,13 @@ func (s *instrumented) Apply(ctx context.Context, bucket string, w []storage.Wri
 	return res, err
 }
 
+func (s *instrumented) Txn(ctx context.Context, w []storage.TxnWrite) ([]storage.Result, error) {
+	start := time.Now()
+	res, err := s.Shard.Txn(ctx, w)
+	s.observe(ctx, "txn", start, err)
+	return res, err
+}
+
 func (s *instrumented) Scan(ctx context.Context, bucket string, o storage.ScanOptions) (storage.ScanPage, error) {
 	start := time.Now()
 	p, err := s.Shard.Scan(ctx, bucket, o)

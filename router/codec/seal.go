@@ -247,6 +247,25 @@ func (s *sealed) Apply(ctx context.Context, bucket string, writes []storage.Writ
 	return s.Shard.Apply(ctx, bucket, sealed)
 }
 
+// Txn seals the writes' values as Apply does, each with its own bucket.
+func (s *sealed) Txn(ctx context.Context, writes []storage.TxnWrite) ([]storage.Result, error) {
+	if s.kr == nil {
+		return s.Shard.Txn(ctx, writes)
+	}
+	sealed := writes
+	for i := range writes {
+		w := &writes[i]
+		if w.Tombstone || len(w.Value) == 0 || IsSealed(w.Value) || clearBucket(w.Bucket) {
+			continue
+		}
+		if &sealed[0] == &writes[0] {
+			sealed = append([]storage.TxnWrite(nil), writes...) // never seal in place
+		}
+		sealed[i].Value = s.kr.Seal(w.Bucket, w.Key, w.Value)
+	}
+	return s.Shard.Txn(ctx, sealed)
+}
+
 func (s *sealed) Scan(ctx context.Context, bucket string, o storage.ScanOptions) (storage.ScanPage, error) {
 	if s.kr != nil && !clearBucket(bucket) {
 		o.ValueLimit = 0 // a sealed value opens only whole

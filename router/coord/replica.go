@@ -173,6 +173,45 @@ func (c *Coordinator) readRepair(t *placement.Topology, n *placement.Node, bucke
 // if the primary still holds exactly that version; then it replicates. So
 // concurrent conditional writes on a key serialise at its primary.
 func (c *Coordinator) Write(ctx context.Context, pk, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
+	return c.write(ctx, pk, bucket, key, tombstone, value, cond, match, nil)
+}
+
+// WriteTxn is Write of key with the records with beside it (other keys,
+// placed with key at pk, any bucket), which get the version written and go
+// in the same transaction on every owner: all of them land with key, or
+// none does. A conversation's append is one: its header, written iff it is
+// still at the version the router read (decided at the primary as Write
+// decides), and the new message records. The replicas apply the
+// transaction without conditions, put-if-newer. The result is key's.
+func (c *Coordinator) WriteTxn(ctx context.Context, pk, bucket string, key []byte, value []byte, cond storage.Cond, match uint64, with []storage.TxnWrite) (storage.Result, uint64, error) {
+	if len(with) == 0 {
+		return c.Write(ctx, pk, bucket, key, false, value, cond, match)
+	}
+	return c.write(ctx, pk, bucket, key, false, value, cond, match, with)
+}
+
+// txnOf is the transaction of head with the records with, all at head's
+// version (with nil: none, a plain write).
+func txnOf(bucket string, head storage.Write, with []storage.TxnWrite) []storage.TxnWrite {
+	txn := make([]storage.TxnWrite, 0, 1+len(with))
+	txn = append(txn, storage.TxnWrite{Bucket: bucket, Write: head})
+	for _, w := range with {
+		w.Version, w.Cond, w.Match = head.Version, storage.CondNone, 0
+		txn = append(txn, w)
+	}
+	return txn
+}
+
+// apply sends head (and, when with is set, the records beside it in one
+// transaction) to n and returns head's result.
+func apply(ctx context.Context, n *placement.Node, bucket string, head storage.Write, with []storage.TxnWrite) ([]storage.Result, error) {
+	if with == nil {
+		return n.Shard.Apply(ctx, bucket, []storage.Write{head})
+	}
+	return n.Shard.Txn(ctx, txnOf(bucket, head, with))
+}
+
+func (c *Coordinator) write(ctx context.Context, pk, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64, with []storage.TxnWrite) (storage.Result, uint64, error) {
 	avoid := map[*placement.Node]bool{} // primaries that failed this write
 	var d decision                      // set once some replica may hold the write
 	var res storage.Result
@@ -181,9 +220,9 @@ func (c *Coordinator) Write(ctx context.Context, pk, bucket string, key []byte, 
 		set := t.Owners(pk)
 		var err error
 		if len(set.Union) == 1 && d.rec.Version == 0 {
-			res, v, err = c.writeOne(ctx, t, set.Union[0], bucket, key, tombstone, value, cond, match)
+			res, v, err = c.writeOne(ctx, t, set.Union[0], bucket, key, tombstone, value, cond, match, with)
 		} else {
-			res, v, err = c.writeReplicated(ctx, t, set, avoid, &d, bucket, key, tombstone, value, cond, match)
+			res, v, err = c.writeReplicated(ctx, t, set, avoid, &d, bucket, key, tombstone, value, cond, match, with)
 		}
 		return err
 	})
@@ -200,19 +239,20 @@ func (c *Coordinator) Write(ctx context.Context, pk, bucket string, key []byte, 
 // is never decided again, which would find the write itself (a create
 // would answer 409, an If-Match 412, a delete 404, though each applied).
 type decision struct {
-	rec      storage.Record // Version 0: nothing decided yet
+	rec      storage.Record     // Version 0: nothing decided yet
+	with     []storage.TxnWrite // the records beside rec (WriteTxn), at its version
 	result   storage.Result
 	prevLive uint64 // newest live version the replicas reported before rec
 }
 
-func (c *Coordinator) writeOne(ctx context.Context, t *placement.Topology, n *placement.Node, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
+func (c *Coordinator) writeOne(ctx context.Context, t *placement.Topology, n *placement.Node, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64, with []storage.TxnWrite) (storage.Result, uint64, error) {
 	ctx, cancel := c.ShardCtx(EpochCtx(ctx, t))
 	defer cancel()
 	v := c.cfg.Clock.Next()
-	res, err := n.Shard.Apply(ctx, bucket, []storage.Write{{
+	res, err := apply(ctx, n, bucket, storage.Write{
 		Record: storage.Record{Key: key, Version: v, Tombstone: tombstone, Value: value},
 		Cond:   cond, Match: match,
-	}})
+	}, with)
 	if errors.Is(err, storage.ErrStaleEpoch) {
 		return storage.Result{}, 0, err
 	}
@@ -226,12 +266,12 @@ func (c *Coordinator) writeOne(ctx context.Context, t *placement.Topology, n *pl
 	return res[0], v, nil
 }
 
-func (c *Coordinator) writeReplicated(ctx context.Context, t *placement.Topology, set placement.ReplicaSet, avoid map[*placement.Node]bool, d *decision, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64) (storage.Result, uint64, error) {
+func (c *Coordinator) writeReplicated(ctx context.Context, t *placement.Topology, set placement.ReplicaSet, avoid map[*placement.Node]bool, d *decision, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64, with []storage.TxnWrite) (storage.Result, uint64, error) {
 	rec := storage.Record{Key: key, Tombstone: tombstone, Value: value}
 	acked := map[*placement.Node]bool{}
 	var result storage.Result
 	if d.rec.Version != 0 {
-		rec, result = d.rec, d.result // decided under an older map: replicate it again
+		rec, result, with = d.rec, d.result, d.with // decided under an older map: replicate it again
 	} else if cond != storage.CondNone {
 		cur, err := c.ReadSet(ctx, t, set, bucket, key)
 		if err != nil {
@@ -250,7 +290,7 @@ func (c *Coordinator) writeReplicated(ctx context.Context, t *placement.Topology
 		c.cfg.Clock.Observe(cur.Version)
 		rec.Version = c.cfg.Clock.Next()
 		pctx, cancel := c.ShardCtx(EpochCtx(ctx, t))
-		res, err := primary.Shard.Apply(pctx, bucket, []storage.Write{{Record: rec, Cond: storage.CondExact, Match: cur.Version}})
+		res, err := apply(pctx, primary, bucket, storage.Write{Record: rec, Cond: storage.CondExact, Match: cur.Version}, with)
 		cancel()
 		switch {
 		case errors.Is(err, storage.ErrStaleEpoch):
@@ -278,8 +318,8 @@ func (c *Coordinator) writeReplicated(ctx context.Context, t *placement.Topology
 		rec.Version = c.cfg.Clock.Next()
 		result.Outcome = storage.Applied
 	}
-	d.rec, d.result = rec, result
-	prevLive, err := c.Replicate(ctx, t, set, bucket, rec, acked)
+	d.rec, d.result, d.with = rec, result, with
+	prevLive, err := c.replicate(ctx, t, set, bucket, rec, with, acked)
 	d.prevLive = max(d.prevLive, prevLive)
 	if err != nil {
 		return storage.Result{}, 0, err
@@ -334,6 +374,12 @@ type writeAnswer struct {
 // prevLive is the newest version the replicas held before, if that was a
 // live record (0: none, or deleted).
 func (c *Coordinator) Replicate(ctx context.Context, t *placement.Topology, set placement.ReplicaSet, bucket string, rec storage.Record, acked map[*placement.Node]bool) (prevLive uint64, err error) {
+	return c.replicate(ctx, t, set, bucket, rec, nil, acked)
+}
+
+// replicate is Replicate of rec with the records beside it, in one
+// transaction per replica (with nil: rec alone).
+func (c *Coordinator) replicate(ctx context.Context, t *placement.Topology, set placement.ReplicaSet, bucket string, rec storage.Record, with []storage.TxnWrite, acked map[*placement.Node]bool) (prevLive uint64, err error) {
 	answers := make(chan writeAnswer, len(set.Union))
 	sent := 0
 	for _, n := range set.Union {
@@ -344,7 +390,7 @@ func (c *Coordinator) Replicate(ctx context.Context, t *placement.Topology, set 
 		c.cfg.Go(func(bg context.Context) {
 			wctx, cancel := c.ShardCtx(EpochCtx(bg, t))
 			defer cancel()
-			res, err := n.Shard.Apply(wctx, bucket, []storage.Write{{Record: rec}})
+			res, err := apply(wctx, n, bucket, storage.Write{Record: rec}, with)
 			a := writeAnswer{node: n, err: err}
 			if err == nil {
 				a.res = res[0]

@@ -21,6 +21,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/docstore"
 	"github.com/go-kvdb/go-kvdb/router/llm"
 	"github.com/go-kvdb/go-kvdb/router/maintenance"
+	"github.com/go-kvdb/go-kvdb/router/mcpserver"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/labstack/echo/v4"
@@ -59,6 +60,7 @@ type API struct {
 	maint   *maintenance.Service
 	codec   *codec.Codec
 	sec     *security
+	mcp     *mcpserver.Server
 	echo    *echo.Echo
 	access  map[routeKey]entry // the route table by method and path (see classify)
 }
@@ -70,9 +72,14 @@ func New(cfg Config) *API {
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = a.handleError
 	e.Use(a.m.HTTP.Echo())
+	e.Use(a.checkRequest)
 	a.sec = newSecurity(cfg.Security, cfg.Registry, cfg.Log)
 	a.sec.classify = a.classify
 	e.Use(a.sec.middleware)
+	a.mcp = mcpserver.New(mcpserver.Config{
+		Docs: cfg.Docs, LLM: cfg.LLM, MaxBodyBytes: cfg.MaxBodyBytes, Version: "1",
+		Metrics: metrics.NewMCP(cfg.Registry), Log: cfg.Log,
+	})
 
 	// Open routes: probes, metrics and the API's description.
 	e.GET("/healthz", func(c echo.Context) error {
@@ -129,6 +136,10 @@ func (a *API) handleError(err error, c echo.Context) {
 	body.Error.Code, body.Error.Message = apiErr.Code, apiErr.Message
 	if c.Request().Method == http.MethodHead {
 		c.NoContent(status)
+		return
+	}
+	if openaiShaped(c.Request().URL.Path) { // OpenAI's clients read their own shape
+		openaiError(c, status, apiErr.Code, apiErr.Message)
 		return
 	}
 	c.JSON(status, body)

@@ -40,6 +40,7 @@ type AuditLine struct {
 	Path      string `json:"path"`
 	Topic     string `json:"topic,omitempty"`
 	Context   string `json:"context_id,omitempty"`
+	Tool      string `json:"tool,omitempty"` // the MCP tool called
 	Status    int    `json:"status"`
 	RequestID string `json:"request_id"`
 }

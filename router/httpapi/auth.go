@@ -24,6 +24,7 @@ type reqInfo struct {
 	ip       string
 	reqID    string
 	ollama   bool // answer errors in Ollama's Shape
+	openai   bool // answer errors in OpenAI's shape (wins over ollama)
 	mutating bool
 }
 
@@ -42,10 +43,28 @@ func openPath(p string) bool {
 }
 
 // guarded reports the paths that need a key when the router has an auth
-// file: the API and the drop-in Ollama endpoint.
+// file: the API, the MCP server and the drop-in Ollama and OpenAI
+// endpoints.
 func guarded(p string) bool {
-	return p == "/api/v1" || strings.HasPrefix(p, "/api/v1/") ||
-		p == ollamaPrefix || strings.HasPrefix(p, ollamaPrefix+"/")
+	return p == "/api/v1" || strings.HasPrefix(p, "/api/v1/") || p == mcpPath ||
+		p == ollamaPrefix || strings.HasPrefix(p, ollamaPrefix+"/") ||
+		p == openaiPrefix || strings.HasPrefix(p, openaiPrefix+"/")
+}
+
+// openaiShaped reports the paths whose errors OpenAI's clients read: the
+// drop-in OpenAI endpoint, and the OpenAI API under the Ollama one
+// (/ollama/{topic}/{context}/v1/…).
+func openaiShaped(p string) bool {
+	if strings.HasPrefix(p, openaiPrefix+"/") {
+		return true
+	}
+	rest, ok := strings.CutPrefix(p, ollamaPrefix+"/")
+	if !ok {
+		return false
+	}
+	// rest is {topic}/{context}/…
+	parts := strings.SplitN(rest, "/", 4)
+	return len(parts) >= 3 && parts[2] == "v1"
 }
 
 var notFoundHandler = reflect.ValueOf(echo.NotFoundHandler).Pointer()

@@ -60,6 +60,20 @@ func (a *API) ollamaRoot(c echo.Context) error {
 	return a.ollamaForward(c)
 }
 
+// needOllama answers 503 when no model server is configured, or when it
+// is not Ollama: Ollama's own API cannot be relayed to an OpenAI-compatible
+// server (its chat completions, under /v1, are served by openaiChat
+// whichever the provider).
+func (a *API) needOllama() error {
+	if err := a.llm.Need(); err != nil {
+		return err
+	}
+	if k := a.llm.Config().Client.Kind(); k != llmbridge.ProviderOllama {
+		return apierr.Errorf(apierr.CodeUnavailable, "the router's model server speaks the %s API, not Ollama's: use /openai/{topic}/{context}/v1, or /ollama/{topic}/{context}/v1/chat/completions", k)
+	}
+	return nil
+}
+
 // upstreamPath is the request's path below the context's prefix, with its
 // query.
 func upstreamPath(c echo.Context) string {
@@ -96,7 +110,7 @@ func (a *API) ollamaForward(c echo.Context) error {
 	if _, _, err := contextParams(c); err != nil {
 		return a.ollamaFail(c, err)
 	}
-	if err := a.llm.Need(); err != nil {
+	if err := a.needOllama(); err != nil {
 		return a.ollamaFail(c, err)
 	}
 	path := upstreamPath(c)
@@ -238,7 +252,7 @@ func (a *API) ollamaChat(c echo.Context) error {
 	if err != nil {
 		return a.ollamaFail(c, err)
 	}
-	if err := a.llm.Need(); err != nil {
+	if err := a.needOllama(); err != nil {
 		return a.ollamaFail(c, err)
 	}
 	// Ollama takes a body whatever its Content-Type; so does its stand-in.

@@ -41,6 +41,7 @@ func (a *API) routes() []route {
 		v1    = "/api/v1"
 		ctx   = v1 + "/topics/:topic/contexts/:id"
 		drop  = ollamaPrefix + "/:topic/:id"
+		oa    = openaiPrefix + "/:topic/:id/v1"
 	)
 	return []route{
 		{http.MethodGet, v1 + "/cluster", a.clusterStatus, admin, nil},
@@ -72,13 +73,24 @@ func (a *API) routes() []route {
 		{http.MethodGet, ctx + "/messages", a.getMessages, read, nil},
 		{http.MethodPost, ctx + "/chat", a.chatHandler, write, nil},
 
+		// The MCP server: any key may connect; each tool checks the key's
+		// role and topic patterns itself (router/mcpserver).
+		{"", mcpPath, a.mcpHandler, read, nil},
+
 		// The drop-in Ollama endpoint: its root answers reads itself and
 		// relays the rest; /api/chat stores turns; every other path is
 		// relayed, a reader's when it changes nothing on the model server.
 		{"", drop, a.ollamaRoot, admin, readOrAdmin},
 		{"", drop + "/", a.ollamaRoot, admin, readOrAdmin},
 		{http.MethodPost, drop + "/api/chat", a.ollamaChat, write, nil},
+		{http.MethodPost, drop + "/v1/chat/completions", a.openaiChat, write, nil},
 		{"", drop + "/*", a.ollamaForward, admin, relayNeed},
+
+		// The drop-in OpenAI endpoint: chat completions store turns;
+		// the model list and embeddings are relayed.
+		{http.MethodPost, oa + "/chat/completions", a.openaiChat, write, nil},
+		{http.MethodGet, oa + "/models", a.openaiRelay, read, nil},
+		{http.MethodPost, oa + "/embeddings", a.openaiRelay, read, nil},
 	}
 }
 

@@ -21,7 +21,7 @@ import (
 // and how it seals what it stores. The zero value runs the API open, with
 // no limits but a one-minute body deadline, no audit and no encryption.
 type SecurityConfig struct {
-	// Auth holds the API keys every /api/v1 and /ollama request must carry
+	// Auth holds the API keys every /api/v1, /ollama and /openai request must carry
 	// (Authorization: Bearer <secret>). Nil runs the API open. Swap it at
 	// run time with Router.SetAuth.
 	Auth *authfile.Auth
@@ -110,6 +110,7 @@ func (s *security) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 			need: need, topic: topic, id: id, scoped: scoped,
 			ip: clientIP(req), reqID: rid, mutating: need >= authfile.AccessWrite,
 			ollama: len(req.URL.Path) > len(ollamaPrefix) && req.URL.Path[:len(ollamaPrefix)+1] == ollamaPrefix+"/",
+			openai: openaiShaped(req.URL.Path),
 		}
 		c.Set(infoKey, ri)
 		if s.audit != nil {
@@ -147,8 +148,11 @@ func (s *security) middleware(next echo.HandlerFunc) echo.HandlerFunc {
 }
 
 // fail answers an error from the middleware, in Ollama's Shape on the
-// drop-in endpoint.
+// drop-in Ollama endpoint, in OpenAI's on the OpenAI API.
 func (s *security) fail(c echo.Context, ri *reqInfo, err *apierr.Error) error {
+	if ri.openai {
+		return openaiError(c, err.Status(), err.Code, err.Message)
+	}
 	if ri.ollama {
 		return ollamaError(c, err.Status(), err.Message)
 	}

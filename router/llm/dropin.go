@@ -50,7 +50,7 @@ type DropInTurn struct {
 // turns the client lacks are folded into the summary when they overflow
 // the budget, and rendered as the memory to inject.
 func (l *Service) Recall(ctx context.Context, topic, id string, sent []llmbridge.Message) (*DropInTurn, error) {
-	if err := l.docs.EnsureTopic(ctx, topic, "created by the drop-in Ollama endpoint"); err != nil {
+	if err := l.docs.EnsureTopic(ctx, topic, "created by a drop-in endpoint (Ollama or OpenAI)"); err != nil {
 		return nil, err
 	}
 	budget := memory.Budget(l.docs.TopicMaxTokens(ctx, topic), l.cfg.MaxTokens)
@@ -92,4 +92,11 @@ func (l *Service) Remember(ctx context.Context, t *DropInTurn, answer string) {
 	if err != nil {
 		l.log.Error("drop-in chat answered but its turns were not stored", "topic", t.topic, "id", t.id, "err", err)
 	}
+}
+
+// DropInChat asks the provider to continue req for a drop-in endpoint
+// (the OpenAI one, which renders the answer itself), recording the call
+// and its tokens as a proxied chat.
+func (l *Service) DropInChat(ctx context.Context, req llmbridge.ChatRequest, fn func(llmbridge.ChatChunk) error) error {
+	return l.chat(ctx, "proxy_chat", req, fn)
 }

@@ -33,11 +33,13 @@ type Chatter interface {
 	Chat(ctx context.Context, req llmbridge.ChatRequest, fn func(llmbridge.ChatChunk) error) error
 }
 
-// Forwarder relays a raw request to Ollama, for the drop-in endpoint, and
-// names the server for error messages.
+// Forwarder relays a raw request to the model server, for the drop-in
+// endpoints, names the server for error messages, and says which API Do
+// speaks (llmbridge.ProviderOllama or ProviderOpenAI).
 type Forwarder interface {
 	Do(ctx context.Context, method, path string, header http.Header, body io.Reader) (*http.Response, error)
 	URL() string
+	Kind() string
 }
 
 // LLM is everything the router asks of Ollama. llmbridge.Client implements

@@ -15,6 +15,8 @@ import (
 type Shard interface {
 	Get(ctx context.Context, bucket string, key []byte) (storage.Record, error)
 	Apply(ctx context.Context, bucket string, writes []storage.Write) ([]storage.Result, error)
+	// Txn applies writes to several buckets all or none (storage.Store.Txn).
+	Txn(ctx context.Context, writes []storage.TxnWrite) ([]storage.Result, error)
 	Scan(ctx context.Context, bucket string, opts storage.ScanOptions) (storage.ScanPage, error)
 	DeletePrefix(ctx context.Context, bucket string, prefix []byte, version uint64) (int, error)
 	MultiGet(ctx context.Context, bucket string, keys [][]byte) ([]storage.Record, error)

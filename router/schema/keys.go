@@ -3,6 +3,7 @@ package schema
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"fmt"
 	"strconv"
 	"strings"
@@ -30,6 +31,11 @@ const (
 	// BucketExpiry is the TTL purge's index: ExpiryKey → nothing, at the
 	// context's version.
 	BucketExpiry = "expiry"
+	// BucketMessages holds a conversation's messages as records of their
+	// own, keyed by MessageKey: one conversation is one ordered range,
+	// placed with its context (PlacementOf), so one transaction per owner
+	// writes an append's messages beside the context's header.
+	BucketMessages = "messages"
 	// BucketDicts holds the trained compression dictionaries.
 	BucketDicts = storage.DictBucket
 )
@@ -61,12 +67,44 @@ func SplitContextKey(key []byte) (topic, id string, ok bool) {
 }
 
 // PlacementOf returns the ring key of a storage key: contexts (topic, 0,
-// id) are placed by topic/id, everything else by its key.
+// id) and their messages (topic, 0, id, 0, seq) are placed by topic/id,
+// everything else by its key.
 func PlacementOf(key []byte) string {
 	if i := bytes.IndexByte(key, KeySep[0]); i >= 0 {
-		return string(key[:i]) + "/" + string(key[i+1:])
+		id := key[i+1:]
+		if j := bytes.IndexByte(id, KeySep[0]); j >= 0 {
+			id = id[:j] // ids cannot hold the separator: what follows is a message's seq
+		}
+		return string(key[:i]) + "/" + string(id)
 	}
 	return string(key)
+}
+
+// MessagePrefix is the key prefix of the messages of the context topic/id:
+// topic, 0, id, 0. No other context's messages share it (ids cannot hold
+// the separator).
+func MessagePrefix(topic, id string) []byte {
+	k := make([]byte, 0, len(topic)+len(id)+2+8)
+	k = append(k, topic...)
+	k = append(k, KeySep...)
+	k = append(k, id...)
+	return append(k, KeySep...)
+}
+
+// MessageKey is the storage key of message seq (1 for the first) of the
+// context topic/id: its MessagePrefix and seq, 8 bytes big endian, so a
+// conversation's messages scan in order.
+func MessageKey(topic, id string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(MessagePrefix(topic, id), seq)
+}
+
+// MessageSeq is the seq of a message key under prefix (MessagePrefix).
+func MessageSeq(prefix, key []byte) (uint64, bool) {
+	if len(key) != len(prefix)+8 || !bytes.HasPrefix(key, prefix) {
+		return 0, false
+	}
+	seq := binary.BigEndian.Uint64(key[len(prefix):])
+	return seq, seq > 0
 }
 
 // ExpiryKey is the index entry of a context key expiring at t.

@@ -86,8 +86,15 @@ func Listen(addr string) (net.Listener, error) {
 // Serve serves h on ln until ctx ends, then shuts down gracefully: it stops
 // accepting, lets in-flight requests finish for up to grace, and returns.
 func Serve(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger, grace time.Duration) error {
+	return ServeHeaders(ctx, ln, h, log, grace, 0)
+}
+
+// ServeHeaders is Serve with net/http's limit on request headers set to
+// maxHeader bytes (0: net/http's default, 1 MB).
+func ServeHeaders(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger, grace time.Duration, maxHeader int) error {
 	srv := &http.Server{
 		Handler:           h,
+		MaxHeaderBytes:    maxHeader,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
