@@ -248,16 +248,17 @@ func (s *Store) indexCommitted(batch []*commitReq) {
 	vx := s.vx
 	var ops []indexOp
 	for _, r := range batch {
-		reg := vx.regs[r.bucket]
-		if reg == nil {
-			continue
-		}
 		for i := range r.writes {
+			bucket := r.bucket
+			if r.buckets != nil { // a Txn: each write names its bucket
+				bucket = r.buckets[i]
+			}
+			reg := vx.regs[bucket]
 			w := &r.writes[i]
-			if r.results[i].Outcome != Applied || vectorGroup(w.Key) == 0 {
+			if reg == nil || r.results[i].Outcome != Applied || vectorGroup(w.Key) == 0 {
 				continue
 			}
-			ops = append(ops, indexOp{reg: reg, bucket: r.bucket, w: w, rewrite: w.Cond == CondRewrite})
+			ops = append(ops, indexOp{reg: reg, bucket: bucket, w: w, rewrite: w.Cond == CondRewrite})
 		}
 	}
 	if len(ops) == 0 {

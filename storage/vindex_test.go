@@ -269,3 +269,29 @@ func TestVectorIndexReindex(t *testing.T) {
 		t.Errorf("recall@10 after reindex = %.3f, want >= 0.95", r)
 	}
 }
+
+// A Txn's vector writes (several buckets in one transaction) reach the
+// index as Apply's do.
+func TestVectorIndexTxn(t *testing.T) {
+	s := openTestStore(t)
+	base := vindextest.Clustered(1, 2, 300, annDim, 5, 1)
+	putVectors(t, s, base)
+	waitReady(t, s)
+	far := make([]float32, annDim)
+	far[2] = 1
+	ctx := context.Background()
+	if _, err := s.Txn(ctx, []TxnWrite{
+		{Bucket: "contexts", Write: Write{Record: Record{Key: annKey(7), Version: 100000, Value: []byte("doc")}}},
+		{Bucket: "vectors", Write: Write{Record: Record{Key: annKey(7), Version: 100000, Value: EncodeVector(Vector{Model: "m", Values: far})}}},
+		{Bucket: "vectors", Write: Write{Record: Record{Key: annKey(8), Version: 100000, Tombstone: true}}},
+	}); err != nil {
+		t.Fatalf("Txn = %v, want nil", err)
+	}
+	res, err := s.TopK(ctx, "vectors", TopKQuery{Prefix: []byte("t\x00"), Query: far, K: 1, Model: "m"})
+	if err != nil || res.Exact || len(res.Matches) != 1 || string(res.Matches[0].Key) != string(annKey(7)) {
+		t.Errorf("TopK(the Txn's vector) = %+v, %v; want %q from the index", res, err, annKey(7))
+	}
+	if ix := s.VectorIndexStats().Indexes["vectors"]; len(ix) != 1 || ix[0].Vectors != base.Len()-1 {
+		t.Errorf("indexes after the Txn = %+v, want %d vectors", ix, base.Len()-1)
+	}
+}
