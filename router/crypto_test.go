@@ -91,7 +91,17 @@ func TestEncryptedClusterRoundTrip(t *testing.T) {
 
 	// Search ranks in the router, as a shard would: same answer as by hand.
 	query := []float32{7, 1, 1}
-	res := searchFor(t, tc, "secret", "", map[string]any{"embedding": query, "model": marker, "k": 4})
+	res, exact := searchExact(t, tc, "secret", "", map[string]any{"embedding": query, "model": marker, "k": 4})
+	if !exact {
+		t.Errorf("search over sealed vectors said exact false; the router ranks them by a scan")
+	}
+	for _, s := range tc.stores {
+		for _, ix := range s.VectorIndexStats().Indexes[schema.BucketVectors] {
+			if ix.Vectors > 0 {
+				t.Errorf("a shard indexed %d sealed vectors (%+v)", ix.Vectors, ix.Key)
+			}
+		}
+	}
 	var want []string
 	type scored struct {
 		id    string

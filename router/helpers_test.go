@@ -162,6 +162,14 @@ func (f *faultyShard) ObserveBatches(fn func(op string, calls int)) {
 	}
 }
 
+// Reindex asks the shard inside to rebuild its vector indexes.
+func (f *faultyShard) Reindex(ctx context.Context) error {
+	if f.down.Load() {
+		return errDown
+	}
+	return f.Shard.(placement.Reindexer).Reindex(ctx)
+}
+
 func (f *faultyShard) Get(ctx context.Context, b string, k []byte) (storage.Record, error) {
 	if f.down.Load() {
 		return storage.Record{}, errDown

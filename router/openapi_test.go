@@ -198,6 +198,7 @@ func TestOpenAPI(t *testing.T) {
 	s.want(s.call("GET", "/api/v1/cluster", nil, true), 200, "cluster")
 	s.want(s.call("POST", "/api/v1/admin/repair", nil, true), 202, "repair")
 	s.want(s.call("POST", "/api/v1/admin/repair?wait=true", nil, true), 200, "repair wait")
+	s.want(s.call("POST", "/api/v1/admin/reindex", nil, true), 202, "reindex")
 	s.want(s.call("POST", "/api/v1/admin/reload", nil, true), 202, "reload")
 	s.want(s.call("POST", "/api/v1/admin/remove?shard=sh-1", nil, true), 412, "remove a configured shard")
 	s.want(s.call("DELETE", "/api/v1/admin/shards/sh-1", nil, true), 412, "remove a configured shard")

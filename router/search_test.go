@@ -21,12 +21,35 @@ type searchResult struct {
 
 func searchFor(t testing.TB, tc *testCluster, topic, query string, body any) []searchResult {
 	t.Helper()
+	res, _ := searchExact(t, tc, topic, query, body)
+	return res
+}
+
+// searchExact is searchFor that also returns the answer's "exact".
+func searchExact(t testing.TB, tc *testCluster, topic, query string, body any) ([]searchResult, bool) {
+	t.Helper()
 	r := must(t, call(t, "POST", tc.URL+"/api/v1/topics/"+topic+"/search"+query, body), 200, "search")
-	var out struct{ Results []searchResult }
-	if err := json.Unmarshal(r.Raw, &out); err != nil {
-		t.Fatalf("search answer %s: %v", r.Raw, err)
+	var out struct {
+		Results []searchResult
+		Exact   *bool
 	}
-	return out.Results
+	if err := json.Unmarshal(r.Raw, &out); err != nil || out.Exact == nil {
+		t.Fatalf("search answer %s: %v; want results and exact", r.Raw, err)
+	}
+	return out.Results, *out.Exact
+}
+
+// waitIndexes waits until every shard's vector index is ready.
+func waitIndexes(t testing.TB, tc *testCluster) {
+	t.Helper()
+	waitFor(t, "vector indexes ready", func() bool {
+		for _, s := range tc.stores {
+			if !s.VectorIndexStats().Ready {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 func cosine32(a, b []float32) float64 {
@@ -131,6 +154,26 @@ func TestSearchMatchesBruteForce(t *testing.T) {
 				}
 			}
 		})
+	}
+	// The shards answered from their indexes; a request may ask for the
+	// exact scan, and gets the same answer, marked exact.
+	waitIndexes(t, tc)
+	for _, exact := range []bool{false, true} {
+		body := map[string]any{"query": "apple river", "k": 5}
+		if exact {
+			body["exact"] = true
+		}
+		got, said := searchExact(t, tc, "kb", "", body)
+		want := brute("apple river", 5, "")
+		if said != exact || len(got) != len(want) {
+			t.Errorf("search(exact %v) = %d results, exact %v; want %d, exact %v", exact, len(got), said, len(want), exact)
+			continue
+		}
+		for i := range want {
+			if math.Abs(got[i].Score-want[i].Score) > 1e-5 {
+				t.Errorf("search(exact %v) result %d = %s %.6f, want %s %.6f", exact, i, got[i].Metadata.ID, got[i].Score, want[i].Metadata.ID, want[i].Score)
+			}
+		}
 	}
 	got := searchFor(t, tc, "kb", "?include=content", map[string]any{"query": "piano violin piano", "k": 1})
 	if len(got) != 1 || got[0].Metadata.ID != "ctx-05" || got[0].Content == nil || got[0].Content.Text != texts["ctx-05"] || math.Abs(got[0].Score-1) > 1e-6 {
@@ -287,4 +330,41 @@ func TestStaleVectorPurgedBySearch(t *testing.T) {
 		t.Errorf("search = %v, want only b (a's vector is stale)", rs)
 	}
 	waitFor(t, "stale vector purged", func() bool { return liveVectors() == 0 })
+}
+
+// TestAdminReindex: POST /api/v1/admin/reindex reaches every shard, or
+// answers 503 naming the one it could not reach; after the rebuild the
+// shards answer from their indexes again, with the same results.
+func TestAdminReindex(t *testing.T) {
+	tc, _ := newLLMCluster(t, 3, nil)
+	tc.createTopic(t, "kb")
+	for i := range 30 {
+		tc.putContext(t, "kb", fmt.Sprintf("c%02d", i), map[string]any{"content": map[string]any{"text": fmt.Sprintf("note %d about rivers %d", i, i*7)}})
+	}
+	waitIndexes(t, tc)
+	body := map[string]any{"query": "rivers 21", "k": 5}
+	before, exact := searchExact(t, tc, "kb", "", body)
+	if exact || len(before) != 5 {
+		t.Fatalf("search = %d results, exact %v; want 5 from the indexes", len(before), exact)
+	}
+
+	tc.faults[1].down.Store(true)
+	r := call(t, "POST", tc.URL+"/api/v1/admin/reindex", nil)
+	if r.Status != 503 {
+		t.Errorf("reindex with a shard down = %d %s, want 503", r.Status, r.Raw)
+	}
+	tc.faults[1].down.Store(false)
+	waitFor(t, "reindex accepted", func() bool {
+		return call(t, "POST", tc.URL+"/api/v1/admin/reindex", nil).Status == 202
+	})
+	waitIndexes(t, tc)
+	after, exact := searchExact(t, tc, "kb", "", body)
+	if exact || len(after) != len(before) {
+		t.Fatalf("search after reindex = %d results, exact %v; want %d from the indexes", len(after), exact, len(before))
+	}
+	for i := range before {
+		if after[i].Metadata.ID != before[i].Metadata.ID || math.Abs(after[i].Score-before[i].Score) > 1e-6 {
+			t.Errorf("result %d after reindex = %s %.6f, want %s %.6f", i, after[i].Metadata.ID, after[i].Score, before[i].Metadata.ID, before[i].Score)
+		}
+	}
 }

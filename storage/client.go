@@ -124,6 +124,12 @@ func (c *Client) DeletePrefix(ctx context.Context, bucket string, prefix []byte,
 	return out.Deleted, nil
 }
 
+// Reindex asks the shard to rebuild its vector indexes (see Store.Reindex).
+func (c *Client) Reindex(ctx context.Context) error {
+	_, err := c.do(ctx, http.MethodPost, pathReindex, nil)
+	return err
+}
+
 // TopK asks the shard for the q.K vectors under q.Prefix most similar to
 // q.Query (see Store.TopK).
 func (c *Client) TopK(ctx context.Context, bucket string, q TopKQuery) (TopKResult, error) {

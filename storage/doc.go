@@ -28,9 +28,15 @@
 // (group commit). A lone writer is committed at once, never delayed.
 //
 // For semantic search a bucket may hold vectors in the format EncodeVector
-// writes (model, tags, dimension, norm, float32 values); TopK scans a key
-// prefix of such a bucket and returns its k best cosine matches, so each
-// shard answers with its own top k and the router merges.
+// writes (model, tags, dimension, norm, float32 values); TopK returns the k
+// best cosine matches under a key prefix of such a bucket, so each shard
+// answers with its own top k and the router merges. The buckets named in
+// Options.VectorBuckets ("vectors" by default) have an ANN index
+// (storage/vindex) per key group (the key through its first 0 byte: the
+// router's topic), model and dimension, kept in step with every commit
+// and purge, saved on Close and reconciled with the records after Open
+// (vindex.go); TopK walks it when it can and otherwise scans, and says
+// which (TopKResult.Exact).
 //
 // # Change log
 //
@@ -77,8 +83,11 @@
 // # Caveats
 //
 // Values are opaque: the store never looks inside them (except the vector
-// buckets TopK is asked to scan), so filtering by content happens in the
-// router. TopK is a flat scan: one dot product per vector under the prefix. Tombstones are kept until a purge removes
+// buckets it indexes and TopK is asked to rank), so filtering by content
+// happens in the router. A vector value the store cannot read (sealed by
+// the router) is stored but not indexed. An index insert costs a graph
+// search, paid on the committer before the writer hears: the price of a
+// search that always sees acknowledged writes. Tombstones are kept until a purge removes
 // them (see Store.Purge); scans skip them unless asked for.
 // The change log is a cost of every commit: one more small record per
 // applied write (see BenchmarkStorePut4KWriters). A follower that passes no

@@ -24,6 +24,7 @@ const (
 	pathDeletePrefix = "/v1/delete-prefix/"
 	pathMultiGet     = "/v1/multiget/"
 	pathPurge        = "/v1/purge/"
+	pathReindex      = "/v1/reindex"
 
 	// headerEpoch carries the cluster-map epoch a write is sent under.
 	headerEpoch = "X-Kvdb-Epoch"
@@ -68,6 +69,7 @@ func NewHandler(store *Store, log *slog.Logger) http.Handler {
 	mux.HandleFunc("POST "+pathTopK+"{bucket}", h.topK)
 	mux.HandleFunc("POST "+pathMultiGet+"{bucket}", h.multiGet)
 	mux.HandleFunc("POST "+pathPurge+"{bucket}", h.purge)
+	mux.HandleFunc("POST "+pathReindex, h.reindex)
 	mux.HandleFunc("GET "+pathSnapshot, h.snapshot)
 	mux.HandleFunc("GET "+pathChanges, h.changes)
 	mux.HandleFunc("GET "+pathChangesHead, h.changesHead)
@@ -95,6 +97,15 @@ func (h *handler) info(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(info)
+}
+
+// reindex serves POST /v1/reindex: 200 once the rebuild has started.
+func (h *handler) reindex(w http.ResponseWriter, r *http.Request) {
+	if err := h.store.Reindex(r.Context()); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
 }
 
 func (h *handler) get(w http.ResponseWriter, r *http.Request) {

@@ -88,8 +88,9 @@ func (s *Store) Purge(ctx context.Context, bucket string, recs []Record) (int, e
 		return 0, ErrClosed
 	}
 	n := 0
+	var removed [][]byte
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		n = 0
+		n, removed = 0, removed[:0]
 		b := tx.Bucket([]byte(bucket))
 		if b == nil {
 			return nil
@@ -108,10 +109,14 @@ func (s *Store) Purge(ctx context.Context, bucket string, recs []Record) (int, e
 					return err
 				}
 				n++
+				removed = append(removed, r.Key)
 			}
 		}
 		return nil
 	})
+	if err == nil {
+		s.indexPurged(bucket, removed)
+	}
 	return n, err
 }
 

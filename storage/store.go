@@ -38,6 +38,13 @@ type Options struct {
 	// DefaultChangesMaxAge.
 	ChangesRetain int
 	ChangesMaxAge time.Duration
+	// VectorBuckets are the buckets whose records are vectors (EncodeVector)
+	// that the store keeps an ANN index of (vindex.go). Nil means
+	// DefaultVectorBuckets; an empty slice, none.
+	VectorBuckets []string
+	// SearchObserver, when set, is told how long each TopK took and
+	// whether it scanned (exact) or walked an index.
+	SearchObserver func(d time.Duration, exact bool)
 }
 
 // Store is one shard's BoltDB file. Its methods are safe for concurrent use.
@@ -62,6 +69,9 @@ type Store struct {
 	done    chan struct{} // closed when the committer has exited
 
 	changes changeLog // written by the committer only
+
+	vx        *vectorIndex // the ANN indexes of the vector buckets
+	searchObs func(time.Duration, bool)
 }
 
 // maxGather bounds how long a commit waits for writes still arriving.
@@ -151,12 +161,13 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	s := &Store{
-		db:      db,
-		path:    path,
-		obs:     opts.Observer,
-		written: opts.Written,
-		commits: make(chan *commitReq, 1024),
-		done:    make(chan struct{}),
+		db:        db,
+		path:      path,
+		obs:       opts.Observer,
+		written:   opts.Written,
+		searchObs: opts.SearchObserver,
+		commits:   make(chan *commitReq, 1024),
+		done:      make(chan struct{}),
 	}
 	s.pageSize = int64(db.Info().PageSize)
 	if err := s.loadNodeID(); err != nil {
@@ -170,7 +181,13 @@ func Open(path string, opts Options) (*Store, error) {
 	if rec, err := s.Get(context.Background(), ClusterBucket, []byte(MapKey)); err == nil {
 		s.epoch.Store(rec.Version)
 	}
+	if err := s.openVectorIndex(opts); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	go s.commitLoop()
+	s.vx.passing.Store(true)
+	s.startPass()
 	return s, nil
 }
 
@@ -216,7 +233,8 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	<-s.done
 	s.changes.publish() // followers wake, and find the store closed
-	return s.db.Close()
+	verr := s.closeVectorIndex()
+	return errors.Join(s.db.Close(), verr)
 }
 
 // Get returns the record held for key, tombstones included, or ErrNotFound.
@@ -401,10 +419,12 @@ func (s *Store) checkEpoch(ctx context.Context, bucket string) error {
 // committed runs after each commit that succeeded, before its writers hear
 // of it, on the committer's goroutine: whatever must follow the durable
 // writes (the epoch held, followers of the change log) learns of them here.
-// It must stay cheap; anything slow belongs to a goroutine of its own that
+// It must stay cheap (the vector index inserts are the exception: a
+// search that starts after a write is acknowledged must see it); anything slow belongs to a goroutine of its own that
 // this only wakes.
 func (s *Store) committed(batch []*commitReq, changed int) {
 	s.noteEpoch(batch)
+	s.indexCommitted(batch)
 	if changed > 0 {
 		s.changes.publish()
 	}

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"slices"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -141,6 +142,8 @@ type TopKQuery struct {
 	K      int // 1..MaxTopK
 	Model  string
 	Tags   []string
+	// Exact asks for the exact scan even where an index could answer.
+	Exact bool
 }
 
 // Match is one vector found by TopK.
@@ -158,8 +161,14 @@ type TopKResult struct {
 	// Scanned is the number of live vectors under the prefix.
 	Scanned int
 	// OtherDim is the number of vectors of the query's model (and tags)
-	// whose dimension differs from the query's: never compared.
+	// whose dimension differs from the query's: never compared. From the
+	// index it counts them whatever their tags.
 	OtherDim int
+	// Exact says the matches come from a scan of every vector, not the
+	// index: the query asked so, the index is not ready (the store's
+	// start-up pass runs), the prefix is not one group, or a filter admitted
+	// too few for a walk.
+	Exact bool
 }
 
 func checkTopK(q *TopKQuery) error {
@@ -174,9 +183,10 @@ func checkTopK(q *TopKQuery) error {
 	return nil
 }
 
-// TopK scans bucket under q.Prefix in one read transaction and returns the
-// q.K live vectors with the highest cosine similarity to q.Query. The scan is
-// flat: its cost is one dot product per comparable vector under the prefix.
+// TopK returns the q.K live vectors under q.Prefix with the highest cosine
+// similarity to q.Query: from the bucket's ANN index when it can answer
+// (see vindex.go), else by a scan in one read transaction whose cost is
+// one dot product per comparable vector under the prefix.
 func (s *Store) TopK(ctx context.Context, bucket string, q TopKQuery) (TopKResult, error) {
 	if err := checkBucket(bucket); err != nil {
 		return TopKResult{}, err
@@ -187,6 +197,17 @@ func (s *Store) TopK(ctx context.Context, bucket string, q TopKQuery) (TopKResul
 	}
 	if rk.qnorm == 0 {
 		return TopKResult{}, nil
+	}
+	start := time.Now()
+	if res, ok, err := s.annTopK(bucket, &q); ok || err != nil {
+		if ok && s.searchObs != nil {
+			s.searchObs(time.Since(start), false)
+		}
+		return res, err
+	}
+	rk.res.Exact = true
+	if s.searchObs != nil {
+		defer func() { s.searchObs(time.Since(start), true) }()
 	}
 	err = s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte(bucket))
@@ -324,8 +345,11 @@ func (h *matchHeap) Pop() any {
 // On the wire a TopK request and its answer are
 //
 //	request  = k (uvarint) | uvarint len prefix | prefix | uvarint len model | model
-//	         | uvarint n tags | (uvarint len tag | tag)* | uvarint dim | dim × float32 LE
-//	response = scanned (uvarint) | other dim (uvarint) | (uvarint len key | key | version (8) | score float64 LE)*
+//	         | uvarint n tags | (uvarint len tag | tag)* | flags (uvarint) | uvarint dim | dim × float32 LE
+//	response = scanned (uvarint) | other dim (uvarint) | flags (uvarint)
+//	         | (uvarint len key | key | version (8) | score float64 LE)*
+//
+// where flags bit 0 is Exact.
 
 func appendTopKQuery(dst []byte, q *TopKQuery) []byte {
 	dst = binary.AppendUvarint(dst, uint64(q.K))
@@ -338,6 +362,7 @@ func appendTopKQuery(dst []byte, q *TopKQuery) []byte {
 		dst = binary.AppendUvarint(dst, uint64(len(t)))
 		dst = append(dst, t...)
 	}
+	dst = binary.AppendUvarint(dst, flagBit(q.Exact))
 	dst = binary.AppendUvarint(dst, uint64(len(q.Query)))
 	for _, f := range q.Query {
 		dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(f))
@@ -368,6 +393,7 @@ func parseTopKQuery(b []byte) (TopKQuery, error) {
 	for range ntags {
 		q.Tags = append(q.Tags, string(r.bytes("tag", MaxKeySize)))
 	}
+	q.Exact = r.uvarint("flags", 1) == 1
 	dim := r.uvarint("query dimension", MaxVectorDim)
 	if r.err == nil && uint64(len(r.b)) != 4*dim {
 		r.fail("query values")
@@ -385,6 +411,7 @@ func parseTopKQuery(b []byte) (TopKQuery, error) {
 func appendTopKResult(dst []byte, res *TopKResult) []byte {
 	dst = binary.AppendUvarint(dst, uint64(res.Scanned))
 	dst = binary.AppendUvarint(dst, uint64(res.OtherDim))
+	dst = binary.AppendUvarint(dst, flagBit(res.Exact))
 	for _, m := range res.Matches {
 		dst = binary.AppendUvarint(dst, uint64(len(m.Key)))
 		dst = append(dst, m.Key...)
@@ -399,6 +426,7 @@ func parseTopKResult(b []byte) (TopKResult, error) {
 	var res TopKResult
 	res.Scanned = int(r.uvarint("scanned", math.MaxInt32))
 	res.OtherDim = int(r.uvarint("other dimension", math.MaxInt32))
+	res.Exact = r.uvarint("flags", 1) == 1
 	for len(r.b) > 0 && r.err == nil {
 		var m Match
 		m.Key = r.bytes("match key", MaxKeySize)
@@ -457,4 +485,11 @@ func dotLE(q []float32, b []byte) float64 {
 		s0 += float64(q[i]) * float64(math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:])))
 	}
 	return (s0 + s1) + (s2 + s3)
+}
+
+func flagBit(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
 }

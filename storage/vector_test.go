@@ -120,7 +120,7 @@ func TestTopK(t *testing.T) {
 				}
 				SortMatches(want)
 				want = want[:min(tc.k, len(want))]
-				res, err := sh.TopK(ctx, "vectors", TopKQuery{Prefix: []byte("t\x00"), Query: query, K: tc.k, Model: "m", Tags: tc.tags})
+				res, err := sh.TopK(ctx, "vectors", TopKQuery{Prefix: []byte("t\x00"), Query: query, K: tc.k, Model: "m", Tags: tc.tags, Exact: true})
 				if err != nil {
 					t.Fatalf("TopK = %v, want nil", err)
 				}
@@ -148,7 +148,7 @@ func TestTopK(t *testing.T) {
 			})
 		}
 
-		res, err := sh.TopK(ctx, "vectors", TopKQuery{Prefix: []byte("t\x00"), Query: []float32{1, 0, 0}, K: 3, Model: "m"})
+		res, err := sh.TopK(ctx, "vectors", TopKQuery{Prefix: []byte("t\x00"), Query: []float32{1, 0, 0}, K: 3, Model: "m", Exact: true})
 		if err != nil || len(res.Matches) != 1 || string(res.Matches[0].Key) != "t\x00other-dim" || res.OtherDim != 201 {
 			t.Errorf("TopK(3 dimensions) = %+v, %v; want only t\\x00other-dim and OtherDim 201 (the items and zero)", res, err)
 		}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/go-kvdb/go-kvdb/storage/vindex/vindextest"
+
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -62,9 +64,14 @@ type suite struct {
 	routerPathList          []string // the paths of rows 4/5, for warming
 	putKeys, putPaths       string   // key and path files of rows 7a and 7b/7c
 	listPaths               map[int]string
-	searchPaths             string     // row 9: the search route
-	searchBodies            string     // row 9: query bodies
-	convSingle, convR3      *convSetup // row 11
+	searchPaths             string // row 9: the search route
+	searchBodies            string // row 9: query bodies
+	vecBase, vecQueries     *vindextest.Set
+	vecRecall               float64      // row 9: recall@10 of the router's answers against exact ones
+	vecBuild                float64      // row 9: vectors stored and indexed per second per shard
+	hnswBuild               anchorLine   // row 9h: the anchor's build
+	hnswEf                  []anchorLine // row 9h: its queries at each ef
+	convSingle, convR3      *convSetup   // row 11
 }
 
 type stepResult struct{ err error }
@@ -530,16 +537,14 @@ func (s *suite) stepVectors(ctx context.Context) error {
 		if err := s.createTopic(ctx, base, topic); err != nil {
 			return err
 		}
-		queries := make([]string, 64)
+		// Clustered unit vectors (vindextest, as the hnswlib anchor row
+		// reads them): random ones in 768 dimensions have no near
+		// neighbours, which no index is built for.
+		s.vecBase = vindextest.Clustered(1, 2, s.o.vectors, embeddingDims, 100, 1)
+		s.vecQueries = vindextest.Clustered(1, 3, 200, embeddingDims, 100, 1)
+		queries := make([]string, s.vecQueries.Len())
 		for i := range queries {
-			var q struct {
-				Embedding []float32 `json:"embedding"`
-				K         int       `json:"k"`
-			}
-			var d document
-			jsonUnmarshalMust(s.corpus.withEmbedding(uint64(5_000_000+i), "", embeddingDims, true), &d)
-			q.Embedding, q.K = d.Content.Embeddings, searchK
-			queries[i] = string(mustJSON(&q))
+			queries[i] = string(mustJSON(&vecQuery{Embedding: s.vecQueries.Row(i), K: searchK}))
 		}
 		path := "/api/v1/topics/" + topic + "/search"
 		status, msg, err := s.do(ctx, http.MethodPost, base+path, []byte(queries[0]))
@@ -553,8 +558,18 @@ func (s *suite) stepVectors(ctx context.Context) error {
 		case status != http.StatusOK:
 			return fmt.Errorf("POST %s: %d %s", path, status, msg)
 		}
+		start := time.Now()
 		if err := s.putAll(ctx, base, topic, s.o.vectors, func(i int) string { return fmt.Sprintf("v%07d", i) },
-			func(i int) []byte { return s.corpus.withEmbedding(uint64(i), "", embeddingDims, true) }); err != nil {
+			func(i int) []byte {
+				return mustJSON(map[string]any{"content": map[string]any{"text": fmt.Sprintf("vector %d", i), "embeddings": s.vecBase.Row(i)}})
+			}); err != nil {
+			return err
+		}
+		if err := s.waitIndexes(ctx, s.shards); err != nil {
+			return err
+		}
+		s.vecBuild = float64(s.o.vectors) / float64(len(s.shards)) / time.Since(start).Seconds()
+		if s.vecRecall, err = s.searchRecall(ctx, "http://"+s.routerHit.addr+"/api/v1/topics/"+topic+"/search"); err != nil {
 			return err
 		}
 		// Check that a search finds a full page of results.
@@ -750,3 +765,96 @@ func (s *suite) metricOrZero(ctx context.Context, base, name string) (float64, e
 type naError struct{ reason string }
 
 func (e *naError) Error() string { return e.reason }
+
+type vecQuery struct {
+	Embedding []float32 `json:"embedding"`
+	K         int       `json:"k"`
+	Exact     bool      `json:"exact,omitempty"`
+}
+
+// waitIndexes waits (up to ten minutes) until every shard's vector
+// indexes are ready (kvdb_vindex_ready 1).
+func (s *suite) waitIndexes(ctx context.Context, shards []*proc) error {
+	for range 6000 {
+		ready := 0
+		for _, p := range shards {
+			_, body, err := s.fetch(ctx, http.MethodGet, "http://"+p.addr+"/metrics", nil)
+			if err == nil && strings.Contains(body, "\nkvdb_vindex_ready 1\n") {
+				ready++
+			}
+		}
+		if ready == len(shards) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("vector indexes not ready after ten minutes")
+}
+
+// searchRecall asks every query from the indexes and with "exact": true,
+// and returns the share of the exact top k the indexes found.
+func (s *suite) searchRecall(ctx context.Context, u string) (float64, error) {
+	ask := func(q vecQuery) (map[string]bool, bool, error) {
+		status, body, err := s.fetch(ctx, http.MethodPost, u, mustJSON(&q))
+		if err != nil || status != http.StatusOK {
+			return nil, false, fmt.Errorf("search: %d %s %v", status, oneLine(body), err)
+		}
+		var res struct {
+			Results []struct {
+				Metadata struct{ ID string }
+			}
+			Exact bool
+		}
+		if err := json.Unmarshal([]byte(body), &res); err != nil {
+			return nil, false, err
+		}
+		ids := map[string]bool{}
+		for _, r := range res.Results {
+			ids[r.Metadata.ID] = true
+		}
+		return ids, res.Exact, nil
+	}
+	found, total := 0, 0
+	for i := range s.vecQueries.Len() {
+		q := vecQuery{Embedding: s.vecQueries.Row(i), K: searchK}
+		ann, exact, err := ask(q)
+		if err != nil {
+			return 0, err
+		}
+		if exact {
+			return 0, fmt.Errorf("search from ready indexes answered exact")
+		}
+		q.Exact = true
+		want, _, err := ask(q)
+		if err != nil {
+			return 0, err
+		}
+		for id := range want {
+			total++
+			if ann[id] {
+				found++
+			}
+		}
+	}
+	return float64(found) / float64(total), nil
+}
+
+// fetch is do that returns the body of every answer.
+func (s *suite) fetch(ctx context.Context, method, u string, body []byte) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
+	if err != nil {
+		return 0, "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	return resp.StatusCode, string(b), err
+}

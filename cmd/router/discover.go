@@ -331,6 +331,15 @@ func (m *member) TopK(ctx context.Context, bucket string, q storage.TopKQuery) (
 	return c.TopK(ctx, bucket, q)
 }
 
+// Reindex asks the daemon to rebuild its vector indexes.
+func (m *member) Reindex(ctx context.Context) error {
+	c, err := m.c()
+	if err != nil {
+		return err
+	}
+	return c.Reindex(ctx)
+}
+
 // Snapshot streams the daemon's consistent snapshot (backups).
 func (m *member) Snapshot(ctx context.Context) (io.ReadCloser, error) {
 	c, err := m.c()

@@ -273,10 +273,12 @@ func (o *options) openShards(ctx context.Context, cfg *router.Config, sec *secur
 		sh.disc.configure(cfg, nodes, o.replicas)
 		log.Info("discovery mode", "target", o.discover, "shards", len(nodes), "replicas", o.replicas)
 	case o.configFile == "":
-		store, err := storage.Open(o.dbLocation, storage.Options{LockTimeout: 2 * time.Second})
+		vs := metrics.NewVectorSearch(cfg.Registry)
+		store, err := storage.Open(o.dbLocation, storage.Options{LockTimeout: 2 * time.Second, SearchObserver: vs.Observe})
 		if err != nil {
 			return nil, err
 		}
+		metrics.RegisterVectorIndex(cfg.Registry, daemon.VectorIndexStats(store))
 		sh.close = func() { store.Close() }
 		cfg.Mode = "single"
 		sec.local = true

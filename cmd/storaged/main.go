@@ -82,10 +82,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	reg := metrics.NewRegistry()
 	m := metrics.NewStorage(reg)
+	vs := metrics.NewVectorSearch(reg)
 	store, err := storage.Open(*dbLocation, storage.Options{
-		LockTimeout:   2 * time.Second,
-		ChangesRetain: *changesRetain,
-		ChangesMaxAge: *changesMaxAge,
+		SearchObserver: vs.Observe,
+		LockTimeout:    2 * time.Second,
+		ChangesRetain:  *changesRetain,
+		ChangesMaxAge:  *changesMaxAge,
 		Observer: func(d time.Duration, writes int) {
 			m.CommitDuration.Observe(d.Seconds())
 			m.CommitWrites.Observe(float64(writes))
@@ -109,6 +111,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return info.Keys, err
 	}, 30*time.Second)
 	metrics.RegisterNodeInfo(reg, store.NodeID())
+	metrics.RegisterVectorIndex(reg, daemon.VectorIndexStats(store))
 
 	ln, err := daemon.Listen(addr)
 	if err != nil {

@@ -1,7 +1,10 @@
 package cluster
 
 import (
+	"context"
 	"slices"
+	"strings"
+	"sync"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/placement"
@@ -135,4 +138,51 @@ func (cl *Cluster) Remove(name string) error {
 	cl.log.Info("shard removed by the operator; draining it", "shard", name)
 	cl.cfg.Go(cl.converge)
 	return nil
+}
+
+// Reindex asks every shard of the current topology to rebuild its vector
+// indexes (storage.Store.Reindex) and returns their names. It fails (503)
+// when a shard is down or cannot: a reindex reaches every shard or the
+// operator hears which did not. The rebuilds run on in the shards; their
+// searches scan (and say "exact") until each has reconciled.
+func (cl *Cluster) Reindex(ctx context.Context) ([]string, error) {
+	t := cl.topo.Load()
+	var down []string
+	for _, n := range t.All {
+		if !n.Up() {
+			down = append(down, n.Name)
+		}
+	}
+	if len(down) > 0 {
+		return nil, apierr.Errorf(apierr.CodeUnavailable, "cannot reindex while shards are down (%s)", strings.Join(down, ", "))
+	}
+	var mu sync.Mutex // guards failed
+	var failed []string
+	var wg sync.WaitGroup
+	for _, n := range t.All {
+		wg.Go(func() {
+			err := placement.ErrNoTopK
+			if r, ok := placement.As[placement.Reindexer](n.Shard); ok {
+				sctx, cancel := cl.shardCtx(ctx)
+				err = r.Reindex(sctx)
+				cancel()
+			}
+			if err != nil {
+				cl.log.Warn("reindex not started", "shard", n.Name, "err", err)
+				mu.Lock()
+				failed = append(failed, n.Name+": "+err.Error())
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(failed) > 0 {
+		slices.Sort(failed)
+		return nil, apierr.Errorf(apierr.CodeUnavailable, "reindex not started on %s", strings.Join(failed, "; "))
+	}
+	names := make([]string, 0, len(t.All))
+	for _, n := range t.All {
+		names = append(names, n.Name)
+	}
+	return names, nil
 }

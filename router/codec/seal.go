@@ -315,7 +315,9 @@ func (s *sealed) TopK(ctx context.Context, bucket string, q storage.TopKQuery) (
 	if err != nil {
 		return storage.TopKResult{}, err
 	}
-	return rk.Result(), nil
+	res := rk.Result()
+	res.Exact = true // ranked here, by a scan of every vector
+	return res, nil
 }
 
 // Unwrap is the shard below (see placement.As).

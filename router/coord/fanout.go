@@ -232,7 +232,9 @@ func MergePages(pages []storage.ScanPage, frontier []byte) []storage.Record {
 
 // TopK asks every shard for its best matches and merges them: best score
 // first, one match per key (the newest version, when replicas disagree).
-func (c *Coordinator) TopK(ctx context.Context, q storage.TopKQuery) ([]storage.Match, int, error) {
+// The answer is Exact when any shard's was (it scanned instead of asking
+// its index).
+func (c *Coordinator) TopK(ctx context.Context, q storage.TopKQuery) (storage.TopKResult, error) {
 	nodes := c.cfg.Topology().ReadNodes()
 	results := make([]storage.TopKResult, len(nodes))
 	g, gctx := errgroup.WithContext(ctx)
@@ -253,19 +255,22 @@ func (c *Coordinator) TopK(ctx context.Context, q storage.TopKQuery) ([]storage.
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, 0, err
+		return storage.TopKResult{}, err
 	}
-	return MergeMatches(results, q.K)
+	return MergeMatches(results, q.K), nil
 }
 
 // MergeMatches merges shards' top-k lists into one of at most k, keeping
-// for each key its newest version only.
-func MergeMatches(results []storage.TopKResult, k int) ([]storage.Match, int, error) {
+// for each key its newest version only. Scanned is the sum, OtherDim the
+// largest (replicas count the same vectors), Exact any shard's.
+func MergeMatches(results []storage.TopKResult, k int) storage.TopKResult {
 	newest := map[string]int{}
 	var all []storage.Match
-	otherDim := 0
+	var out storage.TopKResult
 	for _, res := range results {
-		otherDim = max(otherDim, res.OtherDim)
+		out.OtherDim = max(out.OtherDim, res.OtherDim)
+		out.Scanned += res.Scanned
+		out.Exact = out.Exact || res.Exact
 		for _, m := range res.Matches {
 			if i, ok := newest[string(m.Key)]; ok {
 				if m.Version > all[i].Version {
@@ -281,7 +286,8 @@ func MergeMatches(results []storage.TopKResult, k int) ([]storage.Match, int, er
 	if len(all) > k {
 		all = all[:k]
 	}
-	return all, otherDim, nil
+	out.Matches = all
+	return out
 }
 
 // AllUp fails (503) when a shard of t is down: dictionaries go to every

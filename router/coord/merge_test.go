@@ -39,3 +39,21 @@ func BenchmarkMergePages(b *testing.B) {
 		MergePages(pages, []byte("t\x00c00297"))
 	}
 }
+
+func TestMergeMatchesExactAndNewest(t *testing.T) {
+	m := func(k string, v uint64, s float64) storage.Match {
+		return storage.Match{Key: []byte(k), Version: v, Score: s}
+	}
+	res := MergeMatches([]storage.TopKResult{
+		{Matches: []storage.Match{m("a", 1, 0.9), m("b", 1, 0.5)}, Scanned: 10, OtherDim: 2},
+		{Matches: []storage.Match{m("a", 2, 0.7), m("c", 1, 0.6)}, Scanned: 5, OtherDim: 1, Exact: true},
+		{Matches: []storage.Match{m("d", 1, 0.1)}},
+	}, 3)
+	var got []string
+	for _, x := range res.Matches {
+		got = append(got, fmt.Sprintf("%s@%d", x.Key, x.Version))
+	}
+	if fmt.Sprint(got) != "[a@2 c@1 b@1]" || !res.Exact || res.Scanned != 15 || res.OtherDim != 2 {
+		t.Errorf("MergeMatches = %v, exact %v, scanned %d, other dim %d; want [a@2 c@1 b@1], exact, 15, 2", got, res.Exact, res.Scanned, res.OtherDim)
+	}
+}

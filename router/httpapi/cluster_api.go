@@ -50,6 +50,16 @@ func (a *API) adminRepair(c echo.Context) error {
 	return c.JSON(http.StatusAccepted, map[string]any{"repair": a.cluster.RepairStatus()})
 }
 
+// adminReindex asks every shard to rebuild its vector indexes: 202 with
+// the shards asked; they rebuild in the background.
+func (a *API) adminReindex(c echo.Context) error {
+	shards, err := a.cluster.Reindex(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusAccepted, map[string]any{"reindex": map[string]any{"shards": shards}})
+}
+
 // adminReload re-reads the configuration and starts a rebalance if the
 // Shape changed.
 func (a *API) adminReload(c echo.Context) error {

@@ -46,6 +46,7 @@ func (a *API) routes() []route {
 	return []route{
 		{http.MethodGet, v1 + "/cluster", a.clusterStatus, admin, nil},
 		{http.MethodPost, v1 + "/admin/repair", a.adminRepair, admin, nil},
+		{http.MethodPost, v1 + "/admin/reindex", a.adminReindex, admin, nil},
 		{http.MethodPost, v1 + "/admin/reload", a.adminReload, admin, nil},
 		{http.MethodPost, v1 + "/admin/remove", a.adminRemove, admin, nil},
 		{http.MethodDelete, v1 + "/admin/shards/:shard", a.adminRemove, admin, nil},

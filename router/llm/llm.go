@@ -92,7 +92,7 @@ type Docs interface {
 type Records interface {
 	Get(ctx context.Context, pk, bucket string, key []byte) (storage.Record, error)
 	WriteAt(ctx context.Context, pk, bucket string, key []byte, v uint64, tombstone bool, value []byte) error
-	TopK(ctx context.Context, q storage.TopKQuery) ([]storage.Match, int, error)
+	TopK(ctx context.Context, q storage.TopKQuery) (storage.TopKResult, error)
 	ShardCtx(ctx context.Context) (context.Context, context.CancelFunc)
 }
 

@@ -31,6 +31,8 @@ type SearchRequest struct {
 	K         int       `json:"k"`
 	Tags      []string  `json:"tags"`
 	Model     string    `json:"model"`
+	// Exact asks every shard for the exact scan instead of its index.
+	Exact bool `json:"exact"`
 }
 
 // Validate checks a search request as decoded, filling in k.
@@ -163,11 +165,12 @@ func (l *Service) Search(ctx context.Context, topic string, req SearchRequest, w
 		}
 		query = vecs[0]
 	}
-	q := storage.TopKQuery{Prefix: []byte(topic + schema.KeySep), Query: query, K: req.K + searchSlack, Model: model, Tags: req.Tags}
-	matches, otherDim, err := l.coord.TopK(ctx, q)
+	q := storage.TopKQuery{Prefix: []byte(topic + schema.KeySep), Query: query, K: req.K + searchSlack, Model: model, Tags: req.Tags, Exact: req.Exact}
+	found, err := l.coord.TopK(ctx, q)
 	if err != nil {
 		return nil, err
 	}
+	matches, otherDim := found.Matches, found.OtherDim
 	out := append(make([]byte, 0, 256*req.K+32), `{"results":[`...)
 	n, err := l.appendResults(ctx, &out, topic, matches, req.K, withContent)
 	if err != nil {
@@ -176,6 +179,11 @@ func (l *Service) Search(ctx context.Context, topic string, req SearchRequest, w
 	if n == 0 && otherDim > 0 {
 		return nil, apierr.Errorf(apierr.CodeInvalidArgument, "the query has %d dimensions but the %d contexts embedded by model %q in topic %q have another: vectors of different dimensions are never compared", len(query), otherDim, model, topic)
 	}
-	out = append(out, "]}"...)
+	// "exact" says whether every shard answered from its index (false) or
+	// one scanned (its index was not ready, the filter was too selective,
+	// the request asked, or the vectors are sealed and the router ranked).
+	out = append(out, `],"exact":`...)
+	out = strconv.AppendBool(out, found.Exact)
+	out = append(out, '}')
 	return out, nil
 }

@@ -143,3 +143,9 @@ type Searcher interface {
 }
 
 var ErrNoTopK = errors.New("this shard cannot search vectors")
+
+// Reindexer is a shard that rebuilds its vector indexes on request
+// (storage.Store and storage.Client).
+type Reindexer interface {
+	Reindex(ctx context.Context) error
+}

@@ -356,3 +356,23 @@ func (r *Registry) Close() error {
 	}
 	return nil
 }
+
+// Keys returns the keys of every index, ordered.
+func (r *Registry) Keys() []Key {
+	r.mu.RLock()
+	out := make([]Key, 0, len(r.byKey))
+	for k := range r.byKey {
+		out = append(out, k)
+	}
+	r.mu.RUnlock()
+	slices.SortFunc(out, compareKeys)
+	return out
+}
+
+// PrefixKeys returns the keys of prefix's indexes (one per model and
+// dimension).
+func (r *Registry) PrefixKeys(prefix string) []Key {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return slices.Clone(r.byPrefix[prefix])
+}
