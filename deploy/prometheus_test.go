@@ -71,6 +71,18 @@ func TestDashboardAgainstPrometheus(t *testing.T) {
 	for i, n := range namings {
 		t.Run(n.name, func(t *testing.T) { checkDashboard(t, hc, proms[i], d, c, n.jobs) })
 	}
+	// The search latency panel's series are both paths, not one of them.
+	paths, err := promQuery(hc, proms[0], `count by (path) (kvdb_vindex_search_duration_seconds_count)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, s := range paths {
+		got[s["path"]] = true
+	}
+	if !got["ann"] || !got["exact"] || len(got) != 2 {
+		t.Errorf("vector search paths %v, want ann and exact", got)
+	}
 
 	// What the processes expose is lint-clean, Go runtime collectors
 	// included; the metrics the dashboard tells the roles apart by are each
