@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 )
 
@@ -69,6 +70,18 @@ func TestDashboardAgainstPrometheus(t *testing.T) {
 	d := loadDashboard(t)
 	for i, n := range namings {
 		t.Run(n.name, func(t *testing.T) { checkDashboard(t, hc, proms[i], d, c, n.jobs) })
+	}
+	// The search latency panel's series are both paths, not one of them.
+	paths, err := promQuery(hc, proms[0], `count by (path) (kvdb_vindex_search_duration_seconds_count)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, s := range paths {
+		got[s["path"]] = true
+	}
+	if !got["ann"] || !got["exact"] || len(got) != 2 {
+		t.Errorf("vector search paths %v, want ann and exact", got)
 	}
 
 	// What the processes expose is lint-clean, Go runtime collectors
@@ -147,7 +160,8 @@ func startPrometheus(t testing.TB, bin string, jobs []scrapeJob) string {
 	return "http://" + addr
 }
 
-// driveTraffic writes, hits, misses, lists, answers 404s and repairs, then
+// driveTraffic writes (vectors too), hits, misses, lists, answers 404s,
+// repairs, searches (ann and exact) and calls an MCP tool, then
 // keeps every rate non-zero until the test ends.
 func driveTraffic(t testing.TB, hc *http.Client, base string) {
 	t.Helper()
@@ -163,7 +177,16 @@ func driveTraffic(t testing.TB, hc *http.Client, base string) {
 	for i := range 50 {
 		mustDo("PUT", fmt.Sprintf("%s/api/v1/topics/dash/contexts/c-%02d", base, i), map[string]any{"content": map[string]any{"text": text}}, http.StatusCreated)
 	}
+	// Vectors, so the shards build ANN indexes (kvdb_vindex_*).
+	mustDo("POST", base+"/api/v1/topics", map[string]string{"name": "vec"}, http.StatusCreated)
+	for i := range 20 {
+		emb := []float64{1, float64(i), float64(i % 3), 0.5}
+		mustDo("PUT", fmt.Sprintf("%s/api/v1/topics/vec/contexts/v-%02d", base, i),
+			map[string]any{"metadata": map[string]any{"embedding_model": "m"}, "content": map[string]any{"embeddings": emb}}, http.StatusCreated)
+	}
 	mustDo("POST", base+"/api/v1/admin/repair?wait=true", nil, http.StatusOK)
+	mcpCall := mcpLister(t, base) // kvdb_mcp_tool_calls_total
+	mcpCall()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -172,6 +195,12 @@ func driveTraffic(t testing.TB, hc *http.Client, base string) {
 			send(hc, "PUT", fmt.Sprintf("%s/api/v1/topics/dash/contexts/c-%02d", base, i%50), map[string]any{"content": map[string]any{"text": text}})
 			if i%20 == 0 {
 				send(hc, "GET", base+"/api/v1/topics/dash/contexts?limit=10", nil)
+				// Both search paths: an index walk (ann) and a scan (exact).
+				send(hc, "POST", base+"/api/v1/topics/vec/search", map[string]any{"embedding": []float64{1, 2, 1, 0.5}, "model": "m", "k": 3})
+				send(hc, "POST", base+"/api/v1/topics/vec/search", map[string]any{"embedding": []float64{1, 2, 1, 0.5}, "model": "m", "k": 3, "exact": true})
+			}
+			if i%100 == 0 {
+				mcpCall()
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -180,6 +209,26 @@ func driveTraffic(t testing.TB, hc *http.Client, base string) {
 		cancel()
 		wg.Wait()
 	})
+}
+
+// mcpLister connects the MCP SDK's client to the router's /mcp and returns
+// a function that calls the list_topics tool once (errors are ignored: the
+// dashboard test sees the calls through the router's metrics).
+func mcpLister(t testing.TB, base string) func() {
+	t.Helper()
+	client := mcp.NewClient(&mcp.Implementation{Name: "kvdb-deploy-test", Version: "1"}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: base + "/mcp", HTTPClient: &http.Client{Timeout: 10 * time.Second}, MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatalf("connect to %s/mcp: %v", base, err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		cs.CallTool(ctx, &mcp.CallToolParams{Name: "list_topics", Arguments: map[string]any{}})
+	}
 }
 
 // checkDashboard checks the dashboard against one Prometheus scraping c
