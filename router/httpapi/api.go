@@ -20,6 +20,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/cluster"
 	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/docstore"
+	"github.com/go-kvdb/go-kvdb/router/feed"
 	"github.com/go-kvdb/go-kvdb/router/llm"
 	"github.com/go-kvdb/go-kvdb/router/maintenance"
 	"github.com/go-kvdb/go-kvdb/router/mcpserver"
@@ -36,6 +37,10 @@ type Config struct {
 	LLM     *llm.Service
 	Maint   *maintenance.Service
 	Codec   *codec.Codec
+	Feed    *feed.Feed
+	// FeedHeartbeat is how often an idle change feed sends a comment
+	// (0: DefaultFeedHeartbeat).
+	FeedHeartbeat time.Duration
 	// Security configures keys, limits, the audit trail (and names the
 	// keyring the maintenance passes seal with).
 	Security SecurityConfig
@@ -60,6 +65,7 @@ type API struct {
 	llm     *llm.Service
 	maint   *maintenance.Service
 	codec   *codec.Codec
+	feed    *feed.Feed
 	sec     *security
 	mcp     *mcpserver.Server
 	echo    *echo.Echo
@@ -68,7 +74,7 @@ type API struct {
 
 // New builds the API over cfg's parts.
 func New(cfg Config) *API {
-	a := &API{cfg: cfg, log: cfg.Log, m: cfg.Metrics, cluster: cfg.Cluster, docs: cfg.Docs, llm: cfg.LLM, maint: cfg.Maint, codec: cfg.Codec}
+	a := &API{cfg: cfg, log: cfg.Log, m: cfg.Metrics, cluster: cfg.Cluster, docs: cfg.Docs, llm: cfg.LLM, maint: cfg.Maint, codec: cfg.Codec, feed: cfg.Feed}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = a.handleError
