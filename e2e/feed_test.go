@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -30,6 +31,8 @@ type feedStream struct {
 	cancel context.CancelFunc
 	events chan sseEvent // closed when the stream ends
 	lastID string        // the id of the last frame read, as a browser keeps it
+	// heartbeats counts the comment lines read.
+	heartbeats atomic.Int64
 }
 
 // openFeed GETs url as an event stream and fails unless it answers 200
@@ -75,6 +78,7 @@ func openFeed(t *testing.T, url string, header ...string) *feedStream {
 				}
 				ev, data = sseEvent{}, ""
 			case strings.HasPrefix(line, ":"):
+				f.heartbeats.Add(1)
 			case strings.HasPrefix(line, "event: "):
 				ev.kind = line[len("event: "):]
 			case strings.HasPrefix(line, "id: "):
@@ -307,5 +311,39 @@ func TestChangeFeedAuth(t *testing.T) {
 	etag := do(t, "PUT", base+"/api/v1/topics/alpha/contexts/x", `{"content":{"text":"hi"}}`, "Authorization", "Bearer "+writer).Header.Get("ETag")
 	if ev := f.next(t); ev.kind != "put" || ev.data["id"] != "x" || ev.data["etag"] != etag {
 		t.Errorf("alpha feed event = %+v, want put x %s", ev, etag)
+	}
+}
+
+// TestChangeFeedSurvivesStoragedRestart: a feed open through router B
+// while a storaged restarts misses nothing and resets nothing (the change
+// log persists and the stream resumes), and sends heartbeats meanwhile.
+func TestChangeFeedSurvivesStoragedRestart(t *testing.T) {
+	c := startReplicated(t, 3, 3, "-shard-timeout=1s")
+	a := c.url("")
+	b := secondRouter(t, c, "-shard-timeout=1s", "-feed-heartbeat=50ms")
+	mustStatus(t, do(t, "POST", a+"/api/v1/topics", map[string]any{"name": "kb"}), 201)
+	f := openFeed(t, b+"/api/v1/topics/kb/changes")
+	var want []change
+	put := func(id, text string) {
+		want = append(want, change{"put", id, putContext(t, a, "kb", id, map[string]any{"content": map[string]any{"text": text}})})
+	}
+	put("r1", "one")
+	s := c.shards[0]
+	s.proc.stopClean(t)
+	put("r2", "two (sh-1 down)")
+	put("r1", "three (sh-1 down)")
+	c.startShard(t, s)
+	put("r3", "four")
+	putContext(t, a, "kb", "end", map[string]any{"content": map[string]any{"text": "sentinel"}})
+	got := f.readUntil(t, "end")
+	wantChanges(t, perContext(got), perContext(want))
+	if len(got) != len(want) {
+		t.Errorf("%d events, want %d: %v", len(got), len(want), got)
+	}
+	if !eventually(feedWait, func() bool { return f.heartbeats.Load() >= 2 }) {
+		t.Errorf("heartbeats = %d within %s at -feed-heartbeat=50ms, want 2 or more", f.heartbeats.Load(), feedWait)
+	}
+	if m := metric(t, b, `kvdb_feed_events_total{kind="reset"}`); m != "" && m != "0" {
+		t.Errorf(`kvdb_feed_events_total{kind="reset"} = %s across a storaged restart, want none`, m)
 	}
 }

@@ -152,6 +152,9 @@ func NewRouter(reg prometheus.Registerer) *Router {
 		Namespace: namespace, Subsystem: "feed", Name: "events_total",
 		Help: "Change feed events sent to clients, by kind (put, delete, reset).",
 	}, []string{"kind"})
+	for _, kind := range []string{"put", "delete", "reset"} {
+		m.FeedEvents.WithLabelValues(kind) // shown at 0 before the first
+	}
 	reg.MustRegister(m.Invalidations, m.CacheResets, m.SubscriptionLag, m.SubscriptionCaughtUp, m.FeedSubscribers, m.FeedEvents)
 	reg.MustRegister(m.CacheHits, m.CacheMisses, m.CacheEvictions, m.ExpiredPurged,
 		m.ShardRequestDuration, m.ShardRequestErrors, m.ShardUp,
