@@ -293,7 +293,8 @@ func TestChangeFeedExpiredToken(t *testing.T) {
 	}
 }
 
-// TestChangeFeedAuth: a reader key sees the feeds of its topics only.
+// TestChangeFeedAuth: a reader key sees the feeds of its topics only; a
+// router shutting down ends its open feeds instead of waiting on them.
 func TestChangeFeedAuth(t *testing.T) {
 	dir := t.TempDir()
 	authFile := filepath.Join(dir, "auth.toml")
@@ -305,7 +306,7 @@ func TestChangeFeedAuth(t *testing.T) {
 		return strings.TrimSpace(string(out))
 	}
 	reader, writer := keygen("reader", "reader", "a*"), keygen("writer", "writer", "")
-	_, base := startSingle(t, filepath.Join(dir, "kvdb.db"), "-auth-file="+authFile)
+	p, base := startSingle(t, filepath.Join(dir, "kvdb.db"), "-auth-file="+authFile)
 	for _, name := range []string{"alpha", "beta"} {
 		mustStatus(t, do(t, "POST", base+"/api/v1/topics", map[string]any{"name": name}, "Authorization", "Bearer "+writer), 201)
 	}
@@ -315,6 +316,22 @@ func TestChangeFeedAuth(t *testing.T) {
 	etag := do(t, "PUT", base+"/api/v1/topics/alpha/contexts/x", `{"content":{"text":"hi"}}`, "Authorization", "Bearer "+writer).Header.Get("ETag")
 	if ev := f.next(t); ev.kind != "put" || ev.data["id"] != "x" || ev.data["etag"] != etag {
 		t.Errorf("alpha feed event = %+v, want put x %s", ev, etag)
+	}
+
+	// SIGTERM ends the open feed: the router exits 0 within its grace,
+	// and the client sees the stream end.
+	if code := p.stop(t); code != 0 {
+		t.Errorf("router with an open feed exited %d on SIGTERM, want 0", code)
+	}
+	for deadline := time.After(feedWait); ; {
+		select {
+		case _, open := <-f.events:
+			if !open {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("feed still open %s after the router stopped", feedWait)
+		}
 	}
 }
 

@@ -267,9 +267,14 @@ const ServerMaxHeaderBytes = httpapi.ServerMaxHeaderBytes
 // open stays open.
 func (r *Router) SetAuth(a *authfile.Auth) { r.api.SetAuth(a) }
 
+// CloseStreams ends every open change feed, so a graceful shutdown does
+// not wait on clients that never hang up; call it when shutdown begins.
+func (r *Router) CloseStreams() { r.api.CloseStreams() }
+
 // Close stops the background work and releases the cache. It does not
 // close the shards: their owner does.
 func (r *Router) Close() {
+	r.api.CloseStreams()
 	r.bgCancel()
 	r.bgWG.Wait()
 	r.cache.Close()

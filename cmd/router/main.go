@@ -84,6 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	})()
 
+	defer context.AfterFunc(ctx, rt.CloseStreams)() // change feeds end as shutdown begins
 	ln, err := daemon.Listen(o.httpAddr)
 	if err != nil {
 		return err

@@ -70,11 +70,16 @@ type API struct {
 	mcp     *mcpserver.Server
 	echo    *echo.Echo
 	access  map[routeKey]entry // the route table by method and path (see classify)
+
+	// streamsDone closes (once, by CloseStreams) when the change feeds
+	// must end: the server is shutting down.
+	streamsDone chan struct{}
+	closeOnce   sync.Once
 }
 
 // New builds the API over cfg's parts.
 func New(cfg Config) *API {
-	a := &API{cfg: cfg, log: cfg.Log, m: cfg.Metrics, cluster: cfg.Cluster, docs: cfg.Docs, llm: cfg.LLM, maint: cfg.Maint, codec: cfg.Codec, feed: cfg.Feed}
+	a := &API{cfg: cfg, log: cfg.Log, m: cfg.Metrics, cluster: cfg.Cluster, docs: cfg.Docs, llm: cfg.LLM, maint: cfg.Maint, codec: cfg.Codec, feed: cfg.Feed, streamsDone: make(chan struct{})}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = a.handleError
@@ -103,6 +108,10 @@ func New(cfg Config) *API {
 	a.echo = e
 	return a
 }
+
+// CloseStreams ends every open change feed (each answers its client's
+// end of stream); new ones still start. Safe to call more than once.
+func (a *API) CloseStreams() { a.closeOnce.Do(func() { close(a.streamsDone) }) }
 
 // Handler is the API's HTTP handler.
 func (a *API) Handler() http.Handler { return a.echo }

@@ -71,6 +71,8 @@ func (a *API) topicChanges(c echo.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-a.streamsDone:
+			return nil
 		case err := <-errc:
 			if err != nil && ctx.Err() == nil {
 				a.log.Warn("change feed ended", "topic", topic, "err", err)
