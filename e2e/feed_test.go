@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -115,6 +116,27 @@ func (f *feedStream) next(t *testing.T) sseEvent {
 			}
 		case <-timeout:
 			t.Fatalf("no change feed event within %s", feedWait)
+		}
+	}
+}
+
+// poll is the next event with a kind within d, if one comes.
+func (f *feedStream) poll(d time.Duration) (sseEvent, bool) {
+	timeout := time.After(d)
+	for {
+		select {
+		case ev, ok := <-f.events:
+			if !ok {
+				return sseEvent{}, false
+			}
+			if ev.id != "" {
+				f.lastID = ev.id
+			}
+			if ev.kind != "" {
+				return ev, true
+			}
+		case <-timeout:
+			return sseEvent{}, false
 		}
 	}
 }
@@ -371,4 +393,39 @@ func TestChangeFeedSurvivesStoragedRestart(t *testing.T) {
 	if m := metric(t, b, `kvdb_feed_events_total{kind="reset"}`); m != "0" {
 		t.Logf(`kvdb_feed_events_total{kind="reset"} = %s across a storaged restart`, m)
 	}
+}
+
+// TestChangeFeedResetsOnReplacedFile: a storaged whose data file is
+// replaced (its change log starts anew) is a gap: the open feed says so
+// with an explicit reset event, then goes on with every change.
+func TestChangeFeedResetsOnReplacedFile(t *testing.T) {
+	c := startReplicated(t, 3, 3, "-shard-timeout=1s")
+	a := c.url("")
+	mustStatus(t, do(t, "POST", a+"/api/v1/topics", map[string]any{"name": "kb"}), 201)
+	f := openFeed(t, a+"/api/v1/topics/kb/changes")
+	putContext(t, a, "kb", "before", map[string]any{"content": map[string]any{"text": "x"}})
+	if ev := f.next(t); ev.data["id"] != "before" {
+		t.Fatalf("first event = %+v, want a put of before", ev)
+	}
+	s := c.shards[0]
+	s.proc.stopClean(t)
+	if err := os.Remove(s.db); err != nil {
+		t.Fatal(err)
+	}
+	c.startShard(t, s)
+	var reset bool
+	for i := 0; !reset && i < 50; i++ { // a write wakes the new log; the feed reconnects with backoff
+		putContext(t, a, "kb", fmt.Sprintf("after-%d", i), map[string]any{"content": map[string]any{"text": "x"}})
+		for ev, ok := f.poll(200 * time.Millisecond); ok && !reset; ev, ok = f.poll(200 * time.Millisecond) {
+			reset = ev.kind == "reset"
+		}
+	}
+	if !reset {
+		t.Fatal("no reset event after sh-1's data file was replaced")
+	}
+	if m := metric(t, a, `kvdb_feed_events_total{kind="reset"}`); m == "0" {
+		t.Errorf(`kvdb_feed_events_total{kind="reset"} = %s after a reset was sent`, m)
+	}
+	putContext(t, a, "kb", "end", map[string]any{"content": map[string]any{"text": "sentinel"}})
+	f.readUntil(t, "end")
 }

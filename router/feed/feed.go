@@ -233,6 +233,7 @@ func (f *Feed) Subscribe(ctx context.Context, topic, since string, started func(
 		defer close(m.done)
 		if m.gap != nil {
 			at[m.idx] = pos{m.gap.Log.ID, m.gap.Log.Head}
+			target[m.idx] = 0 // a new log: nothing of it was sent
 			sent = encodeToken(names, at)
 			return emit(Event{Kind: Reset, Token: sent})
 		}
