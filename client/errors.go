@@ -34,6 +34,9 @@ var (
 	// ErrRateLimited: the key's requests per second are spent (429); see
 	// Error.RetryAfter.
 	ErrRateLimited = errors.New("rate limited")
+	// ErrGone: a change feed's resume point is older than the shards keep
+	// (410): list the topic, then Watch from the token in the message.
+	ErrGone = errors.New("gone")
 	// ErrInternal: the router failed (500).
 	ErrInternal = errors.New("internal error")
 	// ErrUnavailable: a shard, a quorum or Ollama cannot be reached (503),
@@ -53,6 +56,7 @@ var codes = map[string]error{
 	"payload_too_large":      ErrPayloadTooLarge,
 	"unsupported_media_type": ErrUnsupportedMediaType,
 	"rate_limited":           ErrRateLimited,
+	"gone":                   ErrGone,
 	"internal":               ErrInternal,
 	"unavailable":            ErrUnavailable,
 }
@@ -70,6 +74,7 @@ var statuses = map[int]error{
 	http.StatusRequestEntityTooLarge: ErrPayloadTooLarge,
 	http.StatusUnsupportedMediaType:  ErrUnsupportedMediaType,
 	http.StatusTooManyRequests:       ErrRateLimited,
+	http.StatusGone:                  ErrGone,
 	http.StatusInternalServerError:   ErrInternal,
 	http.StatusBadGateway:            ErrUnavailable,
 	http.StatusServiceUnavailable:    ErrUnavailable,

@@ -55,6 +55,10 @@ type Router struct {
 	CacheResets          prometheus.Counter
 	SubscriptionLag      *prometheus.GaugeVec
 	SubscriptionCaughtUp *prometheus.GaugeVec
+	// FeedSubscribers is the clients following a topic's change feed now;
+	// FeedEvents counts the events sent to them, by kind.
+	FeedSubscribers prometheus.Gauge
+	FeedEvents      *prometheus.CounterVec
 }
 
 // NewRouter registers the router's metrics on reg.
@@ -140,7 +144,18 @@ func NewRouter(reg prometheus.Registerer) *Router {
 		Namespace: namespace, Subsystem: "subscription", Name: "caught_up",
 		Help: "1 while the router follows a shard's change stream closely enough to serve cached entries it owns, else 0.",
 	}, []string{"shard"})
-	reg.MustRegister(m.Invalidations, m.CacheResets, m.SubscriptionLag, m.SubscriptionCaughtUp)
+	m.FeedSubscribers = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: "feed", Name: "subscribers",
+		Help: "Clients following a topic's change feed (GET /api/v1/topics/{topic}/changes) now.",
+	})
+	m.FeedEvents = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "feed", Name: "events_total",
+		Help: "Change feed events sent to clients, by kind (put, delete, reset).",
+	}, []string{"kind"})
+	for _, kind := range []string{"put", "delete", "reset"} {
+		m.FeedEvents.WithLabelValues(kind) // shown at 0 before the first
+	}
+	reg.MustRegister(m.Invalidations, m.CacheResets, m.SubscriptionLag, m.SubscriptionCaughtUp, m.FeedSubscribers, m.FeedEvents)
 	reg.MustRegister(m.CacheHits, m.CacheMisses, m.CacheEvictions, m.ExpiredPurged,
 		m.ShardRequestDuration, m.ShardRequestErrors, m.ShardUp,
 		m.QuorumFailures, m.ReadRepairs, m.ClusterEpoch,

@@ -241,6 +241,7 @@ func TestOpenAPI(t *testing.T) {
 	s.want(s.call("GET", "/api/v1/topics/kb/contexts?limit=1", nil, true), 200, "list contexts")
 	s.want(s.call("GET", "/api/v1/topics/kb/contexts?tag=a&tag=b&model=llama3&include=content", nil, true), 200, "list contexts filtered")
 	s.want(s.call("GET", "/api/v1/topics/kb/contexts?cursor=%21%21", nil, true), 400, "bad cursor")
+	s.want(s.call("GET", "/api/v1/topics/kb/changes?since=%21%21", nil, true), 400, "bad feed token")
 
 	// Messages, search, chat.
 	s.want(s.call("POST", "/api/v1/topics/kb/contexts/conv/messages", `{"messages":[{"role":"user","content":"hello"},{"role":"assistant","content":"hi"}]}`, true), 200, "append")

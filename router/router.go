@@ -15,6 +15,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/coherence"
 	"github.com/go-kvdb/go-kvdb/router/coord"
 	"github.com/go-kvdb/go-kvdb/router/docstore"
+	"github.com/go-kvdb/go-kvdb/router/feed"
 	"github.com/go-kvdb/go-kvdb/router/hlc"
 	"github.com/go-kvdb/go-kvdb/router/hotcache"
 	"github.com/go-kvdb/go-kvdb/router/httpapi"
@@ -59,6 +60,9 @@ type Config struct {
 	// stream: a stream silent for 2.5 of them stops cached answers for the
 	// keys its shard owns. Zero means 100 ms.
 	ChangesHeartbeat time.Duration
+	// FeedHeartbeat is how often an idle client change feed sends a
+	// comment. Zero means 15 s.
+	FeedHeartbeat time.Duration
 	// MaxBodyBytes caps request bodies (413 beyond). Zero means 8 MiB.
 	MaxBodyBytes int64
 	// ShardTimeout bounds each call to a shard. Zero means 5 seconds.
@@ -234,6 +238,7 @@ func New(cfg Config) (*Router, error) {
 	})
 	r.api = httpapi.New(httpapi.Config{
 		Cluster: r.cluster, Docs: r.docs, LLM: r.llm, Maint: r.maint, Codec: r.codec, Security: cfg.Security,
+		Feed: feed.New(feed.Config{Topology: r.cluster.Topology}), FeedHeartbeat: cfg.FeedHeartbeat,
 		MaxBodyBytes: cfg.MaxBodyBytes, MetricsHandler: cfg.MetricsHandler, Metrics: r.m, Registry: cfg.Registry, Log: r.log,
 	})
 
@@ -262,9 +267,14 @@ const ServerMaxHeaderBytes = httpapi.ServerMaxHeaderBytes
 // open stays open.
 func (r *Router) SetAuth(a *authfile.Auth) { r.api.SetAuth(a) }
 
+// CloseStreams ends every open change feed, so a graceful shutdown does
+// not wait on clients that never hang up; call it when shutdown begins.
+func (r *Router) CloseStreams() { r.api.CloseStreams() }
+
 // Close stops the background work and releases the cache. It does not
 // close the shards: their owner does.
 func (r *Router) Close() {
+	r.api.CloseStreams()
 	r.bgCancel()
 	r.bgWG.Wait()
 	r.cache.Close()

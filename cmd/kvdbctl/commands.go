@@ -443,3 +443,36 @@ func (x *cli) compressionRewrite(ctx context.Context, args []string) error {
 		return nil
 	})
 }
+
+// watch prints a topic's change feed, one line an event, until -n events
+// or an interrupt.
+func (x *cli) watch(ctx context.Context, args []string) error {
+	fs := x.newFlags("watch")
+	since := fs.String("since", "", "resume after this token (a printed event's); default: changes from now on")
+	n := fs.Int("n", 0, "stop after this many events (0: run until interrupted)")
+	pos, err := x.parse(fs, args, 1, 1, "TOPIC")
+	if err != nil {
+		return err
+	}
+	if *n < 0 {
+		return usagef("watch: -n %d: must not be negative", *n)
+	}
+	enc := json.NewEncoder(x.stdout)
+	seen := 0
+	for ev, err := range x.c.Watch(ctx, pos[0], *since) {
+		if err != nil {
+			return err
+		}
+		if x.format == "json" {
+			if err := enc.Encode(ev); err != nil {
+				return err
+			}
+		} else {
+			fmt.Fprintf(x.stdout, "%-6s  %s  %s  %s  %s\n", strings.ToUpper(ev.Kind), dash(ev.ID), dash(ev.ETag), when(ev.UpdatedAt), ev.Token)
+		}
+		if seen++; *n > 0 && seen >= *n {
+			return nil
+		}
+	}
+	return nil // interrupted
+}

@@ -84,6 +84,7 @@ Commands:
   contexts delete TOPIC ID [-if-match ETAG]
   search TOPIC [-k N] [-tag T]... [-model M] [-content] QUERY...
   chat TOPIC ID [-model M] [-max-tokens N] MESSAGE...   streams the answer
+  watch TOPIC [-since TOKEN] [-n N]       prints the topic's changes as they happen (-o json: one object a line)
   cluster                                 shards, their states, rebalance and repair progress
   backup -o FILE                          an online backup of the whole cluster, as one archive
   restore FILE [-dry-run]                 verifies FILE, then replays it (newer data is never overwritten)
@@ -172,6 +173,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		h = x.search
 	case "chat ":
 		h = x.chat
+	case "watch ":
+		h = x.watch
 	case "cluster ":
 		h = x.cluster
 	case "backup ":

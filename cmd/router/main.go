@@ -84,6 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	})()
 
+	defer context.AfterFunc(ctx, rt.CloseStreams)() // change feeds end as shutdown begins
 	ln, err := daemon.Listen(o.httpAddr)
 	if err != nil {
 		return err
@@ -105,6 +106,7 @@ type options struct {
 	llmProvider, llmURL, llmKeyFile                string
 	discover                                       string
 	discoverEvery                                  time.Duration
+	feedHeartbeat                                  time.Duration
 	sec                                            *securityFlags
 	resolve                                        resolveFunc // discovery mode's name lookup
 }
@@ -122,6 +124,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Int64Var(&o.maxBody, "max-body-size", defaultMaxBody, "largest request body accepted, in bytes")
 	fs.DurationVar(&o.shardTimeout, "shard-timeout", 5*time.Second, "deadline of each call to a storage daemon")
 	fs.DurationVar(&o.cacheTTL, "cache-ttl", time.Minute, "longest time a cached entry is served without reading its shard")
+	fs.DurationVar(&o.feedHeartbeat, "feed-heartbeat", 15*time.Second, "how often an idle change feed (GET /api/v1/topics/{topic}/changes) sends a heartbeat comment")
 	fs.IntVar(&o.syncRate, "sync-rate", 0, "keys per second that repair and rebalance may copy (0: no cap)")
 	fs.DurationVar(&o.repairInterval, "repair-interval", 10*time.Minute, "how often an anti-entropy pass runs; tombstones older than this are collected")
 	fs.DurationVar(&o.grace, "shutdown-grace", 10*time.Second, "how long in-flight requests may run after SIGINT/SIGTERM")
@@ -179,6 +182,8 @@ func (o *options) check(set map[string]bool) error {
 		return daemon.Usagef("-sync-rate %d: must not be negative", o.syncRate)
 	case o.repairInterval <= 0:
 		return daemon.Usagef("-repair-interval %s: must be positive", o.repairInterval)
+	case o.feedHeartbeat <= 0:
+		return daemon.Usagef("-feed-heartbeat %s: must be positive", o.feedHeartbeat)
 	case o.cacheTTL <= 0:
 		return daemon.Usagef("-cache-ttl %s: must be positive", o.cacheTTL)
 	case o.configFile != "" && set["db-location"]:
@@ -217,6 +222,7 @@ func (o *options) config() (router.Config, error) {
 	cfg := router.Config{
 		CacheBytes:     o.cacheSize,
 		CacheTTL:       o.cacheTTL,
+		FeedHeartbeat:  o.feedHeartbeat,
 		MaxBodyBytes:   o.maxBody,
 		ShardTimeout:   o.shardTimeout,
 		SyncRate:       o.syncRate,

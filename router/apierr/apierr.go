@@ -24,6 +24,7 @@ const (
 	CodePermissionDenied     Code = "permission_denied" // a key without the role or topic the request needs
 	CodeRateLimited          Code = "rate_limited"      // the key's (or client's) requests per second are spent
 	CodeHeaderTooLarge       Code = "header_too_large"  // the request's header is over the router's limit
+	CodeGone                 Code = "gone"              // a resume point the server no longer holds
 	CodeUnavailable          Code = "unavailable"
 	CodeInternal             Code = "internal"
 )
@@ -41,6 +42,7 @@ var statusOf = map[Code]int{
 	CodePermissionDenied:     http.StatusForbidden,
 	CodeRateLimited:          http.StatusTooManyRequests,
 	CodeHeaderTooLarge:       http.StatusRequestHeaderFieldsTooLarge,
+	CodeGone:                 http.StatusGone,
 	CodeUnavailable:          http.StatusServiceUnavailable,
 	CodeInternal:             http.StatusInternalServerError,
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/cluster"
 	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/docstore"
+	"github.com/go-kvdb/go-kvdb/router/feed"
 	"github.com/go-kvdb/go-kvdb/router/llm"
 	"github.com/go-kvdb/go-kvdb/router/maintenance"
 	"github.com/go-kvdb/go-kvdb/router/mcpserver"
@@ -36,6 +37,10 @@ type Config struct {
 	LLM     *llm.Service
 	Maint   *maintenance.Service
 	Codec   *codec.Codec
+	Feed    *feed.Feed
+	// FeedHeartbeat is how often an idle change feed sends a comment
+	// (0: DefaultFeedHeartbeat).
+	FeedHeartbeat time.Duration
 	// Security configures keys, limits, the audit trail (and names the
 	// keyring the maintenance passes seal with).
 	Security SecurityConfig
@@ -60,15 +65,21 @@ type API struct {
 	llm     *llm.Service
 	maint   *maintenance.Service
 	codec   *codec.Codec
+	feed    *feed.Feed
 	sec     *security
 	mcp     *mcpserver.Server
 	echo    *echo.Echo
 	access  map[routeKey]entry // the route table by method and path (see classify)
+
+	// streamsDone closes (once, by CloseStreams) when the change feeds
+	// must end: the server is shutting down.
+	streamsDone chan struct{}
+	closeOnce   sync.Once
 }
 
 // New builds the API over cfg's parts.
 func New(cfg Config) *API {
-	a := &API{cfg: cfg, log: cfg.Log, m: cfg.Metrics, cluster: cfg.Cluster, docs: cfg.Docs, llm: cfg.LLM, maint: cfg.Maint, codec: cfg.Codec}
+	a := &API{cfg: cfg, log: cfg.Log, m: cfg.Metrics, cluster: cfg.Cluster, docs: cfg.Docs, llm: cfg.LLM, maint: cfg.Maint, codec: cfg.Codec, feed: cfg.Feed, streamsDone: make(chan struct{})}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = a.handleError
@@ -97,6 +108,10 @@ func New(cfg Config) *API {
 	a.echo = e
 	return a
 }
+
+// CloseStreams ends every open change feed (each answers its client's
+// end of stream); new ones still start. Safe to call more than once.
+func (a *API) CloseStreams() { a.closeOnce.Do(func() { close(a.streamsDone) }) }
 
 // Handler is the API's HTTP handler.
 func (a *API) Handler() http.Handler { return a.echo }

@@ -66,6 +66,7 @@ func (a *API) routes() []route {
 		{http.MethodPost, v1 + "/topics/:topic/contexts", a.createContext, write, nil},
 		{http.MethodGet, v1 + "/topics/:topic/contexts", a.listContexts, read, nil},
 		{http.MethodPost, v1 + "/topics/:topic/search", a.search, read, nil},
+		{http.MethodGet, v1 + "/topics/:topic/changes", a.topicChanges, read, nil},
 		{http.MethodGet, ctx, a.getContext, read, nil},
 		{http.MethodPut, ctx, a.putContext, write, nil},
 		{http.MethodDelete, ctx, a.deleteContext, write, nil},
