@@ -396,14 +396,21 @@ func (s *Store) Changes(ctx context.Context, req ChangesRequest, fn func(ChangeB
 	beat := time.NewTimer(every)
 	defer beat.Stop()
 	since, due := req.Since, true
+	logID := req.LogID
 	for {
 		// Load the channel before reading: a commit after the read
 		// closes it, and one before it is in what is read.
 		wake := s.changes.waiter()
-		batch, err := s.readChanges(req.LogID, since)
+		batch, err := s.readChanges(logID, since)
 		if err != nil {
 			return err
 		}
+		// Once the follower's position is checked against its own log, the
+		// stream goes on in this generation: seqs it now sends are the
+		// current generation's, and asking for them under the follower's
+		// older log id would take them for a generation that never reached
+		// them (a false gap after every restart that came with new writes).
+		logID = batch.LogID
 		if len(batch.Changes) > 0 || due {
 			if err := fn(batch); err != nil {
 				return err
