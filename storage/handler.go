@@ -121,6 +121,19 @@ func (h *handler) get(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) apply(w http.ResponseWriter, r *http.Request) {
+	serveWrites(h, w, r, parseWrites, func(ctx context.Context, writes []Write) ([]Result, error) {
+		return h.store.Apply(ctx, r.PathValue("bucket"), writes)
+	})
+}
+
+// txn applies a transaction of writes to several buckets (Store.Txn).
+func (h *handler) txn(w http.ResponseWriter, r *http.Request) {
+	serveWrites(h, w, r, parseTxn, h.store.Txn)
+}
+
+// serveWrites reads and parses a request of writes, runs them, and answers
+// their results: the one path of Apply and Txn.
+func serveWrites[W any](h *handler, w http.ResponseWriter, r *http.Request, parse func([]byte) (W, error), run func(context.Context, W) ([]Result, error)) {
 	// Tell the committer a write is on its way, so a commit under way can
 	// wait for it instead of leaving it for the next fsync.
 	h.store.arriving.Add(1)
@@ -136,7 +149,7 @@ func (h *handler) apply(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, fmt.Errorf("read request: %v: %w", err, ErrInvalid))
 		return
 	}
-	writes, err := parseWrites(body.Bytes())
+	writes, err := parse(body.Bytes())
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -148,45 +161,7 @@ func (h *handler) apply(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	results, err := h.store.Apply(WithCaller(ctx, r.RemoteAddr), r.PathValue("bucket"), writes)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	out := getBuf()
-	defer putBuf(out)
-	out.Write(appendResults(out.AvailableBuffer(), results))
-	writeBinary(w, out.Bytes())
-}
-
-// txn applies a transaction of writes to several buckets (Store.Txn).
-func (h *handler) txn(w http.ResponseWriter, r *http.Request) {
-	h.store.arriving.Add(1)
-	arrived := false
-	defer func() {
-		if !arrived {
-			h.store.arriving.Add(-1)
-		}
-	}()
-	body := getBuf()
-	defer putBuf(body)
-	if _, err := body.ReadFrom(http.MaxBytesReader(w, r.Body, maxRequestBody)); err != nil {
-		h.fail(w, r, fmt.Errorf("read request: %v: %w", err, ErrInvalid))
-		return
-	}
-	writes, err := parseTxn(body.Bytes())
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	arrived = true
-	h.store.arriving.Add(-1)
-	ctx, err := epochContext(r)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	results, err := h.store.Txn(WithCaller(ctx, r.RemoteAddr), writes)
+	results, err := run(WithCaller(ctx, r.RemoteAddr), writes)
 	if err != nil {
 		h.fail(w, r, err)
 		return

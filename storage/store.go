@@ -296,7 +296,11 @@ func (s *Store) Apply(ctx context.Context, bucket string, writes []Write) ([]Res
 		return nil, err
 	}
 	caller, _ := ctx.Value(callerKey{}).(string)
-	req := &commitReq{caller: caller, bucket: bucket, writes: writes, results: make([]Result, len(writes)), err: make(chan error, 1)}
+	return s.commit(&commitReq{caller: caller, bucket: bucket, writes: writes, results: make([]Result, len(writes)), err: make(chan error, 1)})
+}
+
+// commit queues req for the committer and waits for its outcome.
+func (s *Store) commit(req *commitReq) ([]Result, error) {
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
@@ -472,17 +476,7 @@ func (s *Store) Txn(ctx context.Context, writes []TxnWrite) ([]Result, error) {
 		}
 	}
 	req.caller, _ = ctx.Value(callerKey{}).(string)
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		return nil, ErrClosed
-	}
-	s.commits <- req
-	s.mu.RUnlock()
-	if err := <-req.err; err != nil {
-		return nil, err
-	}
-	return req.results, nil
+	return s.commit(req)
 }
 
 // checkTxn checks a transaction the way Apply checks its writes.
