@@ -3,9 +3,7 @@ package coord
 import (
 	"bytes"
 	"context"
-	"errors"
 
-	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/storage"
 )
@@ -68,52 +66,18 @@ func (c *Coordinator) Range(ctx context.Context, q RangeQuery) (recs []storage.R
 	return recs, after, nil
 }
 
-type scanAnswer struct {
-	node *placement.Node
-	page storage.ScanPage
-	err  error
-}
-
 // scanQuorum scans every live replica of set and returns the pages of the
 // first that make a Quorum of each group (503 when too few answer).
 func (c *Coordinator) scanQuorum(ctx context.Context, set placement.ReplicaSet, bucket string, opts storage.ScanOptions) ([]storage.ScanPage, error) {
-	ctx, cancel := c.ShardCtx(ctx)
-	defer cancel()
-	answers := make(chan scanAnswer, len(set.Union))
-	asked := 0
-	for _, n := range set.Union {
-		if !n.Up() {
-			continue
-		}
-		asked++
-		go func() {
-			p, err := n.Shard.Scan(ctx, bucket, opts)
-			answers <- scanAnswer{node: n, page: p, err: err}
-		}()
+	got, err := askQuorum(ctx, c, set, "range read", func(ctx context.Context, n *placement.Node) (storage.ScanPage, error) {
+		return n.Shard.Scan(ctx, bucket, opts)
+	})
+	if err != nil {
+		return nil, err
 	}
-	got := map[*placement.Node]bool{}
-	var pages []storage.ScanPage
-	var failed []string
-	var unreadable *apierr.Error
-	answered := func(n *placement.Node) bool { return got[n] }
-	for range asked {
-		a := <-answers
-		if a.err != nil {
-			failed = append(failed, a.node.Name+": "+a.err.Error())
-			if unreadable == nil {
-				errors.As(a.err, &unreadable)
-			}
-			continue
-		}
-		got[a.node] = true
-		pages = append(pages, a.page)
-		if Quorate(set, answered) {
-			return pages, nil
-		}
+	pages := make([]storage.ScanPage, len(got))
+	for i, a := range got {
+		pages[i] = a.val
 	}
-	c.cfg.Metrics.QuorumFailures.WithLabelValues("read").Inc()
-	if unreadable != nil {
-		return nil, unreadable
-	}
-	return nil, c.NoQuorum("range read", set, len(pages), failed)
+	return pages, nil
 }

@@ -30,10 +30,56 @@ func (c *Coordinator) Get(ctx context.Context, pk, bucket string, key []byte) (s
 	return rec, err
 }
 
-type readAnswer struct {
+type answer[T any] struct {
 	node *placement.Node
-	rec  storage.Record // Version 0: the node does not hold the key
+	val  T
 	err  error
+}
+
+// askQuorum asks every live replica of set at once and returns the answers
+// of the first that make a Quorum of each group, or why they could not: a
+// record held but not opened (see codec's sealing) is said as such, not as
+// "unavailable"; otherwise 503 naming op and what failed.
+func askQuorum[T any](ctx context.Context, c *Coordinator, set placement.ReplicaSet, op string, ask func(context.Context, *placement.Node) (T, error)) ([]answer[T], error) {
+	ctx, cancel := c.ShardCtx(ctx)
+	defer cancel()
+	answers := make(chan answer[T], len(set.Union))
+	asked := 0
+	for _, n := range set.Union {
+		if !n.Up() {
+			continue
+		}
+		asked++
+		go func() {
+			v, err := ask(ctx, n)
+			answers <- answer[T]{node: n, val: v, err: err}
+		}()
+	}
+	var got []answer[T]
+	var failed []string
+	var unreadable *apierr.Error
+	answered := func(n *placement.Node) bool {
+		return slices.ContainsFunc(got, func(a answer[T]) bool { return a.node == n })
+	}
+	for range asked {
+		a := <-answers
+		if a.err != nil {
+			failed = append(failed, a.node.Name+": "+a.err.Error())
+			if unreadable == nil {
+				errors.As(a.err, &unreadable)
+			}
+			continue
+		}
+		got = append(got, a)
+		if Quorate(set, answered) {
+			return got, nil
+		}
+	}
+	c.cfg.Metrics.QuorumFailures.WithLabelValues("read").Inc()
+	if unreadable != nil {
+		return nil, unreadable
+	}
+	return nil, c.NoQuorum(op, set, len(got), failed)
 }
 
 // ReadSet asks every live replica in set and returns once each group has a
@@ -52,60 +98,25 @@ func (c *Coordinator) ReadSet(ctx context.Context, t *placement.Topology, set pl
 		}
 		return rec, nil
 	}
-	ctx, cancel := c.ShardCtx(ctx)
-	defer cancel()
-	answers := make(chan readAnswer, len(set.Union))
-	asked := 0
-	for _, n := range set.Union {
-		if !n.Up() {
-			continue
+	got, err := askQuorum(ctx, c, set, "read", func(ctx context.Context, n *placement.Node) (storage.Record, error) {
+		rec, err := n.Shard.Get(ctx, bucket, key)
+		if errors.Is(err, storage.ErrNotFound) {
+			return storage.Record{Key: key}, nil
 		}
-		asked++
-		go func() {
-			rec, err := n.Shard.Get(ctx, bucket, key)
-			if errors.Is(err, storage.ErrNotFound) {
-				rec, err = storage.Record{Key: key}, nil
-			}
-			answers <- readAnswer{node: n, rec: rec, err: err}
-		}()
+		return rec, err
+	})
+	if err != nil {
+		return storage.Record{}, err
 	}
-	var got []readAnswer
-	var failed []string
-	var unreadable *apierr.Error // a record held but not opened (see crypto.go)
-	for range asked {
-		a := <-answers
-		if a.err != nil {
-			failed = append(failed, a.node.Name+": "+a.err.Error())
-			if unreadable == nil {
-				errors.As(a.err, &unreadable)
-			}
-			continue
-		}
-		got = append(got, a)
-		if Quorate(set, func(n *placement.Node) bool {
-			return slices.ContainsFunc(got, func(a readAnswer) bool { return a.node == n })
-		}) {
-			break
-		}
-	}
-	if !Quorate(set, func(n *placement.Node) bool {
-		return slices.ContainsFunc(got, func(a readAnswer) bool { return a.node == n })
-	}) {
-		c.cfg.Metrics.QuorumFailures.WithLabelValues("read").Inc()
-		if unreadable != nil {
-			return storage.Record{}, unreadable // say why, not "unavailable"
-		}
-		return storage.Record{}, c.NoQuorum("read", set, len(got), failed)
-	}
-	newest := got[0].rec
+	newest := got[0].val
 	for _, a := range got[1:] {
-		if a.rec.Version > newest.Version {
-			newest = a.rec
+		if a.val.Version > newest.Version {
+			newest = a.val
 		}
 	}
 	if newest.Version != 0 {
 		for _, a := range got {
-			if a.rec.Version < newest.Version {
+			if a.val.Version < newest.Version {
 				c.readRepair(t, a.node, bucket, newest)
 			}
 		}
