@@ -239,6 +239,78 @@ func (c *Client) Messages(ctx context.Context, topic, id string, n int) ([]Messa
 	return out.Messages, hdr.Get("ETag"), nil
 }
 
+// AppendMessagesWith appends msgs to a conversation as AppendMessages
+// does, with the options o, and returns the seqs stored.
+func (c *Client) AppendMessagesWith(ctx context.Context, topic, id string, msgs []Message, o AppendOptions) (Appended, error) {
+	var out Appended
+	h := http.Header{}
+	if o.IfMatch != "" {
+		h.Set("If-Match", o.IfMatch)
+	}
+	if o.IdempotencyKey != "" {
+		h.Set("Idempotency-Key", o.IdempotencyKey)
+	}
+	hdr, _, err := c.do(ctx, http.MethodPost, pathOf("topics", topic, "contexts", id, "messages"), nil,
+		map[string]any{"messages": msgs}, &out, h)
+	if err != nil {
+		return Appended{}, err
+	}
+	out.ETag, out.Replayed = hdr.Get("ETag"), hdr.Get("Idempotent-Replayed") == "true"
+	return out, nil
+}
+
+// MessagePage is a page of a conversation, oldest first.
+type MessagePage struct {
+	Messages   []Message `json:"messages"`
+	Count      uint64    `json:"messages_count"`
+	NextCursor string    `json:"next_cursor"`
+}
+
+// MessagesPage reads a page of at most limit messages of a conversation
+// (0: the router's default, 100), oldest first, after cursor (a
+// NextCursor; "" for the first page).
+func (c *Client) MessagesPage(ctx context.Context, topic, id string, limit int, cursor string) (*MessagePage, error) {
+	q := url.Values{}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	} else {
+		q.Set("limit", "100")
+	}
+	if cursor != "" {
+		q.Set("cursor", cursor)
+	}
+	var out MessagePage
+	if _, _, err := c.do(ctx, http.MethodGet, pathOf("topics", topic, "contexts", id, "messages"), q, nil, &out, nil); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// History iterates over a whole conversation, oldest first, a page of
+// limit messages at a time: each page costs its size, however long the
+// conversation. An error ends the iteration.
+func (c *Client) History(ctx context.Context, topic, id string, limit int) iter.Seq2[Message, error] {
+	return func(yield func(Message, error) bool) {
+		cursor := ""
+		for {
+			page, err := c.MessagesPage(ctx, topic, id, limit, cursor)
+			if err != nil {
+				yield(Message{}, err)
+				return
+			}
+			for _, m := range page.Messages {
+				if !yield(m, nil) {
+					return
+				}
+			}
+			if page.NextCursor == "" {
+				return
+			}
+			cursor = page.NextCursor
+		}
+	}
+}
+
 // Search returns the contexts of topic most similar to the request, best
 // first.
 func (c *Client) Search(ctx context.Context, topic string, req SearchRequest) ([]SearchResult, error) {

@@ -66,6 +66,30 @@ type Content struct {
 type Message struct {
 	Role    string `json:"role"`
 	Content string `json:"content"`
+	// Seq is the message's place in its conversation (1 for the first),
+	// set on every message read back; the router ignores it on write.
+	Seq uint64 `json:"seq,omitempty"`
+}
+
+// Appended is what an append stored.
+type Appended struct {
+	Count    uint64 `json:"messages_count"` // the conversation's length now
+	FirstSeq uint64 `json:"first_seq"`      // the seqs of the new messages
+	LastSeq  uint64 `json:"last_seq"`
+	ETag     string `json:"-"`
+	// Replayed: the router had stored this append already (same
+	// idempotency key) and stored nothing this time.
+	Replayed bool `json:"-"`
+}
+
+// AppendOptions tune AppendMessagesWith.
+type AppendOptions struct {
+	// IfMatch, when not empty, appends only to that version (412 else).
+	IfMatch string
+	// IdempotencyKey, when not empty, makes a retry of this append (after
+	// a timeout, say) store nothing twice: the router remembers the newest
+	// 32 keys of each conversation for a day.
+	IdempotencyKey string
 }
 
 // Summary is the running summary of a conversation's oldest turns.

@@ -59,6 +59,15 @@ type Router struct {
 	// FeedEvents counts the events sent to them, by kind.
 	FeedSubscribers prometheus.Gauge
 	FeedEvents      *prometheus.CounterVec
+
+	// MessageAppends counts the appends to conversations that stored
+	// (retries answered from the idempotency memory not included);
+	// AppendDuration is their latency (read of the header to the
+	// acknowledged write), ConversationMessages the length each append
+	// left its conversation at.
+	MessageAppends       prometheus.Counter
+	AppendDuration       prometheus.Histogram
+	ConversationMessages prometheus.Histogram
 }
 
 // NewRouter registers the router's metrics on reg.
@@ -155,6 +164,21 @@ func NewRouter(reg prometheus.Registerer) *Router {
 	for _, kind := range []string{"put", "delete", "reset"} {
 		m.FeedEvents.WithLabelValues(kind) // shown at 0 before the first
 	}
+	m.MessageAppends = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "messages", Name: "appends_total",
+		Help: "Appends to conversations that stored messages (idempotent replays not included).",
+	})
+	m.AppendDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Subsystem: "messages", Name: "append_duration_seconds",
+		Help:    "Latency of an append to a conversation, from reading its header to the acknowledged write.",
+		Buckets: latencyBuckets,
+	})
+	m.ConversationMessages = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Subsystem: "messages", Name: "per_conversation",
+		Help:    "Messages in a conversation after each append to it.",
+		Buckets: prometheus.ExponentialBuckets(1, 4, 10),
+	})
+	reg.MustRegister(m.MessageAppends, m.AppendDuration, m.ConversationMessages)
 	reg.MustRegister(m.Invalidations, m.CacheResets, m.SubscriptionLag, m.SubscriptionCaughtUp, m.FeedSubscribers, m.FeedEvents)
 	reg.MustRegister(m.CacheHits, m.CacheMisses, m.CacheEvictions, m.ExpiredPurged,
 		m.ShardRequestDuration, m.ShardRequestErrors, m.ShardUp,

@@ -64,7 +64,22 @@ func messagesOf(t testing.TB, tc *testCluster, topic, id string) []schema.Messag
 	if err := json.Unmarshal(r.Raw, &out); err != nil {
 		t.Fatalf("messages answer %s: %v", r.Raw, err)
 	}
-	return out.Messages
+	return unseq(t, out.Messages, 1)
+}
+
+// unseq checks that msgs carry the seqs first, first+1, … and returns them
+// without, to compare with what was written.
+func unseq(t testing.TB, msgs []schema.Message, first uint64) []schema.Message {
+	t.Helper()
+	out := make([]schema.Message, len(msgs))
+	for i, m := range msgs {
+		if m.Seq != first+uint64(i) {
+			t.Errorf("message %d has seq %d, want %d", i, m.Seq, first+uint64(i))
+		}
+		m.Seq = 0
+		out[i] = m
+	}
+	return out
 }
 
 // documentOf reads a context through the API.

@@ -1,6 +1,7 @@
 package codec
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -153,8 +154,11 @@ func (c *Codec) Encode(d *schema.Document, render bool) (value, rendered []byte,
 	if err != nil {
 		return nil, nil, fmt.Errorf("marshal metadata: %w", err)
 	}
-	content := d.Content
+	content := storedContent{Conv: d.Content.Conversation, Content: d.Content}
 	content.Embeddings = nil
+	if content.Conv != nil {
+		content.Messages = nil // records of their own
+	}
 	body, err := json.Marshal(&content)
 	if err != nil {
 		return nil, nil, fmt.Errorf("marshal content: %w", err)
@@ -171,7 +175,7 @@ func (c *Codec) Encode(d *schema.Document, render bool) (value, rendered []byte,
 		out = binary.LittleEndian.AppendUint32(out, math.Float32bits(f))
 	}
 	if render {
-		rendered, err = appendRendered(make([]byte, 0, 32+len(meta)+len(body)+12*n), meta, body, out[emb:])
+		rendered, err = appendRendered(make([]byte, 0, 32+len(meta)+len(body)+12*n), meta, stripConv(body), out[emb:])
 	}
 	return out, rendered, err
 }
@@ -343,7 +347,91 @@ func (c *Codec) AppendDocumentJSON(dst []byte, stored []byte, withContent bool) 
 	if err != nil {
 		return nil, err
 	}
-	return appendRendered(dst, s.meta, content, s.emb)
+	if unnumbered(content) {
+		return c.AppendDocumentWithMessages(dst, stored, nil)
+	}
+	return appendRendered(dst, s.meta, stripConv(content), s.emb)
+}
+
+// unnumbered reports whether content JSON holds inline messages stored
+// before messages had seqs. (In JSON text a key "seq" cannot be confused
+// with a string's content, where its quotes would be escaped.)
+func unnumbered(content []byte) bool {
+	return bytes.Contains(content, []byte(`"messages":[{`)) && !bytes.Contains(content, []byte(`"seq":`))
+}
+
+// AppendDocumentWithMessages renders a stored context as
+// AppendDocumentJSON does, with msgs as its content.messages: a
+// records-format conversation, read from its records. With msgs nil the
+// stored messages are rendered, numbered from 1.
+func (c *Codec) AppendDocumentWithMessages(dst []byte, stored []byte, msgs []schema.Message) ([]byte, error) {
+	s, err := splitStored(stored)
+	if err != nil {
+		return nil, err
+	}
+	content, err := c.contentJSON(s)
+	if err != nil {
+		return nil, err
+	}
+	var sc storedContent
+	if err := json.Unmarshal(content, &sc); err != nil {
+		return nil, fmt.Errorf("%w: content: %v", ErrCorrupt, err)
+	}
+	if msgs != nil || sc.Conv != nil {
+		sc.Content.Messages = msgs
+	} else {
+		for i := range sc.Content.Messages {
+			sc.Content.Messages[i].Seq = uint64(i + 1)
+		}
+	}
+	sc.Conv = nil
+	body, err := json.Marshal(&sc)
+	if err != nil {
+		return nil, fmt.Errorf("marshal content: %w", err)
+	}
+	return appendRendered(dst, s.meta, body, s.emb)
+}
+
+// storedContent is the content JSON as stored: the conversation header,
+// when the messages are records of their own, first (so stripConv finds
+// it at a fixed place), then the content without its messages.
+type storedContent struct {
+	Conv *schema.Conversation `json:"_conv,omitempty"`
+	schema.Content
+}
+
+const convPrefix = `{"_conv":`
+
+// stripConv returns content JSON without its conversation header: what
+// clients see. The header is the first member when present.
+func stripConv(content []byte) []byte {
+	if !bytes.HasPrefix(content, []byte(convPrefix)) {
+		return content
+	}
+	dec := json.NewDecoder(bytes.NewReader(content[len(convPrefix):]))
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
+		return content // corrupt: left for the decoder to report
+	}
+	rest := content[len(convPrefix)+int(dec.InputOffset()):]
+	if len(rest) > 0 && rest[0] == ',' {
+		return append([]byte{'{'}, rest[1:]...)
+	}
+	return []byte("{}")
+}
+
+// ConversationOf returns the conversation header of a stored context, nil
+// when its messages (if any) are inside it.
+func (c *Codec) ConversationOf(stored []byte) (*schema.Conversation, error) {
+	content, err := c.ContentJSON(stored)
+	if err != nil || !bytes.HasPrefix(content, []byte(convPrefix)) {
+		return nil, err
+	}
+	var sc storedContent
+	if err := json.Unmarshal(content, &sc); err != nil {
+		return nil, fmt.Errorf("%w: content: %v", ErrCorrupt, err)
+	}
+	return sc.Conv, nil
 }
 
 // appendRendered appends a document as the API renders it: metadata JSON,
@@ -422,9 +510,12 @@ func (c *Codec) DecodeDocument(stored []byte) (*schema.Document, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := json.Unmarshal(content, &d.Content); err != nil {
+	var sc storedContent
+	if err := json.Unmarshal(content, &sc); err != nil {
 		return nil, fmt.Errorf("%w: content: %v", ErrCorrupt, err)
 	}
+	d.Content = sc.Content
+	d.Content.Conversation = sc.Conv
 	if n := len(s.emb) / 4; n > 0 {
 		d.Content.Embeddings = make([]float32, n)
 		for i := range d.Content.Embeddings {

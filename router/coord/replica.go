@@ -464,3 +464,22 @@ func (c *Coordinator) WriteAt(ctx context.Context, pk, bucket string, key []byte
 func writeOf(key []byte) func() string {
 	return func() string { return "write of " + strconv.Quote(schema.Truncate(string(key))) }
 }
+
+// WriteTxnAt writes records, all placed at pk, at exactly version v in one
+// transaction on a Quorum of their replicas, put-if-newer (a record newer
+// than v held wins silently), as WriteAt writes one: the message records
+// a conversation's header will point to, written before it, and the
+// tombstones that purge a replaced conversation's records.
+func (c *Coordinator) WriteTxnAt(ctx context.Context, pk string, v uint64, records []storage.TxnWrite) error {
+	if len(records) == 0 {
+		return nil
+	}
+	head := records[0]
+	rec := head.Record
+	rec.Version = v
+	rest := records[1:len(records):len(records)]
+	return c.Settle(ctx, writeOf(rec.Key), func(t *placement.Topology) error {
+		_, err := c.replicate(ctx, t, t.Owners(pk), head.Bucket, rec, rest, map[*placement.Node]bool{})
+		return err
+	})
+}

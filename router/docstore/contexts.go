@@ -3,7 +3,6 @@ package docstore
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
@@ -55,14 +54,39 @@ func (s *Store) Context(ctx context.Context, topic, id string) (body []byte, ver
 		}
 		return nil, 0, false, notFound(topic, id)
 	}
-	body, err = s.codec.AppendDocumentJSON(nil, rec.Value, true)
+	body, err = s.render(ctx, topic, id, pk, rec.Value)
 	if err != nil {
-		return nil, 0, false, &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf("context %q in topic %q cannot be decoded", id, topic), Err: err}
+		return nil, 0, false, err
 	}
 	if cached {
 		s.cache.Put(ck, rec.Version, false, body)
 	}
 	return body, rec.Version, false, nil
+}
+
+// render renders a stored context with all its messages: a
+// records-format conversation's are read from their records.
+func (s *Store) render(ctx context.Context, topic, id, pk string, stored []byte) ([]byte, error) {
+	conv, err := s.codec.ConversationOf(stored)
+	if err != nil {
+		return nil, undecodable(topic, id, err)
+	}
+	if conv == nil {
+		body, err := s.codec.AppendDocumentJSON(nil, stored, true)
+		if err != nil {
+			return nil, undecodable(topic, id, err)
+		}
+		return body, nil
+	}
+	msgs, err := s.messageRange(ctx, topic, id, pk, 1, conv.Last)
+	if err != nil {
+		return nil, err
+	}
+	body, err := s.codec.AppendDocumentWithMessages(nil, stored, msgs)
+	if err != nil {
+		return nil, undecodable(topic, id, err)
+	}
+	return body, nil
 }
 
 func notFound(topic, id string) error {
@@ -104,6 +128,9 @@ func (s *Store) Put(ctx context.Context, topic string, doc *schema.Document, con
 	}
 	s.AfterWrite(ctx, topic, doc, v, res.PrevLive())
 	s.cache.Put(contextCacheKey(key), v, false, body)
+	if res.PrevLive() {
+		s.purgeMessages(topic, id, v) // the conversation replaced, if it had records
+	}
 	return Written{Version: v, Created: !res.PrevLive(), Body: body}, nil
 }
 
@@ -133,6 +160,7 @@ func (s *Store) Delete(ctx context.Context, topic, id string, cond storage.Cond,
 	}
 	s.cache.Put(contextCacheKey(key), v, true, nil)
 	s.cfg.Hooks.Deleted(ctx, topic, id, v)
+	s.purgeMessages(topic, id, v)
 	return nil
 }
 

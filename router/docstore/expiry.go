@@ -74,6 +74,7 @@ func (s *Store) replaceExpired(ctx context.Context, topic, id string, value []by
 	// The expired context's vector goes; a new one, if any, is written
 	// at v, which is newer.
 	s.cfg.Hooks.Deleted(ctx, topic, id, rec.Version+1)
+	s.purgeMessages(topic, id, v)
 	return storage.Result{Outcome: storage.Applied, PrevVersion: rec.Version, PrevTombstone: true}, v, nil
 }
 
@@ -209,6 +210,7 @@ func (s *Store) purgeOne(ctx context.Context, entry storage.Record, now time.Tim
 		if res.Outcome == storage.Applied {
 			s.cache.Put(contextCacheKey(string(ck)), v, true, nil)
 			s.cfg.Hooks.Deleted(ctx, topic, id, v)
+			s.purgeMessages(topic, id, v)
 			deleted = true
 		}
 		// A conflict: rewritten meanwhile; that write indexed itself.

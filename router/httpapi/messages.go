@@ -1,11 +1,11 @@
 package httpapi
 
 import (
-	"fmt"
 	"net/http"
 	"strconv"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
+	"github.com/go-kvdb/go-kvdb/router/docstore"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/labstack/echo/v4"
 )
@@ -15,11 +15,24 @@ type messagesRequest struct {
 	Messages []schema.Message `json:"messages"`
 }
 
-// appendMessagesHandler serves POST …/contexts/{id}/messages.
+// appendedAnswer is the answer of POST …/messages.
+type appendedAnswer struct {
+	MessagesCount uint64 `json:"messages_count"`
+	FirstSeq      uint64 `json:"first_seq"`
+	LastSeq       uint64 `json:"last_seq"`
+}
+
+// appendMessagesHandler serves POST …/contexts/{id}/messages. An
+// Idempotency-Key header makes a retry of the same append store nothing
+// and answer what the first stored.
 func (a *API) appendMessagesHandler(c echo.Context) error {
 	topic, id, err := contextParams(c)
 	if err != nil {
 		return err
+	}
+	idem := c.Request().Header.Get("Idempotency-Key")
+	if len(idem) > schema.MaxIdemKeyLen {
+		return apierr.Errorf(apierr.CodeInvalidArgument, "Idempotency-Key: longer than %d bytes", schema.MaxIdemKeyLen)
 	}
 	req, err := withBody(a, c, func(b []byte) (messagesRequest, error) {
 		var m messagesRequest
@@ -29,10 +42,14 @@ func (a *API) appendMessagesHandler(c echo.Context) error {
 		if len(m.Messages) == 0 {
 			return m, apierr.Errorf(apierr.CodeInvalidArgument, "field \"messages\": at least one message is required")
 		}
+		if len(m.Messages) > schema.MaxAppendMessages {
+			return m, apierr.Errorf(apierr.CodeInvalidArgument, "field \"messages\": %d messages in one append, at most %d allowed", len(m.Messages), schema.MaxAppendMessages)
+		}
 		for i, msg := range m.Messages {
 			if !schema.ValidRoles[msg.Role] {
 				return m, apierr.Errorf(apierr.CodeInvalidArgument, "field \"messages[%d].role\": %q is not one of system, user, assistant, tool", i, schema.Truncate(msg.Role))
 			}
+			m.Messages[i].Seq = 0 // the router numbers messages
 		}
 		return m, nil
 	})
@@ -50,40 +67,84 @@ func (a *API) appendMessagesHandler(c echo.Context) error {
 	if _, _, err := a.docs.Topic(c.Request().Context(), topic); err != nil {
 		return err
 	}
-	res, err := a.docs.Append(c.Request().Context(), topic, id, req.Messages, match, nil)
+	res, err := a.docs.AppendKeyed(c.Request().Context(), topic, id, req.Messages, match, idem, nil)
 	if err != nil {
 		return err
 	}
 	c.Response().Header().Set("ETag", schema.ETag(res.Version))
-	return c.JSONBlob(http.StatusOK, fmt.Appendf(nil, `{"messages_count":%d}`, len(res.Doc.Content.Messages)))
+	if res.Replayed {
+		c.Response().Header().Set("Idempotent-Replayed", "true")
+	}
+	return c.JSONBlob(http.StatusOK, schema.MustJSON(appendedAnswer{MessagesCount: res.Count, FirstSeq: res.First, LastSeq: res.Last}))
 }
 
-// getMessages serves GET …/contexts/{id}/messages?last=N: the last N
-// messages (all without last), oldest first.
+// messagesAnswer is the answer of GET …/messages.
+type messagesAnswer struct {
+	Messages      []schema.Message `json:"messages"`
+	MessagesCount uint64           `json:"messages_count"`
+	NextCursor    *string          `json:"next_cursor,omitempty"`
+}
+
+// getMessages serves GET …/contexts/{id}/messages: with last=N the newest
+// N messages, oldest first; with limit and/or cursor a page of the whole
+// history, oldest first, next_cursor "" at its end (each costs its page,
+// not the conversation); with neither, the whole conversation.
 func (a *API) getMessages(c echo.Context) error {
 	topic, id, err := contextParams(c)
 	if err != nil {
 		return err
 	}
-	last := -1
-	if s := c.QueryParam("last"); s != "" {
+	q := c.QueryParams()
+	var page docstore.MessagePage
+	if s := q.Get("last"); s != "" || q.Has("last") {
+		if q.Has("limit") || q.Has("cursor") {
+			return apierr.Errorf(apierr.CodeInvalidArgument, "last cannot be combined with limit or cursor: last reads the newest messages, limit and cursor page from the oldest")
+		}
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 0 || n > schema.MaxMessages {
 			return apierr.Errorf(apierr.CodeInvalidArgument, "last %q must be an integer from 0 to %d", schema.Truncate(s), schema.MaxMessages)
 		}
-		last = n
+		if page, err = a.docs.LastMessages(c.Request().Context(), topic, id, n); err != nil {
+			return err
+		}
+		c.Response().Header().Set("ETag", schema.ETag(page.Version))
+		return c.JSONBlob(http.StatusOK, schema.MustJSON(messagesAnswer{Messages: page.Messages, MessagesCount: page.Count}))
 	}
-	doc, v, err := a.docs.ReadContext(c.Request().Context(), topic, id)
+	if !q.Has("limit") && !q.Has("cursor") {
+		// The whole conversation, as before paging existed.
+		doc, v, err := a.docs.ReadContext(c.Request().Context(), topic, id)
+		if err != nil {
+			return err
+		}
+		msgs := doc.Content.Messages
+		if msgs == nil {
+			msgs = []schema.Message{}
+		}
+		c.Response().Header().Set("ETag", schema.ETag(v))
+		return c.JSONBlob(http.StatusOK, schema.MustJSON(messagesAnswer{Messages: msgs, MessagesCount: uint64(len(msgs))}))
+	}
+	limit, err := pageLimit(c)
 	if err != nil {
 		return err
 	}
-	msgs := doc.Content.Messages
-	if last >= 0 && last < len(msgs) {
-		msgs = msgs[len(msgs)-last:]
+	var after uint64
+	if cur := q.Get("cursor"); cur != "" {
+		s, err := schema.DecodeCursor(cur, func(s string) bool {
+			n, err := strconv.ParseUint(s, 10, 64)
+			return err == nil && n > 0
+		})
+		if err != nil {
+			return err
+		}
+		after, _ = strconv.ParseUint(s, 10, 64)
 	}
-	if msgs == nil {
-		msgs = []schema.Message{}
+	if page, err = a.docs.Messages(c.Request().Context(), topic, id, after, limit); err != nil {
+		return err
 	}
-	c.Response().Header().Set("ETag", schema.ETag(v))
-	return c.JSONBlob(http.StatusOK, schema.MustJSON(map[string]any{"messages": msgs}))
+	next := ""
+	if page.Next != 0 {
+		next = schema.EncodeCursor(strconv.FormatUint(page.Next, 10))
+	}
+	c.Response().Header().Set("ETag", schema.ETag(page.Version))
+	return c.JSONBlob(http.StatusOK, schema.MustJSON(messagesAnswer{Messages: page.Messages, MessagesCount: page.Count, NextCursor: &next}))
 }

@@ -2,11 +2,9 @@ package llm
 
 import (
 	"context"
-	"errors"
 
 	"github.com/go-kvdb/go-kvdb/llmbridge"
 	"github.com/go-kvdb/go-kvdb/llmbridge/memory"
-	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 )
 
@@ -54,23 +52,18 @@ func (l *Service) Recall(ctx context.Context, topic, id string, sent []llmbridge
 		return nil, err
 	}
 	budget := memory.Budget(l.docs.TopicMaxTokens(ctx, topic), l.cfg.MaxTokens)
-	doc, _, err := l.docs.ReadContext(ctx, topic, id)
-	var apiErr *apierr.Error
-	if errors.As(err, &apiErr) && apiErr.Code == apierr.CodeNotFound {
-		doc, err = &schema.Document{}, nil
-	}
+	// The stored tail must be as long as the client's history, to find
+	// where that history ends in it.
+	doc, offset, sum, err := l.readTail(ctx, topic, id, budget, len(sent)+1)
 	if err != nil {
 		return nil, err
 	}
 	stored := bridgeMessages(doc.Content.Messages)
 	fresh, missing := memory.SplitNew(stored, sent)
-	var sum memory.Summary
-	if s := doc.Content.Summary; s != nil {
-		sum = memory.Summary(*s)
-	}
 	folded := l.FoldMemory(ctx, stored, sum, missing, budget)
 	if folded != nil {
 		sum = memory.Summary(*folded)
+		folded.Messages += int(offset) // stored in the conversation's terms
 	}
 	return &DropInTurn{Memory: memory.Render(stored, sum, missing, budget), topic: topic, id: id, fresh: fresh, folded: folded}, nil
 }
@@ -81,7 +74,7 @@ func (l *Service) Recall(ctx context.Context, topic, id string, sent []llmbridge
 func (l *Service) Remember(ctx context.Context, t *DropInTurn, answer string) {
 	turns := make([]schema.Message, 0, len(t.fresh)+1)
 	for _, m := range t.fresh {
-		turns = append(turns, schema.Message(m))
+		turns = append(turns, schema.Message{Role: m.Role, Content: m.Content})
 	}
 	turns = append(turns, schema.Message{Role: "assistant", Content: answer})
 	_, err := l.docs.Append(ctx, t.topic, t.id, turns, 0, func(d *schema.Document) {

@@ -138,6 +138,17 @@ func (l *Service) embedPending(ctx context.Context, mark storage.Record) error {
 	if !doc.Metadata.EmbeddingPending {
 		return l.clearMark(ctx, topic, id, mark)
 	}
+	if doc.Content.Conversation != nil {
+		// Its messages are records: embed the recent ones, as an append does.
+		p, err := l.docs.LastMessages(ctx, topic, id, embedWindowMessages)
+		if err != nil {
+			return err
+		}
+		if p.Version != rec.Version {
+			return nil // appended meanwhile: that append embedded it or marked it again
+		}
+		doc.Content.Messages = p.Messages
+	}
 	l.embedForWrite(ctx, doc)
 	if doc.Metadata.EmbeddingPending {
 		return apierr.Errorf(apierr.CodeUnavailable, "%s still cannot embed", l.server())

@@ -82,6 +82,8 @@ type Docs interface {
 	TopicMaxTokens(ctx context.Context, topic string) int
 	EnsureTopic(ctx context.Context, name, description string) error
 	ReadContext(ctx context.Context, topic, id string) (*schema.Document, uint64, error)
+	ReadTail(ctx context.Context, topic, id string, enough func(doc *schema.Document, offset uint64, tail []schema.Message) bool) (*schema.Document, uint64, uint64, error)
+	LastMessages(ctx context.Context, topic, id string, n int) (docstore.MessagePage, error)
 	Append(ctx context.Context, topic, id string, msgs []schema.Message, match uint64, mutate func(*schema.Document)) (docstore.Appended, error)
 	Replace(ctx context.Context, topic string, doc *schema.Document, version uint64) (bool, error)
 }
@@ -245,6 +247,11 @@ func (l *Service) chat(ctx context.Context, op string, req llmbridge.ChatRequest
 // and the most recent messages. Embedding models read a few thousand
 // tokens at most; Ollama truncates the rest anyway.
 const maxEmbedText = 32 << 10
+
+// embedWindowMessages is how many of a records-format conversation's
+// newest messages the embedding retry reads to embed it, as many as an
+// append embeds (docstore's embedWindow, and the new messages).
+const embedWindowMessages = 32
 
 // embedText is what a context is embedded from: its text, then its
 // messages as "role: content" lines, newest kept when it is too long.

@@ -335,7 +335,7 @@ func (s *Server) appendMessages(ctx context.Context, _ Caller, in AppendMessages
 	if err != nil {
 		return AppendMessagesOut{}, err
 	}
-	return AppendMessagesOut{MessagesCount: len(res.Doc.Content.Messages), Version: schema.ETag(res.Version)}, nil
+	return AppendMessagesOut{MessagesCount: int(res.Count), Version: schema.ETag(res.Version)}, nil
 }
 
 func (s *Server) getMessages(ctx context.Context, _ Caller, in GetMessagesIn) (MessagesOut, error) {
@@ -345,14 +345,18 @@ func (s *Server) getMessages(ctx context.Context, _ Caller, in GetMessagesIn) (M
 	if in.Last != nil && (*in.Last < 0 || *in.Last > schema.MaxMessages) {
 		return MessagesOut{}, apierr.Errorf(apierr.CodeInvalidArgument, "field \"last\": %d is not in 0..%d", *in.Last, schema.MaxMessages)
 	}
+	if in.Last != nil {
+		p, err := s.docs.LastMessages(ctx, in.Topic, in.ID, *in.Last)
+		if err != nil {
+			return MessagesOut{}, err
+		}
+		return MessagesOut{Messages: p.Messages, Version: schema.ETag(p.Version)}, nil
+	}
 	doc, v, err := s.docs.ReadContext(ctx, in.Topic, in.ID)
 	if err != nil {
 		return MessagesOut{}, err
 	}
 	msgs := doc.Content.Messages
-	if in.Last != nil && *in.Last < len(msgs) {
-		msgs = msgs[len(msgs)-*in.Last:]
-	}
 	if msgs == nil {
 		msgs = []schema.Message{}
 	}

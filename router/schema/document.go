@@ -16,6 +16,9 @@ const (
 	maxNameLen    = 128
 	maxIDLen      = 256
 	MaxMessages   = 100000
+	// MaxAppendMessages bounds the messages of one append (they go in one
+	// transaction per owner).
+	MaxAppendMessages = 5000
 	// MaxTokenBudget bounds max_tokens, of a request or a topic.
 	MaxTokenBudget = 10_000_000
 )
@@ -62,6 +65,66 @@ type Metadata struct {
 type Message struct {
 	Role    string `json:"role"`
 	Content string `json:"content"`
+	// Seq is the message's place in its conversation, 1 for the first:
+	// set on every message read back, ignored on write (the router
+	// assigns it).
+	Seq uint64 `json:"seq,omitempty"`
+}
+
+// Conversation is the header of a conversation whose messages are records
+// of their own (BucketMessages, MessageKey), stored in its context record:
+// an append writes the new records and this header, nothing else. Seqs
+// run from 1 to Last without holes; records of the key range past Last
+// (left by a replaced or deleted conversation, until they are purged)
+// are not part of it.
+type Conversation struct {
+	Last uint64 `json:"last"`
+	// Idem remembers the recent appends that carried an Idempotency-Key,
+	// newest last, so a retried append answers what the first stored.
+	Idem []IdemEntry `json:"idem,omitempty"`
+}
+
+// IdemEntry is one remembered keyed append: its key, the seqs it stored,
+// and when (unix seconds).
+type IdemEntry struct {
+	Key   string `json:"k"`
+	First uint64 `json:"f"`
+	Last  uint64 `json:"l"`
+	At    int64  `json:"t"`
+}
+
+// Limits of the idempotency memory of a conversation: the newest
+// MaxIdemKeys keyed appends of the last IdemWindow seconds.
+const (
+	MaxIdemKeys   = 32
+	IdemWindow    = 24 * 3600
+	MaxIdemKeyLen = 128
+)
+
+// Remembered returns the entry of an append keyed key, if remembered.
+func (c *Conversation) Remembered(key string, now time.Time) (IdemEntry, bool) {
+	for _, e := range c.Idem {
+		if e.Key == key && now.Unix()-e.At <= IdemWindow {
+			return e, true
+		}
+	}
+	return IdemEntry{}, false
+}
+
+// Remember records an append keyed key that stored first..last, dropping
+// the entries too old or too many.
+func (c *Conversation) Remember(key string, first, last uint64, now time.Time) {
+	keep := c.Idem[:0]
+	for _, e := range c.Idem {
+		if now.Unix()-e.At <= IdemWindow && e.Key != key {
+			keep = append(keep, e)
+		}
+	}
+	keep = append(keep, IdemEntry{Key: key, First: first, Last: last, At: now.Unix()})
+	if len(keep) > MaxIdemKeys {
+		keep = keep[len(keep)-MaxIdemKeys:]
+	}
+	c.Idem = keep
 }
 
 // Content is what a context holds.
@@ -72,6 +135,11 @@ type Content struct {
 	// Summary folds the oldest messages of a long conversation (see
 	// POST …/chat); the messages stay stored.
 	Summary *Summary `json:"summary,omitempty"`
+	// Conversation is set when the messages are records of their own
+	// (see Conversation); Messages then holds what a read loaded of them,
+	// and the stored context holds none. Never rendered as such: the
+	// codec stores it beside the content.
+	Conversation *Conversation `json:"-"`
 }
 
 // Summary is a running summary of a conversation's oldest turns.
@@ -185,13 +253,21 @@ func (d *Document) Normalize(now time.Time) error {
 	if len(d.Content.Messages) > MaxMessages {
 		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"content.messages\": %d messages, at most %d allowed", len(d.Content.Messages), MaxMessages)
 	}
+	conv := d.Content.Conversation
 	for i, msg := range d.Content.Messages {
+		if conv == nil {
+			d.Content.Messages[i].Seq = uint64(i + 1) // the router numbers messages
+		}
 		if !ValidRoles[msg.Role] {
 			return apierr.Errorf(apierr.CodeInvalidArgument, "field \"content.messages[%d].role\": %q is not one of system, user, assistant, tool", i, Truncate(msg.Role))
 		}
 	}
-	if s := d.Content.Summary; s != nil && (s.Messages < 0 || s.Messages > len(d.Content.Messages)) {
-		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"content.summary.messages\": %d is not in 0..%d (the number of messages)", s.Messages, len(d.Content.Messages))
+	count := len(d.Content.Messages)
+	if conv != nil {
+		count = int(conv.Last)
+	}
+	if s := d.Content.Summary; s != nil && (s.Messages < 0 || s.Messages > count) {
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"content.summary.messages\": %d is not in 0..%d (the number of messages)", s.Messages, count)
 	}
 	return nil
 }
