@@ -23,10 +23,9 @@ import (
 //     schema.BucketMessages, placed with the context.
 //
 // The first append to an inline context converts it: its messages become
-// records 1..n (in the append's own transaction when they fit, else
-// written ahead in chunks, invisible until the header names them), so a
-// context is converted on its next append and reads back the same either
-// way. An append then costs its own messages and the header, whatever the
+// records 1..n (written ahead in chunks, invisible until the header names
+// them), so a context is converted on its next append and reads back the
+// same either way. An append then costs its own messages and the header, whatever the
 // conversation's length.
 
 // maxAttempts bounds the optimistic-concurrency loop of an append: each
@@ -156,7 +155,7 @@ func (s *Store) appendOnce(ctx context.Context, topic, id, pk string, key []byte
 	}
 
 	// The message records: the inline messages being converted (written
-	// ahead when they do not fit this transaction), then the new ones.
+	// ahead), then the new ones.
 	first := conv.Last + uint64(len(inline)) + 1
 	var with []storage.TxnWrite
 	if len(inline) > 0 {
@@ -164,9 +163,9 @@ func (s *Store) appendOnce(ctx context.Context, topic, id, pk string, key []byte
 		if err != nil {
 			return Appended{}, err
 		}
-		if fits(old, len(msgs)) {
-			with = old
-		} else if err := s.writeAhead(ctx, pk, rec.Version+1, old); err != nil {
+		// Ahead of the header, so its transaction holds only what this
+		// append adds (the change feed names those seqs).
+		if err := s.writeAhead(ctx, pk, rec.Version+1, old); err != nil {
 			return Appended{}, err
 		}
 	}
@@ -243,19 +242,6 @@ func (s *Store) embedWindow(ctx context.Context, topic, id, pk string, first uin
 	}
 	from := max(1, int64(first)-embedWindowMessages)
 	return s.messageRange(ctx, topic, id, pk, uint64(from), first-1)
-}
-
-// fits reports whether the conversion writes old fit in one transaction
-// with n new messages and the header.
-func fits(old []storage.TxnWrite, n int) bool {
-	if len(old)+n+1 > txnRecords {
-		return false
-	}
-	size := 0
-	for _, w := range old {
-		size += len(w.Key) + len(w.Value)
-	}
-	return size <= txnBytes/2
 }
 
 // messageWrites encodes msgs as the records of seqs first, first+1, ….

@@ -57,6 +57,9 @@ type Event struct {
 	ID      string // the context
 	Version uint64
 	Token   string // resume after this event
+	// FirstSeq..LastSeq are the messages a put appended to the context's
+	// conversation (records written in its transaction); 0 when none.
+	FirstSeq, LastSeq uint64
 }
 
 // Config wires a Feed.
@@ -240,6 +243,7 @@ func (f *Feed) Subscribe(ctx context.Context, topic, since string, started func(
 		if m.batch == nil {
 			return nil
 		}
+		appended := appendedSeqs(m.batch.Changes, prefix)
 		for _, ch := range m.batch.Changes {
 			if ch.Seq <= target[m.idx] {
 				markSeen(&ch)
@@ -262,7 +266,11 @@ func (f *Feed) Subscribe(ctx context.Context, topic, since string, started func(
 				kind = Delete
 			}
 			sent = encodeToken(names, at)
-			if err := emit(Event{Kind: kind, ID: k[len(prefix):], Version: ch.Version, Token: sent}); err != nil {
+			ev := Event{Kind: kind, ID: k[len(prefix):], Version: ch.Version, Token: sent}
+			if r, ok := appended[seqKey{k, ch.Version}]; ok && !ch.Tombstone {
+				ev.FirstSeq, ev.LastSeq = r[0], r[1]
+			}
+			if err := emit(ev); err != nil {
 				return err
 			}
 		}
@@ -388,4 +396,44 @@ func follow(ctx context.Context, idx int, src Source, p pos, msgs chan<- shardMs
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
+}
+
+// seqKey names a context's write: its key and version.
+type seqKey struct {
+	key     string
+	version uint64
+}
+
+// appendedSeqs finds, in a batch of changes, the message records written
+// with a context of the topic (prefix) at its version: an append's
+// transaction, whose records follow its header in the log. It returns
+// their seq range by context write. A transaction a batch splits loses
+// the range of the part it misses: the event then names fewer seqs, or
+// none.
+func appendedSeqs(changes []storage.Change, prefix []byte) map[seqKey][2]uint64 {
+	var out map[seqKey][2]uint64
+	for i := range changes {
+		ch := &changes[i]
+		if ch.Bucket != schema.BucketMessages || ch.Tombstone || !bytes.HasPrefix(ch.Key, prefix) {
+			continue
+		}
+		n := len(ch.Key) - 9 // topic 0 id | 0 | seq (8)
+		if n <= len(prefix) || ch.Key[n] != schema.KeySep[0] {
+			continue
+		}
+		seq, ok := schema.MessageSeq(ch.Key[:n+1], ch.Key)
+		if !ok {
+			continue
+		}
+		if out == nil {
+			out = map[seqKey][2]uint64{}
+		}
+		k := seqKey{string(ch.Key[:n]), ch.Version}
+		r, had := out[k]
+		if !had {
+			r = [2]uint64{seq, seq}
+		}
+		out[k] = [2]uint64{min(r[0], seq), max(r[1], seq)}
+	}
+	return out
 }

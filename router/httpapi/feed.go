@@ -21,6 +21,10 @@ type feedData struct {
 	ID        string `json:"id,omitempty"`
 	ETag      string `json:"etag,omitempty"`
 	UpdatedAt string `json:"updated_at,omitempty"`
+	// FirstSeq and LastSeq are the seqs of the messages a put appended
+	// to the context's conversation, when it appended some.
+	FirstSeq uint64 `json:"first_seq,omitempty"`
+	LastSeq  uint64 `json:"last_seq,omitempty"`
 }
 
 // topicChanges is GET /topics/{topic}/changes: the topic's change feed as
@@ -109,7 +113,7 @@ func appendEvent(dst []byte, ev feed.Event) []byte {
 	dst = append(dst, '\n')
 	switch ev.Kind {
 	case feed.Put, feed.Delete:
-		data, _ := json.Marshal(feedData{ID: ev.ID, ETag: schema.ETag(ev.Version), UpdatedAt: hlc.Time(ev.Version).Format(time.RFC3339Nano)})
+		data, _ := json.Marshal(feedData{ID: ev.ID, ETag: schema.ETag(ev.Version), UpdatedAt: hlc.Time(ev.Version).Format(time.RFC3339Nano), FirstSeq: ev.FirstSeq, LastSeq: ev.LastSeq})
 		dst = append(dst, "data: "...)
 		dst = append(dst, data...)
 		dst = append(dst, '\n')
