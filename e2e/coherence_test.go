@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"fmt"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,11 +17,18 @@ const coherenceBound = 5 * time.Second
 // secondRouter starts another router over c's shards and config.
 func secondRouter(t *testing.T, c *cluster, args ...string) string {
 	t.Helper()
+	_, base := startSecondRouter(t, c, args...)
+	return base
+}
+
+// startSecondRouter is secondRouter that also returns the process.
+func startSecondRouter(t *testing.T, c *cluster, args ...string) (*proc, string) {
+	t.Helper()
 	addr := freeAddrs(t, 1)[0]
 	p := start(t, "router B", bin.router, append([]string{"-config-file=" + c.configFile, "-http-addr=" + addr}, args...)...)
 	base := "http://" + addr
 	waitHealthy(t, p, base)
-	return base
+	return p, base
 }
 
 // untilChanged polls GET url until its answer no longer satisfies stale,
@@ -204,4 +213,104 @@ func TestSubscriptionSurvivesStoragedRestart(t *testing.T) {
 	if got := metric(t, b, "kvdb_cache_resets_total"); got != resets {
 		t.Errorf("kvdb_cache_resets_total went from %s to %s across a restart, want a resumed stream", resets, got)
 	}
+}
+
+// changesHead asks a storage daemon where its change log stands.
+func changesHead(t *testing.T, s *shard) (oldest, head uint64) {
+	t.Helper()
+	r := do(t, "GET", s.url("/v1/changes/head"), nil)
+	mustStatus(t, r, 200)
+	pos := decode[struct{ Oldest, Head uint64 }](t, r)
+	return pos.Oldest, pos.Head
+}
+
+// TestGapEmptiesTheCache: a router whose subscription falls further behind
+// than the shard's change log keeps (-changes-retain) gets the gap answer
+// when it resumes, empties its hot cache, and serves none of the entries
+// the changes it missed replaced.
+//
+// Pausing router B (SIGSTOP) alone does not make it miss anything: the
+// shard's stream goes on into B's socket buffer, and B replays it when it
+// wakes. So the stream is also cut while B sleeps (the storaged restarts,
+// keeping its file and log), and the writes come after the cut: B resumes
+// from a sequence the log no longer holds. A restart alone is resumed, not
+// reset (TestSubscriptionSurvivesStoragedRestart); the trimming is the gap.
+// One shard with one replica: no other stream carries the changes B missed.
+func TestGapEmptiesTheCache(t *testing.T) {
+	const retain = 20
+	c := startShardArgs(t, 1, 1, []string{fmt.Sprintf("-changes-retain=%d", retain)}, "-shard-timeout=1s")
+	a := c.url("")
+	bProc, b := startSecondRouter(t, c, "-shard-timeout=1s")
+	mustStatus(t, do(t, "POST", a+"/api/v1/topics", map[string]any{"name": "kb"}), 201)
+	keys := []string{"g0", "g1", "g2", "g3", "g4"}
+	path := func(k string) string { return "/api/v1/topics/kb/contexts/" + k }
+	for _, k := range keys {
+		mustStatus(t, do(t, "PUT", a+path(k), `{"content":{"text":"old"}}`), 201)
+		untilCacheHit(t, b+path(k))
+	}
+	resets := metricFloat(t, b, "kvdb_cache_resets_total")
+
+	bProc.signal(t, syscall.SIGSTOP)
+	resumed := false
+	defer func() {
+		if !resumed {
+			bProc.signal(t, syscall.SIGCONT)
+		}
+	}()
+	s := c.shards[0]
+	_, seen := changesHead(t, s) // B has seen no change after this one
+	s.proc.stopClean(t)
+	c.startShard(t, s)
+	for _, k := range keys {
+		// A's first write after the restart may find the shard not back
+		// yet; writes are retried until acknowledged.
+		var r reply
+		if !eventually(readyTimeout, func() bool {
+			r = do(t, "PUT", a+path(k), `{"content":{"text":"new"}}`)
+			return r.Status == 200
+		}) {
+			t.Fatalf("PUT %s through A after the restart = %d %s, want 200", k, r.Status, r.Raw)
+		}
+	}
+	for i := range 2 * retain {
+		mustStatus(t, do(t, "PUT", a+path(fmt.Sprintf("filler-%d", i)), `{"content":{"text":"x"}}`), 201)
+	}
+	if oldest, head := changesHead(t, s); oldest <= seen+1 {
+		t.Fatalf("sh-1's change log holds %d..%d after %d more writes, want it trimmed past %d (B's position)", oldest, head, len(keys)+2*retain, seen)
+	}
+
+	bProc.signal(t, syscall.SIGCONT)
+	resumed = true
+	// From the moment B wakes, every read gets the new version: before B's
+	// follower has resumed it is not caught up (no cached answer), after
+	// it the cache is empty.
+	reset, hits := false, 0
+	if !eventually(coherenceBound, func() bool {
+		hits = 0
+		for _, k := range keys {
+			r := do(t, "GET", b+path(k), nil)
+			if r.Status != 200 || !strings.Contains(string(r.Raw), `"text":"new"`) {
+				t.Fatalf("GET %s through B after it woke = %d %s (X-Kvdb-Cache %s), want the new version",
+					k, r.Status, r.Raw, r.Header.Get("X-Kvdb-Cache"))
+			}
+			if r.Header.Get("X-Kvdb-Cache") == "hit" {
+				hits++
+			}
+		}
+		reset = metricFloat(t, b, "kvdb_cache_resets_total") > resets
+		return reset && hits == len(keys)
+	}) {
+		t.Fatalf("within %s of B waking: kvdb_cache_resets_total rose: %v (from %v); %d of %d keys cached again; want a reset, then the new versions cached",
+			coherenceBound, reset, resets, hits, len(keys))
+	}
+}
+
+// metricFloat is metric as a number.
+func metricFloat(t *testing.T, base, name string) float64 {
+	t.Helper()
+	v, err := strconv.ParseFloat(metric(t, base, name), 64)
+	if err != nil {
+		t.Fatalf("%s/metrics: %s: %v", base, name, err)
+	}
+	return v
 }

@@ -427,3 +427,56 @@ func TestChangeFeedResetsOnReplacedFile(t *testing.T) {
 	putContext(t, a, "kb", "end", map[string]any{"content": map[string]any{"text": "sentinel"}})
 	f.readUntil(t, "end")
 }
+
+// TestChangeFeedAuthAcrossRouters: a reader key whose patterns allow topic
+// alpha only, following alpha through router B, sees every change made
+// through router A to alpha and none of beta's, and B refuses it beta's
+// feed in the API's error shape.
+func TestChangeFeedAuthAcrossRouters(t *testing.T) {
+	dir := t.TempDir()
+	authFile := filepath.Join(dir, "auth.toml")
+	keygen := func(name, role, topics string) string {
+		out, err := exec.Command(bin.router, "keygen", "-auth-file="+authFile, "-name="+name, "-role="+role, "-topics="+topics).Output()
+		if err != nil {
+			t.Fatalf("router keygen -name=%s: %v", name, err)
+		}
+		return "Bearer " + strings.TrimSpace(string(out))
+	}
+	reader, writer := keygen("reader", "reader", "a*"), keygen("writer", "writer", "")
+	c := startReplicated(t, 3, 3, "-auth-file="+authFile)
+	a := c.url("")
+	b := secondRouter(t, c, "-auth-file="+authFile)
+	for _, name := range []string{"alpha", "beta"} {
+		mustStatus(t, do(t, "POST", a+"/api/v1/topics", map[string]any{"name": name}, "Authorization", writer), 201)
+	}
+	wantError(t, do(t, "GET", b+"/api/v1/topics/beta/changes", nil, "Authorization", reader), 403, "permission_denied")
+	f := openFeed(t, b+"/api/v1/topics/alpha/changes", "Authorization", reader)
+
+	var want []change
+	put := func(topic, id, text string) string {
+		r := do(t, "PUT", a+"/api/v1/topics/"+topic+"/contexts/"+id, map[string]any{"content": map[string]any{"text": text}}, "Authorization", writer)
+		if r.Status != 200 && r.Status != 201 {
+			t.Fatalf("PUT %s/%s through A = %d %s, want 200 or 201", topic, id, r.Status, r.Raw)
+		}
+		return r.Header.Get("ETag")
+	}
+	want = append(want, change{"put", "x1", put("alpha", "x1", "v1")})
+	put("beta", "y1", "not for the reader")
+	want = append(want, change{"put", "x2", put("alpha", "x2", "v1")})
+	put("beta", "y2", "not for the reader")
+	put("beta", "y1", "v2")
+	mustStatus(t, do(t, "DELETE", a+"/api/v1/topics/beta/contexts/y2", nil, "Authorization", writer), 204)
+	want = append(want, change{"put", "x1", put("alpha", "x1", "v2")})
+	put("alpha", "end", "sentinel")
+	got := f.readUntil(t, "end")
+	wantChanges(t, perContext(got), perContext(want))
+	for _, ch := range got {
+		if strings.HasPrefix(ch.id, "y") {
+			t.Errorf("the alpha feed through B carried %v, a change of beta", ch)
+		}
+	}
+	put("beta", "y3", "after the sentinel")
+	if ev, ok := f.poll(500 * time.Millisecond); ok {
+		t.Errorf("the alpha feed through B carried %+v after a write to beta only", ev)
+	}
+}

@@ -297,6 +297,7 @@ type cluster struct {
 	replicas   int // the config's replicas; 0 leaves the key out
 	routerAddr string
 	routerArgs []string
+	shardArgs  []string // added to every storage daemon's flags
 	shards     []*shard // what the config file lists
 	router     *proc
 }
@@ -316,9 +317,16 @@ func startCluster(t testing.TB, n int, routerArgs ...string) *cluster {
 // (0 leaves it out: one replica).
 func startReplicated(t testing.TB, n, replicas int, routerArgs ...string) *cluster {
 	t.Helper()
+	return startShardArgs(t, n, replicas, nil, routerArgs...)
+}
+
+// startShardArgs is startReplicated with shardArgs added to every storage
+// daemon's flags, restarts included.
+func startShardArgs(t testing.TB, n, replicas int, shardArgs []string, routerArgs ...string) *cluster {
+	t.Helper()
 	dir := t.TempDir()
 	addrs := freeAddrs(t, n+1)
-	c := &cluster{dir: dir, replicas: replicas, routerAddr: addrs[0], routerArgs: routerArgs}
+	c := &cluster{dir: dir, replicas: replicas, routerAddr: addrs[0], routerArgs: routerArgs, shardArgs: shardArgs}
 	for i := range n {
 		c.shards = append(c.shards, c.newShard(i+1, addrs[i+1]))
 	}
@@ -366,8 +374,7 @@ func (c *cluster) addShard(t testing.TB) *shard {
 func (c *cluster) start(t testing.TB) {
 	t.Helper()
 	for _, s := range c.shards {
-		s.proc = start(t, "storaged "+s.name, bin.storaged,
-			"-db-location="+s.db, "-config-file="+c.configFile, "-shard="+s.name)
+		s.proc = c.startStoraged(t, s)
 	}
 	for _, s := range c.shards {
 		waitHealthy(t, s.proc, s.url(""))
@@ -387,9 +394,15 @@ func (c *cluster) startRouter(t testing.TB) {
 // startShard restarts one storage daemon on its port and data file.
 func (c *cluster) startShard(t testing.TB, s *shard) {
 	t.Helper()
-	s.proc = start(t, "storaged "+s.name, bin.storaged,
-		"-db-location="+s.db, "-config-file="+c.configFile, "-shard="+s.name)
+	s.proc = c.startStoraged(t, s)
 	waitHealthy(t, s.proc, s.url(""))
+}
+
+// startStoraged starts s's storage daemon, without waiting for it.
+func (c *cluster) startStoraged(t testing.TB, s *shard) *proc {
+	t.Helper()
+	args := append([]string{"-db-location=" + s.db, "-config-file=" + c.configFile, "-shard=" + s.name}, c.shardArgs...)
+	return start(t, "storaged "+s.name, bin.storaged, args...)
 }
 
 // stop stops the router, then the storage daemons, with SIGTERM, and fails

@@ -142,6 +142,15 @@ func (r *report) markdown() string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", d.name, val, want, verdict(v, d.target, d.atLeast))
 	}
+	if x := r.row("12"); x != nil {
+		p99 := medianOf(x.samples, func(s sample) float64 { return s.p99 })
+		val := ms(p99)
+		if x.na != "" {
+			val = "n/a"
+		}
+		fmt.Fprintf(&b, "| row 12: another router stops serving a replaced version, p99 ms after the write's acknowledgement | %s | ≤ %.0f | %s |\n",
+			val, stalenessTarget, verdict(p99, stalenessTarget, false))
+	}
 	if worst, limit, id := r.worstRouterRSS(); id != "" {
 		fmt.Fprintf(&b, "| router peak RSS ≤ its -cache-size + 128 MiB, every row (worst: row %s) | %s | ≤ %s | %s |\n",
 			id, mib(worst), mib(limit), verdict(float64(worst), float64(limit), false))

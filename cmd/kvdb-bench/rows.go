@@ -244,6 +244,13 @@ var rowDefs = []rowDef{
 		}
 		return s.convTarget(cs, convLong, true), nil
 	}},
+	{"12", 12, "ours: cross-router staleness: PUT through router A, GET through router B until it serves the new version, 3 shards, replicas = 3", func(s *suite, ctx context.Context) (*target, error) {
+		st, err := s.stepStaleness(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return s.stalenessTarget(st), nil
+	}},
 }
 
 // withCommitStats makes a write row report, from the storage daemons' own
@@ -380,7 +387,7 @@ func selectRows(spec string) (selection, error) {
 	for f := range strings.SplitSeq(spec, ",") {
 		f = strings.TrimSpace(f)
 		if !known[f] {
-			return nil, fmt.Errorf("-rows: unknown row %q (rows are 1..11, or 3a, 3b, 3c, 7a, 7b, 7c, 8a, 8b, 9h, 11a..11h)", f)
+			return nil, fmt.Errorf("-rows: unknown row %q (rows are 1..12, or 3a, 3b, 3c, 7a, 7b, 7c, 8a, 8b, 9h, 11a..11h)", f)
 		}
 		sel[f] = true
 	}
@@ -401,7 +408,7 @@ func toolsFor(sel selection) []tool {
 		switch d.num {
 		case 3:
 			needRedis = true
-		case 11: // its own load generator
+		case 11, 12: // their own load generators
 		default:
 			needWrk = true
 		}

@@ -72,6 +72,7 @@ type suite struct {
 	hnswBuild               anchorLine   // row 9h: the anchor's build
 	hnswEf                  []anchorLine // row 9h: its queries at each ef
 	convSingle, convR3      *convSetup   // row 11
+	stale                   *staleSetup  // row 12
 }
 
 type stepResult struct{ err error }
