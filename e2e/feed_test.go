@@ -480,3 +480,41 @@ func TestChangeFeedAuthAcrossRouters(t *testing.T) {
 		t.Errorf("the alpha feed through B carried %+v after a write to beta only", ev)
 	}
 }
+
+// TestChangeFeedNamesAppendedSeqs: the put event of an append names the
+// seqs of the messages it stored, once (replicas = 3), whichever router
+// appended; a PUT names none.
+func TestChangeFeedNamesAppendedSeqs(t *testing.T) {
+	c := startReplicated(t, 3, 3)
+	a := c.url("")
+	b := secondRouter(t, c)
+	mustStatus(t, do(t, "POST", a+"/api/v1/topics", map[string]any{"name": "chats"}), 201)
+	f := openFeed(t, b+"/api/v1/topics/chats/changes")
+	appendTo := func(base string, n int) {
+		var msgs []map[string]string
+		for i := range n {
+			msgs = append(msgs, map[string]string{"role": "user", "content": fmt.Sprint("m", i)})
+		}
+		mustStatus(t, do(t, "POST", base+"/api/v1/topics/chats/contexts/conv/messages", map[string]any{"messages": msgs}), 200)
+	}
+	appendTo(a, 2)
+	appendTo(b, 1)
+	appendTo(a, 3)
+	putContext(t, a, "chats", "conv", map[string]any{"content": map[string]any{"text": "replaced"}})
+	putContext(t, a, "chats", "end", map[string]any{"content": map[string]any{"text": "sentinel"}})
+	var got []string
+	for range 100 {
+		ev := f.next(t)
+		if ev.kind == "reset" {
+			continue
+		}
+		if ev.data["id"] == "end" {
+			break
+		}
+		got = append(got, fmt.Sprintf("%s %v %v..%v", ev.kind, ev.data["id"], ev.data["first_seq"], ev.data["last_seq"]))
+	}
+	want := []string{"put conv 1..2", "put conv 3..3", "put conv 4..6", "put conv <nil>..<nil>"}
+	if !slices.Equal(got, want) {
+		t.Errorf("feed events:\n got %v\nwant %v", got, want)
+	}
+}

@@ -38,15 +38,20 @@ type ratioDef struct {
 	num, den string
 	target   float64 // 0: no target
 	atLeast  bool    // the target is a floor; else a ceiling
+	p50      bool    // a ratio of p50 latencies; else of req/s
 }
 
 var ratioDefs = []ratioDef{
-	{"row 4 / row 1: router cache hit vs echo ceiling", "4", "1", 0.80, true},
-	{"row 5 / row 2: router cache miss vs BoltDB ceiling", "5", "2", 0.40, true},
-	{"row 7a / row 3c: durable PUT on storaged vs Redis SET, appendfsync always", "7a", "3c", 0.50, true},
-	{"row 7b / row 3c: durable PUT via router, replicas 1, vs the same Redis row", "7b", "3c", 0.30, true},
-	{"row 7c / row 3c: durable PUT via router, replicas 3, vs the same Redis row", "7c", "3c", 0, true},
-	{"row 8: page cost in the large topic / in the small one (req/s 8a / 8b)", "8a", "8b", 1.5, false},
+	{"row 4 / row 1: router cache hit vs echo ceiling", "4", "1", 0.80, true, false},
+	{"row 5 / row 2: router cache miss vs BoltDB ceiling", "5", "2", 0.40, true, false},
+	{"row 7a / row 3c: durable PUT on storaged vs Redis SET, appendfsync always", "7a", "3c", 0.50, true, false},
+	{"row 7b / row 3c: durable PUT via router, replicas 1, vs the same Redis row", "7b", "3c", 0.30, true, false},
+	{"row 7c / row 3c: durable PUT via router, replicas 3, vs the same Redis row", "7c", "3c", 0, true, false},
+	{"row 8: page cost in the large topic / in the small one (req/s 8a / 8b)", "8a", "8b", 1.5, false, false},
+	{"row 11b / 11a: append p50 at 10,000 messages / at 10, single-node", "11b", "11a", 1.3, false, true},
+	{"row 11d / 11c: ?last=20 p50 at 10,000 messages / at 10, single-node", "11d", "11c", 1.3, false, true},
+	{"row 11f / 11e: append p50 at 10,000 messages / at 10, 3 shards, replicas = 3", "11f", "11e", 1.3, false, true},
+	{"row 11h / 11g: ?last=20 p50 at 10,000 messages / at 10, 3 shards, replicas = 3", "11h", "11g", 1.3, false, true},
 }
 
 func (r *report) ratio(d ratioDef) float64 {
@@ -56,7 +61,11 @@ func (r *report) ratio(d ratioDef) float64 {
 	}
 	var vs []float64
 	for i := range a.samples {
-		if a.samples[i].rps > 0 && b.samples[i].rps > 0 {
+		switch {
+		case i >= len(b.samples):
+		case d.p50 && a.samples[i].p50 > 0 && b.samples[i].p50 > 0:
+			vs = append(vs, a.samples[i].p50/b.samples[i].p50)
+		case !d.p50 && a.samples[i].rps > 0 && b.samples[i].rps > 0:
 			vs = append(vs, a.samples[i].rps/b.samples[i].rps)
 		}
 	}
