@@ -154,6 +154,33 @@ func TestTopicsAndMessages(t *testing.T) {
 	if err != nil || len(msgs) != 1 || msgs[0].Content != "b" || etag2 != etag {
 		t.Errorf("Messages(last 1) = %v, %q, %v, want [b] at %q", msgs, etag2, err, etag)
 	}
+	if msgs[0].Seq != 2 {
+		t.Errorf("Messages(last 1) seq = %d, want 2", msgs[0].Seq)
+	}
+	// Keyed appends: the retry stores nothing and answers the same seqs.
+	for try := range 2 {
+		a, err := c.AppendMessagesWith(ctx, "iter-0", "conv", []client.Message{{Role: "user", Content: "c"}}, client.AppendOptions{IdempotencyKey: "turn-3"})
+		if err != nil || a.FirstSeq != 3 || a.LastSeq != 3 || a.Count != 3 || a.ETag == "" || a.Replayed != (try == 1) {
+			t.Errorf("AppendMessagesWith try %d = %+v, %v, want seq 3 of 3, replayed %v", try, a, err, try == 1)
+		}
+	}
+	if _, err := c.AppendMessagesWith(ctx, "iter-0", "conv", []client.Message{{Role: "user", Content: "c"}}, client.AppendOptions{IfMatch: `"1"`}); !errors.Is(err, client.ErrFailedPrecondition) {
+		t.Errorf("AppendMessagesWith a wrong If-Match = %v, want ErrFailedPrecondition", err)
+	}
+	var all []string
+	for m, err := range c.History(ctx, "iter-0", "conv", 2) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, fmt.Sprint(m.Seq, m.Content))
+	}
+	if strings.Join(all, ",") != "1a,2b,3c" {
+		t.Errorf("History in pages of 2 = %v, want 1a,2b,3c", all)
+	}
+	page, err := c.MessagesPage(ctx, "iter-0", "conv", 2, "")
+	if err != nil || len(page.Messages) != 2 || page.NextCursor == "" || page.Count != 3 {
+		t.Errorf("MessagesPage(2) = %+v, %v, want 2 of 3 and a cursor", page, err)
+	}
 	doc, err := c.GetContext(ctx, "iter-0", "conv")
 	if err != nil || doc.Metadata.ExpiresAt.IsZero() {
 		t.Errorf("context created by an append in a topic with a default TTL: %+v, %v, want an expiry", doc, err)
@@ -161,7 +188,7 @@ func TestTopicsAndMessages(t *testing.T) {
 	if err := c.DeleteContext(ctx, "iter-0", "conv", &client.WriteOptions{IfMatch: `"1"`}); !errors.Is(err, client.ErrFailedPrecondition) {
 		t.Errorf("DeleteContext with a wrong If-Match = %v, want ErrFailedPrecondition", err)
 	}
-	if err := c.DeleteContext(ctx, "iter-0", "conv", &client.WriteOptions{IfMatch: etag}); err != nil {
+	if err := c.DeleteContext(ctx, "iter-0", "conv", &client.WriteOptions{IfMatch: doc.ETag}); err != nil {
 		t.Errorf("DeleteContext = %v", err)
 	}
 	if err := c.DeleteTopic(ctx, "iter-6"); err != nil {

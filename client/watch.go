@@ -28,6 +28,10 @@ type Event struct {
 	ID        string    `json:"id,omitempty"`   // the context
 	ETag      string    `json:"etag,omitempty"` // its version after the change
 	UpdatedAt time.Time `json:"updated_at"`
+	// FirstSeq..LastSeq are the messages a put appended to the context's
+	// conversation; 0 when it appended none.
+	FirstSeq uint64 `json:"first_seq,omitempty"`
+	LastSeq  uint64 `json:"last_seq,omitempty"`
 	// Token resumes the feed after this event (Watch's since).
 	Token string `json:"token"`
 }
@@ -97,12 +101,14 @@ func readFeed(resp *http.Response, since string, yield func(Event, error) bool) 
 						ID        string    `json:"id"`
 						ETag      string    `json:"etag"`
 						UpdatedAt time.Time `json:"updated_at"`
+						FirstSeq  uint64    `json:"first_seq"`
+						LastSeq   uint64    `json:"last_seq"`
 					}
 					if err := json.Unmarshal([]byte(data), &d); err != nil {
 						yield(Event{}, fmt.Errorf("kvdb change feed: event %q: %w", data, err))
 						return since, true
 					}
-					ev.ID, ev.ETag, ev.UpdatedAt = d.ID, d.ETag, d.UpdatedAt
+					ev.ID, ev.ETag, ev.UpdatedAt, ev.FirstSeq, ev.LastSeq = d.ID, d.ETag, d.UpdatedAt, d.FirstSeq, d.LastSeq
 				}
 				if !yield(ev, nil) {
 					return since, true
