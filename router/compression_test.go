@@ -177,6 +177,27 @@ func TestTrainDictionary(t *testing.T) {
 			t.Fatalf("c%03d read back %s, want %s", i, gotBody, wantBody)
 		}
 	}
+
+	// Message records are compressed with the dictionary too, and read back.
+	var parts []string // a turn long enough to compress (128 bytes at least)
+	for _, m := range chatgen.Body(7)["messages"].([]map[string]string)[1:] {
+		parts = append(parts, m["content"])
+	}
+	turn := strings.Join(parts, " ")
+	must(t, call(t, "POST", tc.URL+"/api/v1/topics/chat/contexts/c100/messages", map[string]any{"messages": []map[string]string{{"role": "assistant", "content": turn}}}), 200, "append")
+	n := len(chatgen.Body(100)["messages"].([]map[string]string)) + 1
+	for _, st := range tc.stores {
+		rec, err := st.Get(context.Background(), schema.BucketMessages, schema.MessageKey("chat", "c100", uint64(n)))
+		if errors.Is(err, storage.ErrNotFound) {
+			continue // not an owner
+		}
+		if err != nil || len(rec.Value) < 2 || rec.Value[1] != codec.ZstdDict {
+			t.Errorf("message record %d = %v (codec byte %v), want compressed with the dictionary", n, err, rec.Value[:min(2, len(rec.Value))])
+		}
+	}
+	if got := messagesOf(t, tc, "chat", "c100"); len(got) != n || got[n-1].Content != turn {
+		t.Errorf("after the append c100 has %d messages, the last %.40q; want %d, the last %.40q", len(got), got[len(got)-1].Content, n, turn)
+	}
 }
 
 func normJSON(t testing.TB, b []byte) []byte {

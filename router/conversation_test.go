@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
@@ -378,5 +379,24 @@ func TestConversationConcurrentAppends(t *testing.T) {
 				t.Errorf("seq %d holds %q, but its append was answered for %v", i+1, m.Content, got)
 			}
 		}
+	}
+}
+
+// TestConversationExpires: a conversation past its TTL is gone at once,
+// and the purge removes its message records too.
+func TestConversationExpires(t *testing.T) {
+	tc := newTestCluster(t, clusterOpts{replicas: 3, cacheBytes: 1 << 20, expiryInterval: 100 * time.Millisecond})
+	must(t, call(t, "POST", tc.URL+"/api/v1/topics", map[string]any{"name": "brief", "default_ttl_seconds": 1}), 201, "create topic")
+	url := tc.URL + "/api/v1/topics/brief/contexts/c/messages"
+	for i := range 3 {
+		must(t, appendMsgs(t, url, nil, fmt.Sprint("m", i)), 200, "append")
+	}
+	waitFor(t, "the conversation expires", func() bool { return call(t, "GET", url+"?last=1", nil).Status == 404 })
+	for i, st := range tc.stores {
+		waitFor(t, fmt.Sprintf("shard %d purges the expired conversation's records", i), func() bool { return liveMessages(t, st, "brief", "c") == 0 })
+	}
+	r := must(t, appendMsgs(t, url, nil, "anew"), 200, "append after expiry")
+	if r.JSON["first_seq"] != 1.0 {
+		t.Errorf("append after expiry = %s, want seq 1", r.Raw)
 	}
 }

@@ -135,6 +135,15 @@ func TestEncryptedClusterRoundTrip(t *testing.T) {
 	}
 
 	// The shards hold no plaintext: not in the BoltDB files, not on the wire.
+	// (The append made c01's messages records of their own: they are
+	// checked too.)
+	messages := 0
+	for _, st := range tc.stores {
+		messages += liveMessages(t, st, "secret", "c01")
+	}
+	if messages < 2 {
+		t.Errorf("the shards hold %d message records of c01, want its 2 on at least one", messages)
+	}
 	for i, st := range tc.stores {
 		if fileHolds(t, st.Path(), marker) {
 			t.Errorf("shard %d's file %s holds the plaintext marker", i+1, st.Path())
