@@ -216,3 +216,55 @@ func TestChatBudgetFolding(t *testing.T) {
 		t.Errorf("last chat was not the new message")
 	}
 }
+
+// TestChatReadsTheTail: on a long conversation stored as records, a chat
+// reads only its end (back to twice the budget, or to where the summary
+// ends), and the summary it stores counts messages of the whole
+// conversation.
+func TestChatReadsTheTail(t *testing.T) {
+	tc, fake := newLLMCluster(t, 3, nil)
+	must(t, call(t, "POST", tc.URL+"/api/v1/topics", `{"name":"t","max_tokens":120}`), 201, "create topic")
+	const total = 400
+	for b := range total / 100 {
+		var msgs []string
+		for i := b * 100; i < (b+1)*100; i++ {
+			role := "user"
+			if i%2 == 1 {
+				role = "assistant"
+			}
+			msgs = append(msgs, fmt.Sprintf(`{"role":%q,"content":"turn %d says something of moderate length here"}`, role, i))
+		}
+		must(t, call(t, "POST", tc.URL+"/api/v1/topics/t/contexts/c/messages", `{"messages":[`+strings.Join(msgs, ",")+`]}`), 200, "seed history")
+	}
+	must(t, call(t, "POST", tc.URL+"/api/v1/topics/t/contexts/c/chat", `{"message":"what did we say last"}`), 200, "chat")
+	for _, r := range fake.ChatRequests() {
+		for _, m := range r.Messages {
+			if strings.Contains(m.Content, "turn 5 says") {
+				t.Errorf("a %s request carried turn 5: the chat read far past its budget", r.Model)
+			}
+		}
+	}
+	last := fake.ChatRequests()[len(fake.ChatRequests())-1]
+	if r := ollamatest.Reply(last); !strings.Contains(r, "what did we say last") {
+		t.Errorf("the chat request was not the new message: %q", r)
+	}
+	joined := ""
+	for _, m := range last.Messages {
+		joined += m.Content + "\n"
+	}
+	if !strings.Contains(joined, "turn 399 says") {
+		t.Errorf("the chat request lacks the latest turn: %s", joined)
+	}
+	d := documentOf(t, tc, "t", "c")
+	if len(d.Content.Messages) != total+2 || d.Content.Summary == nil || d.Content.Summary.Messages <= total-50 || d.Content.Summary.Messages > total {
+		t.Fatalf("stored %d messages, summary %+v; want %d and a summary ending near the end", len(d.Content.Messages), d.Content.Summary, total+2)
+	}
+	first := d.Content.Summary.Messages
+
+	// The next chat reads back to the summary's end and folds from there.
+	must(t, call(t, "POST", tc.URL+"/api/v1/topics/t/contexts/c/chat", `{"message":"and now"}`), 200, "second chat")
+	d = documentOf(t, tc, "t", "c")
+	if d.Content.Summary == nil || d.Content.Summary.Messages < first || d.Content.Summary.Messages > total+2 {
+		t.Errorf("after the second chat the summary is %+v; want it at %d..%d", d.Content.Summary, first, total+2)
+	}
+}
