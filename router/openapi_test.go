@@ -250,6 +250,7 @@ func TestOpenAPI(t *testing.T) {
 	s.want(s.call("GET", "/api/v1/topics/kb/contexts/nope/messages", nil, true), 404, "messages of a missing context")
 	s.want(s.call("POST", "/api/v1/topics/kb/search", `{"query":"rivers","k":2}`, true), 200, "search by query")
 	s.want(s.call("POST", "/api/v1/topics/kb/search?include=content", `{"embedding":[1,0.5],"model":"mine"}`, true), 200, "search by embedding")
+	s.want(s.call("POST", "/api/v1/topics/kb/search", `{"query":"hi","scope":"messages","k":3}`, true), 200, "search of messages")
 	s.want(s.call("POST", "/api/v1/topics/kb/search", `{"query":"a","embedding":[1]}`, false), 400, "query and embedding")
 	s.want(s.call("POST", "/api/v1/topics/kb/contexts/chat1/chat", `{"message":"hello there"}`, true), 200, "chat")
 	r = s.want(s.call("POST", "/api/v1/topics/kb/contexts/chat1/chat", `{"message":"again","stream":true}`, true), 200, "streamed chat")

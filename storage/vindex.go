@@ -41,8 +41,8 @@ import (
 //     so (TopKResult.Exact).
 
 // DefaultVectorBuckets are the buckets a store indexes when
-// Options.VectorBuckets is nil: the router's.
-var DefaultVectorBuckets = []string{"vectors"}
+// Options.VectorBuckets is nil: the router's (contexts' and messages').
+var DefaultVectorBuckets = []string{"vectors", "message_vectors"}
 
 type vectorIndex struct {
 	dir  string

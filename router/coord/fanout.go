@@ -235,6 +235,12 @@ func MergePages(pages []storage.ScanPage, frontier []byte) []storage.Record {
 // The answer is Exact when any shard's was (it scanned instead of asking
 // its index).
 func (c *Coordinator) TopK(ctx context.Context, q storage.TopKQuery) (storage.TopKResult, error) {
+	return c.TopKIn(ctx, schema.BucketVectors, q)
+}
+
+// TopKIn is TopK over the vector bucket bucket (a context's vectors or a
+// message's).
+func (c *Coordinator) TopKIn(ctx context.Context, bucket string, q storage.TopKQuery) (storage.TopKResult, error) {
 	nodes := c.cfg.Topology().ReadNodes()
 	results := make([]storage.TopKResult, len(nodes))
 	g, gctx := errgroup.WithContext(ctx)
@@ -246,7 +252,7 @@ func (c *Coordinator) TopK(ctx context.Context, q storage.TopKQuery) (storage.To
 			}
 			sctx, cancel := c.ShardCtx(gctx)
 			defer cancel()
-			res, err := vs.TopK(sctx, schema.BucketVectors, q)
+			res, err := vs.TopK(sctx, bucket, q)
 			if err != nil {
 				return apierr.FromStorage("search on shard "+n.Name, err)
 			}

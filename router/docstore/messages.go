@@ -82,6 +82,14 @@ func (s *Store) AppendKeyed(ctx context.Context, topic, id string, msgs []schema
 	start := time.Now()
 	pk := schema.Placement(topic, id)
 	key := []byte(schema.ContextKey(topic, id))
+	var vecs [][]byte // the messages' vectors, embedded once for every attempt
+	embedded := false
+	vectors := func() [][]byte {
+		if !embedded {
+			vecs, embedded = s.cfg.Hooks.MessageVectors(ctx, msgs), true
+		}
+		return vecs
+	}
 	for attempt := range maxAppendAttempts {
 		if attempt > 0 {
 			// Jitter, so appenders that collided do not collide again.
@@ -92,7 +100,7 @@ func (s *Store) AppendKeyed(ctx context.Context, topic, id string, msgs []schema
 				return Appended{}, ctx.Err()
 			}
 		}
-		res, err := s.appendOnce(ctx, topic, id, pk, key, msgs, match, idemKey, mutate)
+		res, err := s.appendOnce(ctx, topic, id, pk, key, msgs, match, idemKey, mutate, vectors)
 		if errors.Is(err, errCollided) {
 			continue
 		}
@@ -109,7 +117,7 @@ func (s *Store) AppendKeyed(ctx context.Context, topic, id string, msgs []schema
 // errCollided: another write landed between an append's read and write.
 var errCollided = errors.New("append collided")
 
-func (s *Store) appendOnce(ctx context.Context, topic, id, pk string, key []byte, msgs []schema.Message, match uint64, idemKey string, mutate func(*schema.Document)) (Appended, error) {
+func (s *Store) appendOnce(ctx context.Context, topic, id, pk string, key []byte, msgs []schema.Message, match uint64, idemKey string, mutate func(*schema.Document), vectors func() [][]byte) (Appended, error) {
 	rec, err := s.coord.Get(ctx, pk, schema.BucketContexts, key)
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return Appended{}, err
@@ -174,6 +182,13 @@ func (s *Store) appendOnce(ctx context.Context, topic, id, pk string, key []byte
 		return Appended{}, err
 	}
 	with = append(with, fresh...)
+	// Their vectors (auto-embedding), in the same transaction: a message
+	// is searchable as soon as it is stored, and its vector has its version.
+	for i, v := range vectors() {
+		if v != nil && i < len(msgs) {
+			with = append(with, storage.TxnWrite{Bucket: schema.BucketMessageVectors, Write: storage.Write{Record: storage.Record{Key: schema.MessageKey(topic, id, first+uint64(i)), Value: v}}})
+		}
+	}
 	conv.Last = first + uint64(len(msgs)) - 1
 	if idemKey != "" {
 		conv.Remember(idemKey, first, conv.Last, now)
@@ -498,29 +513,32 @@ func (s *Store) purgeMessages(topic, id string, v uint64) {
 	})
 }
 
-// PurgeMessages tombstones at version v every message record of the
-// context topic/id older than v (see purgeMessages).
+// PurgeMessages tombstones at version v every message record (and message
+// vector) of the context topic/id older than v (see purgeMessages).
 func (s *Store) PurgeMessages(ctx context.Context, topic, id string, v uint64) error {
 	pk := schema.Placement(topic, id)
 	prefix := schema.MessagePrefix(topic, id)
-	var after []byte
-	for {
-		recs, next, err := s.coord.Range(ctx, coord.RangeQuery{PK: pk, Bucket: schema.BucketMessages, Prefix: prefix, After: after, Limit: txnRecords})
-		if err != nil {
-			return err
-		}
-		var ws []storage.TxnWrite
-		for _, r := range recs {
-			if r.Version < v {
-				ws = append(ws, storage.TxnWrite{Bucket: schema.BucketMessages, Write: storage.Write{Record: storage.Record{Key: r.Key, Tombstone: true}}})
+	for _, bucket := range []string{schema.BucketMessages, schema.BucketMessageVectors} {
+		var after []byte
+		for {
+			recs, next, err := s.coord.Range(ctx, coord.RangeQuery{PK: pk, Bucket: bucket, Prefix: prefix, After: after, Limit: txnRecords})
+			if err != nil {
+				return err
 			}
+			var ws []storage.TxnWrite
+			for _, r := range recs {
+				if r.Version < v {
+					ws = append(ws, storage.TxnWrite{Bucket: bucket, Write: storage.Write{Record: storage.Record{Key: r.Key, Tombstone: true}}})
+				}
+			}
+			if err := s.coord.WriteTxnAt(ctx, pk, v, ws); err != nil {
+				return err
+			}
+			if next == nil {
+				break
+			}
+			after = next
 		}
-		if err := s.coord.WriteTxnAt(ctx, pk, v, ws); err != nil {
-			return err
-		}
-		if next == nil {
-			return nil
-		}
-		after = next
 	}
+	return nil
 }

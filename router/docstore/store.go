@@ -31,6 +31,11 @@ type Hooks interface {
 	Written(ctx context.Context, topic string, d *schema.Document, v uint64, prevLive bool)
 	// Deleted runs after the context topic/id was deleted at version v.
 	Deleted(ctx context.Context, topic, id string, v uint64)
+	// MessageVectors embeds the messages an append adds, for message
+	// search: the vector record values, one per message (nil: none for
+	// that one), or nil when nothing is embedded. It never fails the
+	// append.
+	MessageVectors(ctx context.Context, msgs []schema.Message) [][]byte
 }
 
 // Config wires a Store. Every field but Hooks is required.
@@ -141,3 +146,4 @@ func (noHooks) Prepare(context.Context, *schema.Document)                       
 func (noHooks) Derived(*schema.Document) bool                                   { return false }
 func (noHooks) Written(context.Context, string, *schema.Document, uint64, bool) {}
 func (noHooks) Deleted(context.Context, string, string, uint64)                 {}
+func (noHooks) MessageVectors(context.Context, []schema.Message) [][]byte       { return nil }

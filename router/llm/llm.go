@@ -95,6 +95,7 @@ type Records interface {
 	Get(ctx context.Context, pk, bucket string, key []byte) (storage.Record, error)
 	WriteAt(ctx context.Context, pk, bucket string, key []byte, v uint64, tombstone bool, value []byte) error
 	TopK(ctx context.Context, q storage.TopKQuery) (storage.TopKResult, error)
+	TopKIn(ctx context.Context, bucket string, q storage.TopKQuery) (storage.TopKResult, error)
 	ShardCtx(ctx context.Context) (context.Context, context.CancelFunc)
 }
 

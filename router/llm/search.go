@@ -33,7 +33,18 @@ type SearchRequest struct {
 	Model     string    `json:"model"`
 	// Exact asks every shard for the exact scan instead of its index.
 	Exact bool `json:"exact"`
+	// Scope is what is searched: "contexts" (the default) or "messages"
+	// (each message of the topic's conversations, embedded as appended).
+	Scope string `json:"scope"`
+	// Context narrows a message search to one conversation.
+	Context string `json:"context"`
 }
+
+// Search scopes.
+const (
+	ScopeContexts = "contexts"
+	ScopeMessages = "messages"
+)
 
 // Validate checks a search request as decoded, filling in k.
 func (s *SearchRequest) Validate() error {
@@ -50,6 +61,15 @@ func (s *SearchRequest) Validate() error {
 		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"tags\": %d tags, at most %d allowed", len(s.Tags), schema.MaxTags)
 	case len(s.Model) > schema.MaxModelLen:
 		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"model\": longer than %d bytes", schema.MaxModelLen)
+	case s.Scope != "" && s.Scope != ScopeContexts && s.Scope != ScopeMessages:
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"scope\": %q is not one of \"contexts\", \"messages\"", schema.Truncate(s.Scope))
+	case s.Context != "" && s.Scope != ScopeMessages:
+		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"context\": narrows a search of scope \"messages\" only")
+	}
+	if s.Context != "" {
+		if err := schema.CheckID(s.Context); err != nil {
+			return err
+		}
 	}
 	for i, t := range s.Tags {
 		if t == "" || len(t) > schema.MaxTagLen {
@@ -164,6 +184,9 @@ func (l *Service) Search(ctx context.Context, topic string, req SearchRequest, w
 			return nil, l.Error("embed the query with "+model, err)
 		}
 		query = vecs[0]
+	}
+	if req.Scope == ScopeMessages {
+		return l.searchMessages(ctx, topic, req.Context, query, model, req)
 	}
 	q := storage.TopKQuery{Prefix: []byte(topic + schema.KeySep), Query: query, K: req.K + searchSlack, Model: model, Tags: req.Tags, Exact: req.Exact}
 	found, err := l.coord.TopK(ctx, q)

@@ -36,6 +36,10 @@ const (
 	// placed with its context (PlacementOf), so one transaction per owner
 	// writes an append's messages beside the context's header.
 	BucketMessages = "messages"
+	// BucketMessageVectors holds the embeddings of messages, keyed by their
+	// MessageKey, at their record's version, in the storage vector format:
+	// message-level search (scope "messages").
+	BucketMessageVectors = "message_vectors"
 	// BucketDicts holds the trained compression dictionaries.
 	BucketDicts = storage.DictBucket
 )
