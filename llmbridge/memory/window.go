@@ -107,3 +107,42 @@ func Clip(s string, n int) string {
 	}
 	return s
 }
+
+// RecallHeader introduces the recalled turns: earlier turns of the
+// conversation (or the topic) most relevant to the new message, which the
+// window of recent turns does not hold.
+const RecallHeader = "Recalled from earlier (most relevant to the new message):"
+
+// RecallBlock renders recalled turns, most relevant first, as many as fit
+// in budget tokens, in the order given, and the tokens it takes (0 and ""
+// when none fits). Each turn is "role: content".
+func RecallBlock(turns []llmbridge.Message, budget int) (string, int) {
+	used := EstimateTokens(RecallHeader)
+	var lines []string
+	for _, m := range turns {
+		line := m.Role + ": " + m.Content
+		cost := MessageOverhead + EstimateTokens(line)
+		if used+cost > budget {
+			continue
+		}
+		used += cost
+		lines = append(lines, line)
+	}
+	if len(lines) == 0 {
+		return "", 0
+	}
+	return RecallHeader + "\n" + strings.Join(lines, "\n"), used
+}
+
+// WithRecall inserts the recalled block into a prompt ComposeWindow made,
+// as a system message just before the n new turns at its end.
+func WithRecall(prompt []llmbridge.Message, block string, n int) []llmbridge.Message {
+	if block == "" {
+		return prompt
+	}
+	at := max(0, len(prompt)-n)
+	out := make([]llmbridge.Message, 0, len(prompt)+1)
+	out = append(out, prompt[:at]...)
+	out = append(out, llmbridge.Message{Role: "system", Content: block})
+	return append(out, prompt[at:]...)
+}

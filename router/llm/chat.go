@@ -18,6 +18,16 @@ type ChatRequest struct {
 	Stream    bool           `json:"stream"`
 	MaxTokens int            `json:"max_tokens"`
 	Options   map[string]any `json:"options"`
+	// Recall is where earlier turns relevant to the message are looked
+	// for: "conversation" (the default), "topic" or "off".
+	Recall string `json:"recall"`
+}
+
+// TokenShare is how a chat's prompt spent its tokens (estimates).
+type TokenShare struct {
+	Summary  int `json:"summary"`
+	Recent   int `json:"recent"`
+	Recalled int `json:"recalled"`
 }
 
 // ChatAnswer is the answer of a non-streamed chat, and (without the
@@ -31,6 +41,9 @@ type ChatAnswer struct {
 	CompletionTokens int            `json:"completion_tokens"`
 	MessagesCount    int            `json:"messages_count"`
 	ETag             string         `json:"etag,omitempty"`
+	// Tokens is what of the prompt went to the summary, the recent turns
+	// and the recalled earlier turns.
+	Tokens *TokenShare `json:"tokens,omitempty"`
 }
 
 // ---- the window ----
@@ -40,6 +53,9 @@ type window struct {
 	prompt  []llmbridge.Message
 	summary *schema.Summary // a new running summary to store; nil when unchanged
 	tokens  int             // estimated tokens of prompt
+	// summaryTokens and recentTokens are what the summary and the turns
+	// of the history sent take of it (estimates).
+	summaryTokens, recentTokens int
 }
 
 // bridgeMessages is msgs as the memory policy and the model take them
@@ -116,6 +132,14 @@ func (l *Service) buildWindow(ctx context.Context, model string, tail []schema.M
 		w.prompt = memory.ComposeWindow(hist, sum, turns)
 		w.tokens = l.tokens.Count(model, w.prompt)
 	}
+	if sum.Text != "" {
+		w.summaryTokens = memory.EstimateTokens(sum.Text)
+	}
+	for _, m := range hist[min(sum.Messages, len(hist)):] {
+		if m.Role != "system" {
+			w.recentTokens += memory.MessageOverhead + memory.EstimateTokens(m.Content)
+		}
+	}
 	return w, nil
 }
 
@@ -149,7 +173,7 @@ func (q *ChatRequest) Validate() error {
 	case len(q.Model) > schema.MaxModelLen:
 		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"model\": longer than %d bytes", schema.MaxModelLen)
 	}
-	return nil
+	return checkRecall(q.Recall)
 }
 
 // Chat continues the conversation topic/id with req.Message: it sends the
@@ -184,10 +208,21 @@ func (l *Service) Chat(ctx context.Context, topic, id string, req ChatRequest, p
 		return nil, err
 	}
 	turn := schema.Message{Role: "user", Content: req.Message}
-	win, err := l.buildWindow(ctx, model, doc.Content.Messages, offset, sum, []schema.Message{turn}, budget)
+	// Earlier turns relevant to the message, that the window does not
+	// send (those the summary covers, and older): within a quarter of the
+	// budget, which the window then does without.
+	covered := offset + uint64(sum.Messages)
+	recalled := l.recallTurns(ctx, topic, id, req.Recall, req.Message, func(cid string, seq uint64) bool { return cid != id || seq <= covered })
+	block, recallTokens := memory.RecallBlock(recalled, recallBudget(budget))
+	winBudget := budget
+	if budget > 0 {
+		winBudget = max(1, budget-recallTokens)
+	}
+	win, err := l.buildWindow(ctx, model, doc.Content.Messages, offset, sum, []schema.Message{turn}, winBudget)
 	if err != nil {
 		return nil, err
 	}
+	win.prompt = memory.WithRecall(win.prompt, block, 1)
 	var answer strings.Builder
 	var last llmbridge.ChatChunk
 	err = l.chat(ctx, "chat", llmbridge.ChatRequest{Model: model, Messages: win.prompt, Options: req.Options}, func(ch llmbridge.ChatChunk) error {
@@ -223,6 +258,7 @@ func (l *Service) Chat(ctx context.Context, topic, id string, req ChatRequest, p
 		CompletionTokens: last.CompletionTokens,
 		MessagesCount:    int(stored.Count),
 		ETag:             schema.ETag(stored.Version),
+		Tokens:           &TokenShare{Summary: win.summaryTokens, Recent: win.recentTokens, Recalled: recallTokens},
 	}
 	if out.PromptTokens == 0 {
 		out.PromptTokens = win.tokens

@@ -60,12 +60,33 @@ func (l *Service) Recall(ctx context.Context, topic, id string, sent []llmbridge
 	}
 	stored := bridgeMessages(doc.Content.Messages)
 	fresh, missing := memory.SplitNew(stored, sent)
+	// Earlier turns relevant to the client's new message, older than what
+	// was read (the client's own history and the missing turns rendered
+	// come from there), within a quarter of the budget.
+	var query string
+	for i := len(sent) - 1; i >= 0; i-- {
+		if sent[i].Role == "user" {
+			query = sent[i].Content
+			break
+		}
+	}
+	recalled := l.recallTurns(ctx, topic, id, RecallConversation, query, func(cid string, seq uint64) bool { return cid == id && seq <= offset })
+	block, recallTokens := memory.RecallBlock(recalled, recallBudget(budget))
+	budget = max(1, budget-recallTokens)
 	folded := l.FoldMemory(ctx, stored, sum, missing, budget)
 	if folded != nil {
 		sum = memory.Summary(*folded)
 		folded.Messages += int(offset) // stored in the conversation's terms
 	}
-	return &DropInTurn{Memory: memory.Render(stored, sum, missing, budget), topic: topic, id: id, fresh: fresh, folded: folded}, nil
+	mem := memory.Render(stored, sum, missing, budget)
+	switch {
+	case block == "":
+	case mem == "":
+		mem = "Memory of this conversation so far (kept by Go-KVDB):\n" + block
+	default:
+		mem += "\n" + block
+	}
+	return &DropInTurn{Memory: mem, topic: topic, id: id, fresh: fresh, folded: folded}, nil
 }
 
 // Remember stores a drop-in turn once the model answered: the client's new
