@@ -348,7 +348,7 @@ func (c *Codec) AppendDocumentJSON(dst []byte, stored []byte, withContent bool) 
 		return nil, err
 	}
 	if unnumbered(content) {
-		return c.AppendDocumentWithMessages(dst, stored, nil)
+		return renderWithMessages(dst, s, content, nil)
 	}
 	return appendRendered(dst, s.meta, stripConv(content), s.emb)
 }
@@ -373,6 +373,12 @@ func (c *Codec) AppendDocumentWithMessages(dst []byte, stored []byte, msgs []sch
 	if err != nil {
 		return nil, err
 	}
+	return renderWithMessages(dst, s, content, msgs)
+}
+
+// renderWithMessages is AppendDocumentWithMessages of a stored context
+// already split, and its content JSON.
+func renderWithMessages(dst []byte, s storedDoc, content []byte, msgs []schema.Message) ([]byte, error) {
 	var sc storedContent
 	if err := json.Unmarshal(content, &sc); err != nil {
 		return nil, fmt.Errorf("%w: content: %v", ErrCorrupt, err)
