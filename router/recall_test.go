@@ -49,7 +49,9 @@ func TestChatRecallsAnEarlierTurn(t *testing.T) {
 	if sentHolds(last.Messages, "9182") {
 		t.Fatalf("with recall off the window still holds the first turn: the test does not test recall")
 	}
-	var a struct{ Tokens struct{ Summary, Recent, Recalled int } }
+	var a struct {
+		Tokens struct{ Summary, Recent, Recalled int }
+	}
 	if err := json.Unmarshal(r.Raw, &a); err != nil || a.Tokens.Recalled != 0 || a.Tokens.Recent == 0 {
 		t.Errorf("chat with recall off = %s, want recent tokens and no recalled ones", r.Raw)
 	}
