@@ -51,11 +51,19 @@ func (g *registry) shapeOf(nodes []placement.Node, replicas int) (placement.Shap
 func (g *registry) register(name, address string, sh placement.Shard) *placement.Node {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if n, ok := g.nodes[name]; ok && n.Address == address {
+	n, ok := g.nodes[name]
+	if ok && n.Address == address {
 		return n
 	}
 	if sh == nil {
 		if g.newShard == nil {
+			// A router that reaches only the shards it was given (single
+			// node: its address is the file's path) keeps its own shard
+			// when a stored map names it at another address: the file was
+			// moved or copied, or opened by another spelling of its path.
+			if ok {
+				return n
+			}
 			return nil
 		}
 		sh = g.newShard(name, address)
@@ -66,7 +74,7 @@ func (g *registry) register(name, address string, sh placement.Shard) *placement
 	if g.wrap != nil {
 		sh = g.wrap(sh)
 	}
-	n := placement.NewNode(name, address, &instrumented{Shard: sh, name: name, m: g.m})
+	n = placement.NewNode(name, address, &instrumented{Shard: sh, name: name, m: g.m})
 	g.nodes[name] = n
 	return n
 }
