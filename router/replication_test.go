@@ -370,7 +370,10 @@ func mustEncode(t testing.TB, r *Router, id string) []byte {
 }
 
 // TestConditionalWritesReplicated: creates and If-Match replaces keep their
-// meaning with replicas, also with the primary down.
+// meaning with replicas. With the key's primary down they answer 503 and
+// store nothing (no other owner decides for it: see TestWriteTxnTwoPrimaries
+// in package coord), while unconditional writes, deletes and reads go on;
+// once it is back they work again.
 func TestConditionalWritesReplicated(t *testing.T) {
 	tc := newTestCluster(t, clusterOpts{replicas: 3, cacheBytes: 1})
 	tc.createTopic(t, "t")
@@ -387,6 +390,21 @@ func TestConditionalWritesReplicated(t *testing.T) {
 				tc.markDown(t, i, false)
 			}
 			tc.faults[idx].down.Store(true)
+		}
+		if round > 0 {
+			if r := call(t, "POST", base, fmt.Sprintf(`{"metadata":{"id":"%s"},"content":{"text":"0"}}`, id)); r.Status != 503 || r.errCode() != "unavailable" {
+				t.Fatalf("round %d: create with the primary down = %d %s, want 503 unavailable", round, r.Status, r.Raw)
+			}
+			must(t, call(t, "GET", base+"/"+id, nil), 404, "GET after a refused create")
+			must(t, call(t, "PUT", base+"/"+id, `{"content":{"text":"blind"}}`), 201, "unconditional PUT with the primary down")
+			g := must(t, call(t, "GET", base+"/"+id, nil), 200, "GET with the primary down")
+			if r := call(t, "PUT", base+"/"+id, `{"content":{"text":"x"}}`, "If-Match", g.Header.Get("ETag")); r.Status != 503 {
+				t.Errorf("round %d: If-Match PUT with the primary down = %d %s, want 503", round, r.Status, r.Raw)
+			}
+			must(t, call(t, "DELETE", base+"/"+id, nil), 204, "DELETE with the primary down")
+			tc.markDown(t, idx, false)
+			tc.faults[idx].down.Store(false)
+			waitFor(t, "the router sees the primary back", primary.Up)
 		}
 		must(t, call(t, "POST", base, fmt.Sprintf(`{"metadata":{"id":"%s"},"content":{"text":"1"}}`, id)), 201, "create")
 		must(t, call(t, "POST", base, fmt.Sprintf(`{"metadata":{"id":"%s"},"content":{"text":"2"}}`, id)), 409, "create again")

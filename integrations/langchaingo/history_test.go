@@ -70,6 +70,14 @@ func storedMessages(t testing.TB, c *client.Client, topic, id string) []client.M
 	if err != nil {
 		t.Fatalf("Messages(%q, %q): %v", topic, id, err)
 	}
+	// Every message comes back numbered, 1 for the first: checked here,
+	// then dropped, to compare with what was written.
+	for i := range msgs {
+		if msgs[i].Seq != uint64(i+1) {
+			t.Errorf("stored message %d has seq %d, want %d", i, msgs[i].Seq, i+1)
+		}
+		msgs[i].Seq = 0
+	}
 	return msgs
 }
 

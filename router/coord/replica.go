@@ -223,7 +223,6 @@ func apply(ctx context.Context, n *placement.Node, bucket string, head storage.W
 }
 
 func (c *Coordinator) write(ctx context.Context, pk, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64, with []storage.TxnWrite) (storage.Result, uint64, error) {
-	avoid := map[*placement.Node]bool{} // primaries that failed this write
 	var d decision                      // set once some replica may hold the write
 	var res storage.Result
 	var v uint64
@@ -233,7 +232,7 @@ func (c *Coordinator) write(ctx context.Context, pk, bucket string, key []byte, 
 		if len(set.Union) == 1 && d.rec.Version == 0 {
 			res, v, err = c.writeOne(ctx, t, set.Union[0], bucket, key, tombstone, value, cond, match, with)
 		} else {
-			res, v, err = c.writeReplicated(ctx, t, set, avoid, &d, bucket, key, tombstone, value, cond, match, with)
+			res, v, err = c.writeReplicated(ctx, t, set, &d, bucket, key, tombstone, value, cond, match, with)
 		}
 		return err
 	})
@@ -277,7 +276,7 @@ func (c *Coordinator) writeOne(ctx context.Context, t *placement.Topology, n *pl
 	return res[0], v, nil
 }
 
-func (c *Coordinator) writeReplicated(ctx context.Context, t *placement.Topology, set placement.ReplicaSet, avoid map[*placement.Node]bool, d *decision, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64, with []storage.TxnWrite) (storage.Result, uint64, error) {
+func (c *Coordinator) writeReplicated(ctx context.Context, t *placement.Topology, set placement.ReplicaSet, d *decision, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64, with []storage.TxnWrite) (storage.Result, uint64, error) {
 	rec := storage.Record{Key: key, Tombstone: tombstone, Value: value}
 	acked := map[*placement.Node]bool{}
 	var result storage.Result
@@ -293,10 +292,10 @@ func (c *Coordinator) writeReplicated(ctx context.Context, t *placement.Topology
 			result.Outcome = storage.Conflict
 			return result, 0, nil
 		}
-		primary := c.primary(set, avoid)
-		if primary == nil {
+		primary := set.Union[0]
+		if !primary.Up() {
 			c.cfg.Metrics.QuorumFailures.WithLabelValues("write").Inc()
-			return storage.Result{}, 0, c.NoQuorum("write", set, 0, nil)
+			return storage.Result{}, 0, primaryDown(primary)
 		}
 		c.cfg.Clock.Observe(cur.Version)
 		rec.Version = c.cfg.Clock.Next()
@@ -307,10 +306,9 @@ func (c *Coordinator) writeReplicated(ctx context.Context, t *placement.Topology
 		case errors.Is(err, storage.ErrStaleEpoch):
 			return storage.Result{}, 0, err
 		case errors.Is(err, storage.ErrUnavailable) && ctx.Err() == nil:
-			// Dead or hung: let the next live owner decide. If the write
-			// did land there, the newer version written now supersedes it.
-			avoid[primary] = true
-			return storage.Result{}, 0, ErrRetry
+			// Dead or hung. No other owner may decide instead: see primary.
+			c.cfg.Metrics.QuorumFailures.WithLabelValues("write").Inc()
+			return storage.Result{}, 0, primaryDown(primary)
 		case err != nil:
 			return storage.Result{}, 0, apierr.FromStorage("write to primary "+primary.Name, err)
 		case res[0].Outcome == storage.Conflict && res[0].PrevVersion < cur.Version:
@@ -357,20 +355,21 @@ func condHolds(cond storage.Cond, match uint64, cur storage.Record) bool {
 	return true
 }
 
-// primary is the first live owner not known to lack writes and not
-// avoided.
-func (c *Coordinator) primary(set placement.ReplicaSet, avoid map[*placement.Node]bool) *placement.Node {
-	for _, n := range set.Union {
-		if n.Up() && !avoid[n] && !n.Health.Stale() {
-			return n
-		}
-	}
-	for _, n := range set.Union {
-		if n.Up() && !avoid[n] {
-			return n
-		}
-	}
-	return nil
+// primaryDown is the answer of a conditional write whose key's primary
+// cannot be reached.
+//
+// A conditional write (a create, an If-Match, an append) is decided by one
+// owner of its key, the primary: the first owner of the key's replica set,
+// the same for every router that works under the same cluster map. It is
+// never handed to another owner while the primary is down. Two routers
+// that disagreed on which owner to ask (one saw the primary fail, the
+// other did not) would let two owners each decide a write on the same
+// version, and both would be acknowledged: the one with the older version
+// would be lost (TestWriteTxnTwoPrimaries). So while the primary is down
+// these writes answer 503 and the client retries; unconditional writes and
+// reads go on with a Quorum of the others.
+func primaryDown(n *placement.Node) error {
+	return &apierr.Error{Code: apierr.CodeUnavailable, Message: fmt.Sprintf("shard %s, which decides conditional writes (creates, If-Match, appends) of this key, is unavailable; retry: unconditional writes and reads are still served", n.Name)}
 }
 
 type writeAnswer struct {

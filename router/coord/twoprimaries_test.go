@@ -74,10 +74,11 @@ func routerOver(t *testing.T, tc *txnCluster, gated string, gate, arrived chan s
 	return c, topo.Owners("conv").Union
 }
 
-// TestWriteTxnTwoPrimaries: two routers that disagree on a key's primary
-// (router A still holds the first owner stale after it came back; router
-// B does not) must not both acknowledge an append on the same header
-// version. B reads the header and sends its append to the first owner
+// TestWriteTxnTwoPrimaries: two routers that disagree on the health of a
+// key's first owner (router A still holds it stale after it came back;
+// router B does not) must not both acknowledge an append on the same
+// header version. Before conditional writes were always decided by the
+// first owner, this was the loss: B reads the header and sends its append to the first owner
 // over a slow link; meanwhile A decides its append at the second owner
 // and has it acknowledged by the second and third (its copy to the first
 // is slow too). B's append then finds the first owner still at the old
@@ -100,7 +101,8 @@ func TestWriteTxnTwoPrimaries(t *testing.T) {
 	}()
 	_, owners := routerOver(t, tc, "", nil, nil)
 	first := owners[0].Name
-	a, aNodes := routerOver(t, tc, first, gateA, make(chan struct{}))
+	aAtGate := make(chan struct{})
+	a, aNodes := routerOver(t, tc, first, gateA, aAtGate)
 	bAtGate := make(chan struct{})
 	b, _ := routerOver(t, tc, first, gateB, bAtGate)
 	// A saw the first owner go down and come back, not yet repaired.
@@ -124,17 +126,34 @@ func TestWriteTxnTwoPrimaries(t *testing.T) {
 	case rb := <-bDone:
 		t.Fatalf("B's append finished (%d, %v) before reaching the first owner", rb.seq, rb.err)
 	}
-	seqA, err := appendOne(ctx, a)
-	if err != nil {
-		t.Fatalf("A's append = %v", err)
+	// A decides at the same owner as B, however it saw that owner's
+	// health: it waits behind its own slow link.
+	aDone := make(chan result, 1)
+	go func() {
+		seq, err := appendOne(ctx, a)
+		aDone <- result{seq, err}
+	}()
+	<-aAtGate // A asked the first owner: to decide (now), or to replicate (before)
+	var ra result
+	gotA := false
+	select {
+	case ra = <-aDone: // decided elsewhere and acknowledged: the old loss follows
+		gotA = true
+	case <-time.After(time.Second):
 	}
 	close(gateB)
 	rb := <-bDone
 	close(gateA)
-	if rb.err != nil {
-		t.Fatalf("B's append = %v", rb.err)
+	if !gotA {
+		ra = <-aDone
 	}
-	if seqA == rb.seq {
-		t.Errorf("A and B both acknowledged their append as seq %d", seqA)
+	if rb.err != nil || ra.err != nil {
+		t.Fatalf("B's append = %d, %v; A's = %d, %v", rb.seq, rb.err, ra.seq, ra.err)
+	}
+	if ra.seq == rb.seq || min(ra.seq, rb.seq) != 2 || max(ra.seq, rb.seq) != 3 {
+		t.Errorf("A acknowledged seq %d and B seq %d, want 2 and 3 in some order", ra.seq, rb.seq)
+	}
+	if seq, err := appendOne(ctx, tc.c); err != nil || seq != 4 {
+		t.Errorf("the next append = %d, %v; want 4: every acknowledged one counted", seq, err)
 	}
 }

@@ -148,7 +148,22 @@ func (s *Store) AfterWrite(ctx context.Context, topic string, d *schema.Document
 // match). A context that is not there is not_found.
 func (s *Store) Delete(ctx context.Context, topic, id string, cond storage.Cond, match uint64) error {
 	key := schema.ContextKey(topic, id)
-	res, v, err := s.coord.Write(ctx, schema.Placement(topic, id), schema.BucketContexts, []byte(key), true, nil, cond, match)
+	pk := schema.Placement(topic, id)
+	if cond == storage.CondExists {
+		// A plain DELETE decides nothing: it needs no primary (see
+		// coord's primaryDown), only a Quorum, so it stays available while
+		// an owner is down. It is a tombstone written over what a Quorum
+		// read found; a write racing it is ordered by version.
+		rec, err := s.coord.Get(ctx, pk, schema.BucketContexts, []byte(key))
+		if errors.Is(err, storage.ErrNotFound) || (err == nil && rec.Tombstone) {
+			return notFound(topic, id)
+		}
+		if err != nil {
+			return err
+		}
+		cond = storage.CondNone
+	}
+	res, v, err := s.coord.Write(ctx, pk, schema.BucketContexts, []byte(key), true, nil, cond, match)
 	if err != nil {
 		return err
 	}
