@@ -223,7 +223,7 @@ func apply(ctx context.Context, n *placement.Node, bucket string, head storage.W
 }
 
 func (c *Coordinator) write(ctx context.Context, pk, bucket string, key []byte, tombstone bool, value []byte, cond storage.Cond, match uint64, with []storage.TxnWrite) (storage.Result, uint64, error) {
-	var d decision                      // set once some replica may hold the write
+	var d decision // set once some replica may hold the write
 	var res storage.Result
 	var v uint64
 	err := c.Settle(ctx, writeOf(key), func(t *placement.Topology) error {
