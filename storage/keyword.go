@@ -640,3 +640,50 @@ func (c *Client) Keyword(ctx context.Context, bucket string, q KeywordQuery) (To
 	}
 	return res, nil
 }
+
+// AddTextStats counts one text value (EncodeText) into st as
+// Store.KeywordStats counts an indexed document: a router that seals its
+// text (so no shard can index it) computes the statistics itself. A value
+// that is no text, or holds no term, is not counted.
+func AddTextStats(st *KeywordStats, terms []string, val []byte) {
+	d, ok := docOf(val)
+	if !ok {
+		return
+	}
+	if len(st.DF) != len(terms) {
+		st.DF = make([]int64, len(terms))
+	}
+	st.Docs++
+	st.Length += int64(d.Len)
+	for i, t := range terms {
+		if d.TF[t] > 0 {
+			st.DF[i]++
+		}
+	}
+}
+
+// ScoreText scores one text value for q as Store.Keyword scores an indexed
+// document; ok is false when the value matches no term or lacks a tag.
+func ScoreText(q *KeywordQuery, val []byte) (score float64, ok bool) {
+	t, err := DecodeText(val)
+	if err != nil {
+		return 0, false
+	}
+	for _, w := range q.Tags {
+		if !slices.Contains(t.Tags, w) {
+			return 0, false
+		}
+	}
+	d := kwindex.NewDoc(t.Body)
+	if d.Len == 0 || q.Stats.Docs == 0 || len(q.Stats.DF) != len(q.Terms) {
+		return 0, false
+	}
+	avgdl := float64(q.Stats.Length) / float64(q.Stats.Docs)
+	for i, term := range q.Terms {
+		if tf := d.TF[term]; tf > 0 {
+			score += kwindex.Score(kwindex.IDF(q.Stats.Docs, q.Stats.DF[i]), tf, d.Len, avgdl)
+			ok = true
+		}
+	}
+	return score, ok
+}

@@ -320,5 +320,54 @@ func (s *sealed) TopK(ctx context.Context, bucket string, q storage.TopKQuery) (
 	return res, nil
 }
 
+// KeywordStats and Keyword search words. Without a keyring the shard
+// does it from its index. With one the shard holds the words sealed and
+// has indexed nothing, so the router scans the topic's text records,
+// opens each and counts (then scores) it here, as a shard would: every
+// context's words cross the network twice a search.
+func (s *sealed) KeywordStats(ctx context.Context, bucket string, prefix []byte, terms []string) (storage.KeywordStats, error) {
+	if s.kr == nil {
+		ks, ok := s.Shard.(placement.KeywordSearcher)
+		if !ok {
+			return storage.KeywordStats{}, placement.ErrNoKeyword
+		}
+		return ks.KeywordStats(ctx, bucket, prefix, terms)
+	}
+	st := storage.KeywordStats{DF: make([]int64, len(terms))}
+	err := placement.Walk(ctx, s, bucket, storage.ScanOptions{Prefix: prefix, Limit: 1000}, 0, func(recs []storage.Record) error {
+		for _, rec := range recs {
+			storage.AddTextStats(&st, terms, rec.Value)
+		}
+		return nil
+	})
+	return st, err
+}
+
+func (s *sealed) Keyword(ctx context.Context, bucket string, q storage.KeywordQuery) (storage.TopKResult, error) {
+	if s.kr == nil {
+		ks, ok := s.Shard.(placement.KeywordSearcher)
+		if !ok {
+			return storage.TopKResult{}, placement.ErrNoKeyword
+		}
+		return ks.Keyword(ctx, bucket, q)
+	}
+	var res storage.TopKResult
+	err := placement.Walk(ctx, s, bucket, storage.ScanOptions{Prefix: q.Prefix, Limit: 1000}, 0, func(recs []storage.Record) error {
+		for _, rec := range recs {
+			if score, ok := storage.ScoreText(&q, rec.Value); ok {
+				res.Matches = append(res.Matches, storage.Match{Key: rec.Key, Version: rec.Version, Score: score})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return storage.TopKResult{}, err
+	}
+	res.Scanned, res.Exact = len(res.Matches), true
+	storage.SortMatches(res.Matches)
+	res.Matches = res.Matches[:min(len(res.Matches), q.K)]
+	return res, nil
+}
+
 // Unwrap is the shard below (see placement.As).
 func (s *sealed) Unwrap() placement.Shard { return s.Shard }

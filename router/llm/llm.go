@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/llmbridge"
@@ -15,6 +16,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/metrics"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/codec"
+	"github.com/go-kvdb/go-kvdb/router/coord"
 	"github.com/go-kvdb/go-kvdb/router/docstore"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
@@ -93,6 +95,7 @@ type Records interface {
 	Get(ctx context.Context, pk, bucket string, key []byte) (storage.Record, error)
 	WriteAt(ctx context.Context, pk, bucket string, key []byte, v uint64, tombstone bool, value []byte) error
 	TopK(ctx context.Context, q storage.TopKQuery) (storage.TopKResult, error)
+	Keyword(ctx context.Context, q coord.KeywordQuery) (storage.TopKResult, error)
 	ShardCtx(ctx context.Context) (context.Context, context.CancelFunc)
 }
 
@@ -319,21 +322,33 @@ func (l *Service) embedForWrite(ctx context.Context, d *schema.Document) {
 	d.Content.Embeddings, m.EmbeddingModel = vecs[0], model
 }
 
-// afterContextWrite keeps the vector and the pending mark of a context in
-// step with the context just written at version v: the vector is written
-// (or, if the context has none now but had a live version before, deleted)
-// at the same version, so a search can tell a vector from a stale one. A
-// failure here is logged, not returned: the context is stored, search
+// afterContextWrite keeps the vector, the words and the pending mark of a
+// context in step with the context just written at version v: each is
+// written at the same version, so a search can tell it from a stale one.
+// The words (BucketText) are written whenever there are some or a live
+// version was replaced, so the shards' keyword index never keeps a
+// replaced context's words. The vector and the words are written at once.
+// A failure here is logged, not returned: the context is stored, search
 // checks versions, and the next write or the retry loop repairs it.
 func (l *Service) afterContextWrite(ctx context.Context, topic string, d *schema.Document, v uint64, prevLive bool) {
 	pk := schema.Placement(topic, d.Metadata.ID)
 	key := []byte(schema.ContextKey(topic, d.Metadata.ID))
+	var wg sync.WaitGroup
+	if text := schema.IndexText(d); text != "" || prevLive {
+		val := storage.EncodeText(storage.Text{Tags: d.Metadata.Tags, Body: text})
+		wg.Go(func() {
+			if err := l.coord.WriteAt(ctx, pk, schema.BucketText, key, v, false, val); err != nil {
+				l.log.Warn("words for keyword search not stored", "topic", topic, "id", d.Metadata.ID, "err", err)
+			}
+		})
+	}
 	if len(d.Content.Embeddings) > 0 {
 		val := encodeVector(d)
 		if err := l.coord.WriteAt(ctx, pk, schema.BucketVectors, key, v, false, val); err != nil {
 			l.log.Warn("vector not stored", "topic", topic, "id", d.Metadata.ID, "err", err)
 		}
 	}
+	wg.Wait()
 	// A replaced context's old vector is left in place: search ignores a
 	// vector older than its context and purges it when it meets it, which
 	// keeps a second durable write off every replace.
@@ -344,13 +359,15 @@ func (l *Service) afterContextWrite(ctx context.Context, topic string, d *schema
 	}
 }
 
-// afterContextDelete deletes a deleted context's vector.
-// Search ignores a vector whose context is gone, so this runs off the
-// request's path.
+// afterContextDelete deletes a deleted (or expired) context's vector and
+// words. Search ignores a match whose context is gone, so this runs off
+// the request's path.
 func (l *Service) afterContextDelete(_ context.Context, topic, id string, v uint64) {
 	l.spawn(func(bg context.Context) {
-		if err := l.coord.WriteAt(bg, schema.Placement(topic, id), schema.BucketVectors, []byte(schema.ContextKey(topic, id)), v, true, nil); err != nil {
-			l.log.Warn("vector of a deleted context not deleted", "topic", topic, "id", id, "err", err)
+		for _, bucket := range []string{schema.BucketVectors, schema.BucketText} {
+			if err := l.coord.WriteAt(bg, schema.Placement(topic, id), bucket, []byte(schema.ContextKey(topic, id)), v, true, nil); err != nil {
+				l.log.Warn("derived record of a deleted context not deleted", "bucket", bucket, "topic", topic, "id", id, "err", err)
+			}
 		}
 	})
 }

@@ -26,8 +26,8 @@ const (
 	topicDescription = "created by the MCP server"
 )
 
-// searchModes are the search modes the REST search accepts today.
-var searchModes = map[string]bool{"": true, "vector": true}
+// searchModes are the search modes the REST search accepts.
+var searchModes = map[string]bool{"": true, llm.ModeVector: true, llm.ModeKeyword: true, llm.ModeHybrid: true}
 
 // ---- inputs and outputs: their JSON schemas are inferred from these ----
 
@@ -115,14 +115,14 @@ type SearchMemoryIn struct {
 	Topic string `json:"topic" jsonschema:"the topic name"`
 	Query string `json:"query" jsonschema:"what to look for, in words; embedded with the router's embedding model"`
 	K     int    `json:"k,omitempty" jsonschema:"at most this many results (1 to 100, default 10)"`
-	Mode  string `json:"mode,omitempty" jsonschema:"the search mode, as the REST search accepts it: vector (the default)"`
+	Mode  string `json:"mode,omitempty" jsonschema:"the search mode, as the REST search accepts it: vector, keyword or hybrid (the default: hybrid with an embedding model, keyword without)"`
 }
 
 // Match is one search result, best first.
 type Match struct {
 	Metadata schema.Metadata `json:"metadata"`
 	Content  Content         `json:"content"`
-	Score    float64         `json:"score" jsonschema:"the cosine similarity to the query"`
+	Score    float64         `json:"score" jsonschema:"the cosine similarity (vector), the BM25 score (keyword) or the fused reciprocal rank score (hybrid)"`
 }
 
 type SearchOut struct {
@@ -367,9 +367,9 @@ func (s *Server) searchMemory(ctx context.Context, _ Caller, in SearchMemoryIn) 
 		return SearchOut{}, apierr.Errorf(apierr.CodeInvalidArgument, "field \"query\": say what to look for")
 	}
 	if !searchModes[in.Mode] {
-		return SearchOut{}, apierr.Errorf(apierr.CodeInvalidArgument, "field \"mode\": %q is not a search mode of this router (vector)", schema.Truncate(in.Mode))
+		return SearchOut{}, apierr.Errorf(apierr.CodeInvalidArgument, "field \"mode\": %q is not a search mode of this router (vector, keyword, hybrid)", schema.Truncate(in.Mode))
 	}
-	req := llm.SearchRequest{Query: in.Query, K: in.K}
+	req := llm.SearchRequest{Query: in.Query, K: in.K, Mode: in.Mode}
 	if err := req.Validate(); err != nil {
 		return SearchOut{}, err
 	}
