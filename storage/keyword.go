@@ -436,7 +436,27 @@ type KeywordIndexStats struct {
 	Bytes int64 // the index's share of the file: its pages' bytes
 }
 
-// KeywordIndexStats reports the keyword indexes' sizes.
+// KeywordDocs counts the documents of every keyword index: one read per
+// group, cheap enough for every scrape.
+func (s *Store) KeywordDocs() (int64, error) {
+	var n int64
+	err := s.view(func(tx *bolt.Tx) error {
+		for b := range s.kw {
+			if ix := tx.Bucket([]byte(kwBucketPrefix + b)); ix != nil {
+				c := ix.Cursor()
+				for k, _ := c.Seek([]byte{'s'}); k != nil && k[0] == 's'; k, _ = c.Next() {
+					d, _ := groupStats(ix, k[1:])
+					n += d
+				}
+			}
+		}
+		return nil
+	})
+	return n, err
+}
+
+// KeywordIndexStats reports the keyword indexes' sizes; it walks every
+// page of the indexes.
 func (s *Store) KeywordIndexStats() (map[string]KeywordIndexStats, error) {
 	out := map[string]KeywordIndexStats{}
 	err := s.view(func(tx *bolt.Tx) error {
