@@ -273,3 +273,26 @@ func TestKeywordSearchEncrypted(t *testing.T) {
 		}
 	}
 }
+
+// TestHybridWithClientEmbedding: a router without an embedding model runs
+// a hybrid search from the client's embedding and words.
+func TestHybridWithClientEmbedding(t *testing.T) {
+	tc := newTestCluster(t, clusterOpts{shards: 3})
+	tc.createTopic(t, "c")
+	for i, text := range []string{"lemon tart", "lemon", "cherry pie"} {
+		doc := map[string]any{"metadata": map[string]any{"embedding_model": "m"}, "content": map[string]any{"text": text, "embeddings": []float32{1, float32(i), 0}}}
+		must(t, tc.putContext(t, "c", fmt.Sprintf("c%d", i), doc), 201, "PUT")
+	}
+	got, mode := keywordSearch(t, tc, "c", map[string]any{"query": "lemons", "embedding": []float32{0, 1, 0}, "model": "m", "mode": "hybrid"})
+	if mode != "hybrid" || len(got) != 3 {
+		t.Fatalf("hybrid = %s %+v, want 3 results", mode, got)
+	}
+	// c2 is the closest vector, c1 the best keyword match (shorter) and
+	// second vector: fused, c1 leads.
+	if got[0].Metadata.ID != "c1" || len(got[0].Legs) != 2 || got[0].Legs["vector"].Rank != 2 || got[0].Legs["keyword"].Rank != 1 {
+		t.Errorf("hybrid best = %+v, want c1 (vector rank 2, keyword rank 1)", got[0])
+	}
+	if r := call(t, "POST", tc.URL+"/api/v1/topics/c/search", map[string]any{"query": "lemons", "embedding": []float32{0, 1, 0}}); r.Status != 400 {
+		t.Errorf("query and embedding without mode hybrid = %d, want 400", r.Status)
+	}
+}

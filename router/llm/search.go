@@ -57,8 +57,10 @@ func (s *SearchRequest) Validate() error {
 	switch {
 	case s.Query == "" && len(s.Embedding) == 0:
 		return apierr.Errorf(apierr.CodeInvalidArgument, "one of \"query\" and \"embedding\" is required")
-	case s.Query != "" && len(s.Embedding) > 0:
-		return apierr.Errorf(apierr.CodeInvalidArgument, "\"query\" and \"embedding\" exclude each other")
+	case s.Query != "" && len(s.Embedding) > 0 && s.Mode != ModeHybrid:
+		// Only a hybrid search uses both: the words for its keyword leg,
+		// the client's embedding of them for its vector leg.
+		return apierr.Errorf(apierr.CodeInvalidArgument, "\"query\" and \"embedding\" exclude each other, but in \"mode\":\"hybrid\"")
 	case len(s.Embedding) > schema.MaxEmbeddings:
 		return apierr.Errorf(apierr.CodeInvalidArgument, "field \"embedding\": %d values, at most %d allowed", len(s.Embedding), schema.MaxEmbeddings)
 	case s.K < 0 || s.K > maxSearchK:
@@ -326,9 +328,10 @@ func (l *Service) Search(ctx context.Context, topic string, req SearchRequest, w
 	return out, nil
 }
 
-// vectorModel is the model whose vectors a search compares.
+// vectorModel is the model whose vectors a search compares: the
+// request's, else for words the router's embedding model.
 func (l *Service) vectorModel(req *SearchRequest) string {
-	if req.Model == "" && req.Query != "" {
+	if req.Model == "" && len(req.Embedding) == 0 {
 		return l.cfg.EmbedModel
 	}
 	return req.Model
@@ -338,7 +341,7 @@ func (l *Service) vectorModel(req *SearchRequest) string {
 // closest vectors; dim is the query's dimension.
 func (l *Service) vectorLeg(ctx context.Context, topic string, req *SearchRequest) (storage.TopKResult, int, error) {
 	query, model := req.Embedding, l.vectorModel(req)
-	if req.Query != "" {
+	if len(query) == 0 {
 		if model == "" {
 			return storage.TopKResult{}, 0, apierr.Errorf(apierr.CodeInvalidArgument, "field \"model\": no embedding model is configured on this router, so a vector or hybrid search of a \"query\" must name one (or use \"mode\":\"keyword\")")
 		}
