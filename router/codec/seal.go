@@ -226,6 +226,25 @@ func (s *sealed) Get(ctx context.Context, bucket string, key []byte) (storage.Re
 	return rec, nil
 }
 
+// MultiGetOpen is MultiGet with every value opened, as Get opens it (the
+// shard's MultiGet hands records out as held, sealed: repair copies them
+// so). Searches read their matches with it.
+func (s *sealed) MultiGetOpen(ctx context.Context, bucket string, keys [][]byte) ([]storage.Record, error) {
+	recs, err := s.Shard.MultiGet(ctx, bucket, keys)
+	if err != nil || clearBucket(bucket) {
+		return recs, err
+	}
+	for i := range recs {
+		if recs[i].Tombstone || recs[i].Version == 0 {
+			continue
+		}
+		if recs[i].Value, err = s.kr.Open(bucket, recs[i].Key, recs[i].Value); err != nil {
+			return nil, err
+		}
+	}
+	return recs, nil
+}
+
 // Apply seals the writes' values. A value that is sealed already (a record
 // copied from another shard by repair or rebalance) goes as it is.
 func (s *sealed) Apply(ctx context.Context, bucket string, writes []storage.Write) ([]storage.Result, error) {

@@ -93,6 +93,7 @@ type Docs interface {
 // top-k searches over every shard (package coord implements it).
 type Records interface {
 	Get(ctx context.Context, pk, bucket string, key []byte) (storage.Record, error)
+	GetMany(ctx context.Context, bucket string, keys [][]byte, pks []string) ([]storage.Record, error)
 	WriteAt(ctx context.Context, pk, bucket string, key []byte, v uint64, tombstone bool, value []byte) error
 	TopK(ctx context.Context, q storage.TopKQuery) (storage.TopKResult, error)
 	Keyword(ctx context.Context, q coord.KeywordQuery) (storage.TopKResult, error)

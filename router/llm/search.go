@@ -3,7 +3,6 @@ package llm
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -135,21 +134,17 @@ func (l *Service) fuse(ctx context.Context, topic string, legs [2][]storage.Matc
 			}
 		}
 	}
-	recs := make([]storage.Record, len(keys))
-	g, gctx := errgroup.WithContext(ctx)
+	pks := make([]string, len(keys))
 	for i, key := range keys {
-		g.Go(func() error {
-			_, id, _ := schema.SplitContextKey(key)
-			rec, err := l.coord.Get(gctx, schema.Placement(topic, id), schema.BucketContexts, key)
-			if err != nil && !errors.Is(err, storage.ErrNotFound) {
-				return err
-			}
-			recs[i] = rec
-			return nil
-		})
+		_, id, _ := schema.SplitContextKey(key)
+		pks[i] = schema.Placement(topic, id)
 	}
-	if err := g.Wait(); err != nil {
-		return nil, nil, err
+	var recs []storage.Record
+	if len(keys) > 0 {
+		var err error
+		if recs, err = l.coord.GetMany(ctx, schema.BucketContexts, keys, pks); err != nil {
+			return nil, nil, err
+		}
 	}
 	byKey := make(map[string]storage.Record, len(keys))
 	for i, key := range keys {

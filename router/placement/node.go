@@ -152,6 +152,12 @@ type KeywordSearcher interface {
 	Keyword(ctx context.Context, bucket string, q storage.KeywordQuery) (storage.TopKResult, error)
 }
 
+// OpenReader reads records with their values opened (codec's sealing
+// decorator): MultiGet itself hands them out as the shard holds them.
+type OpenReader interface {
+	MultiGetOpen(ctx context.Context, bucket string, keys [][]byte) ([]storage.Record, error)
+}
+
 // ErrNoKeyword is the error of a shard that cannot search words.
 var ErrNoKeyword = errors.New("this shard cannot search words")
 
