@@ -153,7 +153,7 @@ func (s *Server) addTools(ms *mcp.Server) {
 		write, func(in AppendMessagesIn) (string, string) { return in.Topic, in.ID }, s.appendMessages)
 	addTool(s, ms, &mcp.Tool{Name: "get_messages", Description: "Read a conversation's messages, oldest first, or only its last ones.", Annotations: ro},
 		read, func(in GetMessagesIn) (string, string) { return in.Topic, in.ID }, s.getMessages)
-	addTool(s, ms, &mcp.Tool{Name: "search_memory", Description: "Search a topic by meaning: the contexts most similar to the query, best first, with their scores.", Annotations: ro},
+	addTool(s, ms, &mcp.Tool{Name: "search_memory", Description: "Search a topic by meaning and by words (hybrid; by words only when the router has no embedding model): the contexts that best match the query, best first, with their scores.", Annotations: ro},
 		read, func(in SearchMemoryIn) (string, string) { return in.Topic, "" }, s.searchMemory)
 	destructive := true
 	addTool(s, ms, &mcp.Tool{Name: "delete_context", Description: "Delete one context.", Annotations: &mcp.ToolAnnotations{DestructiveHint: &destructive}},
