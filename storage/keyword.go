@@ -28,10 +28,14 @@ import (
 // Per group (a key through its first 0 byte: the router's topic) the index
 // holds
 //
-//	'p' | group | term | 0 | key suffix → uvarint tf | uvarint doc length | uvarint version
+//	'p' | group | term | 0 | key suffix → uvarint tf | uvarint doc length
+//	'd' | group | key suffix            → uvarint version
 //	's' | group                         → uvarint docs | uvarint total length
 //
-// where the suffix is the key after its group. A document frequency is
+// where the suffix is the key after its group. A rewrite that leaves a
+// document's terms as they were (a context whose metadata changed, or the
+// same text written again) updates its 'd' record only; one of the same
+// length, the postings whose tf changed; any other, all of them. A document frequency is
 // the count of a term's postings, counted when a query asks: keeping a
 // counter would cost one more write per term of every document.
 //
@@ -130,17 +134,52 @@ func (kw keywordIndex) indexText(tx *bolt.Tx, bucket string, key, old []byte, w 
 	if err != nil {
 		return fmt.Errorf("keyword index of %s: %w", bucket, err)
 	}
+	group, suffix := key[:g], key[g:]
+	var before, after kwindex.Doc
+	var had, has bool
 	if old != nil {
 		if _, tomb, val, err := parseStored(old); err == nil && !tomb {
-			if err := unindexDoc(ix, key[:g], key[g:], val); err != nil {
-				return err
+			if !w.Tombstone && bytes.Equal(val, w.Value) {
+				// The same words again (the context's metadata changed):
+				// only the version moves, if the value is indexed at all.
+				if ix.Get(docKey(group, suffix)) == nil {
+					return nil
+				}
+				return ix.Put(docKey(group, suffix), binary.AppendUvarint(nil, w.Version))
 			}
+			before, had = docOf(val)
 		}
 	}
-	if w.Tombstone {
-		return nil
+	if !w.Tombstone {
+		after, has = docOf(w.Value)
 	}
-	return indexDoc(ix, key[:g], key[g:], w.Version, w.Value)
+	switch {
+	case had && has && before.Len == after.Len:
+		// Same length: the other postings hold what they held.
+		for term := range before.TF {
+			if after.TF[term] == 0 {
+				if err := ix.Delete(postingKey(group, term, suffix)); err != nil {
+					return fmt.Errorf("keyword posting: %w", err)
+				}
+			}
+		}
+		for term, tf := range after.TF {
+			if before.TF[term] != tf {
+				if err := putPosting(ix, group, term, suffix, tf, after.Len); err != nil {
+					return err
+				}
+			}
+		}
+		return ix.Put(docKey(group, suffix), binary.AppendUvarint(nil, w.Version))
+	case had:
+		if err := unindexDoc(ix, group, suffix, before); err != nil {
+			return err
+		}
+	}
+	if has {
+		return indexDoc(ix, group, suffix, w.Version, after)
+	}
+	return nil
 }
 
 // unindexPurged removes a purged record's postings; raw is its stored form.
@@ -157,7 +196,11 @@ func (kw keywordIndex) unindexPurged(tx *bolt.Tx, bucket string, key, raw []byte
 	if err != nil || tomb {
 		return nil
 	}
-	return unindexDoc(ix, key[:g], key[g:], val)
+	d, ok := docOf(val)
+	if !ok {
+		return nil
+	}
+	return unindexDoc(ix, key[:g], key[g:], d)
 }
 
 func postingKey(group []byte, term string, suffix []byte) []byte {
@@ -170,6 +213,13 @@ func postingKey(group []byte, term string, suffix []byte) []byte {
 }
 
 func statsKey(group []byte) []byte { return append([]byte{'s'}, group...) }
+
+func docKey(group, suffix []byte) []byte {
+	k := make([]byte, 0, 1+len(group)+len(suffix))
+	k = append(k, 'd')
+	k = append(k, group...)
+	return append(k, suffix...)
+}
 
 // groupStats reads a group's document count and total length.
 func groupStats(ix *bolt.Bucket, group []byte) (docs, length int64) {
@@ -206,32 +256,35 @@ func docOf(val []byte) (kwindex.Doc, bool) {
 	return d, d.Len > 0
 }
 
-func indexDoc(ix *bolt.Bucket, group, suffix []byte, version uint64, val []byte) error {
-	d, ok := docOf(val)
-	if !ok {
-		return nil
+func putPosting(ix *bolt.Bucket, group []byte, term string, suffix []byte, tf, dl int) error {
+	v := binary.AppendUvarint(make([]byte, 0, 2*binary.MaxVarintLen32), uint64(tf))
+	v = binary.AppendUvarint(v, uint64(dl))
+	if err := ix.Put(postingKey(group, term, suffix), v); err != nil {
+		return fmt.Errorf("keyword posting: %w", err)
 	}
-	var buf [3 * binary.MaxVarintLen64]byte
+	return nil
+}
+
+func indexDoc(ix *bolt.Bucket, group, suffix []byte, version uint64, d kwindex.Doc) error {
 	for term, tf := range d.TF {
-		v := binary.AppendUvarint(buf[:0], uint64(tf))
-		v = binary.AppendUvarint(v, uint64(d.Len))
-		v = binary.AppendUvarint(v, version)
-		if err := ix.Put(postingKey(group, term, suffix), bytes.Clone(v)); err != nil {
-			return fmt.Errorf("keyword posting: %w", err)
+		if err := putPosting(ix, group, term, suffix, tf, d.Len); err != nil {
+			return err
 		}
+	}
+	if err := ix.Put(docKey(group, suffix), binary.AppendUvarint(nil, version)); err != nil {
+		return fmt.Errorf("keyword document: %w", err)
 	}
 	return addStats(ix, group, 1, int64(d.Len))
 }
 
-func unindexDoc(ix *bolt.Bucket, group, suffix, val []byte) error {
-	d, ok := docOf(val)
-	if !ok {
-		return nil
-	}
+func unindexDoc(ix *bolt.Bucket, group, suffix []byte, d kwindex.Doc) error {
 	for term := range d.TF {
 		if err := ix.Delete(postingKey(group, term, suffix)); err != nil {
 			return fmt.Errorf("keyword posting: %w", err)
 		}
+	}
+	if err := ix.Delete(docKey(group, suffix)); err != nil {
+		return fmt.Errorf("keyword document: %w", err)
 	}
 	return addStats(ix, group, -1, -int64(d.Len))
 }
@@ -340,10 +393,7 @@ func (s *Store) Keyword(ctx context.Context, bucket string, q KeywordQuery) (Top
 		return TopKResult{}, fmt.Errorf("bucket %s has no keyword index: %w", bucket, ErrInvalid)
 	}
 	start := time.Now()
-	type cand struct {
-		score   float64
-		version uint64
-	}
+	type cand struct{ score float64 }
 	var res TopKResult
 	res.Exact = true // an inverted index answers exactly
 	err := s.view(func(tx *bolt.Tx) error {
@@ -366,14 +416,13 @@ func (s *Store) Keyword(ctx context.Context, bucket string, q KeywordQuery) (Top
 				}
 				tf, a := binary.Uvarint(v)
 				dl, b := binary.Uvarint(v[max(a, 0):])
-				ver, e := binary.Uvarint(v[max(a, 0)+max(b, 0):])
-				if a <= 0 || b <= 0 || e <= 0 {
+				if a <= 0 || b <= 0 {
 					return fmt.Errorf("keyword posting %q: %w", k, ErrInternal)
 				}
 				suffix := k[len(p):]
 				cd := cands[string(suffix)]
 				if cd == nil {
-					cd = &cand{version: ver}
+					cd = &cand{}
 					cands[string(suffix)] = cd
 				}
 				cd.score += kwindex.Score(idf, int(tf), int(dl), avgdl)
@@ -382,21 +431,23 @@ func (s *Store) Keyword(ctx context.Context, bucket string, q KeywordQuery) (Top
 		res.Scanned = len(cands)
 		all := make([]Match, 0, len(cands))
 		for suffix, cd := range cands {
-			all = append(all, Match{Key: append(bytes.Clone(q.Prefix), suffix...), Version: cd.version, Score: cd.score})
+			all = append(all, Match{Key: append(bytes.Clone(q.Prefix), suffix...), Score: cd.score})
 		}
 		SortMatches(all)
-		if len(q.Tags) == 0 {
-			res.Matches = all[:min(len(all), q.K)]
-			return nil
-		}
 		b := tx.Bucket([]byte(bucket))
 		for _, m := range all {
 			if len(res.Matches) == q.K {
 				break
 			}
-			if b != nil && textHasTags(b.Get(m.Key), q.Tags) {
-				res.Matches = append(res.Matches, m)
+			if len(q.Tags) > 0 && (b == nil || !textHasTags(b.Get(m.Key), q.Tags)) {
+				continue
 			}
+			v, n := binary.Uvarint(ix.Get(docKey(q.Prefix, m.Key[len(q.Prefix):])))
+			if n <= 0 {
+				return fmt.Errorf("keyword document %q has postings but no version: %w", m.Key, ErrInternal)
+			}
+			m.Version = v
+			res.Matches = append(res.Matches, m)
 		}
 		return nil
 	})
