@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/llmbridge"
@@ -323,33 +322,22 @@ func (l *Service) embedForWrite(ctx context.Context, d *schema.Document) {
 	d.Content.Embeddings, m.EmbeddingModel = vecs[0], model
 }
 
-// afterContextWrite keeps the vector, the words and the pending mark of a
-// context in step with the context just written at version v: each is
-// written at the same version, so a search can tell it from a stale one.
-// The words (BucketText) are written whenever there are some or a live
-// version was replaced, so the shards' keyword index never keeps a
-// replaced context's words. The vector and the words are written at once.
-// A failure here is logged, not returned: the context is stored, search
-// checks versions, and the next write or the retry loop repairs it.
+// afterContextWrite keeps the vector and the pending mark of a context in
+// step with the context just written at version v: the vector is written
+// at the same version, so a search can tell a vector from a stale one.
+// (The context's words for keyword search are docstore's: written in the
+// context's own transaction.) A failure here is logged, not returned: the
+// context is stored, search checks versions, and the next write or the
+// retry loop repairs it.
 func (l *Service) afterContextWrite(ctx context.Context, topic string, d *schema.Document, v uint64, prevLive bool) {
 	pk := schema.Placement(topic, d.Metadata.ID)
 	key := []byte(schema.ContextKey(topic, d.Metadata.ID))
-	var wg sync.WaitGroup
-	if text := schema.IndexText(d); text != "" || prevLive {
-		val := storage.EncodeText(storage.Text{Tags: d.Metadata.Tags, Body: text})
-		wg.Go(func() {
-			if err := l.coord.WriteAt(ctx, pk, schema.BucketText, key, v, false, val); err != nil {
-				l.log.Warn("words for keyword search not stored", "topic", topic, "id", d.Metadata.ID, "err", err)
-			}
-		})
-	}
 	if len(d.Content.Embeddings) > 0 {
 		val := encodeVector(d)
 		if err := l.coord.WriteAt(ctx, pk, schema.BucketVectors, key, v, false, val); err != nil {
 			l.log.Warn("vector not stored", "topic", topic, "id", d.Metadata.ID, "err", err)
 		}
 	}
-	wg.Wait()
 	// A replaced context's old vector is left in place: search ignores a
 	// vector older than its context and purges it when it meets it, which
 	// keeps a second durable write off every replace.
