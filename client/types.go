@@ -132,15 +132,30 @@ type SearchRequest struct {
 	K         int       `json:"k,omitempty"` // 1..100; zero means 10
 	Tags      []string  `json:"tags,omitempty"`
 	Model     string    `json:"model,omitempty"`
+	// Mode is "vector", "keyword" or "hybrid"; empty lets the router
+	// choose (vector for an Embedding, hybrid for a Query when it has an
+	// embedding model, keyword when it has none). Hybrid takes both a
+	// Query and an Embedding.
+	Mode string `json:"mode,omitempty"`
 	// IncludeContent returns each context's content too.
 	IncludeContent bool `json:"-"`
 }
 
-// SearchResult is one context found, with its cosine similarity.
+// SearchResult is one context found, with its score: the cosine
+// similarity (vector), the BM25 score (keyword) or the fused reciprocal
+// rank score (hybrid).
 type SearchResult struct {
 	Metadata Metadata `json:"metadata"`
 	Content  *Content `json:"content,omitempty"`
 	Score    float64  `json:"score"`
+	// Legs says which searches found the context: "vector", "keyword".
+	Legs map[string]SearchLeg `json:"legs,omitempty"`
+}
+
+// SearchLeg is a result's rank (1 for the best) and score in one leg.
+type SearchLeg struct {
+	Rank  int     `json:"rank"`
+	Score float64 `json:"score"`
 }
 
 // ChatRequest continues a stored conversation with a new message.

@@ -198,6 +198,9 @@ func driveTraffic(t testing.TB, hc *http.Client, base string) {
 				// Both search paths: an index walk (ann) and a scan (exact).
 				send(hc, "POST", base+"/api/v1/topics/vec/search", map[string]any{"embedding": []float64{1, 2, 1, 0.5}, "model": "m", "k": 3})
 				send(hc, "POST", base+"/api/v1/topics/vec/search", map[string]any{"embedding": []float64{1, 2, 1, 0.5}, "model": "m", "k": 3, "exact": true})
+				// Keyword and hybrid search (kvdb_search_duration_seconds{mode}, kvdb_keyword_*).
+				send(hc, "POST", base+"/api/v1/topics/dash/search", map[string]any{"query": "compressing words", "mode": "keyword", "k": 3})
+				send(hc, "POST", base+"/api/v1/topics/vec/search", map[string]any{"query": "anything", "embedding": []float64{1, 2, 1, 0.5}, "model": "m", "mode": "hybrid", "k": 3})
 			}
 			if i%100 == 0 {
 				mcpCall()

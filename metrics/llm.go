@@ -23,9 +23,9 @@ type LLM struct {
 	// EmbedBacklog is the number of contexts waiting to be embedded, as
 	// the last retry pass found them.
 	EmbedBacklog prometheus.Gauge
-	// SearchDuration is the latency of semantic searches, embedding of the
-	// query included.
-	SearchDuration prometheus.Histogram
+	// SearchDuration is the latency of searches by mode (vector, keyword,
+	// hybrid), embedding of the query included.
+	SearchDuration *prometheus.HistogramVec
 }
 
 // NewLLM registers the LLM metrics on reg.
@@ -48,11 +48,11 @@ func NewLLM(reg prometheus.Registerer) *LLM {
 			Namespace: namespace, Subsystem: "ollama", Name: "embedding_backlog",
 			Help: "Contexts stored without the embedding Ollama could not make at write time, as the last retry pass counted them.",
 		}),
-		SearchDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+		SearchDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Subsystem: "search", Name: "duration_seconds",
-			Help:    "Latency of semantic searches, embedding of the query included.",
+			Help:    "Latency of searches by mode (vector, keyword, hybrid), embedding of the query included.",
 			Buckets: latencyBuckets,
-		}),
+		}, []string{"mode"}),
 	}
 	reg.MustRegister(m.Requests, m.Duration, m.Tokens, m.EmbedBacklog, m.SearchDuration)
 	return m

@@ -25,6 +25,21 @@ func (f *faultyShard) TopK(ctx context.Context, b string, q storage.TopKQuery) (
 	return f.Shard.(placement.Searcher).TopK(ctx, b, q)
 }
 
+// KeywordStats and Keyword let the fault switch cover keyword searches.
+func (f *faultyShard) KeywordStats(ctx context.Context, b string, prefix []byte, terms []string) (storage.KeywordStats, error) {
+	if f.down.Load() {
+		return storage.KeywordStats{}, errDown
+	}
+	return f.Shard.(placement.KeywordSearcher).KeywordStats(ctx, b, prefix, terms)
+}
+
+func (f *faultyShard) Keyword(ctx context.Context, b string, q storage.KeywordQuery) (storage.TopKResult, error) {
+	if f.down.Load() {
+		return storage.TopKResult{}, errDown
+	}
+	return f.Shard.(placement.KeywordSearcher).Keyword(ctx, b, q)
+}
+
 // llmConfig is a bridge to the Ollama at url with the fake's models, a
 // fast retry loop, and a short embedding timeout.
 func llmConfig(t testing.TB, url string) LLMConfig {

@@ -3,6 +3,7 @@ package router
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -45,9 +46,22 @@ func TestMessageSearch(t *testing.T) {
 			must(t, appendMsgs(t, tc.URL+"/api/v1/topics/chats/contexts/"+id+"/messages", nil, m), 200, "append")
 		}
 	}
-	hits := searchMessages(t, tc, "chats", map[string]any{"query": "delivery is on monday", "k": 3})
+	hits := searchMessages(t, tc, "chats", map[string]any{"query": "delivery is on monday", "k": 3, "mode": "vector"})
 	if len(hits) == 0 || hits[0].ID != "a" || hits[0].Seq != 3 || hits[0].Message.Content != "delivery is on monday" || hits[0].Message.Seq != 3 || hits[0].Score < 0.99 {
 		t.Fatalf("search for a message's own words = %+v, want a/3 first with score 1", hits)
+	}
+	// By words alone (BM25 over the messages): both that name 4711.
+	kw := searchMessages(t, tc, "chats", map[string]any{"query": "4711", "k": 5, "mode": "keyword"})
+	var got []string
+	for _, h := range kw {
+		got = append(got, fmt.Sprintf("%s/%d", h.ID, h.Seq))
+	}
+	if len(got) != 2 || !slices.Contains(got, "a/1") || !slices.Contains(got, "b/3") {
+		t.Errorf("keyword search of messages for 4711 = %v, want a/1 and b/3", got)
+	}
+	// Hybrid: the message holding the words ranks first.
+	if h := searchMessages(t, tc, "chats", map[string]any{"query": "refund policy", "k": 3}); len(h) == 0 || h[0].ID != "a" || h[0].Seq != 4 {
+		t.Errorf("hybrid search of messages for refund policy = %+v, want a/4 first", h)
 	}
 	// One conversation only.
 	hits = searchMessages(t, tc, "chats", map[string]any{"query": "number 4711", "k": 5, "context": "b"})

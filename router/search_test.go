@@ -132,7 +132,7 @@ func TestSearchMatchesBruteForce(t *testing.T) {
 		{"ocean", 7, "third"},
 	} {
 		t.Run(tt.query, func(t *testing.T) {
-			body := map[string]any{"query": tt.query, "k": tt.k}
+			body := map[string]any{"query": tt.query, "k": tt.k, "mode": "vector"}
 			if tt.tag != "" {
 				body["tags"] = []string{tt.tag}
 			}
@@ -159,7 +159,7 @@ func TestSearchMatchesBruteForce(t *testing.T) {
 	// exact scan, and gets the same answer, marked exact.
 	waitIndexes(t, tc)
 	for _, exact := range []bool{false, true} {
-		body := map[string]any{"query": "apple river", "k": 5}
+		body := map[string]any{"query": "apple river", "k": 5, "mode": "vector"}
 		if exact {
 			body["exact"] = true
 		}
@@ -175,7 +175,7 @@ func TestSearchMatchesBruteForce(t *testing.T) {
 			}
 		}
 	}
-	got := searchFor(t, tc, "kb", "?include=content", map[string]any{"query": "piano violin piano", "k": 1})
+	got := searchFor(t, tc, "kb", "?include=content", map[string]any{"query": "piano violin piano", "k": 1, "mode": "vector"})
 	if len(got) != 1 || got[0].Metadata.ID != "ctx-05" || got[0].Content == nil || got[0].Content.Text != texts["ctx-05"] || math.Abs(got[0].Score-1) > 1e-6 {
 		t.Errorf("search for the rewritten text = %+v, want ctx-05 with its content, score 1", got)
 	}
@@ -238,7 +238,10 @@ func TestSearchModelsAndDimensions(t *testing.T) {
 		{`{"query":"x","embedding":[1]}`, "invalid_argument"},
 		{`{"embedding":[1],"k":101}`, "invalid_argument"},
 		{`{"embedding":[1],"tags":[""]}`, "invalid_argument"},
-		{`{"query":"x"}`, "invalid_argument"}, // no embedding model on this router, none named
+		{`{"query":"x","mode":"vector"}`, "invalid_argument"}, // no embedding model on this router, none named
+		{`{"query":"x","mode":"hybrid"}`, "invalid_argument"},
+		{`{"query":"x","mode":"fuzzy"}`, "invalid_argument"},
+		{`{"embedding":[1],"mode":"keyword"}`, "invalid_argument"},
 	} {
 		if r := call(t, "POST", tc.URL+"/api/v1/topics/v/search", tt.body); r.errCode() != tt.code {
 			t.Errorf("search %s = %d %s, want %s", tt.body, r.Status, r.Raw, tt.code)
@@ -342,7 +345,7 @@ func TestAdminReindex(t *testing.T) {
 		tc.putContext(t, "kb", fmt.Sprintf("c%02d", i), map[string]any{"content": map[string]any{"text": fmt.Sprintf("note %d about rivers %d", i, i*7)}})
 	}
 	waitIndexes(t, tc)
-	body := map[string]any{"query": "rivers 21", "k": 5}
+	body := map[string]any{"query": "rivers 21", "k": 5, "mode": "vector"}
 	before, exact := searchExact(t, tc, "kb", "", body)
 	if exact || len(before) != 5 {
 		t.Fatalf("search = %d results, exact %v; want 5 from the indexes", len(before), exact)

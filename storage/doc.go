@@ -38,6 +38,15 @@
 // (vindex.go); TopK walks it when it can and otherwise scans, and says
 // which (TopKResult.Exact).
 //
+// For keyword search a bucket may hold text in the format EncodeText
+// writes (tags and words). The buckets named in Options.TextBuckets
+// ("text" by default) have an inverted index per key group, kept in the
+// shard's own bucket "_kw_" + name in the same transaction as every write,
+// tombstone and purge (keyword.go), with the words analysed by package
+// kwindex. A search is two calls so that shards score alike:
+// KeywordStats (this shard's counts for the query's terms), then Keyword
+// with the counts the caller summed over every shard (BM25).
+//
 // # Change log
 //
 // Every write a commit applies (puts, tombstones, DeletePrefix's tombstones,
@@ -83,9 +92,12 @@
 // # Caveats
 //
 // Values are opaque: the store never looks inside them (except the vector
-// buckets it indexes and TopK is asked to rank), so filtering by content
-// happens in the router. A vector value the store cannot read (sealed by
-// the router) is stored but not indexed. An index insert costs a graph
+// and text buckets it indexes and TopK is asked to rank), so filtering by
+// content happens in the router. A vector or text value the store cannot
+// read (sealed by the router) is stored but not indexed. Indexing a text
+// costs its analysis and one index write per distinct term in the
+// commit's transaction (about 14,000 short documents/s,
+// BenchmarkKeyword100k). An index insert costs a graph
 // search, paid on the committer before the writer hears: the price of a
 // search that always sees acknowledged writes. Tombstones are kept until a purge removes
 // them (see Store.Purge); scans skip them unless asked for.

@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 )
@@ -103,5 +104,33 @@ func FuzzParseTopK(f *testing.F) {
 		} else if !errors.Is(err, ErrInvalid) {
 			t.Fatalf("parseTopKResult(%x) = %v, want ErrInvalid", b, err)
 		}
+	})
+}
+
+// FuzzParseKeywordQuery: any keyword query body parses or is ErrInvalid,
+// and what parses re-encodes to the same query; a text value of any bytes
+// decodes or is ErrInvalid, and scoring it never panics.
+func FuzzParseKeywordQuery(f *testing.F) {
+	f.Add(appendKeywordQuery(nil, &KeywordQuery{Prefix: []byte("t\x00"), Terms: []string{"fox", "dog"}, K: 10, Tags: []string{"a"}, Stats: KeywordStats{Docs: 9, Length: 80, DF: []int64{2, 3}}}))
+	f.Add(EncodeText(Text{Tags: []string{"a"}, Body: "Foxes run"}))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		q, err := parseKeywordQuery(b)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("parseKeywordQuery(%x) = %v, want ErrInvalid", b, err)
+			}
+		} else if again := appendKeywordQuery(nil, &q); !bytes.Equal(again, b) {
+			q2, err := parseKeywordQuery(again)
+			if err != nil || fmt.Sprint(q2) != fmt.Sprint(q) {
+				t.Fatalf("parseKeywordQuery(appendKeywordQuery(%+v)) = %+v, %v", q, q2, err)
+			}
+		}
+		if _, err := DecodeText(b); err != nil && !errors.Is(err, ErrInvalid) {
+			t.Fatalf("DecodeText(%x) = %v, want ErrInvalid", b, err)
+		}
+		ScoreText(&KeywordQuery{Terms: []string{"fox"}, Stats: KeywordStats{Docs: 3, Length: 9, DF: []int64{1}}}, b)
+		var st KeywordStats
+		AddTextStats(&st, []string{"fox"}, b)
 	})
 }

@@ -67,6 +67,8 @@ func NewHandler(store *Store, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET "+pathScan+"{bucket}", h.scan)
 	mux.HandleFunc("POST "+pathDeletePrefix+"{bucket}", h.deletePrefix)
 	mux.HandleFunc("POST "+pathTopK+"{bucket}", h.topK)
+	mux.HandleFunc("POST "+pathKeywordStats+"{bucket}", h.keywordStats)
+	mux.HandleFunc("POST "+pathKeyword+"{bucket}", h.keyword)
 	mux.HandleFunc("POST "+pathMultiGet+"{bucket}", h.multiGet)
 	mux.HandleFunc("POST "+pathPurge+"{bucket}", h.purge)
 	mux.HandleFunc("POST "+pathReindex, h.reindex)

@@ -105,6 +105,9 @@ func (s *Store) Purge(ctx context.Context, bucket string, recs []Record) (int, e
 				return fmt.Errorf("key %q: %w", r.Key, err)
 			}
 			if v <= r.Version {
+				if err := s.kw.unindexPurged(tx, bucket, r.Key, raw); err != nil {
+					return err
+				}
 				if err := b.Delete(r.Key); err != nil {
 					return err
 				}

@@ -65,6 +65,9 @@ func (s *Store) WriteSnapshot(ctx context.Context, w io.Writer) (int64, error) {
 			case metaBucket, changesBucket, ClusterBucket, DictBucket:
 				return nil
 			}
+			if name[0] == '_' {
+				return nil // the shard's own (keyword indexes): rebuilt by the replay
+			}
 			return bucket(name, b)
 		})
 	})

@@ -45,6 +45,12 @@ type Options struct {
 	// SearchObserver, when set, is told how long each TopK took and
 	// whether it scanned (exact) or walked an index.
 	SearchObserver func(d time.Duration, exact bool)
+	// TextBuckets are the buckets whose records are text (EncodeText)
+	// that the store keeps a keyword index of (keyword.go). Nil means
+	// DefaultTextBuckets; an empty slice, none.
+	TextBuckets []string
+	// KeywordObserver, when set, is told how long each Keyword took.
+	KeywordObserver func(d time.Duration)
 }
 
 // Store is one shard's BoltDB file. Its methods are safe for concurrent use.
@@ -72,6 +78,9 @@ type Store struct {
 
 	vx        *vectorIndex // the ANN indexes of the vector buckets
 	searchObs func(time.Duration, bool)
+
+	kw         keywordIndex // the text buckets; fixed at Open
+	keywordObs func(time.Duration)
 }
 
 // maxGather bounds how long a commit waits for writes still arriving.
@@ -161,13 +170,14 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	s := &Store{
-		db:        db,
-		path:      path,
-		obs:       opts.Observer,
-		written:   opts.Written,
-		searchObs: opts.SearchObserver,
-		commits:   make(chan *commitReq, 1024),
-		done:      make(chan struct{}),
+		db:         db,
+		path:       path,
+		obs:        opts.Observer,
+		written:    opts.Written,
+		searchObs:  opts.SearchObserver,
+		keywordObs: opts.KeywordObserver,
+		commits:    make(chan *commitReq, 1024),
+		done:       make(chan struct{}),
 	}
 	s.pageSize = int64(db.Info().PageSize)
 	if err := s.loadNodeID(); err != nil {
@@ -180,6 +190,10 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	if rec, err := s.Get(context.Background(), ClusterBucket, []byte(MapKey)); err == nil {
 		s.epoch.Store(rec.Version)
+	}
+	if err := s.openKeywordIndex(opts); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	if err := s.openVectorIndex(opts); err != nil {
 		db.Close()
@@ -388,7 +402,7 @@ func (s *Store) commitLoop() {
 				})
 			}
 			for _, r := range batch {
-				if err := applyTx(tx, r); err != nil {
+				if err := applyTx(tx, r, s.kw); err != nil {
 					return err
 				}
 			}
@@ -530,7 +544,7 @@ func held(b *bolt.Bucket, key []byte) (Result, error) {
 
 // applyTxn applies a transaction in tx: every condition is checked first,
 // then all writes apply, or none.
-func applyTxn(tx *bolt.Tx, r *commitReq) error {
+func applyTxn(tx *bolt.Tx, r *commitReq, kw keywordIndex) error {
 	failed := false
 	for i := range r.writes {
 		res, err := held(tx.Bucket([]byte(r.buckets[i])), r.writes[i].Key)
@@ -571,6 +585,9 @@ func applyTxn(tx *bolt.Tx, r *commitReq) error {
 			r.results[i].Outcome = Stale
 			continue
 		}
+		if err := kw.indexText(tx, r.buckets[i], w.Key, b.Get(w.Key), w); err != nil {
+			return err
+		}
 		val := appendStored(make([]byte, 0, headerSize+len(w.Value)), w.Version, w.Tombstone, w.Value)
 		if err := b.Put(bytes.Clone(w.Key), val); err != nil {
 			return fmt.Errorf("put %q: %w", w.Key, err)
@@ -580,9 +597,9 @@ func applyTxn(tx *bolt.Tx, r *commitReq) error {
 	return nil
 }
 
-func applyTx(tx *bolt.Tx, r *commitReq) error {
+func applyTx(tx *bolt.Tx, r *commitReq, kw keywordIndex) error {
 	if r.buckets != nil {
-		return applyTxn(tx, r)
+		return applyTxn(tx, r, kw)
 	}
 	b, err := tx.CreateBucketIfNotExists([]byte(r.bucket))
 	if err != nil {
@@ -600,6 +617,9 @@ func applyTx(tx *bolt.Tx, r *commitReq) error {
 		case res.PrevVersion >= w.Version && w.Cond != CondRewrite:
 			res.Outcome = Stale
 		default:
+			if err := kw.indexText(tx, r.bucket, w.Key, b.Get(w.Key), w); err != nil {
+				return err
+			}
 			// Put keeps the slices until commit, and w aliases the caller's
 			// request buffer: store fresh copies.
 			val := appendStored(make([]byte, 0, headerSize+len(w.Value)), w.Version, w.Tombstone, w.Value)
@@ -734,7 +754,7 @@ func (s *Store) Info(context.Context) (Info, error) {
 		info.SizeBytes = tx.Size()
 		info.Changes = logPosition(tx.Bucket([]byte(changesBucket)), s.changes.id)
 		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
-			if string(name) != metaBucket && string(name) != changesBucket {
+			if name[0] != '_' { // the shard's own: meta, change log, keyword indexes
 				info.Keys[string(name)] = int64(b.Stats().KeyN)
 			}
 			return nil

@@ -252,12 +252,13 @@ func (x *cli) search(ctx context.Context, args []string) error {
 	var tags stringList
 	fs.Var(&tags, "tag", "only contexts with this tag (repeatable)")
 	model := fs.String("model", "", "the embedding model (default: the router's)")
+	mode := fs.String("mode", "", "vector, keyword or hybrid (default: hybrid with an embedding model, keyword without)")
 	content := fs.Bool("content", false, "show each result's text")
 	pos, err := x.parse(fs, args, 2, -1, "TOPIC QUERY...")
 	if err != nil {
 		return err
 	}
-	res, err := x.c.Search(ctx, pos[0], client.SearchRequest{Query: strings.Join(pos[1:], " "), K: *k, Tags: tags, Model: *model, IncludeContent: *content})
+	res, err := x.c.Search(ctx, pos[0], client.SearchRequest{Query: strings.Join(pos[1:], " "), K: *k, Tags: tags, Model: *model, Mode: *mode, IncludeContent: *content})
 	if err != nil {
 		return err
 	}

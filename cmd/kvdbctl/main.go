@@ -82,7 +82,7 @@ Commands:
   contexts get TOPIC ID
   contexts list TOPIC [-tag T]... [-model M] [-content] [-limit N]
   contexts delete TOPIC ID [-if-match ETAG]
-  search TOPIC [-k N] [-tag T]... [-model M] [-content] QUERY...
+  search TOPIC [-k N] [-tag T]... [-model M] [-mode vector|keyword|hybrid] [-content] QUERY...
   chat TOPIC ID [-model M] [-max-tokens N] MESSAGE...   streams the answer
   watch TOPIC [-since TOKEN] [-n N]       prints the topic's changes as they happen (-o json: one object a line)
   cluster                                 shards, their states, rebalance and repair progress

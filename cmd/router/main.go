@@ -280,11 +280,13 @@ func (o *options) openShards(ctx context.Context, cfg *router.Config, sec *secur
 		log.Info("discovery mode", "target", o.discover, "shards", len(nodes), "replicas", o.replicas)
 	case o.configFile == "":
 		vs := metrics.NewVectorSearch(cfg.Registry)
-		store, err := storage.Open(o.dbLocation, storage.Options{LockTimeout: 2 * time.Second, SearchObserver: vs.Observe})
+		ks := metrics.NewKeywordSearch(cfg.Registry)
+		store, err := storage.Open(o.dbLocation, storage.Options{LockTimeout: 2 * time.Second, SearchObserver: vs.Observe, KeywordObserver: ks.Observe})
 		if err != nil {
 			return nil, err
 		}
 		metrics.RegisterVectorIndex(cfg.Registry, daemon.VectorIndexStats(store))
+		daemon.RegisterKeywordIndex(cfg.Registry, store)
 		sh.close = func() { store.Close() }
 		cfg.Mode = "single"
 		sec.local = true

@@ -83,11 +83,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	reg := metrics.NewRegistry()
 	m := metrics.NewStorage(reg)
 	vs := metrics.NewVectorSearch(reg)
+	ks := metrics.NewKeywordSearch(reg)
 	store, err := storage.Open(*dbLocation, storage.Options{
-		SearchObserver: vs.Observe,
-		LockTimeout:    2 * time.Second,
-		ChangesRetain:  *changesRetain,
-		ChangesMaxAge:  *changesMaxAge,
+		SearchObserver:  vs.Observe,
+		KeywordObserver: ks.Observe,
+		LockTimeout:     2 * time.Second,
+		ChangesRetain:   *changesRetain,
+		ChangesMaxAge:   *changesMaxAge,
 		Observer: func(d time.Duration, writes int) {
 			m.CommitDuration.Observe(d.Seconds())
 			m.CommitWrites.Observe(float64(writes))
@@ -112,6 +114,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}, 30*time.Second)
 	metrics.RegisterNodeInfo(reg, store.NodeID())
 	metrics.RegisterVectorIndex(reg, daemon.VectorIndexStats(store))
+	daemon.RegisterKeywordIndex(reg, store)
 
 	ln, err := daemon.Listen(addr)
 	if err != nil {

@@ -233,7 +233,9 @@ func (s *Store) SimilaritySearch(ctx context.Context, query string, numDocuments
 	if err != nil {
 		return nil, fmt.Errorf("similarity search: %w", err)
 	}
-	req := client.SearchRequest{K: numDocuments, Tags: tags, IncludeContent: true}
+	// A similarity search, scored by cosine (so ScoreThreshold keeps its
+	// 0..1 meaning): the vector leg only, never the router's default hybrid.
+	req := client.SearchRequest{K: numDocuments, Tags: tags, IncludeContent: true, Mode: "vector"}
 	if o.Embedder != nil {
 		v, err := o.Embedder.EmbedQuery(ctx, query)
 		if err != nil {

@@ -169,6 +169,30 @@ func (s *instrumented) Health(ctx context.Context) (storage.Health, error) {
 	return h, err
 }
 
+// KeywordStats forwards to the wrapped shard, recording the call.
+func (s *instrumented) KeywordStats(ctx context.Context, bucket string, prefix []byte, terms []string) (storage.KeywordStats, error) {
+	ks, ok := s.Shard.(placement.KeywordSearcher)
+	if !ok {
+		return storage.KeywordStats{}, placement.ErrNoKeyword
+	}
+	start := time.Now()
+	st, err := ks.KeywordStats(ctx, bucket, prefix, terms)
+	s.observe(ctx, "kwstats", start, err)
+	return st, err
+}
+
+// Keyword forwards to the wrapped shard, recording the call.
+func (s *instrumented) Keyword(ctx context.Context, bucket string, q storage.KeywordQuery) (storage.TopKResult, error) {
+	ks, ok := s.Shard.(placement.KeywordSearcher)
+	if !ok {
+		return storage.TopKResult{}, placement.ErrNoKeyword
+	}
+	start := time.Now()
+	res, err := ks.Keyword(ctx, bucket, q)
+	s.observe(ctx, "keyword", start, err)
+	return res, err
+}
+
 // TopK forwards to the wrapped shard, recording the call like the others.
 func (s *instrumented) TopK(ctx context.Context, bucket string, q storage.TopKQuery) (storage.TopKResult, error) {
 	vs, ok := s.Shard.(placement.Searcher)

@@ -31,7 +31,7 @@ import (
 const PageSize = 1000
 
 // Buckets are the buckets a pass walks.
-var Buckets = []string{schema.BucketTopics, schema.BucketContexts, schema.BucketMessages, schema.BucketMessageVectors, schema.BucketVectors, schema.BucketEmbedPending, schema.BucketExpiry}
+var Buckets = []string{schema.BucketTopics, schema.BucketContexts, schema.BucketMessages, schema.BucketMessageVectors, schema.BucketVectors, schema.BucketText, schema.BucketMessageText, schema.BucketEmbedPending, schema.BucketExpiry}
 
 type passResult struct {
 	scanned, copied, bytes, purged, missing int64

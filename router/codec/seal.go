@@ -226,6 +226,25 @@ func (s *sealed) Get(ctx context.Context, bucket string, key []byte) (storage.Re
 	return rec, nil
 }
 
+// MultiGetOpen is MultiGet with every value opened, as Get opens it (the
+// shard's MultiGet hands records out as held, sealed: repair copies them
+// so). Searches read their matches with it.
+func (s *sealed) MultiGetOpen(ctx context.Context, bucket string, keys [][]byte) ([]storage.Record, error) {
+	recs, err := s.Shard.MultiGet(ctx, bucket, keys)
+	if err != nil || clearBucket(bucket) {
+		return recs, err
+	}
+	for i := range recs {
+		if recs[i].Tombstone || recs[i].Version == 0 {
+			continue
+		}
+		if recs[i].Value, err = s.kr.Open(bucket, recs[i].Key, recs[i].Value); err != nil {
+			return nil, err
+		}
+	}
+	return recs, nil
+}
+
 // Apply seals the writes' values. A value that is sealed already (a record
 // copied from another shard by repair or rebalance) goes as it is.
 func (s *sealed) Apply(ctx context.Context, bucket string, writes []storage.Write) ([]storage.Result, error) {
@@ -317,6 +336,55 @@ func (s *sealed) TopK(ctx context.Context, bucket string, q storage.TopKQuery) (
 	}
 	res := rk.Result()
 	res.Exact = true // ranked here, by a scan of every vector
+	return res, nil
+}
+
+// KeywordStats and Keyword search words. Without a keyring the shard
+// does it from its index. With one the shard holds the words sealed and
+// has indexed nothing, so the router scans the topic's text records,
+// opens each and counts (then scores) it here, as a shard would: every
+// context's words cross the network twice a search.
+func (s *sealed) KeywordStats(ctx context.Context, bucket string, prefix []byte, terms []string) (storage.KeywordStats, error) {
+	if s.kr == nil {
+		ks, ok := s.Shard.(placement.KeywordSearcher)
+		if !ok {
+			return storage.KeywordStats{}, placement.ErrNoKeyword
+		}
+		return ks.KeywordStats(ctx, bucket, prefix, terms)
+	}
+	st := storage.KeywordStats{DF: make([]int64, len(terms))}
+	err := placement.Walk(ctx, s, bucket, storage.ScanOptions{Prefix: prefix, Limit: 1000}, 0, func(recs []storage.Record) error {
+		for _, rec := range recs {
+			storage.AddTextStats(&st, terms, rec.Value)
+		}
+		return nil
+	})
+	return st, err
+}
+
+func (s *sealed) Keyword(ctx context.Context, bucket string, q storage.KeywordQuery) (storage.TopKResult, error) {
+	if s.kr == nil {
+		ks, ok := s.Shard.(placement.KeywordSearcher)
+		if !ok {
+			return storage.TopKResult{}, placement.ErrNoKeyword
+		}
+		return ks.Keyword(ctx, bucket, q)
+	}
+	var res storage.TopKResult
+	err := placement.Walk(ctx, s, bucket, storage.ScanOptions{Prefix: q.Prefix, Limit: 1000}, 0, func(recs []storage.Record) error {
+		for _, rec := range recs {
+			if score, ok := storage.ScoreText(&q, rec.Value); ok {
+				res.Matches = append(res.Matches, storage.Match{Key: rec.Key, Version: rec.Version, Score: score})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return storage.TopKResult{}, err
+	}
+	res.Scanned, res.Exact = len(res.Matches), true
+	storage.SortMatches(res.Matches)
+	res.Matches = res.Matches[:min(len(res.Matches), q.K)]
 	return res, nil
 }
 

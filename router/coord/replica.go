@@ -12,6 +12,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
+	"golang.org/x/sync/errgroup"
 )
 
 // Get reads the newest version of a key from a Quorum of its replicas.
@@ -481,4 +482,72 @@ func (c *Coordinator) WriteTxnAt(ctx context.Context, pk string, v uint64, recor
 		_, err := c.replicate(ctx, t, t.Owners(pk), head.Bucket, rec, rest, map[*placement.Node]bool{})
 		return err
 	})
+}
+
+// GetMany is Get of many keys (key i placed at pks[i]) in one MultiGet per
+// replica set rather than one Get per key: a search reads its matches'
+// contexts with it. A key no replica holds comes back with Version 0.
+func (c *Coordinator) GetMany(ctx context.Context, bucket string, keys [][]byte, pks []string) ([]storage.Record, error) {
+	t := c.cfg.Topology()
+	type group struct {
+		set placement.ReplicaSet
+		idx []int
+	}
+	groups := map[string]*group{}
+	var order []string
+	for i := range keys {
+		set := t.Owners(pks[i])
+		var id strings.Builder
+		for _, g := range set.Groups {
+			for _, n := range g {
+				id.WriteString(n.Name)
+				id.WriteByte(',')
+			}
+			id.WriteByte(';')
+		}
+		g := groups[id.String()]
+		if g == nil {
+			g = &group{set: set}
+			groups[id.String()] = g
+			order = append(order, id.String())
+		}
+		g.idx = append(g.idx, i)
+	}
+	out := make([]storage.Record, len(keys))
+	eg, ectx := errgroup.WithContext(ctx)
+	for _, id := range order {
+		g := groups[id]
+		ks := make([][]byte, len(g.idx))
+		for j, i := range g.idx {
+			ks[j] = keys[i]
+		}
+		eg.Go(func() error {
+			got, err := askQuorum(ectx, c, g.set, "read", func(ctx context.Context, n *placement.Node) ([]storage.Record, error) {
+				if r, ok := placement.As[placement.OpenReader](n.Shard); ok {
+					return r.MultiGetOpen(ctx, bucket, ks)
+				}
+				return n.Shard.MultiGet(ctx, bucket, ks)
+			})
+			if err != nil {
+				return err
+			}
+			for j, i := range g.idx {
+				newest := got[0].val[j]
+				for _, a := range got[1:] {
+					if a.val[j].Version > newest.Version {
+						newest = a.val[j]
+					}
+				}
+				for _, a := range got {
+					if newest.Version != 0 && a.val[j].Version < newest.Version {
+						c.readRepair(t, a.node, bucket, newest)
+					}
+				}
+				c.cfg.Clock.Observe(newest.Version)
+				out[i] = newest
+			}
+			return nil
+		})
+	}
+	return out, eg.Wait()
 }

@@ -116,9 +116,11 @@ func (s *Store) Put(ctx context.Context, topic string, doc *schema.Document, con
 	}
 	id := doc.Metadata.ID
 	key := schema.ContextKey(topic, id)
-	res, v, err := s.coord.Write(ctx, schema.Placement(topic, id), schema.BucketContexts, []byte(key), false, value, cond, match)
+	res, v, err := s.coord.WriteTxn(ctx, schema.Placement(topic, id), schema.BucketContexts, []byte(key), value, cond, match, textBeside([]byte(key), doc))
+	withText := true
 	if err == nil && res.Outcome == storage.Conflict && cond == storage.CondAbsent {
 		res, v, err = s.replaceExpired(ctx, topic, id, value, res)
+		withText = false
 	}
 	if err != nil {
 		return Written{}, err
@@ -126,7 +128,7 @@ func (s *Store) Put(ctx context.Context, topic string, doc *schema.Document, con
 	if res.Outcome == storage.Conflict {
 		return Written{}, onConflict(res)
 	}
-	s.AfterWrite(ctx, topic, doc, v, res.PrevLive())
+	s.afterWrite(ctx, topic, doc, v, res.PrevLive(), withText)
 	s.cache.Put(contextCacheKey(key), v, false, body)
 	if res.PrevLive() {
 		s.purgeMessages(topic, id, v) // the conversation replaced, if it had records
@@ -134,12 +136,35 @@ func (s *Store) Put(ctx context.Context, topic string, doc *schema.Document, con
 	return Written{Version: v, Created: !res.PrevLive(), Body: body}, nil
 }
 
-// AfterWrite runs what follows every write of a context at version v: the
-// LLM hooks (its vector, its pending mark) and its expiry index entry.
-// The context is stored: this finishes even if its client has gone, and
-// never fails the write.
+// textBeside is the record of d's words for keyword search (bucket text,
+// schema.IndexText), to write in the context's own transaction: its
+// version is the context's, and a rewrite replaces the old words in the
+// shards' index at once. It is written even when empty, so that no
+// replaced context keeps its old words.
+func textBeside(key []byte, d *schema.Document) []storage.TxnWrite {
+	val := storage.EncodeText(storage.Text{Tags: d.Metadata.Tags, Body: schema.IndexText(d)})
+	return []storage.TxnWrite{{Bucket: schema.BucketText, Write: storage.Write{Record: storage.Record{Key: key, Value: val}}}}
+}
+
+// AfterWrite runs what follows every write of a context at version v: its
+// words for keyword search (at v), the LLM hooks (its vector, its pending
+// mark) and its expiry index entry. The context is stored: this finishes
+// even if its client has gone, and never fails the write.
 func (s *Store) AfterWrite(ctx context.Context, topic string, d *schema.Document, v uint64, prevLive bool) {
+	s.afterWrite(ctx, topic, d, v, prevLive, false)
+}
+
+// afterWrite is AfterWrite for a write that carried its words already
+// (withText: textBeside was in its transaction) or not.
+func (s *Store) afterWrite(ctx context.Context, topic string, d *schema.Document, v uint64, prevLive, withText bool) {
 	ctx = context.WithoutCancel(ctx)
+	if !withText {
+		key := []byte(schema.ContextKey(topic, d.Metadata.ID))
+		w := textBeside(key, d)[0]
+		if err := s.coord.WriteAt(ctx, schema.Placement(topic, d.Metadata.ID), w.Bucket, key, v, false, w.Value); err != nil {
+			s.cfg.Log.Warn("words for keyword search not stored", "topic", topic, "id", d.Metadata.ID, "err", err)
+		}
+	}
 	s.cfg.Hooks.Written(ctx, topic, d, v, prevLive)
 	s.indexExpiry(ctx, topic, d, v)
 }
@@ -193,12 +218,12 @@ func (s *Store) Replace(ctx context.Context, topic string, doc *schema.Document,
 		return false, err
 	}
 	key := schema.ContextKey(topic, doc.Metadata.ID)
-	res, v, err := s.coord.Write(ctx, schema.Placement(topic, doc.Metadata.ID), schema.BucketContexts, []byte(key), false, value, storage.CondVersion, version)
+	res, v, err := s.coord.WriteTxn(ctx, schema.Placement(topic, doc.Metadata.ID), schema.BucketContexts, []byte(key), value, storage.CondVersion, version, textBeside([]byte(key), doc))
 	if err != nil || res.Outcome == storage.Conflict {
 		return false, err
 	}
 	s.cache.Put(contextCacheKey(key), v, false, body)
-	s.AfterWrite(ctx, topic, doc, v, true)
+	s.afterWrite(ctx, topic, doc, v, true, true)
 	return true, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
@@ -182,8 +183,16 @@ func (s *Store) appendOnce(ctx context.Context, topic, id, pk string, key []byte
 		return Appended{}, err
 	}
 	with = append(with, fresh...)
-	// Their vectors (auto-embedding), in the same transaction: a message
-	// is searchable as soon as it is stored, and its vector has its version.
+	// Their words and vectors (auto-embedding), in the same transaction: a
+	// message is searchable as soon as it is stored, at its version.
+	for i, m := range msgs {
+		if text := strings.TrimSpace(m.Content); text != "" && m.Role != "tool" {
+			if len(text) > schema.MaxIndexText {
+				text = strings.ToValidUTF8(text[:schema.MaxIndexText], "")
+			}
+			with = append(with, storage.TxnWrite{Bucket: schema.BucketMessageText, Write: storage.Write{Record: storage.Record{Key: schema.MessageKey(topic, id, first+uint64(i)), Value: storage.EncodeText(storage.Text{Tags: []string{m.Role}, Body: text})}}})
+		}
+	}
 	for i, v := range vectors() {
 		if v != nil && i < len(msgs) {
 			with = append(with, storage.TxnWrite{Bucket: schema.BucketMessageVectors, Write: storage.Write{Record: storage.Record{Key: schema.MessageKey(topic, id, first+uint64(i)), Value: v}}})
@@ -513,12 +522,12 @@ func (s *Store) purgeMessages(topic, id string, v uint64) {
 	})
 }
 
-// PurgeMessages tombstones at version v every message record (and message
-// vector) of the context topic/id older than v (see purgeMessages).
+// PurgeMessages tombstones at version v every message record (and its
+// vector and words) of the context topic/id older than v (see purgeMessages).
 func (s *Store) PurgeMessages(ctx context.Context, topic, id string, v uint64) error {
 	pk := schema.Placement(topic, id)
 	prefix := schema.MessagePrefix(topic, id)
-	for _, bucket := range []string{schema.BucketMessages, schema.BucketMessageVectors} {
+	for _, bucket := range []string{schema.BucketMessages, schema.BucketMessageVectors, schema.BucketMessageText} {
 		var after []byte
 		for {
 			recs, next, err := s.coord.Range(ctx, coord.RangeQuery{PK: pk, Bucket: bucket, Prefix: prefix, After: after, Limit: txnRecords})

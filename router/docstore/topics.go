@@ -111,8 +111,8 @@ func (s *Store) DeleteTopic(ctx context.Context, name string) error {
 	v := s.cfg.Clock.Next()
 	prefix := []byte(name + schema.KeySep)
 	if err := s.coord.FanOutAll(ctx, 10*s.cfg.ShardTimeout, func(ctx context.Context, n *placement.Node) error {
-		// A topic's contexts, their messages, vectors and pending embeddings.
-		for _, bucket := range []string{schema.BucketContexts, schema.BucketMessages, schema.BucketMessageVectors, schema.BucketVectors, schema.BucketEmbedPending} {
+		// A topic's contexts, their messages, vectors, words and pending embeddings.
+		for _, bucket := range []string{schema.BucketContexts, schema.BucketMessages, schema.BucketMessageVectors, schema.BucketVectors, schema.BucketText, schema.BucketMessageText, schema.BucketEmbedPending} {
 			if _, err := n.Shard.DeletePrefix(ctx, bucket, prefix, v); err != nil {
 				return apierr.FromStorage("delete "+bucket+" on shard "+n.Name, err)
 			}

@@ -15,6 +15,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/metrics"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/codec"
+	"github.com/go-kvdb/go-kvdb/router/coord"
 	"github.com/go-kvdb/go-kvdb/router/docstore"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
@@ -93,9 +94,11 @@ type Docs interface {
 // top-k searches over every shard (package coord implements it).
 type Records interface {
 	Get(ctx context.Context, pk, bucket string, key []byte) (storage.Record, error)
+	GetMany(ctx context.Context, bucket string, keys [][]byte, pks []string) ([]storage.Record, error)
 	WriteAt(ctx context.Context, pk, bucket string, key []byte, v uint64, tombstone bool, value []byte) error
 	TopK(ctx context.Context, q storage.TopKQuery) (storage.TopKResult, error)
 	TopKIn(ctx context.Context, bucket string, q storage.TopKQuery) (storage.TopKResult, error)
+	Keyword(ctx context.Context, q coord.KeywordQuery) (storage.TopKResult, error)
 	ShardCtx(ctx context.Context) (context.Context, context.CancelFunc)
 }
 
@@ -329,10 +332,11 @@ func (l *Service) embedForWrite(ctx context.Context, d *schema.Document) {
 
 // afterContextWrite keeps the vector and the pending mark of a context in
 // step with the context just written at version v: the vector is written
-// (or, if the context has none now but had a live version before, deleted)
-// at the same version, so a search can tell a vector from a stale one. A
-// failure here is logged, not returned: the context is stored, search
-// checks versions, and the next write or the retry loop repairs it.
+// at the same version, so a search can tell a vector from a stale one.
+// (The context's words for keyword search are docstore's: written in the
+// context's own transaction.) A failure here is logged, not returned: the
+// context is stored, search checks versions, and the next write or the
+// retry loop repairs it.
 func (l *Service) afterContextWrite(ctx context.Context, topic string, d *schema.Document, v uint64, prevLive bool) {
 	pk := schema.Placement(topic, d.Metadata.ID)
 	key := []byte(schema.ContextKey(topic, d.Metadata.ID))
@@ -352,13 +356,15 @@ func (l *Service) afterContextWrite(ctx context.Context, topic string, d *schema
 	}
 }
 
-// afterContextDelete deletes a deleted context's vector.
-// Search ignores a vector whose context is gone, so this runs off the
-// request's path.
+// afterContextDelete deletes a deleted (or expired) context's vector and
+// words. Search ignores a match whose context is gone, so this runs off
+// the request's path.
 func (l *Service) afterContextDelete(_ context.Context, topic, id string, v uint64) {
 	l.spawn(func(bg context.Context) {
-		if err := l.coord.WriteAt(bg, schema.Placement(topic, id), schema.BucketVectors, []byte(schema.ContextKey(topic, id)), v, true, nil); err != nil {
-			l.log.Warn("vector of a deleted context not deleted", "topic", topic, "id", id, "err", err)
+		for _, bucket := range []string{schema.BucketVectors, schema.BucketText} {
+			if err := l.coord.WriteAt(bg, schema.Placement(topic, id), bucket, []byte(schema.ContextKey(topic, id)), v, true, nil); err != nil {
+				l.log.Warn("derived record of a deleted context not deleted", "bucket", bucket, "topic", topic, "id", id, "err", err)
+			}
 		}
 	})
 }

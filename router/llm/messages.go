@@ -1,6 +1,7 @@
 package llm
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,8 +12,10 @@ import (
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/codec"
+	"github.com/go-kvdb/go-kvdb/router/coord"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
+	"github.com/go-kvdb/go-kvdb/storage/kwindex"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -69,20 +72,21 @@ func (l *Service) MessageVectors(ctx context.Context, msgs []schema.Message) [][
 
 // ---- message search ----
 
-// messageResult is one result of a message-scope search.
+// messageResult is one result of a message-scope search (its score and
+// legs follow, as for contexts).
 type messageResult struct {
 	ID      string         `json:"id"` // the context whose conversation holds it
 	Seq     uint64         `json:"seq"`
 	Message schema.Message `json:"message"`
-	Score   float64        `json:"score"`
 }
 
 // matchedMessage is a message a vector match names, as read back.
 type matchedMessage struct {
-	id  string
-	seq uint64
-	msg schema.Message
-	ok  bool // live, at the vector's version, and part of its conversation
+	id      string
+	seq     uint64
+	version uint64 // the message record's
+	msg     schema.Message
+	ok      bool // live, at the match's version, and part of its conversation
 }
 
 // readMatchedMessages reads the message and the conversation header of
@@ -126,7 +130,7 @@ func (l *Service) readMatchedMessages(ctx context.Context, topic string, matches
 				return &apierr.Error{Code: apierr.CodeInternal, Message: fmt.Sprintf("message %d of context %q cannot be decoded", seq, id), Err: err}
 			}
 			msg.Seq = seq
-			out[i] = matchedMessage{id: id, seq: seq, msg: msg, ok: true}
+			out[i] = matchedMessage{id: id, seq: seq, version: rec.Version, msg: msg, ok: true}
 			return nil
 		})
 	}
@@ -149,41 +153,105 @@ func splitMessageKey(prefix, key []byte) (id string, seq uint64, ok bool) {
 }
 
 // searchMessages answers a search of scope "messages": the k messages of
-// the topic (of one conversation when id is set) whose vectors are most
-// similar to query, best first.
-func (l *Service) searchMessages(ctx context.Context, topic, id string, query []float32, model string, req SearchRequest) ([]byte, error) {
+// the topic (of one conversation with req.Context) that rank best, by
+// their vectors, their words (BM25 over the messages, with the topic's
+// statistics) or both fused by reciprocal rank, as for contexts.
+func (l *Service) searchMessages(ctx context.Context, topic string, req SearchRequest, mode string) ([]byte, error) {
+	hits, byKey, found, dim, err := l.messageHits(ctx, topic, req, mode)
+	if err != nil {
+		return nil, err
+	}
+	if len(hits) == 0 && found.OtherDim > 0 {
+		return nil, apierr.Errorf(apierr.CodeInvalidArgument, "the query has %d dimensions but the %d messages embedded by model %q in topic %q have another: vectors of different dimensions are never compared", dim, found.OtherDim, l.vectorModel(&req), topic)
+	}
+	out := append(make([]byte, 0, 256*req.K+48), `{"results":[`...)
+	for i, h := range hits[:min(len(hits), req.K)] {
+		r := byKey[string(h.key)]
+		body, err := json.Marshal(messageResult{ID: r.id, Seq: r.seq, Message: r.msg})
+		if err != nil {
+			return nil, err
+		}
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, body[:len(body)-1]...)
+		out = appendScoreAndLegs(out, h)
+		out = append(out, '}')
+	}
+	out = append(out, `],"exact":`...)
+	out = strconv.AppendBool(out, mode == ModeKeyword || found.Exact)
+	out = append(out, `,"mode":"`+mode+`"}`...)
+	return out, nil
+}
+
+// messageHits runs the legs of a message search and fuses them: the hits,
+// best first, and the live messages they name, by key.
+func (l *Service) messageHits(ctx context.Context, topic string, req SearchRequest, mode string) ([]hit, map[string]matchedMessage, storage.TopKResult, int, error) {
 	prefix := []byte(topic + schema.KeySep)
-	if id != "" {
-		prefix = schema.MessagePrefix(topic, id)
+	if req.Context != "" {
+		prefix = schema.MessagePrefix(topic, req.Context)
 	}
-	found, err := l.coord.TopKIn(ctx, schema.BucketMessageVectors, storage.TopKQuery{Prefix: prefix, Query: query, K: req.K + searchSlack, Model: model, Tags: req.Tags, Exact: req.Exact})
-	if err != nil {
-		return nil, err
+	var legs [2][]storage.Match
+	var found storage.TopKResult
+	var dim int
+	g, gctx := errgroup.WithContext(ctx)
+	if mode != ModeKeyword {
+		g.Go(func() error {
+			var err error
+			found, dim, err = l.vectorLegIn(gctx, schema.BucketMessageVectors, prefix, &req)
+			legs[0] = found.Matches
+			return err
+		})
 	}
-	read, err := l.readMatchedMessages(ctx, topic, found.Matches)
-	if err != nil {
-		return nil, err
+	if mode != ModeVector {
+		g.Go(func() error {
+			terms := kwindex.QueryTerms(req.Query)
+			if len(terms) == 0 {
+				return nil
+			}
+			terms = terms[:min(len(terms), storage.MaxQueryTerms)]
+			// The shards keep keyword statistics by topic: one conversation's
+			// messages are the topic's best, filtered.
+			k := req.K + searchSlack
+			if req.Context != "" {
+				k = storage.MaxTopK
+			}
+			res, err := l.coord.Keyword(gctx, coord.KeywordQuery{Bucket: schema.BucketMessageText, Prefix: []byte(topic + schema.KeySep), Terms: terms, K: k, Tags: req.Tags})
+			for _, m := range res.Matches {
+				if bytes.HasPrefix(m.Key, prefix) && len(legs[1]) < req.K+searchSlack {
+					legs[1] = append(legs[1], m)
+				}
+			}
+			return err
+		})
 	}
-	results := make([]messageResult, 0, req.K)
-	for i, m := range read {
-		if !m.ok {
-			continue
+	if err := g.Wait(); err != nil {
+		return nil, nil, found, dim, err
+	}
+	// Every message either leg found, read once.
+	var union []storage.Match
+	seen := map[string]bool{}
+	for _, ms := range legs {
+		for _, m := range ms {
+			if !seen[string(m.Key)] {
+				seen[string(m.Key)] = true
+				union = append(union, m)
+			}
 		}
-		results = append(results, messageResult{ID: m.id, Seq: m.seq, Message: m.msg, Score: found.Matches[i].Score})
-		if len(results) == req.K {
-			break
+	}
+	read, err := l.readMatchedMessages(ctx, topic, union)
+	if err != nil {
+		return nil, nil, found, dim, err
+	}
+	byKey := make(map[string]matchedMessage, len(union))
+	for i, m := range union {
+		if read[i].ok {
+			byKey[string(m.Key)] = read[i]
 		}
 	}
-	if len(results) == 0 && found.OtherDim > 0 {
-		return nil, apierr.Errorf(apierr.CodeInvalidArgument, "the query has %d dimensions but the %d messages embedded by model %q in topic %q have another: vectors of different dimensions are never compared", len(query), found.OtherDim, model, topic)
-	}
-	body, err := json.Marshal(results)
-	if err != nil {
-		return nil, err
-	}
-	out := append(make([]byte, 0, len(body)+48), `{"results":`...)
-	out = append(out, body...)
-	out = append(out, `,"exact":`...)
-	out = strconv.AppendBool(out, found.Exact)
-	return append(out, '}'), nil
+	hits := fuseHits(legs, func(_ int, m storage.Match) bool {
+		r, ok := byKey[string(m.Key)]
+		return ok && r.version == m.Version
+	})
+	return hits, byKey, found, dim, nil
 }

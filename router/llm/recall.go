@@ -7,7 +7,6 @@ import (
 	"github.com/go-kvdb/go-kvdb/llmbridge"
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 	"github.com/go-kvdb/go-kvdb/router/schema"
-	"github.com/go-kvdb/go-kvdb/storage"
 )
 
 // Recall scopes: where a chat looks for earlier turns relevant to the new
@@ -45,40 +44,34 @@ func recallBudget(budget int) int {
 }
 
 // recallTurns finds the messages of the conversation topic/id (of the
-// whole topic with scope RecallTopic) most similar to query, best first,
-// that keep allows (those the window does not send already). It searches
-// the message vectors auto-embedding writes; without an embedding model,
-// or when the model or a shard fails, it recalls nothing (logged): recall
-// never fails a chat.
+// whole topic with scope RecallTopic) most relevant to query, best first,
+// that keep allows (those the window does not send already): a hybrid
+// message search (keyword alone without an embedding model), keeping what
+// the keyword leg found or the vector leg found at a cosine of at least
+// minRecallScore. When a shard or the model fails it recalls nothing
+// (logged): recall never fails a chat.
 func (l *Service) recallTurns(ctx context.Context, topic, id, scope, query string, keep func(id string, seq uint64) bool) []llmbridge.Message {
-	model := l.cfg.EmbedModel
-	if scope == RecallOff || model == "" || l.cfg.Client == nil || strings.TrimSpace(query) == "" {
+	if scope == RecallOff || strings.TrimSpace(query) == "" {
 		return nil
 	}
-	ectx, cancel := context.WithTimeout(ctx, l.cfg.EmbedTimeout)
-	vecs, err := l.embed(ectx, "embed_query", model, []string{query})
-	cancel()
-	if err != nil || len(vecs) != 1 {
-		l.log.Warn("no recall: the new message could not be embedded", "model", model, "err", err)
-		return nil
+	req := SearchRequest{Query: query, K: recallCandidates, Scope: ScopeMessages}
+	if scope != RecallTopic {
+		req.Context = id
 	}
-	prefix := schema.MessagePrefix(topic, id)
-	if scope == RecallTopic {
-		prefix = []byte(topic + schema.KeySep)
+	mode := ModeKeyword
+	if l.cfg.EmbedModel != "" && l.cfg.Client != nil {
+		mode = ModeHybrid
 	}
-	found, err := l.coord.TopKIn(ctx, schema.BucketMessageVectors, storage.TopKQuery{Prefix: prefix, Query: vecs[0], K: recallCandidates, Model: model})
+	hits, byKey, _, _, err := l.messageHits(ctx, topic, req, mode)
 	if err != nil {
 		l.log.Warn("no recall: message search failed", "topic", topic, "err", err)
 		return nil
 	}
-	read, err := l.readMatchedMessages(ctx, topic, found.Matches)
-	if err != nil {
-		l.log.Warn("no recall: recalled messages could not be read", "topic", topic, "err", err)
-		return nil
-	}
 	var out []llmbridge.Message
-	for i, m := range read {
-		if !m.ok || found.Matches[i].Score < minRecallScore || m.msg.Role == "system" || !keep(m.id, m.seq) {
+	for _, h := range hits {
+		m := byKey[string(h.key)]
+		relevant := h.legs[1].rank > 0 || (h.legs[0].rank > 0 && h.legs[0].score >= minRecallScore)
+		if !relevant || m.msg.Role == "system" || !keep(m.id, m.seq) {
 			continue
 		}
 		content := m.msg.Content

@@ -26,8 +26,8 @@ const (
 	topicDescription = "created by the MCP server"
 )
 
-// searchModes are the search modes the REST search accepts today.
-var searchModes = map[string]bool{"": true, "vector": true}
+// searchModes are the search modes the REST search accepts.
+var searchModes = map[string]bool{"": true, llm.ModeVector: true, llm.ModeKeyword: true, llm.ModeHybrid: true}
 
 // ---- inputs and outputs: their JSON schemas are inferred from these ----
 
@@ -115,14 +115,14 @@ type SearchMemoryIn struct {
 	Topic string `json:"topic" jsonschema:"the topic name"`
 	Query string `json:"query" jsonschema:"what to look for, in words; embedded with the router's embedding model"`
 	K     int    `json:"k,omitempty" jsonschema:"at most this many results (1 to 100, default 10)"`
-	Mode  string `json:"mode,omitempty" jsonschema:"the search mode, as the REST search accepts it: vector (the default)"`
+	Mode  string `json:"mode,omitempty" jsonschema:"the search mode, as the REST search accepts it: vector, keyword or hybrid (the default: hybrid with an embedding model, keyword without)"`
 }
 
 // Match is one search result, best first.
 type Match struct {
 	Metadata schema.Metadata `json:"metadata"`
 	Content  Content         `json:"content"`
-	Score    float64         `json:"score" jsonschema:"the cosine similarity to the query"`
+	Score    float64         `json:"score" jsonschema:"the cosine similarity (vector), the BM25 score (keyword) or the fused reciprocal rank score (hybrid)"`
 }
 
 type SearchOut struct {
@@ -153,7 +153,7 @@ func (s *Server) addTools(ms *mcp.Server) {
 		write, func(in AppendMessagesIn) (string, string) { return in.Topic, in.ID }, s.appendMessages)
 	addTool(s, ms, &mcp.Tool{Name: "get_messages", Description: "Read a conversation's messages, oldest first, or only its last ones.", Annotations: ro},
 		read, func(in GetMessagesIn) (string, string) { return in.Topic, in.ID }, s.getMessages)
-	addTool(s, ms, &mcp.Tool{Name: "search_memory", Description: "Search a topic by meaning: the contexts most similar to the query, best first, with their scores.", Annotations: ro},
+	addTool(s, ms, &mcp.Tool{Name: "search_memory", Description: "Search a topic by meaning and by words (hybrid; by words only when the router has no embedding model): the contexts that best match the query, best first, with their scores.", Annotations: ro},
 		read, func(in SearchMemoryIn) (string, string) { return in.Topic, "" }, s.searchMemory)
 	destructive := true
 	addTool(s, ms, &mcp.Tool{Name: "delete_context", Description: "Delete one context.", Annotations: &mcp.ToolAnnotations{DestructiveHint: &destructive}},
@@ -371,9 +371,9 @@ func (s *Server) searchMemory(ctx context.Context, _ Caller, in SearchMemoryIn) 
 		return SearchOut{}, apierr.Errorf(apierr.CodeInvalidArgument, "field \"query\": say what to look for")
 	}
 	if !searchModes[in.Mode] {
-		return SearchOut{}, apierr.Errorf(apierr.CodeInvalidArgument, "field \"mode\": %q is not a search mode of this router (vector)", schema.Truncate(in.Mode))
+		return SearchOut{}, apierr.Errorf(apierr.CodeInvalidArgument, "field \"mode\": %q is not a search mode of this router (vector, keyword, hybrid)", schema.Truncate(in.Mode))
 	}
-	req := llm.SearchRequest{Query: in.Query, K: in.K}
+	req := llm.SearchRequest{Query: in.Query, K: in.K, Mode: in.Mode}
 	if err := req.Validate(); err != nil {
 		return SearchOut{}, err
 	}

@@ -144,6 +144,23 @@ type Searcher interface {
 
 var ErrNoTopK = errors.New("this shard cannot search vectors")
 
+// KeywordSearcher is what keyword search needs of a shard beside Shard:
+// its statistics for a query's terms, then its best BM25 matches under the
+// statistics of the whole cluster (storage.Store and storage.Client).
+type KeywordSearcher interface {
+	KeywordStats(ctx context.Context, bucket string, prefix []byte, terms []string) (storage.KeywordStats, error)
+	Keyword(ctx context.Context, bucket string, q storage.KeywordQuery) (storage.TopKResult, error)
+}
+
+// OpenReader reads records with their values opened (codec's sealing
+// decorator): MultiGet itself hands them out as the shard holds them.
+type OpenReader interface {
+	MultiGetOpen(ctx context.Context, bucket string, keys [][]byte) ([]storage.Record, error)
+}
+
+// ErrNoKeyword is the error of a shard that cannot search words.
+var ErrNoKeyword = errors.New("this shard cannot search words")
+
 // Reindexer is a shard that rebuilds its vector indexes on request
 // (storage.Store and storage.Client).
 type Reindexer interface {

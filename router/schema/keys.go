@@ -25,6 +25,12 @@ const (
 	// vector format, at the context's version, keyed and placed like the
 	// context.
 	BucketVectors = "vectors"
+	// BucketText holds each context's words for keyword search (its
+	// content.text and its messages' contents, IndexText) in the storage
+	// text format, at the context's version, keyed and placed like the
+	// context: the shards index it (storage keyword.go), since they cannot
+	// read the codec's stored format.
+	BucketText = "text"
 	// BucketEmbedPending marks contexts stored without the embedding the
 	// model server could not make; the retry loop scans it.
 	BucketEmbedPending = "embed_pending"
@@ -40,6 +46,10 @@ const (
 	// MessageKey, at their record's version, in the storage vector format:
 	// message-level search (scope "messages").
 	BucketMessageVectors = "message_vectors"
+	// BucketMessageText holds each message's words for keyword search at
+	// message scope, keyed by its MessageKey, at its record's version, in
+	// the storage text format (its role as tag).
+	BucketMessageText = "message_text"
 	// BucketDicts holds the trained compression dictionaries.
 	BucketDicts = storage.DictBucket
 )
