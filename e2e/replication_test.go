@@ -616,6 +616,10 @@ func runLoad(t testing.TB, c *cluster, topicName string, existing map[string]str
 	return l, &wg
 }
 
+// recordsPerContext is how many records a context of text is stored as:
+// itself and its words for keyword search (bucket text).
+const recordsPerContext = 2
+
 // rebalanceFigures logs what a finished rebalance moved and how fast, and
 // returns the share of keys moved: keys copied over the keys held before
 // times the replicas. copyEnd is when the cleanup phase was first seen (the
@@ -626,9 +630,9 @@ func rebalanceFigures(t testing.TB, what string, v clusterView, keysBefore, repl
 	if rb == nil || rb.FinishedAt == nil {
 		t.Fatalf("%s: /api/v1/cluster shows no finished rebalance: %+v", what, rb)
 	}
-	share := float64(rb.KeysCopied) / float64(keysBefore*replicas)
-	t.Logf("%s: %d keys copied of %d keys × %d replicas = %.3f (ideal 0.25), %.1f kB, %d purged",
-		what, rb.KeysCopied, keysBefore, replicas, share, float64(rb.BytesCopied)/1e3, rb.KeysPurged)
+	share := float64(rb.KeysCopied) / float64(keysBefore*replicas*recordsPerContext)
+	t.Logf("%s: %d records copied of %d contexts × %d records × %d replicas = %.3f (ideal 0.25), %.1f kB, %d purged",
+		what, rb.KeysCopied, keysBefore, recordsPerContext, replicas, share, float64(rb.BytesCopied)/1e3, rb.KeysPurged)
 	rate := func(d time.Duration) string {
 		return fmt.Sprintf("%s: %.0f keys/s, %.3f MB/s", d.Round(time.Millisecond),
 			float64(rb.KeysCopied)/d.Seconds(), float64(rb.BytesCopied)/1e6/d.Seconds())
