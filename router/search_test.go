@@ -1,16 +1,21 @@
 package router
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/go-kvdb/go-kvdb/llmbridge/ollamatest"
+	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
+	"github.com/go-kvdb/go-kvdb/storage"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 type searchResult struct {
@@ -369,5 +374,89 @@ func TestAdminReindex(t *testing.T) {
 		if after[i].Metadata.ID != before[i].Metadata.ID || math.Abs(after[i].Score-before[i].Score) > 1e-6 {
 			t.Errorf("result %d after reindex = %s %.6f, want %s %.6f", i, after[i].Metadata.ID, after[i].Score, before[i].Metadata.ID, before[i].Score)
 		}
+	}
+}
+
+// txnOnly refuses every write of a derived bucket (vectors, words, pending
+// marks) that comes on its own: only a transaction can carry them.
+type txnOnly struct {
+	searchShard
+	streams
+	refused atomic.Int64
+}
+
+func (f *txnOnly) Apply(ctx context.Context, b string, w []storage.Write) ([]storage.Result, error) {
+	if b == schema.BucketVectors || b == schema.BucketText || b == schema.BucketEmbedPending {
+		f.refused.Add(1)
+		return nil, errDown
+	}
+	return f.searchShard.Apply(ctx, b, w)
+}
+
+// searchShard is a shard that searches, as storage's Store and Client do.
+type searchShard interface {
+	Shard
+	placement.Searcher
+	placement.KeywordSearcher
+}
+
+// TestVectorInTheContextsTransaction: a context's vector and words go in
+// its own transaction, on every owner, so an acknowledged PUT is found by
+// vector and keyword search at once, with no second write that a crash of
+// the router (here: shards refusing any write of those buckets alone)
+// could lose.
+func TestVectorInTheContextsTransaction(t *testing.T) {
+	tc := &testCluster{reg: prometheus.NewRegistry(), replicas: 2}
+	var faults []*txnOnly
+	for range 3 {
+		n := tc.addShard(t)
+		f := &txnOnly{searchShard: n.Shard.(searchShard), streams: streams{n.Shard}}
+		n.Shard = f
+		faults = append(faults, f)
+		tc.want = append(tc.want, n)
+	}
+	fake := ollamatest.New(t)
+	llm := llmConfig(t, fake.URL)
+	llm.EmbedModel = ""
+	tc.router, tc.URL = tc.startRouter(t, func(c *Config) { c.Registry = tc.reg; c.Replicas = 2; c.LLM = llm })
+	tc.createTopic(t, "v")
+	rng := rand.New(rand.NewPCG(7, 8))
+	vecs := make([][]float32, 20)
+	for i := range vecs {
+		vecs[i] = make([]float32, 16)
+		for j := range vecs[i] {
+			vecs[i][j] = rng.Float32() - 0.5
+		}
+		tc.putContext(t, "v", fmt.Sprintf("c%02d", i), map[string]any{
+			"metadata": map[string]any{"embedding_model": "client"},
+			"content":  map[string]any{"text": fmt.Sprintf("parcel%02d shipped", i), "embeddings": vecs[i]},
+		})
+	}
+	for i, v := range vecs {
+		got := searchFor(t, tc, "v", "", map[string]any{"embedding": v, "model": "client", "k": 1, "mode": "vector", "exact": true})
+		if want := fmt.Sprintf("c%02d", i); len(got) != 1 || got[0].Metadata.ID != want {
+			t.Errorf("vector search for c%02d's embedding = %+v, want %s", i, got, want)
+		}
+		got = searchFor(t, tc, "v", "", map[string]any{"query": fmt.Sprintf("parcel%02d", i), "k": 1, "mode": "keyword"})
+		if want := fmt.Sprintf("c%02d", i); len(got) != 1 || got[0].Metadata.ID != want {
+			t.Errorf("keyword search for parcel%02d = %+v, want %s", i, got, want)
+		}
+	}
+	// Each owner holds the vector at the context's version.
+	for s, st := range tc.stores {
+		ctxs := storedContexts(t, st)
+		for key, rec := range ctxs {
+			vec, err := st.Get(t.Context(), schema.BucketVectors, []byte(key))
+			if err != nil || vec.Version != rec.Version {
+				t.Errorf("shard %d: vector of %q = version %d, %v; want the context's %d", s+1, key, vec.Version, err, rec.Version)
+			}
+		}
+	}
+	var refused int64
+	for _, f := range faults {
+		refused += f.refused.Load()
+	}
+	if refused != 0 {
+		t.Errorf("%d writes of a vector, words or pending mark came alone, want none", refused)
 	}
 }

@@ -116,11 +116,11 @@ func (s *Store) Put(ctx context.Context, topic string, doc *schema.Document, con
 	}
 	id := doc.Metadata.ID
 	key := schema.ContextKey(topic, id)
-	res, v, err := s.coord.WriteTxn(ctx, schema.Placement(topic, id), schema.BucketContexts, []byte(key), value, cond, match, textBeside([]byte(key), doc))
-	withText := true
+	res, v, err := s.coord.WriteTxn(ctx, schema.Placement(topic, id), schema.BucketContexts, []byte(key), value, cond, match, s.beside([]byte(key), doc))
+	withBeside := true
 	if err == nil && res.Outcome == storage.Conflict && cond == storage.CondAbsent {
 		res, v, err = s.replaceExpired(ctx, topic, id, value, res)
-		withText = false
+		withBeside = false
 	}
 	if err != nil {
 		return Written{}, err
@@ -128,7 +128,7 @@ func (s *Store) Put(ctx context.Context, topic string, doc *schema.Document, con
 	if res.Outcome == storage.Conflict {
 		return Written{}, onConflict(res)
 	}
-	s.afterWrite(ctx, topic, doc, v, res.PrevLive(), withText)
+	s.afterWrite(ctx, topic, doc, v, withBeside)
 	s.cache.Put(contextCacheKey(key), v, false, body)
 	if res.PrevLive() {
 		s.purgeMessages(topic, id, v) // the conversation replaced, if it had records
@@ -136,36 +136,32 @@ func (s *Store) Put(ctx context.Context, topic string, doc *schema.Document, con
 	return Written{Version: v, Created: !res.PrevLive(), Body: body}, nil
 }
 
-// textBeside is the record of d's words for keyword search (bucket text,
-// schema.IndexText), to write in the context's own transaction: its
-// version is the context's, and a rewrite replaces the old words in the
-// shards' index at once. It is written even when empty, so that no
-// replaced context keeps its old words.
-func textBeside(key []byte, d *schema.Document) []storage.TxnWrite {
+// beside is what a context's own transaction writes with it, at its
+// version: the record of its words for keyword search (bucket text,
+// schema.IndexText; written even when empty, so that no replaced context
+// keeps its old words in the shards' index) and the hooks' records (its
+// vector, its pending mark). One transaction on every owner means an
+// acknowledged write is searchable at once, and that no crash leaves a
+// context without its vector.
+func (s *Store) beside(key []byte, d *schema.Document) []storage.TxnWrite {
 	val := storage.EncodeText(storage.Text{Tags: d.Metadata.Tags, Body: schema.IndexText(d)})
-	return []storage.TxnWrite{{Bucket: schema.BucketText, Write: storage.Write{Record: storage.Record{Key: key, Value: val}}}}
+	return append([]storage.TxnWrite{{Bucket: schema.BucketText, Write: storage.Write{Record: storage.Record{Key: key, Value: val}}}},
+		s.cfg.Hooks.Beside(key, d)...)
 }
 
-// AfterWrite runs what follows every write of a context at version v: its
-// words for keyword search (at v), the LLM hooks (its vector, its pending
-// mark) and its expiry index entry. The context is stored: this finishes
-// even if its client has gone, and never fails the write.
-func (s *Store) AfterWrite(ctx context.Context, topic string, d *schema.Document, v uint64, prevLive bool) {
-	s.afterWrite(ctx, topic, d, v, prevLive, false)
-}
-
-// afterWrite is AfterWrite for a write that carried its words already
-// (withText: textBeside was in its transaction) or not.
-func (s *Store) afterWrite(ctx context.Context, topic string, d *schema.Document, v uint64, prevLive, withText bool) {
+// afterWrite runs what follows every write of a context at version v: the
+// records beside it (see beside), when its transaction could not carry
+// them (withBeside false), and its expiry index entry. The context is
+// stored: this finishes even if its client has gone, and never fails the
+// write.
+func (s *Store) afterWrite(ctx context.Context, topic string, d *schema.Document, v uint64, withBeside bool) {
 	ctx = context.WithoutCancel(ctx)
-	if !withText {
+	if !withBeside {
 		key := []byte(schema.ContextKey(topic, d.Metadata.ID))
-		w := textBeside(key, d)[0]
-		if err := s.coord.WriteAt(ctx, schema.Placement(topic, d.Metadata.ID), w.Bucket, key, v, false, w.Value); err != nil {
-			s.cfg.Log.Warn("words for keyword search not stored", "topic", topic, "id", d.Metadata.ID, "err", err)
+		if err := s.coord.WriteTxnAt(ctx, schema.Placement(topic, d.Metadata.ID), v, s.beside(key, d)); err != nil {
+			s.cfg.Log.Warn("words and vector of a context not stored", "topic", topic, "id", d.Metadata.ID, "err", err)
 		}
 	}
-	s.cfg.Hooks.Written(ctx, topic, d, v, prevLive)
 	s.indexExpiry(ctx, topic, d, v)
 }
 
@@ -218,12 +214,12 @@ func (s *Store) Replace(ctx context.Context, topic string, doc *schema.Document,
 		return false, err
 	}
 	key := schema.ContextKey(topic, doc.Metadata.ID)
-	res, v, err := s.coord.WriteTxn(ctx, schema.Placement(topic, doc.Metadata.ID), schema.BucketContexts, []byte(key), value, storage.CondVersion, version, textBeside([]byte(key), doc))
+	res, v, err := s.coord.WriteTxn(ctx, schema.Placement(topic, doc.Metadata.ID), schema.BucketContexts, []byte(key), value, storage.CondVersion, version, s.beside([]byte(key), doc))
 	if err != nil || res.Outcome == storage.Conflict {
 		return false, err
 	}
 	s.cache.Put(contextCacheKey(key), v, false, body)
-	s.afterWrite(ctx, topic, doc, v, true, true)
+	s.afterWrite(ctx, topic, doc, v, true)
 	return true, nil
 }
 

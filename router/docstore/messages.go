@@ -225,6 +225,7 @@ func (s *Store) appendOnce(ctx context.Context, topic, id, pk string, key []byte
 	if err != nil {
 		return Appended{}, &apierr.Error{Code: apierr.CodeInternal, Message: "encode context", Err: err}
 	}
+	with = append(with, s.beside(key, doc)...)
 	res, v, err := s.coord.WriteTxn(ctx, pk, schema.BucketContexts, key, value, cond, want, with)
 	if err != nil {
 		return Appended{}, err
@@ -238,7 +239,7 @@ func (s *Store) appendOnce(ctx context.Context, topic, id, pk string, key []byte
 	// The cache holds documents with their messages: the next read
 	// assembles it again.
 	s.cache.Invalidate(contextCacheKey(string(key)), v)
-	s.AfterWrite(ctx, topic, doc, v, res.PrevLive())
+	s.afterWrite(ctx, topic, doc, v, true)
 	if expired {
 		s.purgeMessages(topic, id, v) // the expired conversation's records
 	}

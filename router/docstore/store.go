@@ -13,6 +13,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/hotcache"
 	"github.com/go-kvdb/go-kvdb/router/placement"
 	"github.com/go-kvdb/go-kvdb/router/schema"
+	"github.com/go-kvdb/go-kvdb/storage"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -26,9 +27,10 @@ type Hooks interface {
 	// Derived reports whether d's embeddings were made by the router, so
 	// a change of content must drop them.
 	Derived(d *schema.Document) bool
-	// Written runs after d was stored at version v (prevLive: a live
-	// version was replaced). It must not fail the write.
-	Written(ctx context.Context, topic string, d *schema.Document, v uint64, prevLive bool)
+	// Beside returns the records the hooks keep beside d under key (its
+	// vector, its pending mark), written in d's own transaction at its
+	// version, so that none is missing once the write is acknowledged.
+	Beside(key []byte, d *schema.Document) []storage.TxnWrite
 	// Deleted runs after the context topic/id was deleted at version v.
 	Deleted(ctx context.Context, topic, id string, v uint64)
 	// MessageVectors embeds the messages an append adds, for message
@@ -142,8 +144,8 @@ func (s *Store) Start() { s.cfg.Go(s.expiryLoop) }
 
 type noHooks struct{}
 
-func (noHooks) Prepare(context.Context, *schema.Document)                       {}
-func (noHooks) Derived(*schema.Document) bool                                   { return false }
-func (noHooks) Written(context.Context, string, *schema.Document, uint64, bool) {}
-func (noHooks) Deleted(context.Context, string, string, uint64)                 {}
-func (noHooks) MessageVectors(context.Context, []schema.Message) [][]byte       { return nil }
+func (noHooks) Prepare(context.Context, *schema.Document)                 {}
+func (noHooks) Derived(*schema.Document) bool                             { return false }
+func (noHooks) Beside([]byte, *schema.Document) []storage.TxnWrite        { return nil }
+func (noHooks) Deleted(context.Context, string, string, uint64)           {}
+func (noHooks) MessageVectors(context.Context, []schema.Message) [][]byte { return nil }

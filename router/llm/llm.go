@@ -330,30 +330,21 @@ func (l *Service) embedForWrite(ctx context.Context, d *schema.Document) {
 	d.Content.Embeddings, m.EmbeddingModel = vecs[0], model
 }
 
-// afterContextWrite keeps the vector and the pending mark of a context in
-// step with the context just written at version v: the vector is written
-// at the same version, so a search can tell a vector from a stale one.
-// (The context's words for keyword search are docstore's: written in the
-// context's own transaction.) A failure here is logged, not returned: the
-// context is stored, search checks versions, and the next write or the
-// retry loop repairs it.
-func (l *Service) afterContextWrite(ctx context.Context, topic string, d *schema.Document, v uint64, prevLive bool) {
-	pk := schema.Placement(topic, d.Metadata.ID)
-	key := []byte(schema.ContextKey(topic, d.Metadata.ID))
+// beside is what a context's transaction writes with it at its version
+// (docstore.Hooks.Beside): its vector, so that a search can tell it from a
+// stale one, and its pending mark. (Its words for keyword search are
+// docstore's own.) A replaced context's old vector is left in place:
+// search ignores a vector older than its context and purges it when it
+// meets it, which keeps a tombstone off every replace.
+func (l *Service) beside(key []byte, d *schema.Document) []storage.TxnWrite {
+	var ws []storage.TxnWrite
 	if len(d.Content.Embeddings) > 0 {
-		val := encodeVector(d)
-		if err := l.coord.WriteAt(ctx, pk, schema.BucketVectors, key, v, false, val); err != nil {
-			l.log.Warn("vector not stored", "topic", topic, "id", d.Metadata.ID, "err", err)
-		}
+		ws = append(ws, storage.TxnWrite{Bucket: schema.BucketVectors, Write: storage.Write{Record: storage.Record{Key: key, Value: encodeVector(d)}}})
 	}
-	// A replaced context's old vector is left in place: search ignores a
-	// vector older than its context and purges it when it meets it, which
-	// keeps a second durable write off every replace.
 	if d.Metadata.EmbeddingPending {
-		if err := l.coord.WriteAt(ctx, pk, schema.BucketEmbedPending, key, v, false, []byte{}); err != nil {
-			l.log.Warn("pending embedding not recorded", "topic", topic, "id", d.Metadata.ID, "err", err)
-		}
+		ws = append(ws, storage.TxnWrite{Bucket: schema.BucketEmbedPending, Write: storage.Write{Record: storage.Record{Key: key, Value: []byte{}}}})
 	}
+	return ws
 }
 
 // afterContextDelete deletes a deleted (or expired) context's vector and
@@ -369,17 +360,15 @@ func (l *Service) afterContextDelete(_ context.Context, topic, id string, v uint
 	})
 }
 
-// Prepare, Derived, Written and Deleted are the LLM features' part in
+// Prepare, Derived, Beside and Deleted are the LLM features' part in
 // every context write (docstore.Hooks).
 func (l *Service) Prepare(ctx context.Context, d *schema.Document) { l.embedForWrite(ctx, d) }
 
 // Derived reports whether d's embeddings were made by the router.
 func (l *Service) Derived(d *schema.Document) bool { return l.autoEmbedded(d) }
 
-// Written keeps d's vector and pending mark in step with its write at v.
-func (l *Service) Written(ctx context.Context, topic string, d *schema.Document, v uint64, prevLive bool) {
-	l.afterContextWrite(ctx, topic, d, v, prevLive)
-}
+// Beside is the vector and pending mark written with d (see beside).
+func (l *Service) Beside(key []byte, d *schema.Document) []storage.TxnWrite { return l.beside(key, d) }
 
 // Deleted drops the vector of a context deleted at v.
 func (l *Service) Deleted(ctx context.Context, topic, id string, v uint64) {
