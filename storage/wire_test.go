@@ -617,3 +617,45 @@ func BenchmarkClientGet(b *testing.B) {
 		}
 	}
 }
+
+// FuzzParseTxns is FuzzParseWrites for a request of several transactions
+// (/v1/txns); txnSize must be the length appendTxn writes.
+func FuzzParseTxns(f *testing.F) {
+	txn := func(ws ...Write) []TxnWrite {
+		out := make([]TxnWrite, len(ws))
+		for i, w := range ws {
+			out[i] = TxnWrite{Bucket: fmt.Sprintf("b%d", i), Write: w}
+		}
+		return out
+	}
+	f.Add([]byte{})
+	f.Add(appendTxns(nil, [][]TxnWrite{txn(codecWrites[:1]...)}))
+	f.Add(appendTxns(nil, [][]TxnWrite{txn(codecWrites...), txn(codecWrites[1:]...)}))
+	f.Add(appendTxns(nil, [][]TxnWrite{txn(codecWrites...)})[:30])
+	f.Add([]byte{0})       // an empty transaction
+	f.Add([]byte{9, 1, 2}) // a length past the end
+	f.Fuzz(func(t *testing.T, b []byte) {
+		txns, err := parseTxns(b)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("parseTxns(%x) = %v, want ErrInvalid", b, err)
+			}
+			return
+		}
+		for _, tx := range txns {
+			if n := len(appendTxn(nil, tx)); n != txnSize(tx) {
+				t.Fatalf("txnSize = %d, appendTxn wrote %d", txnSize(tx), n)
+			}
+		}
+		enc := appendTxns(nil, txns)
+		again, err := parseTxns(enc)
+		if err != nil || len(again) != len(txns) {
+			t.Fatalf("parseTxns(appendTxns(parseTxns(%x))) = %d transactions, %v; want %d", b, len(again), err, len(txns))
+		}
+		for i := range txns {
+			if !bytes.Equal(appendTxn(nil, again[i]), appendTxn(nil, txns[i])) {
+				t.Fatalf("transaction %d changed in a round trip", i)
+			}
+		}
+	})
+}
