@@ -797,9 +797,10 @@ func TestTwoOfThreeDown(t *testing.T) {
 func TestRouterRestartMidRebalance(t *testing.T) {
 	t.Parallel()
 	// replicas = 3 and 3 → 4 shards: sh-4 gets a copy of about 3/4 of the
-	// keys, some 1200. -sync-rate lets the first 1000 go at once (the
-	// limiter's burst) and the rest at 25 keys/s: the copy runs for
-	// seconds after the first keys are seen copied.
+	// contexts, some 1200, and of their words, as many records again.
+	// -sync-rate lets the first 1000 go at once (the limiter's burst) and
+	// the rest at 25 keys/s: the copy runs for most of a minute after the
+	// first keys are seen copied.
 	// The hot cache stays on: the router that checks the keys at the end
 	// is a new process, with an empty cache.
 	const n = 1600
@@ -839,20 +840,15 @@ func TestRouterRestartMidRebalance(t *testing.T) {
 	t.Logf("router killed at epoch %d, %s, %d keys copied (%d at first sight)",
 		last.Epoch, last.State, last.Rebalance.KeysCopied, v.Rebalance.KeysCopied)
 
+	// The throttle was there to hold the copy open until the kill. The
+	// restarted router redoes the copy pass from the start and finds most
+	// of sh-4's share still to copy, far more than a burst: at 25 keys/s
+	// the rest would take half a minute of waiting. It runs unthrottled.
+	c.routerArgs = nil
 	c.startRouter(t)
-	// The restarted router redoes the copy pass from the start and then
-	// purges the former owners' copies, each context's words with it (the
-	// shard unindexes them in the purge's transaction): under -race on two
-	// cores that takes longer than one clusterTimeout.
 	restarted := time.Now()
-	var after clusterView
-	if !eventually(3*clusterTimeout, func() bool {
-		after = getCluster(t, c)
-		return after.State == "stable" && after.Epoch > last.Epoch && slices.Equal(after.shardNames(), []string{"sh-1", "sh-2", "sh-3", "sh-4"})
-	}) {
-		t.Fatalf("GET /api/v1/cluster: not stable over sh-1..sh-4 after epoch %d within %s; last: %+v", last.Epoch, 3*clusterTimeout, after)
-	}
-	t.Logf("the restarted router finished the rebalance %s after it started", time.Since(restarted).Round(time.Second))
+	after := waitStable(t, c, last.Epoch, "sh-1", "sh-2", "sh-3", "sh-4")
+	t.Logf("the restarted router finished the rebalance %s after it started", time.Since(restarted).Round(100*time.Millisecond))
 	if after.Rebalance != nil {
 		t.Logf("restarted router finished the rebalance at epoch %d: %d keys copied, %d scanned", after.Epoch, after.Rebalance.KeysCopied, after.Rebalance.KeysScanned)
 	}
