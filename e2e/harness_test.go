@@ -23,8 +23,13 @@ import (
 const (
 	buildTimeout = 5 * time.Minute  // go build of both binaries, cold cache included
 	readyTimeout = 10 * time.Second // from start until GET /healthz answers 200
-	stopTimeout  = 5 * time.Second  // from SIGTERM until exit, before SIGKILL
-	exitTimeout  = 15 * time.Second // for a process expected to fail on its own
+	// stopTimeout is from SIGTERM until exit, before SIGKILL: past the
+	// daemons' default -shutdown-grace (10 s), which a clean stop may use.
+	// net/http's Shutdown counts a connection that has sent nothing yet as
+	// busy for 5 s, so a stop while a peer is frozen (SIGSTOP) just after
+	// dialing takes that long (TestGapEmptiesTheCache).
+	stopTimeout = 12 * time.Second
+	exitTimeout = 15 * time.Second // for a process expected to fail on its own
 )
 
 // bin holds the paths of the binaries TestMain builds.
