@@ -154,13 +154,13 @@ func endStreams(ctx context.Context, h http.Handler) http.Handler {
 // route names a request's route for metrics: the path up to the bucket.
 func route(r *http.Request) string {
 	p := r.URL.Path
-	for _, prefix := range []string{"/v1/get/", "/v1/apply/", "/v1/scan/", "/v1/delete-prefix/"} {
+	for _, prefix := range []string{"/v1/get/", "/v1/apply/", "/v1/scan/", "/v1/delete-prefix/", "/v1/multiget/", "/v1/purge/", "/v1/topk/", "/v1/kwstats/", "/v1/keyword/"} {
 		if strings.HasPrefix(p, prefix) {
 			return prefix + "{bucket}"
 		}
 	}
 	switch p {
-	case "/healthz", "/metrics", "/v1/info", "/v1/changes", "/v1/changes/head":
+	case "/healthz", "/metrics", "/v1/info", "/v1/changes", "/v1/changes/head", "/v1/txn", "/v1/txns", "/v1/reindex", "/v1/snapshot":
 		return p
 	}
 	return "unmatched"
