@@ -31,6 +31,7 @@ var corpusSources = []string{
 // corpus is a bag of English sentences.
 type corpus struct {
 	sentences []string
+	fortunes  int    // sentences[:fortunes] are fortunes-min's; 0 without it
 	source    string // what it was made from, for the report
 }
 
@@ -52,6 +53,9 @@ func loadCorpus() *corpus {
 		}
 		if len(c.sentences) > n {
 			used = append(used, filepath.Base(path))
+		}
+		if strings.Contains(path, "fortunes") { // listed first
+			c.fortunes = len(c.sentences)
 		}
 	}
 	if len(c.sentences) < 200 {
@@ -108,6 +112,17 @@ func (c *corpus) paragraph(r *rand.Rand, n int) string {
 		b.WriteString(c.sentences[r.IntN(len(c.sentences))])
 	}
 	return b.String()
+}
+
+// fortuneText is two sentences of the fortunes for seed (of the whole
+// corpus without fortunes-min): the words of a searched context.
+func (c *corpus) fortuneText(seed uint64) string {
+	pool := c.sentences
+	if c.fortunes >= 200 {
+		pool = c.sentences[:c.fortunes]
+	}
+	r := rand.New(rand.NewPCG(seed, 0x666f7274))
+	return pool[r.IntN(len(pool))] + " " + pool[r.IntN(len(pool))]
 }
 
 // The documents, in the API's JSON shape.

@@ -160,6 +160,15 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "| row 12: another router stops serving a replaced version, p99 ms after the write's acknowledgement | %s | ≤ %.0f | %s |\n",
 			val, stalenessTarget, verdict(p99, stalenessTarget, false))
 	}
+	if x := r.row("9hy"); x != nil {
+		p50 := medianOf(x.samples, func(s sample) float64 { return s.p50 })
+		val := ms(p50)
+		if x.na != "" {
+			val = "n/a"
+		}
+		fmt.Fprintf(&b, "| row 9hy: hybrid search p50 ms at %s contexts, 3 shards | %s | ≤ %.0f | %s |\n",
+			thousands(o.vectors), val, hybridP50Target, verdict(p50, hybridP50Target, false))
+	}
 	if worst, limit, id := r.worstRouterRSS(); id != "" {
 		fmt.Fprintf(&b, "| router peak RSS ≤ its -cache-size + 128 MiB, every row (worst: row %s) | %s | ≤ %s | %s |\n",
 			id, mib(worst), mib(limit), verdict(float64(worst), float64(limit), false))

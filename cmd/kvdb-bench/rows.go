@@ -182,6 +182,20 @@ var rowDefs = []rowDef{
 		}
 		return t, nil
 	}},
+	{"9k", 9, "", func(s *suite, ctx context.Context) (*target, error) {
+		t, err := s.stepTextQueries(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return s.textTarget(t.keywordBodies, t.keywordSource), nil
+	}},
+	{"9hy", 9, "", func(s *suite, ctx context.Context) (*target, error) {
+		t, err := s.stepTextQueries(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return s.textTarget(t.hybridBodies, t.hybridSource), nil
+	}},
 	{"9h", 9, "anchor: Debian's python3-hnswlib, one thread, over row 9's vectors (ef 64)", func(s *suite, ctx context.Context) (*target, error) {
 		if err := s.stepHnswlib(ctx); err != nil {
 			return nil, err
@@ -362,6 +376,10 @@ func rowTitle(d *rowDef, o options) string {
 		return fmt.Sprintf("ours: list a page of %d in a topic of %s contexts, 3 shards", listPage, thousands(o.listLarge))
 	case "9":
 		return fmt.Sprintf("ours: semantic search, top %d over %s %d-dim vectors, 3 shards (%d connections)", searchK, thousands(o.vectors), embeddingDims, searchConns)
+	case "9k":
+		return fmt.Sprintf("ours: keyword search (BM25), top %d over row 9's %s contexts (two fortune sentences each), 3 shards (%d connections)", searchK, thousands(o.vectors), searchConns)
+	case "9hy":
+		return fmt.Sprintf("ours: hybrid search (keyword and vector legs, fused), top %d over row 9's %s contexts, 3 shards (%d connections)", searchK, thousands(o.vectors), searchConns)
 	}
 	return d.title
 }
@@ -387,7 +405,7 @@ func selectRows(spec string) (selection, error) {
 	for f := range strings.SplitSeq(spec, ",") {
 		f = strings.TrimSpace(f)
 		if !known[f] {
-			return nil, fmt.Errorf("-rows: unknown row %q (rows are 1..12, or 3a, 3b, 3c, 7a, 7b, 7c, 8a, 8b, 9h, 11a..11h)", f)
+			return nil, fmt.Errorf("-rows: unknown row %q (rows are 1..12, or 3a, 3b, 3c, 7a, 7b, 7c, 8a, 8b, 9k, 9hy, 9h, 11a..11h)", f)
 		}
 		sel[f] = true
 	}

@@ -73,6 +73,7 @@ type suite struct {
 	hnswEf                  []anchorLine // row 9h: its queries at each ef
 	convSingle, convR3      *convSetup   // row 11
 	stale                   *staleSetup  // row 12
+	text                    *textSetup   // rows 9k and 9hy
 }
 
 type stepResult struct{ err error }
@@ -523,8 +524,9 @@ const (
 )
 
 // stepVectors checks that the router answers a search, then stores
-// -vectors contexts with a 768-dim embedding each in topic "vec" and
-// writes query bodies. Until the search route lands the row is n/a.
+// -vectors contexts with a 768-dim embedding and two fortune sentences
+// each (the words rows 9k and 9hy search) in topic "vec" and writes query
+// bodies. Until the search route lands the row is n/a.
 func (s *suite) stepVectors(ctx context.Context) error {
 	return s.step(fmt.Sprintf("topic of %d embedded contexts", s.o.vectors), func() error {
 		if err := s.stepRouterMiss(ctx); err != nil { // loads, as for lists
@@ -562,7 +564,7 @@ func (s *suite) stepVectors(ctx context.Context) error {
 		start := time.Now()
 		if err := s.putAll(ctx, base, topic, s.o.vectors, func(i int) string { return fmt.Sprintf("v%07d", i) },
 			func(i int) []byte {
-				return mustJSON(map[string]any{"content": map[string]any{"text": fmt.Sprintf("vector %d", i), "embeddings": s.vecBase.Row(i)}})
+				return mustJSON(map[string]any{"content": map[string]any{"text": s.corpus.fortuneText(uint64(i)), "embeddings": s.vecBase.Row(i)}})
 			}); err != nil {
 			return err
 		}
