@@ -128,6 +128,45 @@ func (c *Client) writeContext(ctx context.Context, method, path string, doc Docu
 	return &out, nil
 }
 
+// PutContexts stores up to 1,000 documents in topic in one request (POST
+// …/contexts/_bulk), each as PutContext without options would: every
+// doc.Metadata.ID must be set, once. One invalid document refuses them all
+// (*Error, nothing written). When some are not stored (a shard down) it
+// returns the result of each with the *Error of the first failure: the
+// rest were stored, and calling it again with the same documents is safe.
+func (c *Client) PutContexts(ctx context.Context, topic string, docs []Document) (*BulkResult, error) {
+	b, err := json.Marshal(map[string][]Document{"contexts": docs})
+	if err != nil {
+		return nil, fmt.Errorf("kvdb POST bulk: encode request: %w", err)
+	}
+	path := pathOf("topics", topic, "contexts", "_bulk")
+	resp, err := c.send(ctx, request{method: http.MethodPost, path: path, body: bytes.NewReader(b), ctype: "application/json", partial: true})
+	if resp == nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var out struct {
+		BulkResult
+		Error *struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if derr := json.NewDecoder(resp.Body).Decode(&out); derr != nil && err == nil {
+		return nil, fmt.Errorf("kvdb POST %s: decode answer: %w", path, derr)
+	}
+	if e, ok := err.(*Error); ok {
+		if out.Error != nil {
+			e.Code, e.Message = out.Error.Code, out.Error.Message
+		}
+		if out.Results == nil { // no bulk answer: a plain error (400, 404, …)
+			return nil, e
+		}
+		return &out.BulkResult, e
+	}
+	return &out.BulkResult, nil
+}
+
 // GetContext returns the context id of topic, with its ETag.
 func (c *Client) GetContext(ctx context.Context, topic, id string) (*Document, error) {
 	var out Document

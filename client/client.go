@@ -61,6 +61,9 @@ type request struct {
 	body   io.Reader
 	ctype  string
 	header http.Header
+	// partial: an error answer that still has a body to read (a bulk
+	// write's results) comes back as the response with the error.
+	partial bool
 }
 
 // send sends req and returns the response of a 2xx answer, whose body the
@@ -93,6 +96,9 @@ func (c *Client) send(ctx context.Context, req request) (*http.Response, error) 
 	}
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		return resp, nil
+	}
+	if req.partial {
+		return resp, &Error{StatusCode: resp.StatusCode, RetryAfter: retryAfter(resp.Header)}
 	}
 	defer resp.Body.Close()
 	return nil, errorOf(resp)

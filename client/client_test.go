@@ -344,3 +344,50 @@ func TestCompressionDictionary(t *testing.T) {
 		t.Errorf("c005 after a restart = %+v, %v", again, err)
 	}
 }
+
+// TestPutContexts: a bulk write stores every document (each readable
+// with the ETag its result names); an invalid one refuses them all; a
+// partial answer (503, as the router gives with a shard down) comes back
+// as the results with the error.
+func TestPutContexts(t *testing.T) {
+	ctx := context.Background()
+	c := newClient(t)
+	t.Cleanup(func() { c.DeleteTopic(context.Background(), "bulk") })
+	if _, err := c.CreateTopic(ctx, client.Topic{Name: "bulk"}); err != nil {
+		t.Fatal(err)
+	}
+	docs := make([]client.Document, 50)
+	for i := range docs {
+		docs[i] = client.Document{Metadata: client.Metadata{ID: fmt.Sprintf("d%02d", i)}, Content: client.Content{Text: fmt.Sprintf("note %d", i)}}
+	}
+	res, err := c.PutContexts(ctx, "bulk", docs)
+	if err != nil || res.Created != 50 || res.Failed != 0 || len(res.Results) != 50 {
+		t.Fatalf("PutContexts = %+v, %v; want 50 created", res, err)
+	}
+	for i, r := range res.Results {
+		got, err := c.GetContext(ctx, "bulk", r.ID)
+		if err != nil || r.Status != 201 || got.ETag != r.ETag || got.Content.Text != docs[i].Content.Text {
+			t.Errorf("result %+v; GetContext = %+v, %v", r, got, err)
+		}
+	}
+	if res, err = c.PutContexts(ctx, "bulk", docs[:3]); err != nil || res.Replaced != 3 {
+		t.Errorf("PutContexts again = %+v, %v; want 3 replaced", res, err)
+	}
+	docs[7].Metadata.ID = ""
+	if res, err := c.PutContexts(ctx, "bulk", docs); !errors.Is(err, client.ErrInvalidArgument) || res != nil || !strings.Contains(err.Error(), "contexts[7]") {
+		t.Errorf("PutContexts with no id in the 8th = %+v, %v; want ErrInvalidArgument naming contexts[7]", res, err)
+	}
+
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprint(w, `{"error":{"code":"unavailable","message":"1 of 2 contexts not stored (each result says which; writing the bulk again is safe): shard sh-2 down"},`+
+			`"created":1,"replaced":0,"failed":1,"results":[{"id":"a","status":201,"etag":"\"5\""},{"id":"b","status":503,"error":{"code":"unavailable","message":"shard sh-2 down"}}]}`)
+	}))
+	t.Cleanup(srv.Close)
+	pc, _ := client.New(srv.URL)
+	res, err = pc.PutContexts(ctx, "t", docs[:2])
+	if !errors.Is(err, client.ErrUnavailable) || res == nil || res.Created != 1 || res.Failed != 1 || res.Results[1].Error == nil || res.Results[0].ETag != `"5"` {
+		t.Errorf("partial PutContexts = %+v, %v; want the results and ErrUnavailable", res, err)
+	}
+}

@@ -141,6 +141,25 @@ type SearchRequest struct {
 	IncludeContent bool `json:"-"`
 }
 
+// BulkResult is what a bulk write (PutContexts) did.
+type BulkResult struct {
+	Created  int          `json:"created"`  // contexts that were new
+	Replaced int          `json:"replaced"` // contexts whose live version was replaced
+	Failed   int          `json:"failed"`   // contexts not stored
+	Results  []BulkStored `json:"results"`  // one per document, in order
+}
+
+// BulkStored is the result of one document of a bulk write.
+type BulkStored struct {
+	ID     string `json:"id"`
+	Status int    `json:"status"`         // 201 created, 200 replaced, else its error's
+	ETag   string `json:"etag,omitempty"` // the stored version, once stored
+	Error  *struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error,omitempty"` // why it was not stored
+}
+
 // SearchResult is one context found, with its score: the cosine
 // similarity (vector), the BM25 score (keyword) or the fused reciprocal
 // rank score (hybrid).

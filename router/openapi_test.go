@@ -232,6 +232,9 @@ func TestOpenAPI(t *testing.T) {
 	s.want(s.call("POST", "/api/v1/topics/kb/contexts", `{"metadata":{"id":"c1"}}`, true), 409, "create over an existing id")
 	s.want(s.call("PUT", "/api/v1/topics/kb/contexts/c2", `{"metadata":{"ttl_seconds":60,"expires_at":"2001-01-01T00:00:00Z"}}`, false), 400, "inconsistent expiry")
 	s.want(s.call("PUT", "/api/v1/topics/nope/contexts/c2", `{}`, true), 404, "context of a missing topic")
+	s.want(s.call("POST", "/api/v1/topics/kb/contexts/_bulk", `{"contexts":[{"metadata":{"id":"b1"},"content":{"text":"one"}},{"metadata":{"id":"b2","tags":["x"]},"content":{"text":"two","embeddings":[0.5,0.25]}}]}`, true), 200, "bulk write")
+	s.want(s.call("POST", "/api/v1/topics/kb/contexts/_bulk", `{"contexts":[{"content":{"text":"no id"}}]}`, false), 400, "bulk without ids")
+	s.want(s.call("POST", "/api/v1/topics/nope/contexts/_bulk", `{"contexts":[{"metadata":{"id":"b1"}}]}`, true), 404, "bulk of a missing topic")
 	s.want(s.call("GET", "/api/v1/topics/kb/contexts/c1", nil, true), 200, "get context (miss)")
 	r = s.want(s.call("GET", "/api/v1/topics/kb/contexts/c1", nil, true), 200, "get context (hit)")
 	if r.Header.Get("X-Kvdb-Cache") != "hit" || r.Header.Get("ETag") != etag {

@@ -9,6 +9,7 @@ import (
 	"github.com/go-kvdb/go-kvdb/router/codec"
 	"github.com/go-kvdb/go-kvdb/router/schema"
 	"github.com/go-kvdb/go-kvdb/storage"
+	"golang.org/x/sync/errgroup"
 )
 
 // preconditionFailed explains why a conditional write did not apply.
@@ -108,9 +109,15 @@ func (s *Store) Put(ctx context.Context, topic string, doc *schema.Document, con
 	if err != nil {
 		return Written{}, err
 	}
+	return s.put(ctx, topic, tbody, doc, cond, match, onConflict, true)
+}
+
+// put is Put in a topic whose body is tbody; render: answer the document
+// rendered (Written.Body) and cache it, else only drop what the cache held.
+func (s *Store) put(ctx context.Context, topic string, tbody []byte, doc *schema.Document, cond storage.Cond, match uint64, onConflict func(storage.Result) error, render bool) (Written, error) {
 	schema.ApplyTopicTTL(doc, tbody, time.Now())
 	s.cfg.Hooks.Prepare(ctx, doc)
-	value, body, err := s.codec.EncodeRendered(doc)
+	value, body, err := s.codec.Encode(doc, render)
 	if err != nil {
 		return Written{}, &apierr.Error{Code: apierr.CodeInternal, Message: "encode context", Err: err}
 	}
@@ -126,14 +133,56 @@ func (s *Store) Put(ctx context.Context, topic string, doc *schema.Document, con
 		return Written{}, err
 	}
 	if res.Outcome == storage.Conflict {
+		if onConflict == nil { // only a condition can fail
+			return Written{}, &apierr.Error{Code: apierr.CodeInternal, Message: "an unconditional write conflicted", Err: errors.New(res.Outcome.String())}
+		}
 		return Written{}, onConflict(res)
 	}
 	s.afterWrite(ctx, topic, doc, v, withBeside)
-	s.cache.Put(contextCacheKey(key), v, false, body)
+	if render {
+		s.cache.Put(contextCacheKey(key), v, false, body)
+	} else {
+		s.cache.Invalidate(contextCacheKey(key), v)
+	}
 	if res.PrevLive() {
 		s.purgeMessages(topic, id, v) // the conversation replaced, if it had records
 	}
 	return Written{Version: v, Created: !res.PrevLive(), Body: body}, nil
+}
+
+// BulkItem is one context of a bulk write and what became of it.
+type BulkItem struct {
+	Doc     *schema.Document
+	Version uint64 // once stored
+	Created bool   // no live version was replaced
+	Err     error  // why it was not stored
+}
+
+// bulkParallel is how many contexts of a bulk write are in flight at once:
+// enough to fill the shards' commits, as that many clients would.
+const bulkParallel = 64
+
+// PutBulk writes validated documents of an existing topic, each as a PUT
+// without a condition does: in its own transaction, so each context lands
+// whole (with its words and vector) or not at all. The bulk is not one
+// transaction: each item says whether it was stored, and writing the same
+// items again is safe. Nothing is rendered: a bulk write answers no bodies.
+func (s *Store) PutBulk(ctx context.Context, topic string, items []BulkItem) error {
+	tbody, _, err := s.Topic(ctx, topic)
+	if err != nil {
+		return err
+	}
+	var g errgroup.Group
+	g.SetLimit(bulkParallel)
+	for i := range items {
+		it := &items[i]
+		g.Go(func() error {
+			w, err := s.put(ctx, topic, tbody, it.Doc, storage.CondNone, 0, nil, false)
+			it.Version, it.Created, it.Err = w.Version, w.Created, err
+			return nil
+		})
+	}
+	return g.Wait()
 }
 
 // beside is what a context's own transaction writes with it, at its

@@ -64,6 +64,7 @@ func (a *API) routes() []route {
 		{http.MethodGet, v1 + "/topics/:topic", a.getTopic, read, nil},
 		{http.MethodDelete, v1 + "/topics/:topic", a.deleteTopic, write, nil},
 		{http.MethodPost, v1 + "/topics/:topic/contexts", a.createContext, write, nil},
+		{http.MethodPost, v1 + "/topics/:topic/contexts/_bulk", a.bulkContexts, write, nil},
 		{http.MethodGet, v1 + "/topics/:topic/contexts", a.listContexts, read, nil},
 		{http.MethodPost, v1 + "/topics/:topic/search", a.search, read, nil},
 		{http.MethodGet, v1 + "/topics/:topic/changes", a.topicChanges, read, nil},

@@ -1,6 +1,8 @@
 package schema
 
 import (
+	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
@@ -285,4 +287,49 @@ func DecodeDocument(body []byte, now time.Time) (*Document, error) {
 		return nil, err
 	}
 	return &d, nil
+}
+
+// MaxBulkContexts bounds the contexts of one bulk write
+// (POST …/contexts/_bulk); the router's -max-body caps its bytes.
+const MaxBulkContexts = 1000
+
+// DecodeBulk decodes the body of a bulk write, {"contexts": [document, …]},
+// checking each document as DecodeDocument does a PUT's. Each must name its
+// id (metadata.id), once in the bulk. An error names the item it is about:
+// one bad item refuses the whole bulk, before anything is written.
+func DecodeBulk(body []byte, now time.Time) ([]*Document, error) {
+	var req struct {
+		Contexts []json.RawMessage `json:"contexts"`
+	}
+	if err := DecodeJSON(body, &req); err != nil {
+		return nil, err
+	}
+	if len(req.Contexts) == 0 || len(req.Contexts) > MaxBulkContexts {
+		return nil, apierr.Errorf(apierr.CodeInvalidArgument, "field \"contexts\": %d documents, want 1..%d", len(req.Contexts), MaxBulkContexts)
+	}
+	docs := make([]*Document, len(req.Contexts))
+	seen := make(map[string]int, len(docs))
+	for i, raw := range req.Contexts {
+		d, err := DecodeDocument(raw, now)
+		if err != nil {
+			var e *apierr.Error
+			if errors.As(err, &e) {
+				return nil, apierr.Errorf(e.Code, "contexts[%d]: %s", i, e.Message)
+			}
+			return nil, err
+		}
+		id := d.Metadata.ID
+		if id == "" {
+			return nil, apierr.Errorf(apierr.CodeInvalidArgument, "contexts[%d]: field \"metadata.id\" is required in a bulk write", i)
+		}
+		if err := CheckID(id); err != nil {
+			return nil, apierr.Errorf(apierr.CodeInvalidArgument, "contexts[%d]: %s", i, err.(*apierr.Error).Message)
+		}
+		if j, dup := seen[id]; dup {
+			return nil, apierr.Errorf(apierr.CodeInvalidArgument, "contexts[%d]: id %q is also contexts[%d]'s: a bulk names each context once", i, id, j)
+		}
+		seen[id] = i
+		docs[i] = d
+	}
+	return docs, nil
 }
