@@ -280,20 +280,7 @@ const listenAny = "127.0.0.1:0"
 // address it serves on, and returns it.
 func boundAddr(t testing.TB, p *proc) string {
 	t.Helper()
-	deadline := time.Now().Add(readyTimeout)
-	for {
-		if addr, ok := proctest.ServingAddr(p.stderr.String()); ok {
-			return addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: no serving address in its log within %s", p.name, readyTimeout)
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("%s exited with status %d before it served", p.name, p.exitCode())
-		case <-time.After(25 * time.Millisecond):
-		}
-	}
+	return proctest.WaitServingAddr(t, p.name, &p.stderr, p.done, readyTimeout)
 }
 
 func writeFile(t testing.TB, dir, name, content string) string {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // SyncBuffer is a bytes.Buffer safe for a process's writes and a test's
@@ -67,4 +68,25 @@ func ServingAddr(log string) (addr string, ok bool) {
 		}
 	}
 	return "", false
+}
+
+// WaitServingAddr waits until the log of a daemon started on port 0 names
+// the address it serves on (see ServingAddr) and returns it. The test
+// fails if the daemon exits first (done is closed) or timeout passes.
+func WaitServingAddr(t testing.TB, name string, log *SyncBuffer, done <-chan struct{}, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if addr, ok := ServingAddr(log.String()); ok {
+			return addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no serving address in its log within %s", name, timeout)
+		}
+		select {
+		case <-done:
+			t.Fatalf("%s exited before it served", name)
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
 }
