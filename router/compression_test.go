@@ -382,16 +382,16 @@ func TestTrainNeedsEveryShard(t *testing.T) {
 }
 
 // repairMeetsTraining holds a training's create-only write of its
-// dictionary until a repair pass has copied the dictionary here from a
-// shard the training reached first: a pass under way (a shard came back,
-// the repair interval) meets a training halfway.
+// dictionary until a sync pass has copied the dictionary here from a
+// shard the training reached first: a repair or rebalance pass under way
+// (a shard came back, the repair interval) meets a training halfway.
 type repairMeetsTraining struct {
 	Shard
 	streams
-	t      testing.TB
-	first  *storage.Store // a shard the training writes to as well
-	repair func()         // runs a repair pass
-	once   sync.Once
+	t         testing.TB
+	first     *storage.Store // a shard the training writes to as well
+	copyDicts func()         // copies the dictionary bucket, as every pass does first
+	once      sync.Once
 }
 
 func (f *repairMeetsTraining) Apply(ctx context.Context, b string, w []storage.Write) ([]storage.Result, error) {
@@ -406,7 +406,7 @@ func (f *repairMeetsTraining) Apply(ctx context.Context, b string, w []storage.W
 					return
 				}
 			}
-			f.repair()
+			f.copyDicts()
 		})
 	}
 	return f.Shard.Apply(ctx, b, w)
@@ -420,15 +420,16 @@ func TestTrainMeetsARepairPass(t *testing.T) {
 	slow := &repairMeetsTraining{Shard: tc.want[2].Shard, streams: streams{tc.want[2].Shard}, t: t, first: tc.stores[0]}
 	tc.want[2].Shard = slow
 	tc.router, tc.URL = tc.startRouter(t, func(c *Config) { c.Registry = tc.reg })
-	slow.repair = func() {
-		if _, err := tc.router.cluster.Repair(context.Background()); err != nil {
-			t.Errorf("repair pass: %v", err)
+	slow.copyDicts = func() {
+		if _, err := tc.router.maint.SyncDicts(context.Background(), tc.router.topo.Load().All); err != nil {
+			t.Errorf("sync the dictionaries: %v", err)
 		}
 	}
 	fillChats(t, tc, "chat", 0, 60)
 
-	// The pass copies the dictionary to sh-3 before the training's own
-	// write arrives: sh-3 holds that very record, which is no conflict.
+	// The pass copies the dictionary to sh-3 (and maybe sh-2) before the
+	// training's own write arrives: the shard holds that very record,
+	// which is no conflict.
 	r, res := trainDict(t, tc.URL, "")
 	if r.Status != 200 || tc.router.codec.Current() != res.ID {
 		t.Fatalf("train while a repair pass copies its dictionary = %d %s, want 200", r.Status, r.Raw)
