@@ -119,8 +119,21 @@ func start(t testing.TB, name, path string, args ...string) *proc {
 	return p
 }
 
-// freeAddrs returns n distinct free loopback addresses (see proctest).
+// listenAny is the -http-addr of every daemon: the kernel picks a free
+// port as the daemon binds it, and servingAddr reads which from its log.
+// A port picked by the test and passed on could be taken by another
+// process before the daemon binds it.
+const listenAny = "127.0.0.1:0"
+
+// freeAddrs returns n distinct free loopback addresses (see proctest), for
+// the processes that do not say which port they bound (Docker, Prometheus).
 var freeAddrs = proctest.FreeAddrs
+
+// servingAddr waits until p logs the address it serves on and returns it.
+func servingAddr(t testing.TB, p *proc) string {
+	t.Helper()
+	return proctest.WaitServingAddr(t, p.name, &p.out, p.done, readyTimeout)
+}
 
 // waitOK polls url until it answers 200, or fails the test.
 func waitOK(t testing.TB, p *proc, url string) {
@@ -158,8 +171,14 @@ func startCluster(t testing.TB) cluster {
 	t.Helper()
 	router, storaged := binaries(t)
 	dir := t.TempDir()
-	addrs := freeAddrs(t, 4)
-	c := cluster{router: addrs[3], shards: addrs[:3], base: "http://" + addrs[3]}
+	var c cluster
+	for i := range 3 {
+		p := start(t, fmt.Sprintf("storaged sh-%d", i+1), storaged,
+			"-db-location="+filepath.Join(dir, fmt.Sprintf("sh-%d.db", i+1)), "-http-addr="+listenAny)
+		a := servingAddr(t, p)
+		waitOK(t, p, "http://"+a+"/healthz")
+		c.shards = append(c.shards, a)
+	}
 
 	var toml strings.Builder
 	toml.WriteString("replicas = 3\n")
@@ -170,12 +189,9 @@ func startCluster(t testing.TB) cluster {
 	if err := os.WriteFile(config, []byte(toml.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for i, a := range c.shards {
-		p := start(t, fmt.Sprintf("storaged sh-%d", i+1), storaged,
-			"-db-location="+filepath.Join(dir, fmt.Sprintf("sh-%d.db", i+1)), "-http-addr="+a)
-		waitOK(t, p, "http://"+a+"/healthz")
-	}
-	rp := start(t, "router", router, "-config-file="+config, "-http-addr="+c.router, "-cache-size=16777216")
+	rp := start(t, "router", router, "-config-file="+config, "-http-addr="+listenAny, "-cache-size=16777216")
+	c.router = servingAddr(t, rp)
+	c.base = "http://" + c.router
 	waitOK(t, rp, c.base+"/readyz")
 	return c
 }

@@ -24,9 +24,8 @@ func secondRouter(t *testing.T, c *cluster, args ...string) string {
 // startSecondRouter is secondRouter that also returns the process.
 func startSecondRouter(t *testing.T, c *cluster, args ...string) (*proc, string) {
 	t.Helper()
-	addr := freeAddrs(t, 1)[0]
-	p := start(t, "router B", bin.router, append([]string{"-config-file=" + c.configFile, "-http-addr=" + addr}, args...)...)
-	base := "http://" + addr
+	p := start(t, "router B", bin.router, append([]string{"-config-file=" + c.configFile, "-http-addr=" + listenAny}, args...)...)
+	base := "http://" + boundAddr(t, p)
 	waitHealthy(t, p, base)
 	return p, base
 }

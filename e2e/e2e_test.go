@@ -74,8 +74,7 @@ func TestSingleNodeMode(t *testing.T) {
 	})
 
 	t.Run("SecondRouterOnSameFileFails", func(t *testing.T) {
-		addr := freeAddrs(t, 1)[0]
-		second := start(t, "second router (single-node)", bin.router, "-db-location="+db, "-http-addr="+addr)
+		second := start(t, "second router (single-node)", bin.router, "-db-location="+db, "-http-addr="+listenAny)
 		if code := second.wait(t, exitTimeout); code == 0 || code == -1 {
 			t.Errorf("second router on %s: exit status %d, want a non-zero exit", db, code)
 		}

@@ -275,8 +275,18 @@ func waitStatus(t testing.TB, url string, want int) reply {
 	return r
 }
 
-// freeAddrs returns n distinct free loopback addresses (see proctest).
-var freeAddrs = proctest.FreeAddrs
+// listenAny is the -http-addr of a daemon started afresh: the kernel picks
+// a free port as the daemon binds it, and boundAddr reads which from its
+// log. A port picked by the test and passed on could be taken by another
+// process (the packages' tests run in parallel) before the daemon binds it.
+const listenAny = "127.0.0.1:0"
+
+// boundAddr waits until p, started with -http-addr=listenAny, logs the
+// address it serves on, and returns it.
+func boundAddr(t testing.TB, p *proc) string {
+	t.Helper()
+	return proctest.WaitServingAddr(t, p.name, &p.stderr, p.done, readyTimeout)
+}
 
 func writeFile(t testing.TB, dir, name, content string) string {
 	t.Helper()
@@ -298,9 +308,9 @@ func (s *shard) url(path string) string { return "http://" + s.addr + path }
 
 type cluster struct {
 	dir        string // holds sharding.toml and data/
-	configFile string
-	replicas   int // the config's replicas; 0 leaves the key out
-	routerAddr string
+	configFile string // "" until the shards first started
+	replicas   int    // the config's replicas; 0 leaves the key out
+	routerAddr string // "" until the router first served
 	routerArgs []string
 	shardArgs  []string // added to every storage daemon's flags
 	shards     []*shard // what the config file lists
@@ -311,8 +321,9 @@ type cluster struct {
 func (c *cluster) url(path string) string { return "http://" + c.routerAddr + path }
 
 // startCluster starts n storage daemons named sh-1…sh-n and a router over
-// them, each on a free port, with a sharding.toml and data files in a
-// temporary directory; routerArgs are added to the router's flags.
+// them, each on a port of its own choosing (listenAny), with a
+// sharding.toml and data files in a temporary directory; routerArgs are
+// added to the router's flags.
 func startCluster(t testing.TB, n int, routerArgs ...string) *cluster {
 	t.Helper()
 	return startReplicated(t, n, 0, routerArgs...)
@@ -329,20 +340,18 @@ func startReplicated(t testing.TB, n, replicas int, routerArgs ...string) *clust
 // daemon's flags, restarts included.
 func startShardArgs(t testing.TB, n, replicas int, shardArgs []string, routerArgs ...string) *cluster {
 	t.Helper()
-	dir := t.TempDir()
-	addrs := freeAddrs(t, n+1)
-	c := &cluster{dir: dir, replicas: replicas, routerAddr: addrs[0], routerArgs: routerArgs, shardArgs: shardArgs}
+	c := &cluster{dir: t.TempDir(), replicas: replicas, routerArgs: routerArgs, shardArgs: shardArgs}
 	for i := range n {
-		c.shards = append(c.shards, c.newShard(i+1, addrs[i+1]))
+		c.shards = append(c.shards, c.newShard(i+1))
 	}
-	c.writeConfig(t)
 	c.start(t)
 	return c
 }
 
-func (c *cluster) newShard(i int, addr string) *shard {
+// newShard is shard sh-<i>, not started yet: it has no address.
+func (c *cluster) newShard(i int) *shard {
 	name := fmt.Sprintf("sh-%d", i)
-	return &shard{name: name, addr: addr, db: filepath.Join(c.dir, "data", name+".db")}
+	return &shard{name: name, db: filepath.Join(c.dir, "data", name+".db")}
 }
 
 // writeConfig (re)writes sharding.toml from c.replicas and c.shards. It
@@ -363,19 +372,20 @@ func (c *cluster) writeConfig(t testing.TB) {
 	}
 }
 
-// addShard starts one more storage daemon (sh-<n+1>, on a free port) and
+// addShard starts one more storage daemon (sh-<n+1>) and, once it serves,
 // adds it to the config file; the router learns of it on SIGHUP.
 func (c *cluster) addShard(t testing.TB) *shard {
 	t.Helper()
-	s := c.newShard(len(c.shards)+1, freeAddrs(t, 1)[0])
+	s := c.newShard(len(c.shards) + 1)
+	c.startShard(t, s)
 	c.shards = append(c.shards, s)
 	c.writeConfig(t)
-	c.startShard(t, s)
 	return s
 }
 
-// start starts every storage daemon, then the router, on the same ports
-// and data files as before, and waits until all are healthy.
+// start starts every storage daemon, then the router, and waits until all
+// are healthy. Each that ran before gets its port and data file again; on
+// the first start, the config file is written once the shards serve.
 func (c *cluster) start(t testing.TB) {
 	t.Helper()
 	for _, s := range c.shards {
@@ -384,30 +394,49 @@ func (c *cluster) start(t testing.TB) {
 	for _, s := range c.shards {
 		waitHealthy(t, s.proc, s.url(""))
 	}
+	if c.configFile == "" {
+		c.writeConfig(t)
+	}
 	c.startRouter(t)
 }
 
-// startRouter starts the router on its port and the current config file
-// and waits until it is healthy.
+// startRouter starts the router on the current config file, on its port
+// (a port of its own the first time), and waits until it is healthy.
 func (c *cluster) startRouter(t testing.TB) {
 	t.Helper()
-	args := append([]string{"-config-file=" + c.configFile, "-http-addr=" + c.routerAddr}, c.routerArgs...)
+	addr := c.routerAddr
+	if addr == "" {
+		addr = listenAny
+	}
+	args := append([]string{"-config-file=" + c.configFile, "-http-addr=" + addr}, c.routerArgs...)
 	c.router = start(t, "router", bin.router, args...)
+	if c.routerAddr == "" {
+		c.routerAddr = boundAddr(t, c.router)
+	}
 	waitHealthy(t, c.router, c.url(""))
 }
 
-// startShard restarts one storage daemon on its port and data file.
+// startShard (re)starts one storage daemon and waits until it is healthy.
 func (c *cluster) startShard(t testing.TB, s *shard) {
 	t.Helper()
 	s.proc = c.startStoraged(t, s)
 	waitHealthy(t, s.proc, s.url(""))
 }
 
-// startStoraged starts s's storage daemon, without waiting for it.
+// startStoraged starts s's storage daemon, without waiting for it to be
+// healthy. A shard that ran before serves at its address in the config
+// file again; a new one, not in the file yet, on a port of its own, which
+// becomes s.addr.
 func (c *cluster) startStoraged(t testing.TB, s *shard) *proc {
 	t.Helper()
-	args := append([]string{"-db-location=" + s.db, "-config-file=" + c.configFile, "-shard=" + s.name}, c.shardArgs...)
-	return start(t, "storaged "+s.name, bin.storaged, args...)
+	if s.addr != "" {
+		args := append([]string{"-db-location=" + s.db, "-config-file=" + c.configFile, "-shard=" + s.name}, c.shardArgs...)
+		return start(t, "storaged "+s.name, bin.storaged, args...)
+	}
+	args := append([]string{"-db-location=" + s.db, "-http-addr=" + listenAny}, c.shardArgs...)
+	p := start(t, "storaged "+s.name, bin.storaged, args...)
+	s.addr = boundAddr(t, p)
+	return p
 }
 
 // stop stops the router, then the storage daemons, with SIGTERM, and fails
@@ -420,14 +449,13 @@ func (c *cluster) stop(t testing.TB) {
 	}
 }
 
-// startSingle starts a router in single-node mode on dbPath and a free
-// port, waits until it is healthy and returns it with its base URL.
+// startSingle starts a router in single-node mode on dbPath and a port of
+// its own, waits until it is healthy and returns it with its base URL.
 func startSingle(t testing.TB, dbPath string, args ...string) (*proc, string) {
 	t.Helper()
-	addr := freeAddrs(t, 1)[0]
-	args = append([]string{"-db-location=" + dbPath, "-http-addr=" + addr}, args...)
+	args = append([]string{"-db-location=" + dbPath, "-http-addr=" + listenAny}, args...)
 	p := start(t, "router (single-node)", bin.router, args...)
-	base := "http://" + addr
+	base := "http://" + boundAddr(t, p)
 	waitHealthy(t, p, base)
 	return p, base
 }

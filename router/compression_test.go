@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -377,6 +378,66 @@ func TestTrainNeedsEveryShard(t *testing.T) {
 	waitFor(t, "sh-2 up", func() bool { return tc.router.topo.Load().All[1].Up() })
 	if r, res := trainDict(t, tc.URL, ""); r.Status != 200 || tc.router.codec.Current() != res.ID {
 		t.Fatalf("train with every shard = %d %s", r.Status, r.Raw)
+	}
+}
+
+// repairMeetsTraining holds a training's create-only write of its
+// dictionary until a sync pass has copied the dictionary here from a
+// shard the training reached first: a repair or rebalance pass under way
+// (a shard came back, the repair interval) meets a training halfway.
+type repairMeetsTraining struct {
+	Shard
+	streams
+	t         testing.TB
+	first     *storage.Store // a shard the training writes to as well
+	copyDicts func()         // copies the dictionary bucket, as every pass does first
+	once      sync.Once
+}
+
+func (f *repairMeetsTraining) Apply(ctx context.Context, b string, w []storage.Write) ([]storage.Result, error) {
+	if b == schema.BucketDicts && w[0].Cond == storage.CondAbsent {
+		f.once.Do(func() {
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				if _, ok := dictRecord(f.first, string(w[0].Key)); ok {
+					break
+				}
+				if time.Now().After(deadline) {
+					f.t.Errorf("dictionary %s not on the first shard after 10s", w[0].Key)
+					return
+				}
+			}
+			f.copyDicts()
+		})
+	}
+	return f.Shard.Apply(ctx, b, w)
+}
+
+func TestTrainMeetsARepairPass(t *testing.T) {
+	tc := &testCluster{reg: prometheus.NewRegistry()}
+	for range 3 {
+		tc.want = append(tc.want, tc.addShard(t))
+	}
+	slow := &repairMeetsTraining{Shard: tc.want[2].Shard, streams: streams{tc.want[2].Shard}, t: t, first: tc.stores[0]}
+	tc.want[2].Shard = slow
+	tc.router, tc.URL = tc.startRouter(t, func(c *Config) { c.Registry = tc.reg })
+	slow.copyDicts = func() {
+		if _, err := tc.router.maint.SyncDicts(context.Background(), tc.router.topo.Load().All); err != nil {
+			t.Errorf("sync the dictionaries: %v", err)
+		}
+	}
+	fillChats(t, tc, "chat", 0, 60)
+
+	// The pass copies the dictionary to sh-3 (and maybe sh-2) before the
+	// training's own write arrives: the shard holds that very record,
+	// which is no conflict.
+	r, res := trainDict(t, tc.URL, "")
+	if r.Status != 200 || tc.router.codec.Current() != res.ID {
+		t.Fatalf("train while a repair pass copies its dictionary = %d %s, want 200", r.Status, r.Raw)
+	}
+	for i, st := range tc.stores {
+		if _, ok := dictRecord(st, strconv.FormatUint(uint64(res.ID), 10)); !ok {
+			t.Errorf("shard %d holds no dictionary %d", i+1, res.ID)
+		}
 	}
 }
 

@@ -115,9 +115,9 @@ func startRouter(t testing.TB, o routerOpts) *router {
 		o.db = filepath.Join(t.TempDir(), "kvdb.db")
 	}
 	r := &router{DB: o.db, Ollama: ollamatest.New(t), done: make(chan struct{})}
-	addr := proctest.FreeAddrs(t, 1)[0]
-	r.URL = "http://" + addr
-	r.args = []string{"-http-addr=" + addr, "-db-location=" + o.db, "-ollama-url=" + r.Ollama.URL, "-shutdown-grace=2s"}
+	// Port 0: the router binds a free port and logs it, so no other
+	// process can take it between picking and binding.
+	r.args = []string{"-http-addr=127.0.0.1:0", "-db-location=" + o.db, "-ollama-url=" + r.Ollama.URL, "-shutdown-grace=2s"}
 	if o.embed {
 		r.args = append(r.args, "-embed-model=embed-a")
 	}
@@ -137,6 +137,7 @@ func startRouter(t testing.TB, o routerOpts) *router {
 			t.Logf("--- router %s (exit status %d)\n%s", strings.Join(r.args, " "), r.cmd.ProcessState.ExitCode(), r.stderr.String())
 		}
 	})
+	r.URL = "http://" + proctest.WaitServingAddr(t, "router", &r.stderr, r.done, readyTimeout)
 	r.waitReady(t)
 	r.transport = http.DefaultTransport.(*http.Transport).Clone()
 	c, err := client.New(r.URL, client.WithHTTPClient(&http.Client{Transport: r.transport}))

@@ -35,3 +35,21 @@ func TestSyncBufferConcurrentWrites(t *testing.T) {
 		t.Errorf("len(String()) = %d, want 20", got)
 	}
 }
+
+func TestServingAddr(t *testing.T) {
+	tests := []struct {
+		log, want string
+		ok        bool
+	}{
+		{"time=x level=INFO msg=serving component=router addr=127.0.0.1:41234\n", "127.0.0.1:41234", true},
+		{"time=x level=INFO msg=\"shard open\" component=storaged\ntime=y level=INFO msg=serving component=storaged addr=127.0.0.1:5\n", "127.0.0.1:5", true},
+		{"time=x level=INFO msg=\"shard open\" component=storaged addr=127.0.0.1:6\n", "", false}, // not the serving line
+		{"time=x level=INFO msg=serving component=router addr=127.0.0.1:4", "", false},            // half a line: the port may go on
+		{"", "", false},
+	}
+	for _, tt := range tests {
+		if got, ok := ServingAddr(tt.log); got != tt.want || ok != tt.ok {
+			t.Errorf("ServingAddr(%q) = %q, %v, want %q, %v", tt.log, got, ok, tt.want, tt.ok)
+		}
+	}
+}

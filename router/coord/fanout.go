@@ -314,7 +314,10 @@ func AllUp(t *placement.Topology, what string) error {
 // WriteEverywhere writes one record of the dictionary bucket to every
 // shard of t, all at once, and fails (503, with what) unless every shard
 // stored it. Under CondAbsent a shard that holds the key already is a
-// conflict (500).
+// conflict (500), unless what it holds is this very write (its version):
+// a sync pass (repair, rebalance) copies the dictionary bucket to every
+// live shard, so it can copy a new dictionary from a shard this write
+// reached first to one it has not reached yet.
 func (c *Coordinator) WriteEverywhere(ctx context.Context, t *placement.Topology, key []byte, version uint64, value []byte, cond storage.Cond, what string) error {
 	if err := AllUp(t, "write a compression dictionary"); err != nil {
 		return err
@@ -333,7 +336,7 @@ func (c *Coordinator) WriteEverywhere(ctx context.Context, t *placement.Topology
 			switch {
 			case err != nil:
 				failed = append(failed, n.Name+": "+err.Error())
-			case res[0].Outcome == storage.Conflict:
+			case res[0].Outcome == storage.Conflict && res[0].PrevVersion != version:
 				conflict = n.Name
 			}
 		})
