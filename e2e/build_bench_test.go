@@ -34,7 +34,7 @@ func BenchmarkVectorBuildBulk(b *testing.B) {
 	}
 	const dim, bulkSize, conns = 768, 250, 4
 	base := vindextest.Clustered(21, 22, n, dim, 100, 1)
-	for b.Loop() {
+	for range b.N {
 		b.StopTimer()
 		c := startCluster(b, shards)
 		createTopic(b, c.url(""), "vec")
@@ -71,5 +71,6 @@ func BenchmarkVectorBuildBulk(b *testing.B) {
 		b.ReportMetric(float64(n)/took.Seconds(), "vectors/s")
 		b.ReportMetric(float64(n)/took.Seconds()/float64(shards), "vectors/s/shard")
 		c.stop(b)
+		b.StartTimer()
 	}
 }
