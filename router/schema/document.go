@@ -290,7 +290,7 @@ func DecodeDocument(body []byte, now time.Time) (*Document, error) {
 }
 
 // MaxBulkContexts bounds the contexts of one bulk write
-// (POST …/contexts/_bulk); the router's -max-body caps its bytes.
+// (POST …/contexts/_bulk); the router's -max-body-size caps its bytes.
 const MaxBulkContexts = 1000
 
 // DecodeBulk decodes the body of a bulk write, {"contexts": [document, …]},
