@@ -198,6 +198,9 @@ func TestKeywordIndexMatchesRecords(t *testing.T) {
 	}
 	check := func(s *Store) {
 		t.Helper()
+		if err := s.kw.waitIndexed(ctx); err != nil { // it reads the index bucket itself
+			t.Fatal(err)
+		}
 		want := map[string]string{} // posting key → tf dl, document key → version
 		stats := map[string][2]int64{}
 		recs, _ := scanAll(t, s, "text", ScanOptions{Limit: 1000})

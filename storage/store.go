@@ -79,7 +79,7 @@ type Store struct {
 	vx        *vectorIndex // the ANN indexes of the vector buckets
 	searchObs func(time.Duration, bool)
 
-	kw         keywordIndex // the text buckets; fixed at Open
+	kw         *keywordIndex // the text buckets, the queue of their index (kwindexer.go)
 	keywordObs func(time.Duration)
 }
 
@@ -200,6 +200,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	go s.commitLoop()
+	go s.runIndexer()
 	s.vx.passing.Store(true)
 	s.startPass()
 	return s, nil
@@ -246,6 +247,7 @@ func (s *Store) Close() error {
 	close(s.commits)
 	s.mu.Unlock()
 	<-s.done
+	s.kw.stopIndexer()
 	s.changes.publish() // followers wake, and find the store closed
 	verr := s.closeVectorIndex()
 	return errors.Join(s.db.Close(), verr)
@@ -394,6 +396,7 @@ func (s *Store) commitLoop() {
 		start := time.Now()
 		var logged logState
 		var changed int
+		var queued uint64
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			if s.written != nil {
 				tx.OnCommit(func() {
@@ -406,6 +409,7 @@ func (s *Store) commitLoop() {
 					return err
 				}
 			}
+			queued = s.kw.seq.Load()
 			var err error
 			logged, changed, err = s.changes.append(tx, batch, start)
 			return err
@@ -416,7 +420,7 @@ func (s *Store) commitLoop() {
 		}
 		if err == nil {
 			s.changes.at = logged
-			s.committed(batch, changed)
+			s.committed(batch, changed, queued)
 		}
 		for _, r := range batch {
 			r.err <- err
@@ -440,8 +444,9 @@ func (s *Store) checkEpoch(ctx context.Context, bucket string) error {
 // It must stay cheap (the vector index inserts are the exception: a
 // search that starts after a write is acknowledged must see it); anything slow belongs to a goroutine of its own that
 // this only wakes.
-func (s *Store) committed(batch []*commitReq, changed int) {
+func (s *Store) committed(batch []*commitReq, changed int, queued uint64) {
 	s.noteEpoch(batch)
+	s.kw.committed(queued)
 	s.indexCommitted(batch)
 	if changed > 0 {
 		s.changes.publish()
@@ -590,7 +595,7 @@ func held(b *bolt.Bucket, key []byte) (Result, error) {
 
 // applyTxn applies a transaction in tx: every condition is checked first,
 // then all writes apply, or none.
-func applyTxn(tx *bolt.Tx, r *commitReq, kw keywordIndex) error {
+func applyTxn(tx *bolt.Tx, r *commitReq, kw *keywordIndex) error {
 	failed := false
 	for i := range r.writes {
 		res, err := held(tx.Bucket([]byte(r.buckets[i])), r.writes[i].Key)
@@ -631,7 +636,7 @@ func applyTxn(tx *bolt.Tx, r *commitReq, kw keywordIndex) error {
 			r.results[i].Outcome = Stale
 			continue
 		}
-		if err := kw.indexText(tx, r.buckets[i], w.Key, b.Get(w.Key), w); err != nil {
+		if err := kw.enqueueWrite(tx, r.buckets[i], w.Key, b.Get(w.Key), w); err != nil {
 			return err
 		}
 		val := appendStored(make([]byte, 0, headerSize+len(w.Value)), w.Version, w.Tombstone, w.Value)
@@ -643,7 +648,7 @@ func applyTxn(tx *bolt.Tx, r *commitReq, kw keywordIndex) error {
 	return nil
 }
 
-func applyTx(tx *bolt.Tx, r *commitReq, kw keywordIndex) error {
+func applyTx(tx *bolt.Tx, r *commitReq, kw *keywordIndex) error {
 	if r.buckets != nil {
 		return applyTxn(tx, r, kw)
 	}
@@ -663,7 +668,7 @@ func applyTx(tx *bolt.Tx, r *commitReq, kw keywordIndex) error {
 		case res.PrevVersion >= w.Version && w.Cond != CondRewrite:
 			res.Outcome = Stale
 		default:
-			if err := kw.indexText(tx, r.bucket, w.Key, b.Get(w.Key), w); err != nil {
+			if err := kw.enqueueWrite(tx, r.bucket, w.Key, b.Get(w.Key), w); err != nil {
 				return err
 			}
 			// Put keeps the slices until commit, and w aliases the caller's
@@ -800,7 +805,7 @@ func (s *Store) Info(context.Context) (Info, error) {
 		info.SizeBytes = tx.Size()
 		info.Changes = logPosition(tx.Bucket([]byte(changesBucket)), s.changes.id)
 		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
-			if name[0] != '_' { // the shard's own: meta, change log, keyword indexes
+			if name[0] != '_' { // the shard's own: meta, change log, keyword indexes and queue
 				info.Keys[string(name)] = int64(b.Stats().KeyN)
 			}
 			return nil
