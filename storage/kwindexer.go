@@ -65,6 +65,13 @@ const (
 	maxIndexEntries  = 256
 	maxIndexPostings = 16384
 
+	// maxIndexBacklog bounds the entries queued and not yet applied: at
+	// that, the committer waits for the indexer (throttle). Otherwise
+	// writers that outpace it would grow the queue without end and a
+	// search would wait for all of it; bounded, a search waits for a few
+	// batches at most, and sustained writes go at the indexer's pace.
+	maxIndexBacklog = 128
+
 	// indexerBackoff is the wait before the indexer retries a batch that
 	// failed (a full disk, say); it doubles to maxIndexerBackoff.
 	indexerBackoff    = 100 * time.Millisecond
@@ -363,6 +370,22 @@ func (s *Store) indexBatch() (more bool, err error) {
 	}
 	kw.mu.Unlock()
 	return more, nil
+}
+
+// throttle waits, on the committer, while the indexer is more than
+// maxIndexBacklog entries behind (and running). The indexer may apply an
+// entry before its writer reports it committed: done may pass queued.
+func (kw *keywordIndex) throttle() {
+	for {
+		queued := kw.queued.Load()
+		kw.mu.Lock()
+		done, stopped, advanced := kw.done, kw.stopped, kw.advanced
+		kw.mu.Unlock()
+		if queued <= done+maxIndexBacklog || stopped {
+			return
+		}
+		<-advanced
+	}
 }
 
 // waitIndexed waits until the indexer has applied every entry committed

@@ -393,6 +393,7 @@ func (s *Store) commitLoop() {
 			}
 			timer.Stop()
 		}
+		s.kw.throttle()
 		start := time.Now()
 		var logged logState
 		var changed int
