@@ -163,6 +163,9 @@ func (kw *keywordIndex) enqueueWrite(tx *bolt.Tx, bucket string, key, old []byte
 	if w.Tombstone {
 		flags |= kwTombstone
 	}
+	if !maybeText(oldVal) && (w.Tombstone || !maybeText(w.Value)) {
+		return nil // nothing indexed before or after: a router's sealed values
+	}
 	e := kwEntryHead(bucket, key, kwQueueWrite, 2*binary.MaxVarintLen64+len(oldVal)+len(w.Value))
 	e = append(e, flags)
 	e = binary.AppendUvarint(e, w.Version)
@@ -180,11 +183,15 @@ func (kw *keywordIndex) enqueuePurge(tx *bolt.Tx, bucket string, key, raw []byte
 		return nil
 	}
 	_, tomb, val, err := parseStored(raw)
-	if err != nil || tomb {
+	if err != nil || tomb || !maybeText(val) {
 		return nil
 	}
 	return kw.enqueue(tx, append(kwEntryHead(bucket, key, kwQueuePurge, len(val)), val...))
 }
+
+// maybeText reports whether val may be an indexed document: one in the
+// text format. Writes between values that are not change no index.
+func maybeText(val []byte) bool { return len(val) > 0 && val[0] == textFormatV1 }
 
 func kwEntryHead(bucket string, key []byte, kind byte, more int) []byte {
 	e := make([]byte, 0, 2*binary.MaxVarintLen16+len(bucket)+len(key)+1+more)
