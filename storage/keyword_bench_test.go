@@ -99,7 +99,7 @@ func BenchmarkKeyword100k(b *testing.B) {
 // realistic documents: parallel transactions of a context record and a
 // 4 KB text record of English words (the router's PUT), until a search
 // sees every one of them, so the keyword index's work counts wherever it
-// is done.
+// is done. Commits skip fsync unless KW_SYNC is set.
 func BenchmarkKeywordWrite4K(b *testing.B) {
 	raw, err := os.ReadFile("/usr/share/games/fortunes/fortunes")
 	if err != nil {
@@ -116,7 +116,7 @@ func BenchmarkKeywordWrite4K(b *testing.B) {
 		}
 		texts[i] = EncodeText(Text{Body: sb.String()})
 	}
-	s := openTestStoreAt(b, filepath.Join(b.TempDir(), "shard.db"), Options{NoSync: true})
+	s := openTestStoreAt(b, filepath.Join(b.TempDir(), "shard.db"), Options{NoSync: os.Getenv("KW_SYNC") == ""})
 	ctx := context.Background()
 	var next atomic.Int64
 	b.SetParallelism(3)
