@@ -65,12 +65,21 @@ const (
 	maxIndexEntries  = 256
 	maxIndexPostings = 16384
 
-	// maxIndexBacklog bounds the entries queued and not yet applied: at
-	// that, the committer waits for the indexer (throttle). Otherwise
+	// indexBatchEntries is what the indexer waits to gather before it
+	// runs: a batch of a few documents costs what the index cost in the
+	// writers' commits. A search that waits for the index (urgent), or
+	// maxIndexDelay after entries came, runs it sooner.
+	indexBatchEntries = 128
+	maxIndexDelay     = 100 * time.Millisecond
+
+	// maxIndexBacklog bounds the entries queued and not yet applied: past
+	// it, the committer waits for the indexer (throttle). Otherwise
 	// writers that outpace it would grow the queue without end and a
 	// search would wait for all of it; bounded, a search waits for a few
-	// batches at most, and sustained writes go at the indexer's pace.
-	maxIndexBacklog = 128
+	// batches at most, and sustained writes go at the indexer's pace. It
+	// is more than indexBatchEntries, so a throttled committer always has
+	// a running indexer to wait for.
+	maxIndexBacklog = 256
 
 	// indexerBackoff is the wait before the indexer retries a batch that
 	// failed (a full disk, say); it doubles to maxIndexerBackoff.
@@ -96,10 +105,11 @@ type keywordIndex struct {
 	// the indexer to reach what it held when the search began.
 	queued atomic.Uint64
 
-	wake chan struct{} // a commit queued entries (capacity 1)
-	stop chan struct{} // closed to stop the indexer
-	halt sync.Once
-	exit chan struct{} // closed when the indexer has stopped
+	wake   chan struct{} // a commit queued entries (capacity 1)
+	urgent chan struct{} // a search waits for the index (capacity 1)
+	stop   chan struct{} // closed to stop the indexer
+	halt   sync.Once
+	exit   chan struct{} // closed when the indexer has stopped
 
 	mu       sync.Mutex
 	done     uint64        // every entry through done is applied
@@ -115,6 +125,7 @@ func (s *Store) openKeywordIndex(opts Options) error {
 	kw := &keywordIndex{
 		buckets:  map[string]bool{},
 		wake:     make(chan struct{}, 1),
+		urgent:   make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		exit:     make(chan struct{}),
 		advanced: make(chan struct{}),
@@ -271,7 +282,7 @@ func parseQueued(seq uint64, e []byte) (kwChange, error) {
 }
 
 // runIndexer applies the queue until stop: whatever is there at once,
-// then again after each commit that queued entries.
+// then in batches as they gather.
 func (s *Store) runIndexer() {
 	kw := s.kw
 	defer func() {
@@ -303,12 +314,47 @@ func (s *Store) runIndexer() {
 				continue
 			}
 		}
-		select {
-		case <-kw.wake:
-		case <-kw.stop:
+		if !kw.gather() {
 			return
 		}
 	}
+}
+
+// gather waits until a batch's worth is queued, a search waits for the
+// index, or maxIndexDelay has passed since entries came; false: stop.
+func (kw *keywordIndex) gather() bool {
+	var timer <-chan time.Time
+	for {
+		switch n := kw.backlog(); {
+		case n >= indexBatchEntries:
+			return true
+		case n > 0 && timer == nil:
+			t := time.NewTimer(maxIndexDelay)
+			defer t.Stop()
+			timer = t.C
+		}
+		select {
+		case <-kw.wake:
+		case <-kw.urgent:
+			return true
+		case <-timer:
+			return true
+		case <-kw.stop:
+			return false
+		}
+	}
+}
+
+// backlog is how many entries are queued and not yet applied (or fewer:
+// a transaction that failed leaves a gap in the sequence). The indexer
+// may apply an entry before its writer reports it committed: done may
+// pass queued.
+func (kw *keywordIndex) backlog() uint64 {
+	queued := kw.queued.Load()
+	kw.mu.Lock()
+	done := kw.done
+	kw.mu.Unlock()
+	return queued - min(done, queued)
 }
 
 // indexBatch applies and deletes the oldest queued entries, as many as
@@ -380,15 +426,13 @@ func (s *Store) indexBatch() (more bool, err error) {
 }
 
 // throttle waits, on the committer, while the indexer is more than
-// maxIndexBacklog entries behind (and running). The indexer may apply an
-// entry before its writer reports it committed: done may pass queued.
+// maxIndexBacklog entries behind (and running).
 func (kw *keywordIndex) throttle() {
 	for {
-		queued := kw.queued.Load()
 		kw.mu.Lock()
-		done, stopped, advanced := kw.done, kw.stopped, kw.advanced
+		stopped, advanced := kw.stopped, kw.advanced
 		kw.mu.Unlock()
-		if queued <= done+maxIndexBacklog || stopped {
+		if stopped || kw.backlog() <= maxIndexBacklog {
 			return
 		}
 		<-advanced
@@ -408,6 +452,10 @@ func (kw *keywordIndex) waitIndexed(ctx context.Context) error {
 			return nil
 		case stopped:
 			return ErrClosed
+		}
+		select {
+		case kw.urgent <- struct{}{}:
+		default:
 		}
 		select {
 		case <-advanced:
