@@ -126,7 +126,7 @@ func NewRouter(reg prometheus.Registerer) *Router {
 	})
 	m.ShardBatchCalls = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: namespace, Subsystem: "shard", Name: "batch_calls",
-		Help:    "Calls carried by one request to a shard: concurrent Gets leave together as one MultiGet, concurrent Applies as one Apply, concurrent transactions as one request (1: a call on its own), by operation.",
+		Help:    "Calls carried by one request to a shard: concurrent Gets leave together as one MultiGet, concurrent Applies as one Apply (1: a call on its own), by operation.",
 		Buckets: []float64{1, 2, 4, 8, 16, 32, 64},
 	}, []string{"op"})
 	m.DictionaryTrainings = prometheus.NewCounter(prometheus.CounterOpts{

@@ -2,7 +2,6 @@ package storage
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -275,23 +274,12 @@ func (c *Client) applyMany(ctx context.Context, batch []*pending[[]Write, []Resu
 	}
 }
 
-// Txn sends a transaction (Store.Txn) to the shard. Concurrent
-// transactions under one epoch may share a request (/v1/txns): each still
-// applies all or none on its own, and the shard commits them together.
+// Txn sends a transaction (Store.Txn) to the shard in a request of its own:
+// its writes apply all or none, so it never shares a request with others.
 func (c *Client) Txn(ctx context.Context, writes []TxnWrite) ([]Result, error) {
 	if err := checkTxn(writes); err != nil {
 		return nil, fmt.Errorf("shard %s: %w", c.name, err)
 	}
-	group := "txn"
-	if e, ok := EpochFrom(ctx); ok {
-		group += "\x00" + strconv.FormatUint(e, 10)
-	}
-	return call(ctx, c, &c.txns, "", group, writes, len(writes), c.txnOne, c.txnMany)
-}
-
-// txnOne sends one transaction in a request of its own.
-func (c *Client) txnOne(ctx context.Context, writes []TxnWrite) ([]Result, error) {
-	c.observe("txn", 1)
 	buf := getBuf()
 	defer putBuf(buf)
 	buf.Write(appendTxn(buf.AvailableBuffer(), writes))
@@ -304,69 +292,4 @@ func (c *Client) txnOne(ctx context.Context, writes []TxnWrite) ([]Result, error
 		return nil, fmt.Errorf("shard %s: %v: %w", c.name, err, ErrInternal)
 	}
 	return res, nil
-}
-
-// maxTxnsBody bounds the body of one /v1/txns request: a batch whose
-// transactions carry more goes in several.
-const maxTxnsBody = 16 << 20
-
-// txnMany sends the transactions of a batch of queued Txns in as few
-// requests as maxTxnsBody allows and gives each call its own results.
-func (c *Client) txnMany(ctx context.Context, batch []*pending[[]TxnWrite, []Result]) {
-	if len(batch) == 1 || c.noTxns.Load() {
-		for _, p := range batch {
-			res, err := c.txnOne(ctx, p.req)
-			p.done <- outcome[[]Result]{res, err}
-		}
-		return
-	}
-	buf := getBuf()
-	defer putBuf(buf)
-	for len(batch) > 0 {
-		n, size, writes := 0, 0, 0
-		for n < len(batch) && (n == 0 || size < maxTxnsBody) {
-			size += txnSize(batch[n].req)
-			writes += len(batch[n].req)
-			n++
-		}
-		part := batch[:n]
-		batch = batch[n:]
-		if n == 1 {
-			res, err := c.txnOne(ctx, part[0].req)
-			part[0].done <- outcome[[]Result]{res, err}
-			continue
-		}
-		txns := make([][]TxnWrite, n)
-		for i, p := range part {
-			txns[i] = p.req
-		}
-		buf.Reset()
-		buf.Write(appendTxns(buf.AvailableBuffer(), txns))
-		c.observe("txn", n)
-		body, err := c.do(ctx, http.MethodPost, pathTxns, buf.Bytes())
-		if errors.Is(err, ErrNotFound) {
-			c.noTxns.Store(true) // an older daemon: one request each
-			for _, q := range [][]*pending[[]TxnWrite, []Result]{part, batch} {
-				for _, p := range q {
-					res, err := c.txnOne(ctx, p.req)
-					p.done <- outcome[[]Result]{res, err}
-				}
-			}
-			return
-		}
-		var res []Result
-		if err == nil {
-			if res, err = parseResults(body, writes); err != nil {
-				err = fmt.Errorf("shard %s: %v: %w", c.name, err, ErrInternal)
-			}
-		}
-		for _, p := range part {
-			if err != nil {
-				p.done <- outcome[[]Result]{err: err}
-				continue
-			}
-			p.done <- outcome[[]Result]{res: res[:len(p.req):len(p.req)]}
-			res = res[len(p.req):]
-		}
-	}
 }

@@ -24,9 +24,6 @@ type gatedShard struct {
 	gets      atomic.Int64
 	multiGets atomic.Int64
 	applies   atomic.Int64
-	txns      atomic.Int64 // /v1/txn requests
-	txnsMany  atomic.Int64 // /v1/txns requests
-	noTxns    bool         // answer /v1/txns as a daemon without it does
 	first     sync.Once
 
 	mu      sync.Mutex
@@ -49,18 +46,6 @@ func newGatedShard(t *testing.T, inFlight int) *gatedShard {
 			g.multiGets.Add(1)
 		case strings.HasPrefix(r.URL.Path, pathApply):
 			g.applies.Add(1)
-			g.first.Do(func() {
-				close(g.held)
-				<-g.release
-			})
-		case r.URL.Path == pathTxns:
-			g.txnsMany.Add(1)
-			if g.noTxns {
-				writeError(w, http.StatusNotFound, "not_found", "no route "+r.Method+" "+r.URL.Path)
-				return
-			}
-		case r.URL.Path == pathTxn:
-			g.txns.Add(1)
 			g.first.Do(func() {
 				close(g.held)
 				<-g.release
@@ -90,9 +75,6 @@ func (g *gatedShard) queued(t *testing.T, n int) {
 		g.client.applies.mu.Lock()
 		got += len(g.client.applies.queue)
 		g.client.applies.mu.Unlock()
-		g.client.txns.mu.Lock()
-		got += len(g.client.txns.queue)
-		g.client.txns.mu.Unlock()
 		if got == n {
 			return
 		}
@@ -351,79 +333,5 @@ func TestClientApplyBatchStaleEpoch(t *testing.T) {
 		if _, err := g.store.Get(bg, "a", []byte(k)); !errors.Is(err, ErrNotFound) {
 			t.Errorf("%s was written under a stale epoch (%v)", k, err)
 		}
-	}
-}
-
-// TestClientTxnBatching: transactions that find every slot busy leave
-// together in one /v1/txns request per epoch, and each still applies all or
-// none on its own: one whose condition fails lands nothing and spoils
-// nobody else's. A daemon without /v1/txns (an older one) gets them one
-// request each, with the same outcomes.
-func TestClientTxnBatching(t *testing.T) {
-	for _, old := range []bool{false, true} {
-		t.Run(map[bool]string{false: "batched", true: "older daemon"}[old], func(t *testing.T) {
-			g := newGatedShard(t, 1)
-			g.noTxns = old
-			bg := context.Background()
-			mustApply(t, g.store, "contexts", put("h", 5, "header-5"))
-
-			firstDone := make(chan error, 1)
-			go func() {
-				_, err := g.client.Txn(bg, []TxnWrite{tw("contexts", put("first", 1, "f"))})
-				firstDone <- err
-			}()
-			<-g.held
-			type call struct {
-				ctx  context.Context
-				txn  []TxnWrite
-				want string
-			}
-			calls := []call{
-				{WithEpoch(bg, 0), []TxnWrite{tw("contexts", cond(put("h", 6, "header-6"), CondVersion, 5)), tw("messages", put("m1", 6, "one"))}, "[{applied 5 false} {applied 0 false}]"},
-				{WithEpoch(bg, 0), []TxnWrite{tw("messages", put("m2", 7, "two")), tw("contexts", cond(put("h", 7, "header-7"), CondVersion, 4))}, "[{aborted 0 false} {conflict 6 false}]"},
-				{WithEpoch(bg, 0), []TxnWrite{tw("text", put("w", 3, "words")), tw("vectors", put("w", 3, "vec"))}, "[{applied 0 false} {applied 0 false}]"},
-				{bg, []TxnWrite{tw("messages", put("m3", 9, "three"))}, "[{applied 0 false}]"},
-			}
-			got := make([]string, len(calls))
-			var wg sync.WaitGroup
-			for i, c := range calls {
-				wg.Go(func() {
-					res, err := g.client.Txn(c.ctx, c.txn)
-					if err != nil {
-						got[i] = err.Error()
-						return
-					}
-					got[i] = fmt.Sprint(res)
-				})
-				g.queued(t, i+1) // in this order
-			}
-			close(g.release)
-			wg.Wait()
-			if err := <-firstDone; err != nil {
-				t.Fatalf("held Txn: %v", err)
-			}
-			for i, c := range calls {
-				if got[i] != c.want {
-					t.Errorf("Txn %d = %s, want %s", i, got[i], c.want)
-				}
-			}
-			if got := mustGet(t, g.store, "contexts", "h"); string(got.Value) != "header-6" {
-				t.Errorf("h = %s, want header-6", show(got))
-			}
-			absentKey(t, g.store, "messages", "m2") // its transaction failed
-			for _, k := range []struct{ bucket, key string }{{"messages", "m1"}, {"text", "w"}, {"vectors", "w"}, {"messages", "m3"}} {
-				mustGet(t, g.store, k.bucket, k.key)
-			}
-			want := "txn:1 txn:3 txn:1" // the held one, the three of epoch 0, the one of no epoch
-			if old {
-				want = "txn:1 txn:3 txn:1 txn:1 txn:1 txn:1" // after the refused /v1/txns, one each
-			}
-			if got := strings.Join(g.batches, " "); got != want {
-				t.Errorf("observed requests %q, want %q", got, want)
-			}
-			if old && !g.client.noTxns.Load() {
-				t.Errorf("the client did not remember that the daemon has no /v1/txns")
-			}
-		})
 	}
 }

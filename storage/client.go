@@ -40,19 +40,14 @@ type Client struct {
 	// long as their follower; it shares hc's transport and its pool.
 	stream *http.Client
 
-	// InFlight is how many Get requests, how many Apply requests and how
-	// many Txn requests go
+	// InFlight is how many Get requests, and how many Apply requests, go
 	// to the shard at once before further calls wait and leave together
 	// in one request (batch.go). Zero or less sends every call on its own.
 	// Set it before first use.
 	InFlight int
 	gets     batcher[[]byte, Record]
 	applies  batcher[[]Write, []Result]
-	txns     batcher[[]TxnWrite, []Result]
-	// noTxns: the daemon has no /v1/txns (an older one, in a rolling
-	// upgrade); a batch of transactions goes one request each.
-	noTxns  atomic.Bool
-	onBatch atomic.Pointer[func(op string, calls int)]
+	onBatch  atomic.Pointer[func(op string, calls int)]
 }
 
 // NewClient returns a client for the shard called name at addr

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"slices"
 	"strconv"
 	"sync"
 )
@@ -21,7 +20,6 @@ const (
 	pathGet          = "/v1/get/"
 	pathApply        = "/v1/apply/"
 	pathTxn          = "/v1/txn"
-	pathTxns         = "/v1/txns"
 	pathScan         = "/v1/scan/"
 	pathDeletePrefix = "/v1/delete-prefix/"
 	pathMultiGet     = "/v1/multiget/"
@@ -66,7 +64,6 @@ func NewHandler(store *Store, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET "+pathGet+"{bucket}", h.get)
 	mux.HandleFunc("POST "+pathApply+"{bucket}", h.apply)
 	mux.HandleFunc("POST "+pathTxn, h.txn)
-	mux.HandleFunc("POST "+pathTxns, h.txns)
 	mux.HandleFunc("GET "+pathScan+"{bucket}", h.scan)
 	mux.HandleFunc("POST "+pathDeletePrefix+"{bucket}", h.deletePrefix)
 	mux.HandleFunc("POST "+pathTopK+"{bucket}", h.topK)
@@ -134,15 +131,6 @@ func (h *handler) apply(w http.ResponseWriter, r *http.Request) {
 // txn applies a transaction of writes to several buckets (Store.Txn).
 func (h *handler) txn(w http.ResponseWriter, r *http.Request) {
 	serveWrites(h, w, r, parseTxn, h.store.Txn)
-}
-
-// txns applies several transactions (Store.Txns) and answers the results
-// of all their writes, in order.
-func (h *handler) txns(w http.ResponseWriter, r *http.Request) {
-	serveWrites(h, w, r, parseTxns, func(ctx context.Context, txns [][]TxnWrite) ([]Result, error) {
-		res, err := h.store.Txns(ctx, txns)
-		return slices.Concat(res...), err
-	})
 }
 
 // serveWrites reads and parses a request of writes, runs them, and answers

@@ -485,52 +485,6 @@ func (r *commitReq) bucketOf(i int) string {
 // checked against what was held before the transaction; writes apply in
 // order. The cluster bucket cannot be written in a transaction.
 func (s *Store) Txn(ctx context.Context, writes []TxnWrite) ([]Result, error) {
-	req, err := s.txnReq(ctx, writes)
-	if err != nil {
-		return nil, err
-	}
-	return s.commit(req)
-}
-
-// Txns applies several transactions, each all or none as Txn applies one,
-// and returns the results of each. They are queued together, so they
-// share commits (and fsyncs) rather than wait for one each; an error
-// (the commit failed, the store closed) is every transaction's, and any
-// of them may have applied.
-func (s *Store) Txns(ctx context.Context, txns [][]TxnWrite) ([][]Result, error) {
-	reqs := make([]*commitReq, len(txns))
-	for i, t := range txns {
-		var err error
-		if reqs[i], err = s.txnReq(ctx, t); err != nil {
-			return nil, fmt.Errorf("transaction %d: %w", i, err)
-		}
-	}
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		return nil, ErrClosed
-	}
-	for _, r := range reqs {
-		s.commits <- r
-	}
-	s.mu.RUnlock()
-	// Queued: each commits whatever the caller does now, so wait for all.
-	out := make([][]Result, len(reqs))
-	var first error
-	for i, r := range reqs {
-		if err := <-r.err; err != nil && first == nil {
-			first = err
-		}
-		out[i] = r.results
-	}
-	if first != nil {
-		return nil, first
-	}
-	return out, nil
-}
-
-// txnReq checks a transaction and makes its commit request.
-func (s *Store) txnReq(ctx context.Context, writes []TxnWrite) (*commitReq, error) {
 	if err := checkTxn(writes); err != nil {
 		return nil, err
 	}
@@ -542,7 +496,7 @@ func (s *Store) txnReq(ctx context.Context, writes []TxnWrite) (*commitReq, erro
 		}
 	}
 	req.caller, _ = ctx.Value(callerKey{}).(string)
-	return req, nil
+	return s.commit(req)
 }
 
 // checkTxn checks a transaction the way Apply checks its writes.

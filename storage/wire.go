@@ -145,56 +145,6 @@ func parseTxn(b []byte) ([]TxnWrite, error) {
 	return writes, r.err
 }
 
-// appendTxns encodes transactions for one /v1/txns request: each one
-// length-prefixed, as appendTxn encodes it.
-func appendTxns(dst []byte, txns [][]TxnWrite) []byte {
-	for _, t := range txns {
-		dst = binary.AppendUvarint(dst, uint64(txnSize(t)))
-		dst = appendTxn(dst, t)
-	}
-	return dst
-}
-
-// txnSize is the length of appendTxn's encoding of t.
-func txnSize(t []TxnWrite) int {
-	n := 0
-	for i := range t {
-		w := &t[i]
-		n += uvarintLen(len(w.Bucket)) + len(w.Bucket) + 1 + 8 + // bucket, condition, match
-			uvarintLen(len(w.Key)) + len(w.Key) + 8 + 1 + uvarintLen(len(w.Value)) + len(w.Value) // the record
-	}
-	return n
-}
-
-func uvarintLen(n int) int {
-	k := 1
-	for ; n >= 0x80; n >>= 7 {
-		k++
-	}
-	return k
-}
-
-// parseTxns reads what appendTxns wrote: at most MaxBatch writes in all.
-func parseTxns(b []byte) ([][]TxnWrite, error) {
-	r := wireReader{b: b}
-	var txns [][]TxnWrite
-	n := 0
-	for len(r.b) > 0 && r.err == nil {
-		t, err := parseTxn(r.bytes("transaction", maxRequestBody))
-		if err != nil {
-			return nil, err
-		}
-		if len(t) == 0 {
-			return nil, fmt.Errorf("an empty transaction: %w", ErrInvalid)
-		}
-		if n += len(t); n > MaxBatch {
-			return nil, fmt.Errorf("more than %d writes: %w", MaxBatch, ErrInvalid)
-		}
-		txns = append(txns, t)
-	}
-	return txns, r.err
-}
-
 func appendResults(dst []byte, results []Result) []byte {
 	for _, res := range results {
 		dst = append(dst, byte(res.Outcome))

@@ -143,7 +143,7 @@ var rowDefs = []rowDef{
 		if err := s.stepPut(ctx); err != nil {
 			return nil, err
 		}
-		return s.withBatchStats(s.withCommitStats(s.wrkTarget(wrkJob{base: "http://" + s.routerHit.addr, mode: "put", paths: s.putPaths, bodies: s.bodiesFile}, []*proc{s.routerHit}, s.shards, nil, s.o.cacheSize)), s.routerHit, "txn"), nil
+		return s.withCommitStats(s.wrkTarget(wrkJob{base: "http://" + s.routerHit.addr, mode: "put", paths: s.putPaths, bodies: s.bodiesFile}, []*proc{s.routerHit}, s.shards, nil, s.o.cacheSize)), nil
 	}},
 	{"7c", 7, "ours: durable PUT through the router, replicas = 3", func(s *suite, ctx context.Context) (*target, error) {
 		if err := s.stepRouterR3(ctx); err != nil {
@@ -160,7 +160,7 @@ var rowDefs = []rowDef{
 		if err := s.createTopic(ctx, "http://"+s.routerR3.addr, putTopic+"3"); err != nil {
 			return nil, err
 		}
-		return s.withBatchStats(s.withCommitStats(s.wrkTarget(wrkJob{base: "http://" + s.routerR3.addr, mode: "put", paths: paths, bodies: s.bodiesFile}, []*proc{s.routerR3}, s.shardsR3, nil, s.o.cacheSize)), s.routerR3, "txn"), nil
+		return s.withCommitStats(s.wrkTarget(wrkJob{base: "http://" + s.routerR3.addr, mode: "put", paths: paths, bodies: s.bodiesFile}, []*proc{s.routerR3}, s.shardsR3, nil, s.o.cacheSize)), nil
 	}},
 	{"8a", 8, "", func(s *suite, ctx context.Context) (*target, error) {
 		return s.listTarget(ctx, s.o.listSmall)
@@ -321,7 +321,7 @@ func (s *suite) withBatchStats(t *target, router *proc, op string) *target {
 			out = note()
 		}
 		if requests > 0 {
-			out += fmt.Sprintf(" router to shards: %.1f %s a request;", calls/requests, map[string]string{"get": "Gets", "apply": "Applies", "txn": "transactions"}[op])
+			out += fmt.Sprintf(" router to shards: %.1f %s a request;", calls/requests, map[string]string{"get": "Gets", "apply": "Applies"}[op])
 		}
 		return strings.TrimSpace(out)
 	}

@@ -562,10 +562,9 @@ func (s *suite) stepVectors(ctx context.Context) error {
 			return fmt.Errorf("POST %s: %d %s", path, status, msg)
 		}
 		start := time.Now()
-		if err := s.putAll(ctx, base, topic, s.o.vectors, func(i int) string { return fmt.Sprintf("v%07d", i) },
-			func(i int) []byte {
-				return mustJSON(map[string]any{"content": map[string]any{"text": s.corpus.fortuneText(uint64(i)), "embeddings": s.vecBase.Row(i)}})
-			}); err != nil {
+		if err := s.bulkAll(ctx, base, topic, s.o.vectors, func(i int) any {
+			return map[string]any{"metadata": map[string]any{"id": fmt.Sprintf("v%07d", i)}, "content": map[string]any{"text": s.corpus.fortuneText(uint64(i)), "embeddings": s.vecBase.Row(i)}}
+		}); err != nil {
 			return err
 		}
 		if err := s.waitIndexes(ctx, s.shards); err != nil {
@@ -649,6 +648,42 @@ func (s *suite) putAll(ctx context.Context, base, topic string, n int, id func(i
 					return fmt.Errorf("PUT %s: %d %s", u, status, msg)
 				}
 				if d := done.Add(1); d%20000 == 0 {
+					s.logf("loading %s: %d/%d (%s)", topic, d, n, time.Since(start).Round(time.Second))
+				}
+			}
+		})
+	}
+	return g.Wait()
+}
+
+// bulkAll stores n documents in topic through the bulk endpoint (POST
+// …/contexts/_bulk), bulkSize a request, bulkConns requests at once: how a
+// client loads a corpus. doc(i) names its id.
+func (s *suite) bulkAll(ctx context.Context, base, topic string, n int, doc func(int) any) error {
+	const bulkSize, bulkConns = 250, 4
+	start := time.Now()
+	var next, done atomic.Int64
+	u := base + "/api/v1/topics/" + topic + "/contexts/_bulk"
+	g, ctx := errgroup.WithContext(ctx)
+	for range bulkConns {
+		g.Go(func() error {
+			for {
+				lo := int(next.Add(bulkSize) - bulkSize)
+				if lo >= n {
+					return nil
+				}
+				docs := make([]any, 0, bulkSize)
+				for i := lo; i < min(lo+bulkSize, n); i++ {
+					docs = append(docs, doc(i))
+				}
+				status, msg, err := s.do(ctx, http.MethodPost, u, mustJSON(map[string]any{"contexts": docs}))
+				if err != nil {
+					return err
+				}
+				if status != http.StatusOK {
+					return fmt.Errorf("POST %s: %d %s", u, status, oneLine(msg))
+				}
+				if d := done.Add(int64(len(docs))); d/20000 != (d-int64(len(docs)))/20000 {
 					s.logf("loading %s: %d/%d (%s)", topic, d, n, time.Since(start).Round(time.Second))
 				}
 			}

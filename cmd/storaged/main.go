@@ -160,7 +160,7 @@ func route(r *http.Request) string {
 		}
 	}
 	switch p {
-	case "/healthz", "/metrics", "/v1/info", "/v1/changes", "/v1/changes/head", "/v1/txn", "/v1/txns", "/v1/reindex", "/v1/snapshot":
+	case "/healthz", "/metrics", "/v1/info", "/v1/changes", "/v1/changes/head", "/v1/txn", "/v1/reindex", "/v1/snapshot":
 		return p
 	}
 	return "unmatched"

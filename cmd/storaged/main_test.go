@@ -218,7 +218,6 @@ func TestRouteLabels(t *testing.T) {
 		"/v1/get/contexts":           "/v1/get/{bucket}",
 		"/v1/apply/text":             "/v1/apply/{bucket}",
 		"/v1/txn":                    "/v1/txn",
-		"/v1/txns":                   "/v1/txns",
 		"/v1/multiget/contexts":      "/v1/multiget/{bucket}",
 		"/v1/purge/vectors":          "/v1/purge/{bucket}",
 		"/v1/topk/vectors":           "/v1/topk/{bucket}",
@@ -232,7 +231,7 @@ func TestRouteLabels(t *testing.T) {
 		"/v1/snapshot":               "/v1/snapshot",
 		"/v1/info":                   "/v1/info",
 		"/healthz":                   "/healthz",
-		"/v1/txnz":                   "unmatched",
+		"/v1/txns":                   "unmatched",
 		"/v2/get/contexts":           "unmatched",
 	} {
 		if got := route(&http.Request{URL: &url.URL{Path: path}}); got != want {

@@ -90,7 +90,6 @@ func New(cfg Config) (*Cluster, error) {
 		batchCalls: map[string]prometheus.Observer{
 			"get":   cfg.Metrics.ShardBatchCalls.WithLabelValues("get"),
 			"apply": cfg.Metrics.ShardBatchCalls.WithLabelValues("apply"),
-			"txn":   cfg.Metrics.ShardBatchCalls.WithLabelValues("txn"),
 		}}
 	if cfg.SyncRate > 0 {
 		cl.syncLimit = rate.NewLimiter(rate.Limit(cfg.SyncRate), max(cfg.SyncRate, PageSize))

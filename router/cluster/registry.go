@@ -87,7 +87,7 @@ type batchObservable interface {
 }
 
 // observeBatch records how many calls one request to a shard carried. It
-// runs on every such request: the series are resolved once, in New.
+// runs on every such request: the two series are resolved once, in New.
 func (g *registry) observeBatch(op string, calls int) {
 	if o := g.batchCalls[op]; o != nil {
 		o.Observe(float64(calls))

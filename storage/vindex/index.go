@@ -25,11 +25,19 @@ var (
 	ErrClosed = errors.New("vector index closed")
 )
 
+// DefaultEfConstruction is the candidate list an insert searches with. On
+// 100,000 clustered 768-dim vectors (vindextest.Clustered, spread 1, two
+// goroutines inserting) 100 builds 2,013 vectors/s against 1,194 at 200,
+// hnswlib's usual value, for the same answers: recall@10 0.956 against
+// 0.964 at ef 64, 0.998 against 0.999 at ef 128, at the same query cost.
+// An index keeps the value it was built with (saved with it).
+const DefaultEfConstruction = 100
+
 // Config shapes one index. The zero value of a field means its default.
 type Config struct {
 	Dim            int    // vector dimension, 1..65536; required
 	M              int    // neighbours per node (layer 0 keeps 2M); default 16
-	EfConstruction int    // candidates considered per insert; default 200
+	EfConstruction int    // candidates considered per insert; default 100 (see DefaultEfConstruction)
 	Seed           uint64 // seeds node levels, so a build is reproducible
 	// RebuildShare is the share of deleted slots at which the index
 	// rebuilds its graph from the live vectors in the background; default
@@ -42,7 +50,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.M = 16
 	}
 	if c.EfConstruction == 0 {
-		c.EfConstruction = 200
+		c.EfConstruction = DefaultEfConstruction
 	}
 	if c.RebuildShare == 0 {
 		c.RebuildShare = 0.25
