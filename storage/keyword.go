@@ -18,8 +18,9 @@ import (
 
 // Keyword search. The buckets named in Options.TextBuckets ("text" by
 // default) hold plain text in the format EncodeText writes, and the store
-// keeps an inverted index of each (bucket "_kw_" + its name, the shard's
-// own: never scanned, snapshotted or copied). Every write, tombstone and
+// keeps an inverted index of each (bucket "_kw_" + its name, in a BoltDB
+// file of its own beside the records': never scanned, snapshotted or
+// copied, and rebuilt from the records when it is missing). Every write, tombstone and
 // purge of that bucket queues, in its own BoltDB transaction, what it did
 // to the record, and a background indexer applies the queue in batches
 // (kwindexer.go); a search first waits for the entries queued before it.
@@ -329,7 +330,7 @@ func (s *Store) KeywordStats(ctx context.Context, bucket string, prefix []byte, 
 	if err := s.kw.waitIndexed(ctx); err != nil {
 		return st, err
 	}
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.viewIndex(func(tx *bolt.Tx) error {
 		ix := tx.Bucket([]byte(kwBucketPrefix + bucket))
 		if ix == nil {
 			return nil
@@ -373,7 +374,7 @@ func (s *Store) Keyword(ctx context.Context, bucket string, q KeywordQuery) (Top
 	type cand struct{ score float64 }
 	var res TopKResult
 	res.Exact = true // an inverted index answers exactly
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.viewIndex(func(tx *bolt.Tx) error {
 		ix := tx.Bucket([]byte(kwBucketPrefix + bucket))
 		if ix == nil || q.Stats.Docs == 0 {
 			return nil
@@ -411,7 +412,15 @@ func (s *Store) Keyword(ctx context.Context, bucket string, q KeywordQuery) (Top
 			all = append(all, Match{Key: append(bytes.Clone(q.Prefix), suffix...), Score: cd.score})
 		}
 		SortMatches(all)
-		b := tx.Bucket([]byte(bucket))
+		var b *bolt.Bucket // the text records, for their tags
+		if len(q.Tags) > 0 {
+			rtx, err := s.db.Begin(false)
+			if err != nil {
+				return err
+			}
+			defer rtx.Rollback()
+			b = rtx.Bucket([]byte(bucket))
+		}
 		for _, m := range all {
 			if len(res.Matches) == q.K {
 				break
@@ -435,6 +444,17 @@ func (s *Store) Keyword(ctx context.Context, bucket string, q KeywordQuery) (Top
 		s.keywordObs(time.Since(start))
 	}
 	return res, nil
+}
+
+// viewIndex runs fn in a read transaction of the postings file (see
+// kwindexer.go). fn may begin read transactions of the record file.
+func (s *Store) viewIndex(fn func(*bolt.Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return s.kw.db.View(fn)
 }
 
 func textHasTags(raw []byte, want []string) bool {
@@ -461,7 +481,7 @@ func textHasTags(raw []byte, want []string) bool {
 type KeywordIndexStats struct {
 	Docs  int64 // indexed documents, every group
 	Keys  int64 // postings and group counters
-	Bytes int64 // the index's share of the file: its pages' bytes
+	Bytes int64 // the index's share of the postings file: its pages' bytes
 }
 
 // KeywordDocs counts the documents of every keyword index: one read per
@@ -470,7 +490,7 @@ type KeywordIndexStats struct {
 func (s *Store) KeywordDocs() (int64, error) {
 	_ = s.kw.waitIndexedFor(keywordStatsWait) // a closed store fails below
 	var n int64
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.viewIndex(func(tx *bolt.Tx) error {
 		for b := range s.kw.buckets {
 			if ix := tx.Bucket([]byte(kwBucketPrefix + b)); ix != nil {
 				c := ix.Cursor()
@@ -491,7 +511,7 @@ func (s *Store) KeywordDocs() (int64, error) {
 func (s *Store) KeywordIndexStats() (map[string]KeywordIndexStats, error) {
 	_ = s.kw.waitIndexedFor(keywordStatsWait) // a closed store fails below
 	out := map[string]KeywordIndexStats{}
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.viewIndex(func(tx *bolt.Tx) error {
 		for b := range s.kw.buckets {
 			ix := tx.Bucket([]byte(kwBucketPrefix + b))
 			if ix == nil {

@@ -220,7 +220,7 @@ func TestKeywordIndexMatchesRecords(t *testing.T) {
 		}
 		got := map[string]string{}
 		gotStats := map[string][2]int64{}
-		err := s.view(func(tx *bolt.Tx) error {
+		err := s.viewIndex(func(tx *bolt.Tx) error {
 			ix := tx.Bucket([]byte("_kw_text"))
 			return ix.ForEach(func(k, v []byte) error {
 				if k[0] == 's' {

@@ -4,14 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // The keyword index is written behind the records. A 4 KB document has
@@ -26,11 +29,28 @@ import (
 // the queue (kwQueueBucket) what it did to the record: the live value it
 // replaced and the write, or the purge and the value it removed. The
 // indexer, a goroutine of its own, applies queued entries in sequence
-// order in bounded batches, each in one transaction that also deletes
-// them. Applying them in order does exactly what applying each in its
-// write's transaction did, so the index is what it always was, only
-// later; and as the queue commits with the records, a crash loses
-// nothing: Open restarts the indexer on what is left.
+// order in bounded batches. Applying them in order does exactly what
+// applying each in its write's transaction did, so the index is what it
+// always was, only later; and as the queue commits with the records, a
+// crash loses nothing: Open restarts the indexer on what is left.
+//
+// The postings are a BoltDB file of their own beside the records' (path
+// + ".kw"): BoltDB has one writer per file, and an indexer batch in the
+// records' file held their commits up for as long as it took. A batch is
+// read from the queue in a read transaction of the records' file and
+// applied in one transaction of the postings file, which also records
+// the last sequence applied (kwAppliedKey); the next commit of the
+// committer deletes the applied entries from the queue (contiguous keys:
+// a page or two) and notes, in the records' meta bucket, the sequence it
+// deleted through (kwTrimmedKey). So a crash between the two leaves
+// entries that the postings file says are applied, and Open deletes them
+// without applying them again.
+//
+// The postings file is derived data: backups, snapshots, repairs and
+// rebalances never read it. When it is missing or unreadable, belongs to
+// another record file, or is older than the queue (the queue was trimmed
+// past what it applied), Open rebuilds it from the text records (and
+// drops the _kw_ buckets a record file of the synchronous design held).
 //
 // Searches do not see "later": Keyword and KeywordStats first wait until
 // every entry committed before they began is applied (waitIndexed), so a
@@ -51,6 +71,19 @@ import (
 // a rebalance, logged as a change or counted in Info.
 const (
 	kwQueueBucket = "_kwq"
+
+	// kwFileSuffix names the postings file: the records' path and it.
+	kwFileSuffix = ".kw"
+	// kwMetaBucket, in the postings file, holds the last queue sequence
+	// applied (8 bytes, big endian) and the node ID of the record file
+	// the postings are of.
+	kwMetaBucket = "_kwmeta"
+	kwAppliedKey = "applied"
+	kwNodeKey    = "node_id"
+	kwTrimmedKey = "kwq_trimmed" // in the records' metaBucket: the queue is deleted through it
+
+	// maxRebuildPostings bounds one transaction of a rebuild.
+	maxRebuildPostings = 1 << 18
 
 	kwQueueWrite = 'w'
 	kwQueuePurge = 'p'
@@ -96,6 +129,13 @@ const (
 // of the queue and its indexer.
 type keywordIndex struct {
 	buckets map[string]bool
+	db      *bolt.DB // the postings file
+
+	// applied is the last sequence the postings file holds applied (the
+	// indexer's, read by the committer); trimmed, the committer's, is the
+	// one the queue is deleted through.
+	applied atomic.Uint64
+	trimmed uint64
 
 	// seq is the last queue sequence taken; only write transactions take
 	// one, and they run one at a time, so the queue's keys increase in
@@ -137,24 +177,262 @@ func (s *Store) openKeywordIndex(opts Options) error {
 		kw.buckets[b] = true
 	}
 	s.kw = kw
-	// What a crash left queued is applied first; the sequence goes on
-	// from its last entry.
-	return s.db.View(func(tx *bolt.Tx) error {
-		q := tx.Bucket([]byte(kwQueueBucket))
-		if q == nil {
-			return nil
+	if err := kw.openFile(s.path+kwFileSuffix, opts); err != nil {
+		return err
+	}
+	if err := s.recoverKeywordIndex(); err != nil {
+		kw.db.Close()
+		return err
+	}
+	return nil
+}
+
+// openFile opens the postings file, and replaces one BoltDB cannot open
+// (truncated, corrupt) with an empty one: it is rebuilt from the records.
+func (kw *keywordIndex) openFile(path string, opts Options) error {
+	bopts := &bolt.Options{
+		Timeout:        opts.LockTimeout,
+		NoSync:         opts.NoSync,
+		FreelistType:   bolt.FreelistMapType,
+		NoFreelistSync: true,
+	}
+	db, err := bolt.Open(path, 0o600, bopts)
+	if err != nil && !errors.Is(err, berrors.ErrTimeout) {
+		slog.Warn("keyword index: unreadable, will rebuild it", "path", path, "err", err)
+		if rerr := os.Remove(path); rerr != nil {
+			return fmt.Errorf("keyword index %s: %v; remove it: %w", path, err, rerr)
 		}
-		c := q.Cursor()
-		first, _ := c.First()
-		last, _ := c.Last()
-		if first == nil {
-			return nil
+		db, err = bolt.Open(path, 0o600, bopts)
+	}
+	if err != nil {
+		return fmt.Errorf("keyword index %s: %w", path, err)
+	}
+	kw.db = db
+	return nil
+}
+
+// recoverKeywordIndex, at Open, settles the queue against the postings
+// file: entries the file has applied are deleted, the others are left
+// for the indexer; or, if the file cannot be trusted, it is rebuilt.
+func (s *Store) recoverKeywordIndex() error {
+	kw := s.kw
+	var last, trimmed uint64
+	legacy := false // the record file holds a _kw_ bucket of the synchronous design
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if q := tx.Bucket([]byte(kwQueueBucket)); q != nil {
+			if k, _ := q.Cursor().Last(); k != nil {
+				last = binary.BigEndian.Uint64(k)
+			}
 		}
-		kw.seq.Store(binary.BigEndian.Uint64(last))
-		kw.queued.Store(kw.seq.Load())
-		kw.done = binary.BigEndian.Uint64(first) - 1
+		if m := tx.Bucket([]byte(metaBucket)); m != nil {
+			if v := m.Get([]byte(kwTrimmedKey)); len(v) == 8 {
+				trimmed = binary.BigEndian.Uint64(v)
+			}
+		}
+		for b := range kw.buckets {
+			legacy = legacy || tx.Bucket([]byte(kwBucketPrefix+b)) != nil
+		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	// The sequence goes on from the last one taken: the queue's last
+	// entry, or, when it is empty, the last one deleted.
+	kw.seq.Store(max(last, trimmed))
+	kw.trimmed = trimmed
+	applied, node, ok := kw.readMeta()
+	switch {
+	case legacy, !ok, node != s.nodeID:
+	case applied < trimmed, applied > kw.seq.Load():
+		// The queue was deleted past what the file applied (an older
+		// file), or the file applied what this queue never held.
+	default:
+		kw.applied.Store(applied)
+		kw.queued.Store(kw.seq.Load())
+		kw.done = applied
+		return s.trimQueue()
+	}
+	if err := s.rebuildKeywordIndex(); err != nil {
+		return fmt.Errorf("rebuild the keyword index: %w", err)
+	}
+	return nil
+}
+
+// readMeta reads the postings file's last applied sequence and the node
+// ID it is of; ok is false when it has none (new, or a rebuild that did
+// not finish).
+func (kw *keywordIndex) readMeta() (applied uint64, node string, ok bool) {
+	_ = kw.db.View(func(tx *bolt.Tx) error {
+		m := tx.Bucket([]byte(kwMetaBucket))
+		if m == nil {
+			return nil
+		}
+		v := m.Get([]byte(kwAppliedKey))
+		if len(v) != 8 {
+			return nil
+		}
+		applied, node, ok = binary.BigEndian.Uint64(v), string(m.Get([]byte(kwNodeKey))), true
+		return nil
+	})
+	return applied, node, ok
+}
+
+// putApplied records in the postings file that the queue is applied
+// through seq.
+func putApplied(tx *bolt.Tx, seq uint64) error {
+	m, err := tx.CreateBucketIfNotExists([]byte(kwMetaBucket))
+	if err != nil {
+		return fmt.Errorf("keyword index meta: %w", err)
+	}
+	return m.Put([]byte(kwAppliedKey), binary.BigEndian.AppendUint64(nil, seq))
+}
+
+// rebuildKeywordIndex replaces the postings file with one built from the
+// live text records, read in one read transaction with the queue's last
+// sequence: every entry through it is in the records read, so the file
+// is applied through it. It runs at Open, before any write. The file
+// says so (its meta) only in the last transaction: a rebuild cut short
+// is done again. Then the queue, and the _kw_ buckets of a record file
+// of the synchronous design, go.
+func (s *Store) rebuildKeywordIndex() error {
+	kw := s.kw
+	start := time.Now()
+	path := kw.db.Path()
+	if err := kw.db.Close(); err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:        time.Second,
+		NoSync:         kw.db.NoSync,
+		FreelistType:   bolt.FreelistMapType,
+		NoFreelistSync: true,
+	})
+	if err != nil {
+		return err
+	}
+	kw.db = db
+	seq := kw.seq.Load()
+	docs := 0
+	err = s.db.View(func(rtx *bolt.Tx) error {
+		var batch []kwChange
+		postings := 0
+		flush := func(last bool) error {
+			err := kw.db.Update(func(tx *bolt.Tx) error {
+				for i := range batch {
+					if err := indexText(tx, &batch[i]); err != nil {
+						return err
+					}
+				}
+				if !last {
+					return nil
+				}
+				if err := putApplied(tx, seq); err != nil {
+					return err
+				}
+				return tx.Bucket([]byte(kwMetaBucket)).Put([]byte(kwNodeKey), []byte(s.nodeID))
+			})
+			docs += len(batch)
+			batch, postings = batch[:0], 0
+			return err
+		}
+		for name := range kw.buckets {
+			b := rtx.Bucket([]byte(name))
+			if b == nil {
+				continue
+			}
+			c := b.Cursor()
+			for k, raw := c.First(); k != nil; k, raw = c.Next() {
+				if vectorGroup(k) == 0 {
+					continue
+				}
+				v, tomb, val, err := parseStored(raw)
+				if err != nil {
+					return fmt.Errorf("bucket %s key %q: %w", name, k, err)
+				}
+				if tomb || !maybeText(val) {
+					continue
+				}
+				ch := kwChange{bucket: name, key: bytes.Clone(k), version: v}
+				if ch.after, ch.has = docOf(val); !ch.has {
+					continue
+				}
+				batch = append(batch, ch)
+				if postings += ch.postings(); postings >= maxRebuildPostings {
+					if err := flush(false); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		return flush(true)
+	})
+	if err != nil {
+		return err
+	}
+	kw.applied.Store(seq)
+	kw.queued.Store(seq)
+	kw.done = seq
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		for b := range kw.buckets {
+			if tx.Bucket([]byte(kwBucketPrefix+b)) != nil {
+				if err := tx.DeleteBucket([]byte(kwBucketPrefix + b)); err != nil {
+					return err
+				}
+			}
+		}
+		return kw.trim(tx)
+	})
+	if err != nil {
+		return err
+	}
+	if docs > 0 {
+		slog.Info("keyword index: rebuilt from the records", "path", path, "docs", docs, "took", time.Since(start))
+	}
+	return nil
+}
+
+// trim deletes, in tx of the record file, the queue's entries that the
+// postings file has applied, and notes the sequence it deleted through.
+// The committer calls it in its transactions (so it costs no commit of
+// its own), Open and Close in one of their own.
+func (kw *keywordIndex) trim(tx *bolt.Tx) error {
+	applied := kw.applied.Load()
+	if applied <= kw.trimmed {
+		return nil
+	}
+	if q := tx.Bucket([]byte(kwQueueBucket)); q != nil {
+		var keys [][]byte
+		c := q.Cursor()
+		for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= applied; k, _ = c.Next() {
+			keys = append(keys, k)
+		}
+		for _, k := range keys {
+			if err := q.Delete(k); err != nil {
+				return fmt.Errorf("keyword queue: %w", err)
+			}
+		}
+	}
+	m, err := tx.CreateBucketIfNotExists([]byte(metaBucket))
+	if err != nil {
+		return err
+	}
+	if err := m.Put([]byte(kwTrimmedKey), binary.BigEndian.AppendUint64(nil, applied)); err != nil {
+		return err
+	}
+	tx.OnCommit(func() { kw.trimmed = applied })
+	return nil
+}
+
+// trimQueue trims the queue in a transaction of its own.
+func (s *Store) trimQueue() error {
+	if s.kw.applied.Load() <= s.kw.trimmed {
+		return nil
+	}
+	return s.db.Update(s.kw.trim)
 }
 
 // enqueueWrite queues the keyword index's part of one write about to
@@ -357,13 +635,18 @@ func (kw *keywordIndex) backlog() uint64 {
 	return queued - min(done, queued)
 }
 
-// indexBatch applies and deletes the oldest queued entries, as many as
-// the bounds allow; more says some are left. It reads and analyses them
-// in a read transaction, so the writer lock is held only to apply them
-// (and delete them) in one write transaction: nothing else removes an
-// entry, so the entries read are still there, and still the oldest.
+// indexBatch applies the oldest queued entries not yet applied, as many
+// as the bounds allow; more says some are left. It reads and analyses
+// them in a read transaction of the record file, and applies them in one
+// write transaction of the postings file, which notes the last one
+// applied: the records' writer lock is not taken. The committer deletes
+// them from the queue in its next commit (trim).
 func (s *Store) indexBatch() (more bool, err error) {
 	kw := s.kw
+	// Every entry committed before the read transaction began is in the
+	// queue: once it is read to the end, all of those are applied.
+	target := kw.queued.Load()
+	applied := kw.applied.Load()
 	var seqs []uint64
 	var changes []kwChange
 	err = s.db.View(func(tx *bolt.Tx) error {
@@ -373,7 +656,8 @@ func (s *Store) indexBatch() (more bool, err error) {
 		}
 		postings := 0
 		c := q.Cursor()
-		for k, v := c.First(); k != nil && len(changes) < maxIndexEntries && postings < maxIndexPostings; k, v = c.Next() {
+		k, v := c.Seek(binary.BigEndian.AppendUint64(nil, applied+1))
+		for ; k != nil && len(changes) < maxIndexEntries && postings < maxIndexPostings; k, v = c.Next() {
 			seq := binary.BigEndian.Uint64(k)
 			ch, err := parseQueued(seq, v)
 			if err != nil {
@@ -382,38 +666,31 @@ func (s *Store) indexBatch() (more bool, err error) {
 			postings += ch.postings()
 			seqs, changes = append(seqs, seq), append(changes, ch)
 		}
+		more = k != nil
 		return nil
 	})
 	if err != nil {
 		return false, err
 	}
-	var done uint64
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		// Every entry committed before this transaction began is in the
-		// queue: once it is empty, all of those are applied.
-		done = kw.queued.Load()
-		q := tx.Bucket([]byte(kwQueueBucket))
-		if q == nil {
-			return nil
-		}
-		var key [8]byte
-		for i := range changes {
-			if err := indexText(tx, &changes[i]); err != nil {
-				return err
+	if len(changes) > 0 {
+		last := seqs[len(seqs)-1]
+		err = kw.db.Update(func(tx *bolt.Tx) error {
+			for i := range changes {
+				if err := indexText(tx, &changes[i]); err != nil {
+					return err
+				}
 			}
-			binary.BigEndian.PutUint64(key[:], seqs[i])
-			if err := q.Delete(key[:]); err != nil {
-				return fmt.Errorf("keyword queue: %w", err)
-			}
-			done = max(done, seqs[i])
+			return putApplied(tx, last)
+		})
+		if err != nil {
+			return false, err
 		}
-		if k, _ := q.Cursor().First(); k != nil {
-			more, done = true, binary.BigEndian.Uint64(k)-1
-		}
-		return nil
-	})
-	if err != nil {
-		return false, err
+		kw.applied.Store(last)
+		applied = last
+	}
+	done := applied
+	if !more {
+		done = max(done, target)
 	}
 	kw.mu.Lock()
 	if done > kw.done {
@@ -473,8 +750,8 @@ func (kw *keywordIndex) waitIndexedFor(d time.Duration) error {
 }
 
 // stopIndexer stops the indexer and waits for it; entries it has not
-// applied stay queued for the next Open. Close calls it before the file
-// closes.
+// applied stay queued for the next Open. Close calls it before the files
+// close.
 func (kw *keywordIndex) stopIndexer() {
 	kw.halt.Do(func() { close(kw.stop) })
 	<-kw.exit

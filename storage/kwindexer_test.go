@@ -1,9 +1,13 @@
 package storage
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -14,13 +18,18 @@ import (
 	"github.com/go-kvdb/go-kvdb/storage/kwindex"
 )
 
-// queued counts the entries in the keyword queue.
+// queued counts the entries in the keyword queue that the postings file
+// has not applied (the committer deletes applied ones in its next commit).
 func queued(t testing.TB, s *Store) int {
 	t.Helper()
 	n := 0
+	applied := s.kw.applied.Load()
 	err := s.view(func(tx *bolt.Tx) error {
 		if q := tx.Bucket([]byte(kwQueueBucket)); q != nil {
-			n = q.Stats().KeyN
+			c := q.Cursor()
+			for k, _ := c.Seek(binary.BigEndian.AppendUint64(nil, applied+1)); k != nil; k, _ = c.Next() {
+				n++
+			}
 		}
 		return nil
 	})
@@ -172,7 +181,7 @@ func TestKeywordIndexerCatchesUp(t *testing.T) {
 		t.Errorf("queue holds %d entries after a search, want none", n)
 	}
 	postings, docs := 0, 0
-	err = s.view(func(tx *bolt.Tx) error {
+	err = s.viewIndex(func(tx *bolt.Tx) error {
 		return tx.Bucket([]byte(kwBucketPrefix + "text")).ForEach(func(k, _ []byte) error {
 			switch k[0] {
 			case 'p':
@@ -185,5 +194,246 @@ func TestKeywordIndexerCatchesUp(t *testing.T) {
 	})
 	if err != nil || postings != wantPostings || int64(docs) != want.Docs {
 		t.Errorf("index holds %d postings and %d documents (%v), want %d and %d", postings, docs, err, wantPostings, want.Docs)
+	}
+}
+
+// dumpIndex reads every record of the postings file's index of "text".
+func dumpIndex(t testing.TB, s *Store) map[string]string {
+	t.Helper()
+	if err := s.kw.waitIndexed(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	err := s.viewIndex(func(tx *bolt.Tx) error {
+		ix := tx.Bucket([]byte(kwBucketPrefix + "text"))
+		if ix == nil {
+			return nil
+		}
+		return ix.ForEach(func(k, v []byte) error {
+			out[string(k)] = string(v)
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// writeCorpus writes, rewrites, deletes and purges text records of the
+// group "t\x00", so that the index holds postings, documents and stats.
+func writeCorpus(t testing.TB, s *Store) {
+	t.Helper()
+	ctx := context.Background()
+	mustApply(t, s, "text", putText("t\x00a", 1, "walrus tusks"), putText("t\x00b", 1, "walrus"), putText("t\x00c", 1, "narwhal"), putText("t\x00d", 1, "seal pup", "zoo"))
+	mustApply(t, s, "text", putText("t\x00a", 2, "walrus tusks and walrus"), del("t\x00c", 2))
+	if n, err := s.Purge(ctx, "text", []Record{{Key: []byte("t\x00b"), Version: 1}}); err != nil || n != 1 {
+		t.Fatalf("Purge = %d, %v", n, err)
+	}
+	mustApply(t, s, "message_text", putText("m\x00x", 1, "walrus message"))
+}
+
+// checkCorpus checks the searches writeCorpus leaves, and that the index
+// holds exactly want (when set).
+func checkCorpus(t testing.TB, s *Store, want map[string]string) {
+	t.Helper()
+	if got := search(t, s, "t\x00", "walrus", 10); !slices.Equal(got, []string{"t\x00a"}) {
+		t.Errorf("search walrus = %q, want t/a (b purged)", got)
+	}
+	if got := search(t, s, "t\x00", "narwhal", 10); len(got) != 0 {
+		t.Errorf("search narwhal = %q, want none (deleted)", got)
+	}
+	if got := search(t, s, "t\x00", "pup", 10, "zoo"); !slices.Equal(got, []string{"t\x00d"}) {
+		t.Errorf("search pup tagged zoo = %q, want t/d", got)
+	}
+	st, err := s.KeywordStats(context.Background(), "text", []byte("t\x00"), []string{"walru"})
+	if err != nil || st.Docs != 2 {
+		t.Errorf("KeywordStats = %+v, %v, want 2 documents", st, err)
+	}
+	if want != nil {
+		if got := dumpIndex(t, s); !maps.Equal(got, want) {
+			t.Errorf("index holds %d records, want the %d it held", len(got), len(want))
+		}
+	}
+}
+
+// TestKeywordIndexRebuilt: a postings file that is missing, unreadable,
+// or older than the queue (an old copy put back) is rebuilt at Open from
+// the text records, to what it held.
+func TestKeywordIndexRebuilt(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		breakIt func(t *testing.T, path, old string)
+	}{
+		{"missing", func(t *testing.T, path, _ string) {
+			if err := os.Remove(path + kwFileSuffix); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"corrupt", func(t *testing.T, path, _ string) {
+			if err := os.WriteFile(path+kwFileSuffix, bytes.Repeat([]byte("not bolt"), 2048), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"stale", func(t *testing.T, path, old string) {
+			if err := os.Rename(old, path+kwFileSuffix); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "shard.db")
+			old := filepath.Join(dir, "old.kw")
+			s, err := Open(path, Options{NoSync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mustApply(t, s, "text", putText("t\x00c", 1, "narwhal"), putText("t\x00z", 1, "zebra"))
+			search(t, s, "t\x00", "zebra", 10)
+			mustApply(t, s, "text", putText("t\x00y", 1, "yak")) // trims what the search applied
+			s.kw.stopIndexer()
+			copyFile(t, path+kwFileSuffix, old) // applied z, not y
+			s.Close()
+			s = openTestStoreAt(t, path, Options{NoSync: true})
+			mustApply(t, s, "text", del("t\x00z", 2), del("t\x00y", 2))
+			writeCorpus(t, s)
+			want := dumpIndex(t, s)
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			tc.breakIt(t, path, old)
+
+			s = openTestStoreAt(t, path, Options{NoSync: true})
+			checkCorpus(t, s, want)
+			if got := search(t, s, "t\x00", "zebra yak", 10); len(got) != 0 {
+				t.Errorf("search zebra yak = %q, want none (deleted)", got)
+			}
+			// The sequence goes on past what the rebuild read.
+			mustApply(t, s, "text", putText("t\x00e", 1, "walrus pup"), del("t\x00a", 3))
+			if got := search(t, s, "t\x00", "walrus", 10); !slices.Equal(got, []string{"t\x00e"}) {
+				t.Errorf("search walrus after more writes = %q, want t/e", got)
+			}
+		})
+	}
+}
+
+func copyFile(t testing.TB, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestKeywordQueueAppliedNotTrimmed: a crash after the postings file
+// applied entries and before a commit deleted them from the queue leaves
+// them queued; Open deletes them without applying them again (a second
+// application would count the documents twice), and applies the rest.
+func TestKeywordQueueAppliedNotTrimmed(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "shard.db")
+	s := openTestStoreAt(t, path, Options{NoSync: true})
+	writeCorpus(t, s)
+	want := dumpIndex(t, s) // applied
+	s.kw.stopIndexer()
+	// Hold the committer's trim back: the next commit leaves the applied
+	// entries queued, as a crash before it would.
+	applied := s.kw.applied.Swap(0)
+	mustApply(t, s, "text", putText("t\x00f", 1, "fulmar")) // queued, not applied
+	s.kw.applied.Store(applied)
+	// The files as a crash now would leave them: no transaction runs.
+	crash := filepath.Join(dir, "crash.db")
+	copyFile(t, path, crash)
+	copyFile(t, path+kwFileSuffix, crash+kwFileSuffix)
+
+	var done, pending int
+	db, err := bolt.Open(crash, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte(kwQueueBucket)).ForEach(func(k, _ []byte) error {
+			if binary.BigEndian.Uint64(k) <= applied {
+				done++
+			} else {
+				pending++
+			}
+			return nil
+		})
+	})
+	db.Close()
+	if done == 0 || pending != 1 {
+		t.Fatalf("crash left %d applied and %d pending queue entries, want some and 1", done, pending)
+	}
+
+	c := openTestStoreAt(t, crash, Options{NoSync: true})
+	mustApply(t, c, "text", del("t\x00f", 2))
+	checkCorpus(t, c, want)
+	if got := search(t, c, "t\x00", "fulmar", 10); len(got) != 0 {
+		t.Errorf("search fulmar = %q, want none (deleted)", got)
+	}
+	ks, err := c.KeywordIndexStats()
+	if err != nil || ks["text"].Docs != 2 || ks["message_text"].Docs != 1 {
+		t.Errorf("KeywordIndexStats = %+v, %v, want 2 text and 1 message documents", ks, err)
+	}
+}
+
+// TestKeywordIndexMigrates: a record file of the synchronous design holds
+// its postings in _kw_ buckets and no postings file; Open builds the file
+// from the records and drops the old buckets.
+func TestKeywordIndexMigrates(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "shard.db")
+	s := openTestStoreAt(t, path, Options{NoSync: true})
+	writeCorpus(t, s)
+	want := dumpIndex(t, s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The old layout: the same postings, in the record file.
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range []string{"text", "message_text"} {
+			ix, err := tx.CreateBucket([]byte(kwBucketPrefix + name))
+			if err != nil {
+				return err
+			}
+			for k, v := range want {
+				if err := ix.Put([]byte(k), []byte(v)); err != nil {
+					return err
+				}
+			}
+		}
+		if err := tx.DeleteBucket([]byte(kwQueueBucket)); err != nil {
+			return err
+		}
+		return tx.Bucket([]byte(metaBucket)).Delete([]byte(kwTrimmedKey))
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(path + kwFileSuffix); err != nil {
+		t.Fatal(err)
+	}
+
+	s = openTestStoreAt(t, path, Options{NoSync: true})
+	checkCorpus(t, s, want)
+	err = s.view(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+			if bytes.HasPrefix(name, []byte(kwBucketPrefix)) {
+				t.Errorf("record file still holds %s", name)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

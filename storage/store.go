@@ -196,6 +196,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	if err := s.openVectorIndex(opts); err != nil {
+		s.kw.db.Close()
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -236,7 +237,7 @@ func (s *Store) NodeID() string { return s.nodeID }
 // Epoch is the epoch of the cluster map the shard holds (0: none).
 func (s *Store) Epoch() uint64 { return s.epoch.Load() }
 
-// Close waits for queued writes to commit, then closes the file.
+// Close waits for queued writes to commit, then closes the files.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -248,9 +249,10 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	<-s.done
 	s.kw.stopIndexer()
+	terr := s.trimQueue()
 	s.changes.publish() // followers wake, and find the store closed
 	verr := s.closeVectorIndex()
-	return errors.Join(s.db.Close(), verr)
+	return errors.Join(terr, s.db.Close(), s.kw.db.Close(), verr)
 }
 
 // Get returns the record held for key, tombstones included, or ErrNotFound.
@@ -411,6 +413,9 @@ func (s *Store) commitLoop() {
 				}
 			}
 			queued = s.kw.seq.Load()
+			if err := s.kw.trim(tx); err != nil {
+				return err
+			}
 			var err error
 			logged, changed, err = s.changes.append(tx, batch, start)
 			return err
