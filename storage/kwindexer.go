@@ -91,10 +91,10 @@ const (
 	kwOldValue  = 1 << 0
 	kwTombstone = 1 << 1
 
-	// maxIndexEntries and maxIndexPostings bound one indexer transaction:
-	// it holds the writer lock, so the commits of writers wait for it.
-	// The postings budget is some 50 documents of 4 KB, a few tens of
-	// milliseconds, past which bigger batches save little.
+	// maxIndexEntries and maxIndexPostings bound one indexer transaction
+	// (of the postings file: writers' commits do not wait for it, but a
+	// throttled committer and a search wait for it to end). The postings
+	// budget is some 50 documents of 4 KB, a few tens of milliseconds.
 	maxIndexEntries  = 256
 	maxIndexPostings = 16384
 
