@@ -765,7 +765,7 @@ func (s *Store) Info(context.Context) (Info, error) {
 		info.SizeBytes = tx.Size()
 		info.Changes = logPosition(tx.Bucket([]byte(changesBucket)), s.changes.id)
 		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
-			if name[0] != '_' { // the shard's own: meta, change log, keyword indexes and queue
+			if name[0] != '_' { // the shard's own: meta, change log, keyword queue
 				info.Keys[string(name)] = int64(b.Stats().KeyN)
 			}
 			return nil
