@@ -40,10 +40,12 @@
 //
 // For keyword search a bucket may hold text in the format EncodeText
 // writes (tags and words). The buckets named in Options.TextBuckets
-// ("text" by default) have an inverted index per key group, kept in the
-// shard's own bucket "_kw_" + name in the same transaction as every write,
-// tombstone and purge (keyword.go), with the words analysed by package
-// kwindex. A search is two calls so that shards score alike:
+// ("text" by default) have an inverted index per key group, kept in a
+// BoltDB file of its own beside the records' (path + ".kw", rebuilt from
+// the records when it is missing) by a background indexer that applies,
+// in large batches, what every write, tombstone and purge queued in its
+// own transaction (keyword.go, kwindexer.go); a search waits for what was
+// queued before it. The words are analysed by package kwindex. A search is two calls so that shards score alike:
 // KeywordStats (this shard's counts for the query's terms), then Keyword
 // with the counts the caller summed over every shard (BM25).
 //

@@ -55,6 +55,7 @@ func openTestStoreAt(t testing.TB, path string, opts Options) *Store {
 			t.Errorf("Close(%q) = %v, want nil", path, err)
 		}
 		checkFile(t, path)
+		checkFile(t, path+kwFileSuffix)
 	})
 	return s
 }

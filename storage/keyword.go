@@ -18,12 +18,15 @@ import (
 
 // Keyword search. The buckets named in Options.TextBuckets ("text" by
 // default) hold plain text in the format EncodeText writes, and the store
-// keeps an inverted index of each (bucket "_kw_" + its name, the shard's
-// own: never scanned, snapshotted or copied) in the same BoltDB
-// transaction as every write, tombstone and purge of that bucket. So the
-// index is exactly as durable as the records: a crash, a restore (which
-// replays records through Apply), a repair or a rebalance (which copy and
-// purge records) leave nothing to reconcile.
+// keeps an inverted index of each (bucket "_kw_" + its name, in a BoltDB
+// file of its own beside the records': never scanned, snapshotted or
+// copied, and rebuilt from the records when it is missing). Every write, tombstone and
+// purge of that bucket queues, in its own BoltDB transaction, what it did
+// to the record, and a background indexer applies the queue in batches
+// (kwindexer.go); a search first waits for the entries queued before it.
+// So the index is exactly as durable as the records: a crash, a restore
+// (which replays records through Apply), a repair or a rebalance (which
+// copy and purge records) leave nothing to reconcile.
 //
 // Per group (a key through its first 0 byte: the router's topic) the index
 // holds
@@ -100,61 +103,51 @@ func DecodeText(b []byte) (Text, error) {
 	return t, nil
 }
 
-// keywordIndex is the set of text buckets; fixed at Open.
-type keywordIndex map[string]bool
-
-func (s *Store) openKeywordIndex(opts Options) error {
-	buckets := opts.TextBuckets
-	if buckets == nil {
-		buckets = DefaultTextBuckets
-	}
-	s.kw = keywordIndex{}
-	for _, b := range buckets {
-		if err := checkBucket(b); err != nil {
-			return fmt.Errorf("text bucket: %w", err)
-		}
-		s.kw[b] = true
-	}
-	return nil
+// kwChange is what one write or purge does to a document of a text
+// bucket, analysed: the indexer analyses a batch of queued entries before
+// it takes the writer lock, then applies them in order (kwindexer.go).
+type kwChange struct {
+	bucket  string
+	key     []byte
+	version uint64
+	purge   bool // the record went for good: version and after are unset
+	// same is a write of the value held (the context's metadata
+	// changed): only the version moves, if the value is indexed at all.
+	same bool
+	// before and after are the documents replaced and written; had and
+	// has say whether each is indexed (text with a term).
+	before, after kwindex.Doc
+	had, has      bool
 }
 
-// indexText brings bucket's keyword index in line with one write about
-// to replace old (the stored form held, nil if none) in tx: the old
-// document's postings go, the new one's come. Call it before the write's
-// Put, while old is still what tx holds.
-func (kw keywordIndex) indexText(tx *bolt.Tx, bucket string, key, old []byte, w *Write) error {
-	if !kw[bucket] {
-		return nil
-	}
-	g := vectorGroup(key)
-	if g == 0 {
-		return nil
-	}
-	ix, err := tx.CreateBucketIfNotExists([]byte(kwBucketPrefix + bucket))
-	if err != nil {
-		return fmt.Errorf("keyword index of %s: %w", bucket, err)
-	}
-	group, suffix := key[:g], key[g:]
-	var before, after kwindex.Doc
-	var had, has bool
-	if old != nil {
-		if _, tomb, val, err := parseStored(old); err == nil && !tomb {
-			if !w.Tombstone && bytes.Equal(val, w.Value) {
-				// The same words again (the context's metadata changed):
-				// only the version moves, if the value is indexed at all.
-				if ix.Get(docKey(group, suffix)) == nil {
-					return nil
-				}
-				return ix.Put(docKey(group, suffix), binary.AppendUvarint(nil, w.Version))
-			}
-			before, had = docOf(val)
+// postings is the measure of a change's work: the terms it touches.
+func (c *kwChange) postings() int { return len(c.before.TF) + len(c.after.TF) }
+
+// indexText brings c.bucket's keyword index in line with one change: the
+// old document's postings go, the new one's come.
+func indexText(tx *bolt.Tx, c *kwChange) error {
+	g := vectorGroup(c.key)
+	var ix *bolt.Bucket
+	if c.purge {
+		// A record purged before the index existed has nothing in it.
+		if ix = tx.Bucket([]byte(kwBucketPrefix + c.bucket)); ix == nil {
+			return nil
+		}
+	} else {
+		var err error
+		if ix, err = tx.CreateBucketIfNotExists([]byte(kwBucketPrefix + c.bucket)); err != nil {
+			return fmt.Errorf("keyword index of %s: %w", c.bucket, err)
 		}
 	}
-	if !w.Tombstone {
-		after, has = docOf(w.Value)
-	}
+	group, suffix := c.key[:g], c.key[g:]
+	before, after := c.before, c.after
 	switch {
-	case had && has && before.Len == after.Len:
+	case c.same:
+		if ix.Get(docKey(group, suffix)) == nil {
+			return nil
+		}
+		return ix.Put(docKey(group, suffix), binary.AppendUvarint(nil, c.version))
+	case c.had && c.has && before.Len == after.Len:
 		// Same length: the other postings hold what they held.
 		for term := range before.TF {
 			if after.TF[term] == 0 {
@@ -170,37 +163,16 @@ func (kw keywordIndex) indexText(tx *bolt.Tx, bucket string, key, old []byte, w 
 				}
 			}
 		}
-		return ix.Put(docKey(group, suffix), binary.AppendUvarint(nil, w.Version))
-	case had:
+		return ix.Put(docKey(group, suffix), binary.AppendUvarint(nil, c.version))
+	case c.had:
 		if err := unindexDoc(ix, group, suffix, before); err != nil {
 			return err
 		}
 	}
-	if has {
-		return indexDoc(ix, group, suffix, w.Version, after)
+	if c.has {
+		return indexDoc(ix, group, suffix, c.version, after)
 	}
 	return nil
-}
-
-// unindexPurged removes a purged record's postings; raw is its stored form.
-func (kw keywordIndex) unindexPurged(tx *bolt.Tx, bucket string, key, raw []byte) error {
-	if !kw[bucket] {
-		return nil
-	}
-	g := vectorGroup(key)
-	ix := tx.Bucket([]byte(kwBucketPrefix + bucket))
-	if g == 0 || ix == nil {
-		return nil
-	}
-	_, tomb, val, err := parseStored(raw)
-	if err != nil || tomb {
-		return nil
-	}
-	d, ok := docOf(val)
-	if !ok {
-		return nil
-	}
-	return unindexDoc(ix, key[:g], key[g:], d)
 }
 
 func postingKey(group []byte, term string, suffix []byte) []byte {
@@ -352,10 +324,13 @@ func (s *Store) KeywordStats(ctx context.Context, bucket string, prefix []byte, 
 		return KeywordStats{}, err
 	}
 	st := KeywordStats{DF: make([]int64, len(terms))}
-	if !s.kw[bucket] {
+	if !s.kw.buckets[bucket] {
 		return st, fmt.Errorf("bucket %s has no keyword index: %w", bucket, ErrInvalid)
 	}
-	err := s.view(func(tx *bolt.Tx) error {
+	if err := s.kw.waitIndexed(ctx); err != nil {
+		return st, err
+	}
+	err := s.viewIndex(func(tx *bolt.Tx) error {
 		ix := tx.Bucket([]byte(kwBucketPrefix + bucket))
 		if ix == nil {
 			return nil
@@ -389,14 +364,17 @@ func (s *Store) Keyword(ctx context.Context, bucket string, q KeywordQuery) (Top
 	if err := checkKeyword(&q); err != nil {
 		return TopKResult{}, err
 	}
-	if !s.kw[bucket] {
+	if !s.kw.buckets[bucket] {
 		return TopKResult{}, fmt.Errorf("bucket %s has no keyword index: %w", bucket, ErrInvalid)
 	}
 	start := time.Now()
+	if err := s.kw.waitIndexed(ctx); err != nil {
+		return TopKResult{}, err
+	}
 	type cand struct{ score float64 }
 	var res TopKResult
 	res.Exact = true // an inverted index answers exactly
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.viewIndex(func(tx *bolt.Tx) error {
 		ix := tx.Bucket([]byte(kwBucketPrefix + bucket))
 		if ix == nil || q.Stats.Docs == 0 {
 			return nil
@@ -434,7 +412,15 @@ func (s *Store) Keyword(ctx context.Context, bucket string, q KeywordQuery) (Top
 			all = append(all, Match{Key: append(bytes.Clone(q.Prefix), suffix...), Score: cd.score})
 		}
 		SortMatches(all)
-		b := tx.Bucket([]byte(bucket))
+		var b *bolt.Bucket // the text records, for their tags
+		if len(q.Tags) > 0 {
+			rtx, err := s.db.Begin(false)
+			if err != nil {
+				return err
+			}
+			defer rtx.Rollback()
+			b = rtx.Bucket([]byte(bucket))
+		}
 		for _, m := range all {
 			if len(res.Matches) == q.K {
 				break
@@ -458,6 +444,17 @@ func (s *Store) Keyword(ctx context.Context, bucket string, q KeywordQuery) (Top
 		s.keywordObs(time.Since(start))
 	}
 	return res, nil
+}
+
+// viewIndex runs fn in a read transaction of the postings file (see
+// kwindexer.go). fn may begin read transactions of the record file.
+func (s *Store) viewIndex(fn func(*bolt.Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return s.kw.db.View(fn)
 }
 
 func textHasTags(raw []byte, want []string) bool {
@@ -484,15 +481,17 @@ func textHasTags(raw []byte, want []string) bool {
 type KeywordIndexStats struct {
 	Docs  int64 // indexed documents, every group
 	Keys  int64 // postings and group counters
-	Bytes int64 // the index's share of the file: its pages' bytes
+	Bytes int64 // the index's share of the postings file: its pages' bytes
 }
 
 // KeywordDocs counts the documents of every keyword index: one read per
-// group, cheap enough for every scrape.
+// group, cheap enough for every scrape. It counts the writes made before
+// it, unless the indexer is more than keywordStatsWait behind.
 func (s *Store) KeywordDocs() (int64, error) {
+	_ = s.kw.waitIndexedFor(keywordStatsWait) // a closed store fails below
 	var n int64
-	err := s.view(func(tx *bolt.Tx) error {
-		for b := range s.kw {
+	err := s.viewIndex(func(tx *bolt.Tx) error {
+		for b := range s.kw.buckets {
 			if ix := tx.Bucket([]byte(kwBucketPrefix + b)); ix != nil {
 				c := ix.Cursor()
 				for k, _ := c.Seek([]byte{'s'}); k != nil && k[0] == 's'; k, _ = c.Next() {
@@ -507,11 +506,13 @@ func (s *Store) KeywordDocs() (int64, error) {
 }
 
 // KeywordIndexStats reports the keyword indexes' sizes; it walks every
-// page of the indexes.
+// page of the indexes. Like KeywordDocs, it first waits (a while) for the
+// indexer to apply the writes made before it.
 func (s *Store) KeywordIndexStats() (map[string]KeywordIndexStats, error) {
+	_ = s.kw.waitIndexedFor(keywordStatsWait) // a closed store fails below
 	out := map[string]KeywordIndexStats{}
-	err := s.view(func(tx *bolt.Tx) error {
-		for b := range s.kw {
+	err := s.viewIndex(func(tx *bolt.Tx) error {
+		for b := range s.kw.buckets {
 			ix := tx.Bucket([]byte(kwBucketPrefix + b))
 			if ix == nil {
 				out[b] = KeywordIndexStats{}

@@ -135,10 +135,15 @@ func BenchmarkKeywordWrite4K(b *testing.B) {
 			}
 		}
 	})
-	// The last document is searchable: the index has caught up.
+	// The last document is searchable: the index has caught up. How long
+	// that takes is how far behind the writers the indexer fell.
+	behind := queued(b, s)
+	start := time.Now()
 	st, err := s.KeywordStats(ctx, "text", []byte("bench\x00"), []string{"the"})
 	if err != nil || st.Docs != int64(b.N) {
 		b.Fatalf("KeywordStats = %+v, %v, want %d docs", st, err, b.N)
 	}
+	b.ReportMetric(float64(time.Since(start).Microseconds())/1000, "catchup-ms")
+	b.ReportMetric(float64(behind), "behind-docs")
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "docs/s")
 }

@@ -198,6 +198,9 @@ func TestKeywordIndexMatchesRecords(t *testing.T) {
 	}
 	check := func(s *Store) {
 		t.Helper()
+		if err := s.kw.waitIndexed(ctx); err != nil { // it reads the index bucket itself
+			t.Fatal(err)
+		}
 		want := map[string]string{} // posting key → tf dl, document key → version
 		stats := map[string][2]int64{}
 		recs, _ := scanAll(t, s, "text", ScanOptions{Limit: 1000})
@@ -217,7 +220,7 @@ func TestKeywordIndexMatchesRecords(t *testing.T) {
 		}
 		got := map[string]string{}
 		gotStats := map[string][2]int64{}
-		err := s.view(func(tx *bolt.Tx) error {
+		err := s.viewIndex(func(tx *bolt.Tx) error {
 			ix := tx.Bucket([]byte("_kw_text"))
 			return ix.ForEach(func(k, v []byte) error {
 				if k[0] == 's' {

@@ -89,6 +89,7 @@ func (s *Store) Purge(ctx context.Context, bucket string, recs []Record) (int, e
 	}
 	n := 0
 	var removed [][]byte
+	var queued uint64
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		n, removed = 0, removed[:0]
 		b := tx.Bucket([]byte(bucket))
@@ -105,7 +106,7 @@ func (s *Store) Purge(ctx context.Context, bucket string, recs []Record) (int, e
 				return fmt.Errorf("key %q: %w", r.Key, err)
 			}
 			if v <= r.Version {
-				if err := s.kw.unindexPurged(tx, bucket, r.Key, raw); err != nil {
+				if err := s.kw.enqueuePurge(tx, bucket, r.Key, raw); err != nil {
 					return err
 				}
 				if err := b.Delete(r.Key); err != nil {
@@ -115,9 +116,11 @@ func (s *Store) Purge(ctx context.Context, bucket string, recs []Record) (int, e
 				removed = append(removed, r.Key)
 			}
 		}
+		queued = s.kw.seq.Load()
 		return nil
 	})
 	if err == nil {
+		s.kw.committed(queued)
 		s.indexPurged(bucket, removed)
 	}
 	return n, err

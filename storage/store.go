@@ -79,7 +79,7 @@ type Store struct {
 	vx        *vectorIndex // the ANN indexes of the vector buckets
 	searchObs func(time.Duration, bool)
 
-	kw         keywordIndex // the text buckets; fixed at Open
+	kw         *keywordIndex // the text buckets, the queue of their index (kwindexer.go)
 	keywordObs func(time.Duration)
 }
 
@@ -196,10 +196,12 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	if err := s.openVectorIndex(opts); err != nil {
+		s.kw.db.Close()
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	go s.commitLoop()
+	go s.runIndexer()
 	s.vx.passing.Store(true)
 	s.startPass()
 	return s, nil
@@ -235,7 +237,7 @@ func (s *Store) NodeID() string { return s.nodeID }
 // Epoch is the epoch of the cluster map the shard holds (0: none).
 func (s *Store) Epoch() uint64 { return s.epoch.Load() }
 
-// Close waits for queued writes to commit, then closes the file.
+// Close waits for queued writes to commit, then closes the files.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -246,9 +248,11 @@ func (s *Store) Close() error {
 	close(s.commits)
 	s.mu.Unlock()
 	<-s.done
+	s.kw.stopIndexer()
+	terr := s.trimQueue()
 	s.changes.publish() // followers wake, and find the store closed
 	verr := s.closeVectorIndex()
-	return errors.Join(s.db.Close(), verr)
+	return errors.Join(terr, s.db.Close(), s.kw.db.Close(), verr)
 }
 
 // Get returns the record held for key, tombstones included, or ErrNotFound.
@@ -391,9 +395,11 @@ func (s *Store) commitLoop() {
 			}
 			timer.Stop()
 		}
+		s.kw.throttle()
 		start := time.Now()
 		var logged logState
 		var changed int
+		var queued uint64
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			if s.written != nil {
 				tx.OnCommit(func() {
@@ -406,6 +412,10 @@ func (s *Store) commitLoop() {
 					return err
 				}
 			}
+			queued = s.kw.seq.Load()
+			if err := s.kw.trim(tx); err != nil {
+				return err
+			}
 			var err error
 			logged, changed, err = s.changes.append(tx, batch, start)
 			return err
@@ -416,7 +426,7 @@ func (s *Store) commitLoop() {
 		}
 		if err == nil {
 			s.changes.at = logged
-			s.committed(batch, changed)
+			s.committed(batch, changed, queued)
 		}
 		for _, r := range batch {
 			r.err <- err
@@ -440,8 +450,9 @@ func (s *Store) checkEpoch(ctx context.Context, bucket string) error {
 // It must stay cheap (the vector index inserts are the exception: a
 // search that starts after a write is acknowledged must see it); anything slow belongs to a goroutine of its own that
 // this only wakes.
-func (s *Store) committed(batch []*commitReq, changed int) {
+func (s *Store) committed(batch []*commitReq, changed int, queued uint64) {
 	s.noteEpoch(batch)
+	s.kw.committed(queued)
 	s.indexCommitted(batch)
 	if changed > 0 {
 		s.changes.publish()
@@ -544,7 +555,7 @@ func held(b *bolt.Bucket, key []byte) (Result, error) {
 
 // applyTxn applies a transaction in tx: every condition is checked first,
 // then all writes apply, or none.
-func applyTxn(tx *bolt.Tx, r *commitReq, kw keywordIndex) error {
+func applyTxn(tx *bolt.Tx, r *commitReq, kw *keywordIndex) error {
 	failed := false
 	for i := range r.writes {
 		res, err := held(tx.Bucket([]byte(r.buckets[i])), r.writes[i].Key)
@@ -585,7 +596,7 @@ func applyTxn(tx *bolt.Tx, r *commitReq, kw keywordIndex) error {
 			r.results[i].Outcome = Stale
 			continue
 		}
-		if err := kw.indexText(tx, r.buckets[i], w.Key, b.Get(w.Key), w); err != nil {
+		if err := kw.enqueueWrite(tx, r.buckets[i], w.Key, b.Get(w.Key), w); err != nil {
 			return err
 		}
 		val := appendStored(make([]byte, 0, headerSize+len(w.Value)), w.Version, w.Tombstone, w.Value)
@@ -597,7 +608,7 @@ func applyTxn(tx *bolt.Tx, r *commitReq, kw keywordIndex) error {
 	return nil
 }
 
-func applyTx(tx *bolt.Tx, r *commitReq, kw keywordIndex) error {
+func applyTx(tx *bolt.Tx, r *commitReq, kw *keywordIndex) error {
 	if r.buckets != nil {
 		return applyTxn(tx, r, kw)
 	}
@@ -617,7 +628,7 @@ func applyTx(tx *bolt.Tx, r *commitReq, kw keywordIndex) error {
 		case res.PrevVersion >= w.Version && w.Cond != CondRewrite:
 			res.Outcome = Stale
 		default:
-			if err := kw.indexText(tx, r.bucket, w.Key, b.Get(w.Key), w); err != nil {
+			if err := kw.enqueueWrite(tx, r.bucket, w.Key, b.Get(w.Key), w); err != nil {
 				return err
 			}
 			// Put keeps the slices until commit, and w aliases the caller's
@@ -754,7 +765,7 @@ func (s *Store) Info(context.Context) (Info, error) {
 		info.SizeBytes = tx.Size()
 		info.Changes = logPosition(tx.Bucket([]byte(changesBucket)), s.changes.id)
 		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
-			if name[0] != '_' { // the shard's own: meta, change log, keyword indexes
+			if name[0] != '_' { // the shard's own: meta, change log, keyword queue
 				info.Keys[string(name)] = int64(b.Stats().KeyN)
 			}
 			return nil
