@@ -94,10 +94,9 @@ const (
 	// maxIndexEntries and maxIndexPostings bound one indexer transaction
 	// (of the postings file: writers' commits do not wait for it, but a
 	// throttled committer and a search wait for it to end). The postings
-	// budget is some 350 documents of 4 KB, a few hundred milliseconds:
-	// batches of 50 indexed a third fewer documents a second.
-	maxIndexEntries  = 1024
-	maxIndexPostings = 1 << 17
+	// budget is some 50 documents of 4 KB, a few tens of milliseconds.
+	maxIndexEntries  = 256
+	maxIndexPostings = 16384
 
 	// indexBatchEntries is what the indexer waits to gather before it
 	// runs: a batch of a few documents costs what the index cost in the
@@ -112,12 +111,8 @@ const (
 	// search would wait for all of it; bounded, a search waits for a few
 	// batches at most, and sustained writes go at the indexer's pace. It
 	// is more than indexBatchEntries, so a throttled committer always has
-	// a running indexer to wait for, and a batch's worth more than that,
-	// so the indexer runs full batches while writers outpace it. Without
-	// the bound, durable 4 KB PUTs (kvdb-bench row 7b, 20 s) went at
-	// some 1,050/s against the indexer's 650 to 860: the index fell
-	// further behind every second.
-	maxIndexBacklog = 1024
+	// a running indexer to wait for.
+	maxIndexBacklog = 256
 
 	// indexerBackoff is the wait before the indexer retries a batch that
 	// failed (a full disk, say); it doubles to maxIndexerBackoff.
