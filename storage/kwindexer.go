@@ -151,6 +151,11 @@ type keywordIndex struct {
 	halt   sync.Once
 	exit   chan struct{} // closed when the indexer has stopped
 
+	// failing is set while the indexer's batches fail (it retries with a
+	// backoff): the committer then does not wait for it (throttle), so
+	// the records stay writable while their index cannot be.
+	failing atomic.Bool
+
 	mu       sync.Mutex
 	done     uint64        // every entry through done is applied
 	stopped  bool          // the indexer has stopped: waiting is vain
@@ -573,7 +578,9 @@ func (s *Store) runIndexer() {
 	backoff := indexerBackoff
 	for {
 		more, err := s.indexBatch()
+		kw.failing.Store(err != nil)
 		if err != nil {
+			kw.wakeThrottled()
 			slog.Error("keyword indexer: batch failed, will retry", "path", s.path, "backoff", backoff, "err", err)
 			select {
 			case <-time.After(backoff):
@@ -703,17 +710,27 @@ func (s *Store) indexBatch() (more bool, err error) {
 }
 
 // throttle waits, on the committer, while the indexer is more than
-// maxIndexBacklog entries behind (and running).
+// maxIndexBacklog entries behind, running and not failing: an index that
+// cannot be written never stops the records from being written.
 func (kw *keywordIndex) throttle() {
 	for {
 		kw.mu.Lock()
 		stopped, advanced := kw.stopped, kw.advanced
 		kw.mu.Unlock()
-		if stopped || kw.backlog() <= maxIndexBacklog {
+		if stopped || kw.failing.Load() || kw.backlog() <= maxIndexBacklog {
 			return
 		}
 		<-advanced
 	}
+}
+
+// wakeThrottled wakes a committer waiting in throttle (the indexer has
+// just started failing), as an advance of the index would.
+func (kw *keywordIndex) wakeThrottled() {
+	kw.mu.Lock()
+	close(kw.advanced)
+	kw.advanced = make(chan struct{})
+	kw.mu.Unlock()
 }
 
 // waitIndexed waits until the indexer has applied every entry committed

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -435,5 +436,40 @@ func TestKeywordIndexMigrates(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestKeywordIndexFailingKeepsWritesGoing: while the indexer's batches
+// fail (here its postings file is closed under it), writes of text go on
+// far past the backlog that would throttle a healthy indexer: an index
+// that cannot be written never stops the records.
+func TestKeywordIndexFailingKeepsWritesGoing(t *testing.T) {
+	s := openTestStoreAt(t, filepath.Join(t.TempDir(), "shard.db"), Options{NoSync: true})
+	if err := s.kw.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		for i := range 4 * maxIndexBacklog {
+			if _, err := s.Apply(context.Background(), "text", []Write{putText(fmt.Sprintf("t\x00k%04d", i), 1, "walrus")}); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("a write with the index failing: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("%d writes not done after a minute with the keyword index failing: the committer waits for it", 4*maxIndexBacklog)
+	}
+	if !s.kw.failing.Load() {
+		t.Errorf("the indexer does not report its failing batches")
+	}
+	if got, err := s.Get(context.Background(), "text", []byte(fmt.Sprintf("t\x00k%04d", 4*maxIndexBacklog-1))); err != nil || got.Version != 1 {
+		t.Errorf("the last record = %v, %v; want it stored", got, err)
 	}
 }
