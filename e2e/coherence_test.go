@@ -14,6 +14,10 @@ import (
 // kvdb-bench), so a loaded machine does not fail the test.
 const coherenceBound = 5 * time.Second
 
+// routerStaleAfter is how long a router's silent change stream stays
+// caught up (its cache served): 2.5 of the 100 ms heartbeats it asks for.
+const routerStaleAfter = 250 * time.Millisecond
+
 // secondRouter starts another router over c's shards and config.
 func secondRouter(t *testing.T, c *cluster, args ...string) string {
 	t.Helper()
@@ -250,6 +254,7 @@ func TestGapEmptiesTheCache(t *testing.T) {
 	resets := metricFloat(t, b, "kvdb_cache_resets_total")
 
 	bProc.signal(t, syscall.SIGSTOP)
+	stoppedAt := time.Now()
 	resumed := false
 	defer func() {
 		if !resumed {
@@ -278,6 +283,13 @@ func TestGapEmptiesTheCache(t *testing.T) {
 		t.Fatalf("sh-1's change log holds %d..%d after %d more writes, want it trimmed past %d (B's position)", oldest, head, len(keys)+2*retain, seen)
 	}
 
+	// A router serves its cache while it heard from the shard within the
+	// staleness bound (250 ms: README, "Cache coherence across routers").
+	// B woken sooner would still be inside it, its follower not yet
+	// aware the stream was cut: keep it frozen past the bound.
+	if d := time.Until(stoppedAt.Add(4 * routerStaleAfter)); d > 0 {
+		time.Sleep(d)
+	}
 	bProc.signal(t, syscall.SIGCONT)
 	resumed = true
 	// From the moment B wakes, every read gets the new version: before B's
