@@ -141,30 +141,27 @@ func (c *Client) PutContexts(ctx context.Context, topic string, docs []Document)
 	}
 	path := pathOf("topics", topic, "contexts", "_bulk")
 	resp, err := c.send(ctx, request{method: http.MethodPost, path: path, body: bytes.NewReader(b), ctype: "application/json", partial: true})
-	if resp == nil {
+	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	var out struct {
-		BulkResult
-		Error *struct {
-			Code    string `json:"code"`
-			Message string `json:"message"`
-		} `json:"error"`
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("kvdb POST %s: read answer: %w: %w", path, ErrUnavailable, err)
 	}
-	if derr := json.NewDecoder(resp.Body).Decode(&out); derr != nil && err == nil {
-		return nil, fmt.Errorf("kvdb POST %s: decode answer: %w", path, derr)
-	}
-	if e, ok := err.(*Error); ok {
-		if out.Error != nil {
-			e.Code, e.Message = out.Error.Code, out.Error.Message
-		}
-		if out.Results == nil { // no bulk answer: a plain error (400, 404, …)
+	var out BulkResult
+	derr := json.Unmarshal(raw, &out)
+	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
+		e := errorOfBody(resp, raw)
+		if derr != nil || out.Results == nil { // no bulk answer: a plain error (400, 404, a proxy's)
 			return nil, e
 		}
-		return &out.BulkResult, e
+		return &out, e
 	}
-	return &out.BulkResult, nil
+	if derr != nil {
+		return nil, fmt.Errorf("kvdb POST %s: decode answer: %w", path, derr)
+	}
+	return &out, nil
 }
 
 // GetContext returns the context id of topic, with its ETag.

@@ -61,8 +61,8 @@ type request struct {
 	body   io.Reader
 	ctype  string
 	header http.Header
-	// partial: an error answer that still has a body to read (a bulk
-	// write's results) comes back as the response with the error.
+	// partial: an error answer comes back as the response, for a body
+	// that holds more than the error (a bulk write's results).
 	partial bool
 }
 
@@ -98,7 +98,7 @@ func (c *Client) send(ctx context.Context, req request) (*http.Response, error) 
 		return resp, nil
 	}
 	if req.partial {
-		return resp, &Error{StatusCode: resp.StatusCode, RetryAfter: retryAfter(resp.Header)}
+		return resp, nil
 	}
 	defer resp.Body.Close()
 	return nil, errorOf(resp)
@@ -107,6 +107,11 @@ func (c *Client) send(ctx context.Context, req request) (*http.Response, error) 
 // errorOf reads an error answer.
 func errorOf(resp *http.Response) error {
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return errorOfBody(resp, raw)
+}
+
+// errorOfBody is errorOf of an answer whose body raw was read already.
+func errorOfBody(resp *http.Response, raw []byte) *Error {
 	e := &Error{StatusCode: resp.StatusCode, RetryAfter: retryAfter(resp.Header)}
 	var body struct {
 		Error *struct {

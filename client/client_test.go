@@ -390,4 +390,15 @@ func TestPutContexts(t *testing.T) {
 	if !errors.Is(err, client.ErrUnavailable) || res == nil || res.Created != 1 || res.Failed != 1 || res.Results[1].Error == nil || res.Results[0].ETag != `"5"` {
 		t.Errorf("partial PutContexts = %+v, %v; want the results and ErrUnavailable", res, err)
 	}
+
+	// A proxy's answer, not the router's: its text is the error.
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "upstream went away", http.StatusBadGateway)
+	}))
+	t.Cleanup(proxy.Close)
+	xc, _ := client.New(proxy.URL)
+	var apiErr *client.Error
+	if res, err := xc.PutContexts(ctx, "t", docs[:2]); res != nil || !errors.As(err, &apiErr) || apiErr.StatusCode != 502 || !strings.Contains(apiErr.Message, "upstream went away") {
+		t.Errorf("PutContexts through a failing proxy = %+v, %v; want a 502 error with the proxy's text", res, err)
+	}
 }

@@ -118,6 +118,9 @@ func TestBulkRefusesBadInput(t *testing.T) {
 		{"bad field", withItem(7, map[string]any{"metadata": map[string]any{"id": "z", "ttl_seconds": -5}}), "contexts[7]"},
 		{"bad embedding", withItem(8, map[string]any{"metadata": map[string]any{"id": "z"}, "content": map[string]any{"embeddings": []any{1, "x"}}}), "contexts"},
 		{"duplicate key", `{"contexts":[{"metadata":{"id":"a","id":"b"}}]}`, "appears twice"},
+		{"contexts twice", `{"contexts":[{"metadata":{"id":"a"}}],"contexts":[{"metadata":{"id":"b"}}]}`, "\"contexts\" appears twice"},
+		{"not an object", `[{"metadata":{"id":"a"}}]`, "must be an object"},
+		{"trailing data", `{"contexts":[{"metadata":{"id":"a"}}]} {}`, "data after"},
 	} {
 		r := call(t, "POST", tc.URL+"/api/v1/topics/kb/contexts/_bulk", tt.body)
 		if r.Status != 400 || r.errCode() != "invalid_argument" || !strings.Contains(r.errMessage(), tt.want) {

@@ -1,9 +1,12 @@
 package schema
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-kvdb/go-kvdb/router/apierr"
 )
@@ -298,18 +301,16 @@ const MaxBulkContexts = 1000
 // id (metadata.id), once in the bulk. An error names the item it is about:
 // one bad item refuses the whole bulk, before anything is written.
 func DecodeBulk(body []byte, now time.Time) ([]*Document, error) {
-	var req struct {
-		Contexts []json.RawMessage `json:"contexts"`
-	}
-	if err := DecodeJSON(body, &req); err != nil {
+	raws, err := decodeBulkEnvelope(body)
+	if err != nil {
 		return nil, err
 	}
-	if len(req.Contexts) == 0 || len(req.Contexts) > MaxBulkContexts {
-		return nil, apierr.Errorf(apierr.CodeInvalidArgument, "field \"contexts\": %d documents, want 1..%d", len(req.Contexts), MaxBulkContexts)
+	if len(raws) == 0 || len(raws) > MaxBulkContexts {
+		return nil, apierr.Errorf(apierr.CodeInvalidArgument, "field \"contexts\": %d documents, want 1..%d", len(raws), MaxBulkContexts)
 	}
-	docs := make([]*Document, len(req.Contexts))
+	docs := make([]*Document, len(raws))
 	seen := make(map[string]int, len(docs))
-	for i, raw := range req.Contexts {
+	for i, raw := range raws {
 		d, err := DecodeDocument(raw, now)
 		if err != nil {
 			var e *apierr.Error
@@ -332,4 +333,50 @@ func DecodeBulk(body []byte, now time.Time) ([]*Document, error) {
 		docs[i] = d
 	}
 	return docs, nil
+}
+
+// decodeBulkEnvelope splits {"contexts": [...]} into its documents, with
+// DecodeJSON's checks on the envelope alone: its one key, once, and nothing
+// after it. Each document is checked whole by DecodeDocument (duplicate
+// keys included), so the body is not scanned for them twice: on a bulk of
+// embeddings that scan is a tenth of the router's CPU.
+func decodeBulkEnvelope(body []byte) ([]json.RawMessage, error) {
+	if !utf8.Valid(body) {
+		return nil, apierr.Errorf(apierr.CodeInvalidArgument, "request body is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if t, err := dec.Token(); err != nil {
+		return nil, jsonError(err)
+	} else if t != json.Delim('{') {
+		return nil, apierr.Errorf(apierr.CodeInvalidArgument, "invalid JSON: body must be an object")
+	}
+	var raws []json.RawMessage
+	seen := false
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, jsonError(err)
+		}
+		switch key, _ := t.(string); {
+		case key != "contexts":
+			return nil, apierr.Errorf(apierr.CodeInvalidArgument, "unknown field %q", Truncate(key))
+		case seen:
+			return nil, apierr.Errorf(apierr.CodeInvalidArgument, "invalid JSON: key %q appears twice in one object", key)
+		}
+		seen = true
+		if err := dec.Decode(&raws); err != nil {
+			var typeErr *json.UnmarshalTypeError
+			if errors.As(err, &typeErr) {
+				return nil, apierr.Errorf(apierr.CodeInvalidArgument, "field \"contexts\": got %s, want array", typeErr.Value)
+			}
+			return nil, jsonError(err)
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return nil, jsonError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, apierr.Errorf(apierr.CodeInvalidArgument, "invalid JSON: data after the top-level object")
+	}
+	return raws, nil
 }
